@@ -1,0 +1,167 @@
+"""A persistent MQTT session that keeps itself connected.
+
+Both the device and the servers talk to the broker through a `Link`: one async context manager
+owning one task that connects, subscribes, hands every message to a callback, and on any loss
+reconnects with capped, jittered exponential backoff. The session is persistent (clean session
+false on MQTT 3.1.1), so the broker queues QoS 1 messages while the link is down and nothing
+sent to a device in the meantime is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import structlog
+
+from firmware_protocols.endpoint import BrokerEndpoint
+
+log = structlog.get_logger(__name__)
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+ConnectHandler = Callable[[], Awaitable[None]]
+
+# A QoS 1 publish waits for the broker's PUBACK at most this long before the link is
+# considered broken; a healthy broker answers in milliseconds, a 4G link in well under a second.
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class LinkDown(Exception):
+    """A publish could not reach the broker (not connected, or the connection broke)."""
+
+
+class Backoff:
+    """Full-jitter exponential backoff: a random delay in [0, min(cap, initial·2ⁿ)]."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self._initial = initial_s
+        self._max = max_s
+        self._attempt = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security.
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._max, self._initial * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+
+class Link:
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        *,
+        client_id: str,
+        subscriptions: list[str],
+        on_message: MessageHandler,
+        on_connect: ConnectHandler | None = None,
+        will: aiomqtt.Will | None = None,
+        keepalive_s: int = 30,
+        backoff: Backoff | None = None,
+        clean_session: bool = False,
+        max_inflight: int = 100,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._will = will
+        self._keepalive = keepalive_s
+        self._backoff = backoff or Backoff(0.5, 30.0)
+        self._clean_session = clean_session
+        self._max_inflight = max_inflight
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._log = log.bind(client_id=client_id, broker=endpoint.url())
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"link:{self.client_id}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout_s)
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish and wait for the broker to take it (QoS 1); raise `LinkDown` if it cannot."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise LinkDown(f"{self.client_id}: not connected to {self.endpoint.url()}")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(f"{self.client_id}: publish to {topic} failed: {exc}") from exc
+
+    def _client_for(self) -> aiomqtt.Client:
+        tls_context = ssl.create_default_context() if self.endpoint.tls else None
+        return aiomqtt.Client(
+            self.endpoint.host,
+            self.endpoint.port,
+            # Some brokers (amqtt) keep a persistent session's offline queue only for clients that
+            # identify themselves; without configured credentials the client id is the username.
+            username=self.endpoint.username or self.client_id,
+            password=self.endpoint.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=self._clean_session,
+            will=self._will,
+            keepalive=self._keepalive,
+            tls_context=tls_context,
+            max_inflight_messages=self._max_inflight,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+
+    async def _deliver(self, message: aiomqtt.Message) -> None:
+        # Handlers validate their input; this is the last line that keeps one bad message
+        # from taking the link down with it.
+        try:
+            await self._on_message(message)
+        except Exception:  # noqa: BLE001 - any handler bug must not end the link.
+            self._log.exception("message handler failed; message dropped", topic=str(message.topic))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self._client_for() as client:
+                    self._client = client
+                    for topic_filter in self._subscriptions:
+                        await client.subscribe(topic_filter, qos=1)
+                    self.connected.set()
+                    self.connects += 1
+                    self._backoff.reset()
+                    self._log.info("link up", connects=self.connects)
+                    if self._on_connect is not None:
+                        await self._on_connect()
+                    async for message in client.messages:
+                        await self._deliver(message)
+            except (aiomqtt.MqttError, OSError, TimeoutError, LinkDown) as exc:
+                delay = self._backoff.next_delay()
+                self._log.warning("link down", error=str(exc), retry_in_s=round(delay, 2))
+            else:
+                delay = self._backoff.next_delay()
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(delay)

@@ -1,0 +1,52 @@
+"""One error shape for every HTTP API of the server: a code, and the message in zh-CN and English.
+
+{"error": {"code": "DEVICE_NOT_FOUND", "message": "device X not found", "message_zh": "设备 X 不存在"}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    message_zh: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, message_zh: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(code=code, message=message, message_zh=message_zh)
+
+
+def error_response(status: int, code: str, message: str, message_zh: str) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, message_zh=message_zh))
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)  # noqa: S101 - registered for ApiError only.
+        return JSONResponse(status_code=exc.status, content=ErrorResponse(error=exc.body).model_dump())
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it only.
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        return error_response(422, "INVALID_REQUEST", problems, f"请求无效：{problems}")
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}

@@ -1,0 +1,351 @@
+"""`haodian`: one command for the demo, the servers, an agent and the simulators.
+
+Server-side imports are made inside the subcommands, so `haodian agent` runs on a device with
+only the base (agent) dependencies installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """\
+examples / 示例:
+  haodian demo --devices 20 --tps 5 --duration 20     # everything on this machine / 本机完整演示
+  haodian server                                      # fleet server + bridge, embedded broker and database
+  HAODIAN_MQTT_URL=mqtt://127.0.0.1:1883 HAODIAN_DATABASE_URL=postgresql://postgres@127.0.0.1/test haodian server
+  haodian keys                                        # show the server public key to provision agents with
+  haodian agent --device-id SPK0001 --broker-url mqtt://127.0.0.1:1883 --server-key <base64>
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {value}")
+    return value
+
+
+def _server_key(text: str) -> str:
+    """A base64 Ed25519 public key, or @FILE holding one."""
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read server key file {text[1:]}: {exc}") from exc
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="haodian",
+        description="好店 Haodian device fleet: payment speakers, fleet server and payment bridge.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run everything on this machine with simulated devices and payments",
+        description="Start an embedded broker and database, the fleet server and bridge, N "
+        "simulated devices and a simulated payment backend; print a live summary and write "
+        "a JSON report. 本机演示：模拟设备与支付，实时汇总，结束时写出报告。",
+    )
+    demo.add_argument("--devices", type=_positive_int, default=20, help="simulated devices (default 20)")
+    demo.add_argument("--tps", type=_positive_float, default=5.0, help="payments per second (default 5)")
+    demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds of payments (default 20)")
+    demo.add_argument(
+        "--report", type=Path, default=None, help="JSON report file (default <data-dir>/demo/report.json)"
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".haodian"),
+        help="where the embedded database, keys and audio go (default .haodian)",
+    )
+    demo.add_argument("--http-port", type=_port, default=0, help="API port (default: a free one)")
+
+    server = sub.add_parser(
+        "server",
+        help="run the fleet server and/or payment bridge (HTTP API + MQTT)",
+        description="Run the fleet server and payment bridge. Configured by HAODIAN_* "
+        "environment variables (see README); without HAODIAN_MQTT_URL / "
+        "HAODIAN_DATABASE_URL it starts the embedded broker / database.",
+    )
+    server.add_argument(
+        "--parts", default="fleet,bridge", help="comma-separated: fleet, bridge (default both in one process)"
+    )
+    server.add_argument("--host", default=None, help="HTTP bind address (default HAODIAN_HTTP_HOST or 127.0.0.1)")
+    server.add_argument("--port", type=_port, default=None, help="HTTP port (default HAODIAN_HTTP_PORT or 8000)")
+
+    broker = sub.add_parser(
+        "broker",
+        help="run the embedded MQTT broker (amqtt) on its own",
+        description="Run the embedded amqtt broker, MQTT 3.1.1, until interrupted.",
+    )
+    broker.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    broker.add_argument("--port", type=_port, default=1883, help="port (default 1883)")
+
+    agent = sub.add_parser(
+        "agent",
+        help="run one edge agent (a device), simulated hardware",
+        description="Run the edge agent of one device. Announcements are written as WAV "
+        "files to --audio-dir (the simulated speaker).",
+    )
+    agent.add_argument("--device-id", required=True, help="device id, e.g. SPK0001")
+    agent.add_argument("--broker-url", default="mqtt://127.0.0.1:1883", help="mqtt://[user[:pass]@]host[:port]")
+    agent.add_argument(
+        "--server-key",
+        type=_server_key,
+        action="append",
+        required=True,
+        help="trusted server Ed25519 public key, base64 or @FILE (repeat during rotation)",
+    )
+    agent.add_argument("--state-dir", type=Path, default=None, help="state folder (default .haodian/agent/<id>)")
+    agent.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="where announcements are written as WAV (default <state-dir>/audio)",
+    )
+    agent.add_argument(
+        "--health-interval", type=_positive_float, default=60.0, help="seconds between health reports (default 60)"
+    )
+
+    sim = sub.add_parser(
+        "sim",
+        help="run a fleet of simulated devices against a broker",
+        description="Run N edge agents over simulated hardware against a broker.",
+    )
+    sim.add_argument("--devices", type=_positive_int, default=10, help="devices (default 10)")
+    sim.add_argument("--prefix", default="SIM", help="device id prefix (default SIM)")
+    sim.add_argument("--broker-url", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
+    sim.add_argument(
+        "--server-key",
+        type=_server_key,
+        action="append",
+        required=True,
+        help="trusted server Ed25519 public key, base64 or @FILE",
+    )
+    sim.add_argument("--base-dir", type=Path, default=Path(".haodian/sim"), help="state and audio folder")
+    sim.add_argument("--health-interval", type=_positive_float, default=60.0, help="seconds (default 60)")
+
+    pay = sub.add_parser(
+        "pay",
+        help="send one signed test payment notification to a bridge",
+        description="Send one payment notification signed with the development backend key.",
+    )
+    pay.add_argument("--bridge-url", default="http://127.0.0.1:8000", help="bridge base URL")
+    pay.add_argument("--merchant", required=True, help="merchant id")
+    pay.add_argument("--amount", required=True, help="amount in yuan, e.g. 12.50")
+    pay.add_argument("--channel", default="wechat", choices=["alipay", "wechat", "unionpay", "other"])
+    pay.add_argument("--data-dir", type=Path, default=Path(".haodian"), help="where the development keys are")
+
+    keys = sub.add_parser(
+        "keys",
+        help="create development keys if missing and show the server public key",
+        description="Create the development keys in the data folder if missing and print "
+        "the server's announce-signing public key (give it to agents with --server-key).",
+    )
+    keys.add_argument("--data-dir", type=Path, default=Path(".haodian"))
+    return parser
+
+
+def _amount_fen(text: str) -> int:
+    from decimal import Decimal, InvalidOperation  # noqa: PLC0415
+
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise SystemExit(f"haodian pay: amount {text!r} is not a number (e.g. 12.50)") from None
+    if value <= 0 or value != value.quantize(Decimal("0.01")):
+        raise SystemExit(f"haodian pay: amount {text!r} must be positive with at most 2 decimals")
+    return int(value * 100)
+
+
+async def _run_demo(args: argparse.Namespace) -> int:
+    from haodian.demo import DemoOptions, run_demo  # noqa: PLC0415
+    from haodian.settings import Settings  # noqa: PLC0415
+
+    report = await run_demo(
+        DemoOptions(
+            devices=args.devices,
+            tps=args.tps,
+            duration_s=args.duration,
+            report=args.report or args.data_dir / "demo" / "report.json",
+            data_dir=args.data_dir,
+            http_port=args.http_port,
+        ),
+        Settings(),
+    )
+    return 0 if report["delivery"]["delivery_rate"] == 1.0 else 1
+
+
+async def _run_server(args: argparse.Namespace) -> int:
+    from firmware_protocols.endpoint import BrokerEndpoint  # noqa: PLC0415
+    from haodian.embedded import EmbeddedBroker, EmbeddedDatabase  # noqa: PLC0415
+    from haodian.keys import load_server_keys  # noqa: PLC0415
+    from haodian.server import Part, ServerStack  # noqa: PLC0415
+    from haodian.settings import Settings  # noqa: PLC0415
+
+    try:
+        parts = {Part(p.strip()) for p in args.parts.split(",") if p.strip()}
+    except ValueError:
+        raise SystemExit(f"haodian server: --parts takes fleet and/or bridge, not {args.parts!r}") from None
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["http_host"] = args.host
+    if args.port is not None:
+        overrides["http_port"] = args.port
+    settings = Settings(**overrides)
+    keys = load_server_keys(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.mqtt_url:
+            endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
+        else:
+            endpoint = (await stack.enter_async_context(EmbeddedBroker())).endpoint
+        if settings.database_url:
+            database_url = settings.database_url
+        else:
+            database_url = (await stack.enter_async_context(EmbeddedDatabase(settings.data_dir / "pg"))).url
+        server = await stack.enter_async_context(
+            ServerStack(settings, parts=parts, endpoint=endpoint, database_url=database_url, keys=keys)
+        )
+        print(f"haodian server ({', '.join(sorted(parts))}) on {server.base_url}; broker {endpoint.url()}", flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _run_broker(args: argparse.Namespace) -> int:
+    from haodian.embedded import EmbeddedBroker  # noqa: PLC0415
+
+    async with EmbeddedBroker(args.host, args.port) as broker:
+        print(f"embedded MQTT broker (amqtt) on {broker.endpoint.url()}", flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _run_agent(args: argparse.Namespace) -> int:
+    from edge_agent.agent import EdgeAgent  # noqa: PLC0415
+    from edge_agent.audio import VoicePack, WavFileSink  # noqa: PLC0415
+    from edge_agent.config import AgentConfig  # noqa: PLC0415
+    from edge_agent.hardware import SimulatedModem  # noqa: PLC0415
+
+    state_dir = args.state_dir or Path(".haodian/agent") / args.device_id
+    config = AgentConfig(
+        device_id=args.device_id,
+        broker_url=args.broker_url,
+        server_keys=args.server_key,
+        state_dir=state_dir,
+        health_interval_s=args.health_interval,
+    )
+    sink = WavFileSink(args.audio_dir or state_dir / "audio")
+    async with EdgeAgent(config, sink=sink, voice=VoicePack.builtin(), modem=SimulatedModem()):
+        print(f"agent {args.device_id} running; broker {args.broker_url}; audio in {sink.folder}", flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _run_sim(args: argparse.Namespace) -> int:
+    from simulators.fleet import SimulatedFleet  # noqa: PLC0415
+
+    async with SimulatedFleet(
+        args.devices,
+        broker_url=args.broker_url,
+        server_keys=args.server_key,
+        base_dir=args.base_dir,
+        prefix=args.prefix,
+        health_interval_s=args.health_interval,
+    ) as fleet:
+        print(f"{args.devices} simulated devices ({fleet.device_ids[0]}…) on {args.broker_url}", flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _run_pay(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415
+
+    from firmware_protocols.messages import Channel  # noqa: PLC0415
+    from haodian.keys import dev_key_paths, read_rsa_private_key  # noqa: PLC0415
+    from simulators.backend import PaymentBackend  # noqa: PLC0415
+
+    backend = PaymentBackend(read_rsa_private_key(dev_key_paths(args.data_dir)[1]), args.bridge_url, [args.merchant])
+    body, headers = backend.notification(amount_fen=_amount_fen(args.amount), channel=Channel(args.channel))
+    async with httpx.AsyncClient(timeout=10) as client:
+        try:
+            response = await backend.send(client, body, headers)
+        except httpx.HTTPError as exc:
+            print(f"cannot reach the bridge at {args.bridge_url}: {exc}", file=sys.stderr)
+            return 2
+    print(response.status_code, response.text)
+    return 0 if response.is_success else 1
+
+
+async def _run_keys(args: argparse.Namespace) -> int:
+    from firmware_protocols.signing import encode_public_key  # noqa: PLC0415
+    from haodian.keys import dev_key_paths, ensure_dev_keys, read_signing_key  # noqa: PLC0415
+
+    ensure_dev_keys(args.data_dir)
+    signing, backend_private, backend_public = dev_key_paths(args.data_dir)
+    print(
+        f"server announce-signing public key (--server-key): "
+        f"{encode_public_key(read_signing_key(signing).public_key())}"
+    )
+    print(f"development backend keys: {backend_private} (private), {backend_public} (public)")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "demo": _run_demo,
+    "server": _run_server,
+    "broker": _run_broker,
+    "agent": _run_agent,
+    "sim": _run_sim,
+    "pay": _run_pay,
+    "keys": _run_keys,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from haodian import logs  # noqa: PLC0415
+
+    if args.command == "demo":
+        # The console is for the live summary; the full JSON log goes to a file.
+        logs.configure(json=True, level=args.log_level, file=Path(args.data_dir) / "demo" / "demo.log", truncate=True)
+    else:
+        logs.configure(json=args.command in {"server", "broker"}, level=args.log_level)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last word to a person: one clear line, not a trace.
+        print(f"haodian {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

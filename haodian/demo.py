@@ -1,0 +1,173 @@
+"""`haodian demo`: the whole path on one machine, with nothing installed but Python packages.
+
+Embedded broker and database, fleet server and bridge, N simulated devices running the real
+edge agent, and a simulated backend sending signed notifications at a steady rate. Prints a
+live one-line summary and writes the final one as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from haodian.embedded import EmbeddedBroker, EmbeddedDatabase
+from haodian.keys import dev_key_paths, ensure_dev_keys, load_server_keys, read_rsa_private_key
+from haodian.server import Part, ServerStack
+from haodian.settings import Settings
+from payment_bridge.store import DeliverySummary
+from simulators.backend import PaymentBackend
+from simulators.fleet import SimulatedFleet
+
+# After the last payment, wait this long at most for its acks (retries included).
+DRAIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int
+    tps: float
+    duration_s: float
+    report: Path
+    data_dir: Path
+    http_port: int
+    health_interval_s: float = 5.0
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def summary_line(online: int, devices: int, s: DeliverySummary) -> str:
+    rate = "-" if s.delivery_rate is None else f"{s.delivery_rate * 100:.2f}%"
+    return (
+        f"在线 online {online}/{devices} | 支付 payments {s.payments} | "
+        f"已播报 announced {s.delivered}/{s.deliveries} | 到达率 delivery {rate} | "
+        f"延迟 latency p50 {_fmt(s.latency_ms.p50)} ms p99 {_fmt(s.latency_ms.p99)} ms"
+    )
+
+
+def merchants_for(device_ids: list[str]) -> dict[str, str]:
+    """device → merchant: most merchants have one speaker, every fifth has two."""
+    merchant_count = max(1, round(len(device_ids) * 0.8))
+    return {device: f"M{(i % merchant_count) + 1:05d}" for i, device in enumerate(device_ids)}
+
+
+async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
+    out = options.data_dir / "demo"
+    settings = settings.model_copy(update={"data_dir": options.data_dir, "http_port": options.http_port})
+    ensure_dev_keys(options.data_dir)
+    keys = load_server_keys(settings)
+    backend_key = read_rsa_private_key(dev_key_paths(options.data_dir)[1])
+    tty = sys.stdout.isatty()
+    print(f"好店 demo: {options.devices} devices, {options.tps} payments/s for {options.duration_s:.0f} s")
+    print(f"  data folder {out.resolve()}")
+
+    async with (
+        EmbeddedDatabase(options.data_dir / "pg", "haodian_demo", fresh=True) as database,
+        EmbeddedBroker() as broker,
+        ServerStack(
+            settings, parts={Part.FLEET, Part.BRIDGE}, endpoint=broker.endpoint, database_url=database.url, keys=keys
+        ) as server,
+    ):
+        print(f"  broker {broker.endpoint.url()} (amqtt, embedded)  database {database.url} (embedded)")
+        print(f"  API {server.base_url}/api/v1/devices   OpenAPI {server.base_url}/openapi.json")
+        run_dir = out / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+        async with (
+            SimulatedFleet(
+                options.devices,
+                broker_url=f"mqtt://{broker.host}:{broker.port}",
+                server_keys=[keys.server_public_key_b64],
+                base_dir=run_dir,
+                health_interval_s=options.health_interval_s,
+            ) as fleet,
+            httpx.AsyncClient(timeout=10.0) as client,
+        ):
+            await fleet.wait_connected(30)
+            bindings = merchants_for(fleet.device_ids)
+            for device_id, merchant_id in bindings.items():
+                response = await client.post(
+                    f"{server.base_url}/api/v1/bindings", json={"device_id": device_id, "merchant_id": merchant_id}
+                )
+                response.raise_for_status()
+            print(
+                f"  {len(fleet.device_ids)} devices online, bound to {len(set(bindings.values()))} merchants;"
+                f" audio in {(run_dir / 'audio').resolve()}"
+            )
+
+            async def summary() -> DeliverySummary:
+                response = await client.get(f"{server.base_url}/api/v1/deliveries/summary")
+                response.raise_for_status()
+                return DeliverySummary.model_validate(response.json())
+
+            async def online() -> int:
+                response = await client.get(f"{server.base_url}/api/v1/fleet/summary")
+                response.raise_for_status()
+                return int(response.json()["online"])
+
+            async def show(final: bool = False) -> DeliverySummary:
+                s = await summary()
+                line = summary_line(await online(), options.devices, s)
+                print(
+                    ("\r" + line + " " * 4) if tty and not final else line,
+                    end="" if tty and not final else "\n",
+                    flush=True,
+                )
+                return s
+
+            backend = PaymentBackend(backend_key, server.base_url, sorted(set(bindings.values())))
+            started = time.monotonic()
+            sender = asyncio.create_task(backend.run(client, rate_per_s=options.tps, duration_s=options.duration_s))
+            next_line = 0.0
+            while not sender.done():
+                await asyncio.sleep(0.25)
+                if tty or time.monotonic() - started >= next_line:
+                    await show()
+                    next_line += 5.0
+            backend_stats = await sender
+            drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while (await summary()).pending and time.monotonic() < drain_deadline:  # noqa: ASYNC110 - polls the API.
+                await asyncio.sleep(0.2)
+            if tty:
+                print()
+            final = await show(final=True)
+            report = {
+                "finished_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+                "parameters": {"devices": options.devices, "tps": options.tps, "duration_s": options.duration_s},
+                "machine": machine(),
+                "api": server.base_url,
+                "audio_dir": str((run_dir / "audio").resolve()),
+                "devices_online": await online(),
+                "backend": {
+                    "sent": backend_stats.sent,
+                    "accepted": backend_stats.accepted,
+                    "failed": backend_stats.failed,
+                    "errors": backend_stats.errors[:10],
+                },
+                "delivery": final.model_dump(),
+                "agents": asdict(fleet.stats()),
+                "bridge": asdict(server.bridge.stats) if server.bridge else None,
+                "ingest": asdict(server.ingest.stats) if server.ingest else None,
+            }
+    options.report.parent.mkdir(parents=True, exist_ok=True)
+    options.report.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"report written to {options.report}")
+    return report

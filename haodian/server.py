@@ -1,0 +1,188 @@
+"""The server processes, wired: fleet server and/or payment bridge behind one HTTP app.
+
+    async with ServerStack(settings, parts={Part.FLEET, Part.BRIDGE}, endpoint=..., database_url=...) as stack:
+        print(stack.base_url)
+
+Each part has its own MQTT session; both share the pool and the schema. Run them in one
+process (the default and the demo) or as separate processes (`haodian server --parts bridge`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import socket as socket_module
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from enum import StrEnum
+from types import TracebackType
+from typing import Self
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from firmware_protocols.endpoint import BrokerEndpoint
+from firmware_protocols.signing import AnnounceSigner
+from fleet_server import api as fleet_api
+from fleet_server.api_errors import install_error_handlers
+from fleet_server.db import migrate, open_pool, timescaledb_available
+from fleet_server.ingest import Ingest
+from fleet_server.registry import DeviceRegistry
+from haodian.keys import ServerKeys
+from haodian.settings import Settings
+from payment_bridge import api as bridge_api
+from payment_bridge.bridge import PaymentBridge
+from payment_bridge.store import PaymentStore
+
+log = structlog.get_logger(__name__)
+
+
+class Part(StrEnum):
+    FLEET = "fleet"
+    BRIDGE = "bridge"
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's owner decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def create_app(parts: set[Part]) -> FastAPI:
+    app = FastAPI(
+        title="Haodian fleet API",
+        version="0.1.0",
+        summary="好店设备管理 — devices, payments and announcement delivery",
+        docs_url=None,  # Swagger UI loads assets from a CDN; the spec is at /openapi.json.
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    if Part.FLEET in parts:
+        app.include_router(fleet_api.router)
+    if Part.BRIDGE in parts:
+        app.include_router(bridge_api.router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, object]:
+        return {"status": "ok", "parts": sorted(parts)}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/openapi.json")
+
+    return app
+
+
+class ServerStack:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        parts: set[Part],
+        endpoint: BrokerEndpoint,
+        database_url: str,
+        keys: ServerKeys,
+    ) -> None:
+        self.settings = settings
+        self.parts = parts
+        self.endpoint = endpoint
+        self.database_url = database_url
+        self.keys = keys
+        self.app = create_app(parts)
+        self.ingest: Ingest | None = None
+        self.bridge: PaymentBridge | None = None
+        self._stack = AsyncExitStack()
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._socket is not None, "ServerStack not started"  # noqa: S101 - programming error.
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        prefix = self.settings.mqtt_client_prefix
+        pool = await self._stack.enter_async_context(open_pool(self.database_url))
+        applied = await migrate(pool)
+        # Telemetry is in plain tables until partitioning/hypertables arrive with the storage work.
+        log.info(
+            "database ready",
+            migrations_applied=applied,
+            timescaledb_available=await timescaledb_available(pool),
+            telemetry_storage="plain tables",
+        )
+        if Part.FLEET in self.parts:
+            self.app.state.registry = DeviceRegistry(pool)
+            self.ingest = await self._stack.enter_async_context(
+                Ingest(
+                    pool,
+                    self.endpoint,
+                    client_id=f"{prefix}-ingest",
+                    batch_size=self.settings.ingest_batch_size,
+                    flush_s=self.settings.ingest_flush_s,
+                )
+            )
+        if Part.BRIDGE in self.parts:
+            store = PaymentStore(pool)
+            self.app.state.payment_store = store
+            self.bridge = await self._stack.enter_async_context(
+                PaymentBridge(
+                    store,
+                    self.endpoint,
+                    AnnounceSigner(self.keys.signing_key),
+                    self.keys.backend_public_key,
+                    client_id=f"{prefix}-bridge",
+                    ttl_s=self.settings.announce_ttl_s,
+                    ack_timeout_s=self.settings.ack_timeout_s,
+                )
+            )
+            self.app.state.bridge = self.bridge
+        await self._wait_broker()
+        self._socket = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_STREAM)
+        self._socket.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+        self._socket.bind((self.settings.http_host, self.settings.http_port))
+        self._stack.callback(self._socket.close)
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
+        self._stack.push_async_callback(self._stop_http)
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+        log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
+
+    async def _wait_broker(self) -> None:
+        for part in (self.ingest, self.bridge):
+            if part is not None:
+                try:
+                    await part.wait_connected(30)
+                except TimeoutError:
+                    raise RuntimeError(f"cannot reach the MQTT broker at {self.endpoint.url()} within 30 s") from None
+
+    async def _stop_http(self) -> None:
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()

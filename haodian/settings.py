@@ -1,0 +1,66 @@
+"""Server-side settings, read once from the environment (prefix `HAODIAN_`) or a `.env` file.
+
+Defaults are the embedded ones: leave `HAODIAN_MQTT_URL` and `HAODIAN_DATABASE_URL` unset and
+the server starts an in-process amqtt broker and a private PostgreSQL in the data folder.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HAODIAN_", env_file=".env", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path(".haodian")
+    # mqtt://user:password@host:port or mqtts://...; unset = embedded amqtt broker.
+    mqtt_url: str | None = None
+    # postgresql://...; unset = embedded PostgreSQL (pgserver) in data_dir/pg.
+    database_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Server Ed25519 key signing announces (raw 32 bytes, base64, in a file). In development a
+    # missing key is generated in data_dir; production refuses to start without one.
+    signing_key_file: Path | None = None
+    # The payment backend's RSA public key (PEM) verifying its notifications.
+    backend_public_key_file: Path | None = None
+    # A payment older than this is not announced: a merchant hearing a payment minutes late is
+    # confusing, and the customer has long gone. Devices enforce it too.
+    announce_ttl_s: Annotated[int, Field(ge=5, le=3600)] = 120
+    # Republish an announce whose ack has not come back after this long (QoS 1 already covers
+    # broker hand-off; this covers a device that was offline or restarted mid-play).
+    ack_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # MQTT client id prefix of the server processes; each part appends its role.
+    mqtt_client_prefix: str = "haodian"
+    ingest_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 500
+    ingest_flush_s: Annotated[float, Field(gt=0, le=10)] = 0.2
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_generated_keys_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("HAODIAN_SIGNING_KEY_FILE", self.signing_key_file),
+                    ("HAODIAN_BACKEND_PUBLIC_KEY_FILE", self.backend_public_key_file),
+                    ("HAODIAN_MQTT_URL", self.mqtt_url),
+                    ("HAODIAN_DATABASE_URL", self.database_url),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"production needs explicit {', '.join(missing)}")
+        return self

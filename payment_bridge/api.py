@@ -1,0 +1,101 @@
+"""HTTP API of the payment bridge: notifications in, bindings, payment and delivery status."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, StringConstraints
+
+from firmware_protocols.topics import DEVICE_ID_PATTERN
+from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
+from payment_bridge.bridge import PaymentBridge
+from payment_bridge.errors import NotificationRejected
+from payment_bridge.store import Binding, DeliverySummary, PaymentStore, PaymentView
+
+_MESSAGES_ZH = {
+    "BODY_TOO_LARGE": "通知内容过大",
+    "SIGN_TYPE_UNSUPPORTED": "不支持的签名类型",
+    "SIGNATURE_MISSING": "缺少签名",
+    "SIGNATURE_INVALID": "签名验证失败",
+    "NOTIFICATION_INVALID": "通知格式错误",
+}
+
+
+def _bridge(request: Request) -> PaymentBridge:
+    bridge: PaymentBridge = request.app.state.bridge
+    return bridge
+
+
+def _store(request: Request) -> PaymentStore:
+    store: PaymentStore = request.app.state.payment_store
+    return store
+
+
+BridgeDep = Annotated[PaymentBridge, Depends(_bridge)]
+StoreDep = Annotated[PaymentStore, Depends(_store)]
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN.pattern)]
+MerchantId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+
+router = APIRouter(prefix="/api/v1", tags=["payments"])
+
+
+class NotificationAccepted(BaseModel):
+    code: str = "SUCCESS"
+    payment_id: str
+    duplicate: bool
+    devices: int
+
+
+@router.post(
+    "/notifications/backend",
+    summary="Payment notification from the aggregated-payment backend (RSA2-signed JSON)",
+    responses={code: {"model": ErrorResponse} for code in (400, 401, 413)},
+)
+async def backend_notification(request: Request, bridge: BridgeDep) -> NotificationAccepted:
+    body = await request.body()
+    try:
+        recorded = await bridge.accept_backend(body, request.headers)
+    except NotificationRejected as exc:
+        raise ApiError(exc.status, exc.code, exc.reason, _MESSAGES_ZH.get(exc.code, "通知被拒绝")) from exc
+    return NotificationAccepted(
+        payment_id=recorded.payment_id, duplicate=not recorded.is_new, devices=len(recorded.device_ids)
+    )
+
+
+@router.get("/payments/{payment_id}", summary="A payment and its per-device deliveries", responses=NOT_FOUND)
+async def get_payment(store: StoreDep, payment_id: Annotated[str, Path(max_length=64)]) -> PaymentView:
+    payment = await store.payment(payment_id)
+    if payment is None:
+        raise ApiError(404, "PAYMENT_NOT_FOUND", f"payment {payment_id} not found", f"支付 {payment_id} 不存在")
+    return payment
+
+
+@router.get("/deliveries/summary", summary="Announcement delivery rate and latency")
+async def delivery_summary(store: StoreDep) -> DeliverySummary:
+    return await store.summary()
+
+
+class BindRequest(BaseModel):
+    device_id: DeviceId
+    merchant_id: MerchantId
+
+
+@router.post("/bindings", summary="Bind a device to a merchant (one merchant per device)")
+async def bind(store: StoreDep, request: BindRequest) -> Binding:
+    return await store.bind(request.device_id, request.merchant_id)
+
+
+@router.delete("/bindings/{device_id}", summary="Unbind a device", status_code=204, responses=NOT_FOUND)
+async def unbind(store: StoreDep, device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern)]) -> None:
+    if not await store.unbind(device_id):
+        raise ApiError(404, "BINDING_NOT_FOUND", f"device {device_id} is not bound", f"设备 {device_id} 未绑定")
+
+
+@router.get("/bindings", summary="Bindings, by merchant or device")
+async def bindings(
+    store: StoreDep,
+    merchant_id: Annotated[str | None, Query(max_length=64)] = None,
+    device_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[Binding]:
+    return await store.bindings(merchant_id=merchant_id, device_id=device_id)

@@ -1,0 +1,232 @@
+"""The bridge service: accept a notification, record it, announce it, follow the acks.
+
+    async with PaymentBridge(store, endpoint, signer, client_id=..., ttl_s=120, ack_timeout_s=10) as bridge:
+        result = await bridge.accept_backend(body, signature, sign_type, headers)
+
+`accept_backend` returns only after the payment is durably recorded (and raises
+`NotificationRejected`, after recording the rejection, for anything refused). Announces go out
+right away; a retry loop republishes any without an ack after `ack_timeout_s`, until the
+announce's TTL, after which the delivery is counted as missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import structlog
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from edge_agent.link import Link, LinkDown
+from firmware_protocols import topics
+from firmware_protocols.endpoint import BrokerEndpoint
+from firmware_protocols.errors import MessageError
+from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_payload
+from firmware_protocols.signing import AnnounceSigner
+from payment_bridge.errors import NotificationRejected
+from payment_bridge.notifications import SIGNATURE_HEADER, verify_backend_notification
+from payment_bridge.store import PaymentStore, PendingDelivery, Recorded
+
+log = structlog.get_logger(__name__)
+
+# How often the retry loop looks for unacked deliveries. Small against the ack timeout, large
+# against the cost of its one indexed query.
+RETRY_SCAN_S = 1.0
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    published: int = 0
+    republished: int = 0
+    publish_failures: int = 0
+    acks: int = 0
+    stray_acks: int = 0
+    bad_acks: int = 0
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+class PaymentBridge:
+    def __init__(
+        self,
+        store: PaymentStore,
+        endpoint: BrokerEndpoint,
+        signer: AnnounceSigner,
+        backend_key: RSAPublicKey,
+        *,
+        client_id: str,
+        ttl_s: int = 120,
+        ack_timeout_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._backend_key = backend_key
+        self._ttl = timedelta(seconds=ttl_s)
+        self._ack_timeout = timedelta(seconds=ack_timeout_s)
+        self.stats = BridgeStats()
+        self._retry_task: asyncio.Task[None] | None = None
+        self._link = Link(
+            endpoint,
+            client_id=client_id,
+            subscriptions=[topics.fleet_uplink_filter(topics.Up.ACK)],
+            on_message=self._on_ack,
+        )
+
+    async def __aenter__(self) -> Self:
+        await self._link.__aenter__()
+        self._retry_task = asyncio.create_task(self._retry_loop(), name="bridge-retry")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry_task
+        await self._link.close()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await self._link.wait_connected(timeout_s)
+
+    # -- notifications in ------------------------------------------------------------------
+
+    async def accept_backend(
+        self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
+    ) -> Recorded:
+        received_at = received_at or datetime.now(tz=UTC)
+        try:
+            notification = verify_backend_notification(
+                body, headers.get(SIGNATURE_HEADER.lower()), headers.get("x-haodian-sign-type"), self._backend_key
+            )
+        except NotificationRejected as exc:
+            self.stats.rejected += 1
+            log.warning("notification rejected", source="backend", code=exc.code, reason=exc.reason)
+            await self._store.record_rejected(
+                source="backend", code=exc.code, reason=exc.reason, body=body, headers=headers, received_at=received_at
+            )
+            raise
+        recorded = await self._store.record_payment(
+            notification, source="backend", received_at=received_at, ttl=self._ttl
+        )
+        if not recorded.is_new:
+            self.stats.duplicates += 1
+            log.info("notification repeated; already recorded", payment_id=notification.payment_id)
+            return recorded
+        self.stats.accepted += 1
+        if notification.kind is not None:
+            if not recorded.device_ids:
+                log.warning(
+                    "payment has no bound device",
+                    payment_id=notification.payment_id,
+                    merchant_id=notification.merchant_id,
+                )
+            expires_at = received_at + self._ttl
+            await asyncio.gather(
+                *(
+                    self._publish(
+                        PendingDelivery(
+                            payment_id=notification.payment_id,
+                            device_id=device_id,
+                            merchant_id=notification.merchant_id,
+                            amount_fen=notification.amount_fen,
+                            channel=notification.channel.value,
+                            kind=notification.kind.value,
+                            paid_at=notification.paid_at,
+                            received_at=received_at,
+                            expires_at=expires_at,
+                        )
+                    )
+                    for device_id in recorded.device_ids
+                )
+            )
+        return recorded
+
+    # -- announces out ---------------------------------------------------------------------
+
+    def _announce_for(self, delivery: PendingDelivery, now: datetime) -> Announce:
+        ttl_left = max(1, int((delivery.expires_at - now).total_seconds()))
+        return self._signer.sign(
+            Announce(
+                device_id=delivery.device_id,
+                ts=_ms(now),
+                payment_id=delivery.payment_id,
+                amount_fen=delivery.amount_fen,
+                channel=Channel(delivery.channel),
+                kind=AnnounceKind(delivery.kind),
+                paid_at=_ms(delivery.paid_at),
+                issued_at=_ms(now),
+                ttl_s=ttl_left,
+                key_id=self._signer.key_id,
+            )
+        )
+
+    async def _publish(self, delivery: PendingDelivery, *, retry: bool = False) -> None:
+        now = datetime.now(tz=UTC)
+        announce = self._announce_for(delivery, now)
+        try:
+            await self._link.publish(topics.down(delivery.device_id, topics.Down.ANNOUNCE), announce.to_json())
+        except LinkDown as exc:
+            # Recorded already: the retry loop publishes it once the broker is back.
+            self.stats.publish_failures += 1
+            log.warning(
+                "announce not published; will retry",
+                payment_id=delivery.payment_id,
+                device_id=delivery.device_id,
+                error=str(exc),
+            )
+            return
+        if retry:
+            self.stats.republished += 1
+        else:
+            self.stats.published += 1
+        await self._store.mark_published(delivery.payment_id, delivery.device_id, now)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_SCAN_S)
+            now = datetime.now(tz=UTC)
+            try:
+                for delivery in await self._store.due_for_retry(now=now, ack_timeout=self._ack_timeout):
+                    log.info(
+                        "announce unacked; republishing", payment_id=delivery.payment_id, device_id=delivery.device_id
+                    )
+                    await self._publish(delivery, retry=True)
+                missed = await self._store.mark_missed(now=now, grace=self._ack_timeout)
+                if missed:
+                    log.warning("deliveries missed their TTL", count=missed)
+            except Exception:
+                # A database blip must not end retries for good; the next scan tries again.
+                log.exception("retry scan failed")
+
+    # -- acks back -------------------------------------------------------------------------
+
+    async def _on_ack(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        acked_at = datetime.now(tz=UTC)
+        try:
+            parsed = topics.parse(topic)
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            ack = parse_payload(Ack, payload, topic=topic)
+            if ack.device_id != parsed.device_id:
+                raise MessageError(f"{topic}: ack device_id {ack.device_id!r} does not match the topic")
+        except MessageError as exc:
+            self.stats.bad_acks += 1
+            log.warning("malformed ack dropped", topic=topic, error=str(exc))
+            return
+        if await self._store.record_ack(ack, acked_at):
+            self.stats.acks += 1
+        else:
+            self.stats.stray_acks += 1
+            log.warning("ack for unknown delivery", topic=topic, payment_id=ack.payment_id)

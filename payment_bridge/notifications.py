@@ -1,0 +1,75 @@
+"""The aggregated-payment backend's own notification: signed JSON.
+
+    POST /api/v1/notifications/backend
+    X-Haodian-Sign-Type: RSA2
+    X-Haodian-Signature: base64(SHA256withRSA(body))
+
+    {"notify_id": "N20261121000001", "payment_id": "P20261121000001", "merchant_id": "M0001",
+     "amount": "12.50", "channel": "wechat", "status": "SUCCESS",
+     "paid_at": "2026-11-21T12:00:00+08:00"}
+
+The signature is over the raw body bytes, checked before the body is parsed. Amounts are decimal
+yuan strings, as every platform sends them, turned into integer fen here.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from firmware_protocols.messages import MAX_AMOUNT_FEN, AnnounceKind, Channel
+from payment_bridge import rsa2
+from payment_bridge.errors import NotificationRejected
+
+SIGNATURE_HEADER = "X-Haodian-Signature"
+SIGN_TYPE_HEADER = "X-Haodian-Sign-Type"
+MAX_BODY_BYTES = 64 * 1024
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+
+
+class BackendNotification(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    notify_id: Identifier
+    payment_id: Identifier
+    merchant_id: Identifier
+    amount: Annotated[str, StringConstraints(pattern=r"^\d{1,10}(\.\d{1,2})?$")]
+    channel: Channel
+    # SUCCESS and REFUND are announced; CLOSED (and any later status) is recorded only.
+    status: Literal["SUCCESS", "REFUND", "CLOSED"]
+    paid_at: AwareDatetime
+
+    @property
+    def amount_fen(self) -> int:
+        return int(Decimal(self.amount) * 100)
+
+    @property
+    def kind(self) -> AnnounceKind | None:
+        """What to announce, or None when this status is not announced."""
+        return {"SUCCESS": AnnounceKind.PAYMENT, "REFUND": AnnounceKind.REFUND}.get(self.status)
+
+
+def verify_backend_notification(
+    body: bytes, signature: str | None, sign_type: str | None, public_key: RSAPublicKey
+) -> BackendNotification:
+    """Check size, signature, then shape; raise `NotificationRejected` for the first problem."""
+    if len(body) > MAX_BODY_BYTES:
+        raise NotificationRejected(413, "BODY_TOO_LARGE", f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+    if sign_type not in (None, "RSA2"):
+        raise NotificationRejected(400, "SIGN_TYPE_UNSUPPORTED", f"sign type {sign_type!r} is not RSA2")
+    if not signature:
+        raise NotificationRejected(401, "SIGNATURE_MISSING", f"no {SIGNATURE_HEADER} header")
+    if not rsa2.verify(public_key, body, signature):
+        raise NotificationRejected(401, "SIGNATURE_INVALID", "RSA2 signature does not verify against the backend key")
+    try:
+        notification = BackendNotification.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors())
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", problems) from exc
+    if notification.amount_fen > MAX_AMOUNT_FEN:
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", f"amount {notification.amount} is out of range")
+    return notification

@@ -1,0 +1,309 @@
+"""What the bridge keeps in PostgreSQL: payments, per-device deliveries, rejected notifications.
+
+A payment is written, with a delivery row for each device bound to its merchant, in one
+transaction before the platform hears "success": nothing acknowledged is ever lost, and a retry
+of the same notification finds the payment already there and announces nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from firmware_protocols.messages import Ack, AckStatus
+from payment_bridge.notifications import BackendNotification
+
+# Statuses that mean the merchant heard it (a duplicate ack: the device played it before).
+DELIVERED = (AckStatus.PLAYED.value, AckStatus.DUPLICATE.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    payment_id: str
+    is_new: bool
+    device_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    payment_id: str
+    device_id: str
+    merchant_id: str
+    amount_fen: int
+    channel: str
+    kind: str
+    paid_at: datetime
+    received_at: datetime
+    expires_at: datetime
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+class DeliverySummary(BaseModel):
+    payments: int
+    unrouted_payments: int
+    deliveries: int
+    delivered: int
+    pending: int
+    missed: int
+    refused: int
+    failed: int
+    delivery_rate: float | None
+    # Payment notification received → the speaker started playing (device clock).
+    latency_ms: Percentiles
+    # Notification received → the device's ack back at the bridge (one clock: an upper bound).
+    ack_round_trip_ms: Percentiles
+
+
+class DeliveryView(BaseModel):
+    device_id: str
+    status: str
+    attempts: int
+    acked_at: datetime | None
+    play_started_at: datetime | None
+    text: str | None
+    reason: str | None
+
+
+class PaymentView(BaseModel):
+    payment_id: str
+    merchant_id: str
+    amount_fen: int
+    channel: str
+    kind: str
+    status: str
+    paid_at: datetime
+    received_at: datetime
+    deliveries: list[DeliveryView]
+
+
+class Binding(BaseModel):
+    device_id: str
+    merchant_id: str
+    bound_at: datetime
+
+
+class PaymentStore:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def record_rejected(
+        self, *, source: str, code: str, reason: str, body: bytes, headers: Mapping[str, str], received_at: datetime
+    ) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO rejected_notifications (received_at, source, code, reason, body, headers)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    received_at,
+                    source,
+                    code,
+                    reason[:1000],
+                    body[:65536].decode("utf-8", "replace"),
+                    json.dumps(dict(headers)),
+                ),
+            )
+
+    async def record_payment(
+        self, notification: BackendNotification, *, source: str, received_at: datetime, ttl: timedelta
+    ) -> Recorded:
+        """Durably record a payment and its deliveries; idempotent by payment id."""
+        announce = notification.kind is not None
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
+                " status, paid_at, received_at, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+                (
+                    notification.payment_id,
+                    source,
+                    notification.notify_id,
+                    notification.merchant_id,
+                    notification.amount_fen,
+                    notification.channel.value,
+                    (notification.kind.value if notification.kind else "none"),
+                    notification.status,
+                    notification.paid_at,
+                    received_at,
+                    notification.model_dump_json(),
+                ),
+            )
+            if await cur.fetchone() is None:
+                return Recorded(notification.payment_id, is_new=False, device_ids=[])
+            if not announce:
+                return Recorded(notification.payment_id, is_new=True, device_ids=[])
+            cur = await conn.execute(
+                "INSERT INTO deliveries (payment_id, device_id, expires_at)"
+                " SELECT %s, device_id, %s FROM bindings WHERE merchant_id = %s ORDER BY device_id"
+                " RETURNING device_id",
+                (notification.payment_id, received_at + ttl, notification.merchant_id),
+            )
+            devices = [row[0] for row in await cur.fetchall()]
+        return Recorded(notification.payment_id, is_new=True, device_ids=devices)
+
+    async def mark_published(self, payment_id: str, device_id: str, at: datetime) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_published_at = %s"
+                " WHERE payment_id = %s AND device_id = %s",
+                (at, payment_id, device_id),
+            )
+
+    async def record_ack(self, ack: Ack, acked_at: datetime) -> bool:
+        """Record a device's ack; False if no such delivery exists (stray or forged ack)."""
+        play_started = (
+            datetime.fromtimestamp(ack.play_started_at / 1000, tz=acked_at.tzinfo) if ack.play_started_at else None
+        )
+        async with self._pool.connection() as conn:
+            # The first answer sets the status, except that "played" always wins: a late played
+            # ack (flushed from a device's outbox) beats the "missed" we concluded meanwhile.
+            takes = "(status IN ('pending', 'missed') OR (%(status)s = 'played' AND status <> 'played'))"
+            cur = await conn.execute(
+                "UPDATE deliveries SET acks = acks + 1,"  # noqa: S608 - `takes` is a constant.
+                f" status = CASE WHEN {takes} THEN %(status)s ELSE status END,"
+                f" acked_at = CASE WHEN {takes} THEN %(acked_at)s ELSE acked_at END,"
+                " play_started_at = COALESCE(play_started_at, %(play_started)s),"
+                " text = COALESCE(text, %(text)s), reason = COALESCE(reason, %(reason)s)"
+                " WHERE payment_id = %(payment_id)s AND device_id = %(device_id)s",
+                {
+                    "status": ack.status.value,
+                    "acked_at": acked_at,
+                    "play_started": play_started,
+                    "text": ack.text,
+                    "reason": ack.reason,
+                    "payment_id": ack.payment_id,
+                    "device_id": ack.device_id,
+                },
+            )
+            return cur.rowcount == 1
+
+    async def due_for_retry(self, *, now: datetime, ack_timeout: timedelta, limit: int = 500) -> list[PendingDelivery]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT d.payment_id, d.device_id, p.merchant_id, p.amount_fen, p.channel, p.kind, p.paid_at,"
+                " p.received_at, d.expires_at FROM deliveries d JOIN payments p USING (payment_id)"
+                " WHERE d.status = 'pending' AND d.expires_at > %s"
+                " AND (d.last_published_at IS NULL OR d.last_published_at < %s)"
+                " ORDER BY d.last_published_at NULLS FIRST LIMIT %s",
+                (now, now - ack_timeout, limit),
+            )
+            return [PendingDelivery(**row) for row in await cur.fetchall()]
+
+    async def mark_missed(self, *, now: datetime, grace: timedelta) -> int:
+        """Pending deliveries whose TTL (plus time for a last ack) has passed become 'missed'."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE deliveries SET status = 'missed' WHERE status = 'pending' AND expires_at < %s",
+                (now - grace,),
+            )
+            return cur.rowcount
+
+    async def summary(self, *, since: datetime | None = None) -> DeliverySummary:
+        since_clause = "p.received_at >= %(since)s" if since else "TRUE"
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT count(*) AS payments,"  # noqa: S608 - the clause is one of two constants.
+                " count(*) FILTER (WHERE p.kind <> 'none' AND NOT EXISTS"
+                "   (SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id)) AS unrouted_payments"
+                f" FROM payments p WHERE {since_clause}",
+                {"since": since},
+            )
+            payments = await cur.fetchone()
+            await cur.execute(
+                "SELECT count(*) AS deliveries,"  # noqa: S608 - the clause is one of two constants.
+                " count(*) FILTER (WHERE d.status = ANY(%(delivered)s)) AS delivered,"
+                " count(*) FILTER (WHERE d.status = 'pending') AS pending,"
+                " count(*) FILTER (WHERE d.status = 'missed') AS missed,"
+                " count(*) FILTER (WHERE d.status = 'refused') AS refused,"
+                " count(*) FILTER (WHERE d.status = 'failed') AS failed,"
+                " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lat) AS lat_p,"
+                " max(lat) AS lat_max,"
+                " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY rtt) AS rtt_p,"
+                " max(rtt) AS rtt_max"
+                " FROM (SELECT d.status,"
+                "   CASE WHEN d.status = 'played' THEN"
+                "     extract(epoch FROM d.play_started_at - p.received_at) * 1000 END AS lat,"
+                "   CASE WHEN d.status = 'played' THEN"
+                "     extract(epoch FROM d.acked_at - p.received_at) * 1000 END AS rtt"
+                f"   FROM deliveries d JOIN payments p USING (payment_id) WHERE {since_clause}) d",
+                {"since": since, "delivered": list(DELIVERED)},
+            )
+            row = await cur.fetchone()
+        assert payments is not None  # noqa: S101 - aggregates always return a row.
+        assert row is not None  # noqa: S101
+
+        def percentiles(values: list[float] | None, top: float | None) -> Percentiles:
+            if not values:
+                return Percentiles(p50=None, p95=None, p99=None, max=top)
+            return Percentiles(p50=values[0], p95=values[1], p99=values[2], max=top)
+
+        deliveries = int(row["deliveries"])
+        return DeliverySummary(
+            payments=payments["payments"],
+            unrouted_payments=payments["unrouted_payments"],
+            deliveries=deliveries,
+            delivered=row["delivered"],
+            pending=row["pending"],
+            missed=row["missed"],
+            refused=row["refused"],
+            failed=row["failed"],
+            delivery_rate=(row["delivered"] / deliveries) if deliveries else None,
+            latency_ms=percentiles(row["lat_p"], row["lat_max"]),
+            ack_round_trip_ms=percentiles(row["rtt_p"], row["rtt_max"]),
+        )
+
+    async def payment(self, payment_id: str) -> PaymentView | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT payment_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at"
+                " FROM payments WHERE payment_id = %s",
+                (payment_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await cur.execute(
+                "SELECT device_id, status, attempts, acked_at, play_started_at, text, reason"
+                " FROM deliveries WHERE payment_id = %s ORDER BY device_id",
+                (payment_id,),
+            )
+            row["deliveries"] = await cur.fetchall()
+            return PaymentView.model_validate(row)
+
+    async def bind(self, device_id: str, merchant_id: str) -> Binding:
+        """Bind a device to a merchant, moving it from any previous one (one merchant per device)."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "INSERT INTO bindings (device_id, merchant_id) VALUES (%s, %s)"
+                " ON CONFLICT (device_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id, bound_at = now()"
+                " RETURNING device_id, merchant_id, bound_at",
+                (device_id, merchant_id),
+            )
+            row = await cur.fetchone()
+            return Binding.model_validate(row)
+
+    async def unbind(self, device_id: str) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM bindings WHERE device_id = %s", (device_id,))
+            return cur.rowcount == 1
+
+    async def bindings(self, *, merchant_id: str | None = None, device_id: str | None = None) -> list[Binding]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT device_id, merchant_id, bound_at FROM bindings"
+                " WHERE (%(m)s::text IS NULL OR merchant_id = %(m)s) AND (%(d)s::text IS NULL OR device_id = %(d)s)"
+                " ORDER BY merchant_id, device_id",
+                {"m": merchant_id, "d": device_id},
+            )
+            return [Binding.model_validate(row) for row in await cur.fetchall()]
