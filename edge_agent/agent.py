@@ -31,6 +31,7 @@ from edge_agent.hardware import Modem
 from edge_agent.link import Backoff, Link, LinkDown
 from edge_agent.outbox import Outbox
 from edge_agent.speech import announcement_text
+from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError, SignatureError
@@ -143,10 +144,7 @@ class EdgeAgent:
                 timeout=2.0,
             )
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._link.close()
         self._seen.close()
 
@@ -288,18 +286,20 @@ class EdgeAgent:
 
     async def _play_loop(self) -> None:
         while True:
-            item = await self._queue.get()
-            try:
-                rendered = self._voice.render(item.announce.payment_id, item.text)
-                play_started_at = self._clock.now_ms()
-                await self._sink.play(rendered)
-            except AudioError as exc:
-                self.stats.play_failures += 1
-                self._log.error("announcement could not be played", payment_id=item.announce.payment_id, error=str(exc))
-                await self._ack(item.announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
-                await self._report("play_failed", payment_id=item.announce.payment_id, error=str(exc)[:200])
-                continue
-            self.stats.played += 1
-            await self._ack(
-                item.announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text
-            )
+            await self._play(await self._queue.get())
+
+    async def _play(self, item: _Playback) -> None:
+        try:
+            rendered = self._voice.render(item.announce.payment_id, item.text)
+            play_started_at = self._clock.now_ms()
+            await self._sink.play(rendered)
+        except AudioError as exc:
+            self.stats.play_failures += 1
+            self._log.error("announcement could not be played", payment_id=item.announce.payment_id, error=str(exc))
+            await self._ack(item.announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
+            await self._report("play_failed", payment_id=item.announce.payment_id, error=str(exc)[:200])
+            return
+        self.stats.played += 1
+        await self._ack(
+            item.announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text
+        )

@@ -10,7 +10,6 @@ sent to a device in the meantime is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Self
 import aiomqtt
 import structlog
 
+from edge_agent.tasks import cancel_and_wait
 from firmware_protocols.endpoint import BrokerEndpoint
 
 log = structlog.get_logger(__name__)
@@ -96,9 +96,7 @@ class Link:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def wait_connected(self, timeout_s: float) -> None:

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from haodian.keys import ServerKeys
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def backend_key() -> rsa.RSAPrivateKey:
+    """The simulated payment backend's RSA key: generated per test session, test-only."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def server_keys(backend_key) -> ServerKeys:
+    return ServerKeys(signing_key=Ed25519PrivateKey.generate(), backend_public_key=backend_key.public_key())
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Wait until `check()` is true; fail with `what` after `timeout_s` (a bound, not a speed claim)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,147 @@
+"""The announce decisions of the edge agent, with fake speaker and clock, no broker.
+
+Without a broker every uplink lands in the agent's outbox, which is where these tests read the
+acks and events from.
+"""
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.audio import MemorySink, VoicePack
+from edge_agent.clock import FakeClock
+from edge_agent.config import AgentConfig
+from edge_agent.hardware import SimulatedModem
+from firmware_protocols.messages import Announce
+from firmware_protocols.signing import AnnounceSigner, encode_public_key
+
+pytestmark = pytest.mark.anyio
+
+SERVER_KEY = Ed25519PrivateKey.generate()
+SIGNER = AnnounceSigner(SERVER_KEY)
+
+
+def make_agent(tmp_path, clock, sink):
+    config = AgentConfig(
+        device_id="SPK1",
+        broker_url="mqtt://127.0.0.1:9",
+        state_dir=tmp_path,
+        server_keys=[encode_public_key(SERVER_KEY.public_key())],
+    )
+    return EdgeAgent(config, sink=sink, voice=VoicePack.builtin(), modem=SimulatedModem(seed=1), clock=clock)
+
+
+def announce(clock, payment_id="P1", **changes):
+    fields = {
+        "device_id": "SPK1",
+        "ts": clock.now_ms(),
+        "payment_id": payment_id,
+        "amount_fen": 1250,
+        "channel": "wechat",
+        "paid_at": clock.now_ms(),
+        "issued_at": clock.now_ms(),
+        "ttl_s": 60,
+        "key_id": SIGNER.key_id,
+    }
+    return SIGNER.sign(Announce.model_validate({**fields, **changes}))
+
+
+def uplinks(agent):
+    return [(item.topic.rsplit("/", 1)[1], json.loads(item.payload)) for item in agent._outbox.drain()]
+
+
+async def play_all(agent):
+    while not agent._queue.empty():
+        await agent._play(agent._queue.get_nowait())
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+async def test_signed_announce_is_played_once_and_acked(tmp_path, clock):
+    sink = MemorySink()
+    agent = make_agent(tmp_path, clock, sink)
+    await agent.handle_announce(announce(clock).to_json())
+    await play_all(agent)
+    assert [r.text for r in sink.played] == ["微信收款十二点五元"]
+    assert sink.played[0].duration_s > 1.0
+    [(kind, ack)] = uplinks(agent)
+    assert kind == "ack"
+    assert (ack["status"], ack["payment_id"], ack["text"]) == ("played", "P1", "微信收款十二点五元")
+
+    await agent.handle_announce(announce(clock).to_json())  # broker redelivery / server retry
+    await play_all(agent)
+    assert len(sink.played) == 1
+    assert [ack["status"] for _, ack in uplinks(agent)] == ["duplicate"]
+
+
+async def test_dedup_survives_a_restart(tmp_path, clock):
+    sink = MemorySink()
+    first = make_agent(tmp_path, clock, sink)
+    await first.handle_announce(announce(clock).to_json())
+    first._seen.close()
+    second = make_agent(tmp_path, clock, sink)
+    await second.handle_announce(announce(clock).to_json())
+    assert second._queue.empty()
+    assert [ack["status"] for _, ack in uplinks(second)] == ["duplicate"]
+
+
+async def test_stale_announce_is_not_played_late(tmp_path, clock):
+    sink = MemorySink()
+    agent = make_agent(tmp_path, clock, sink)
+    stale = announce(clock, ttl_s=30)
+    clock.advance(31_000)
+    await agent.handle_announce(stale.to_json())
+    assert agent._queue.empty()
+    assert [ack["status"] for _, ack in uplinks(agent)] == ["expired"]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda a: a.model_copy(update={"amount_fen": 999900}),  # amount changed after signing
+        lambda a: a.model_copy(update={"sig": ""}),  # signature stripped
+        lambda a: AnnounceSigner(Ed25519PrivateKey.generate()).sign(a),  # someone else's key
+    ],
+)
+async def test_forged_announces_are_refused_and_reported(tmp_path, clock, forge):
+    sink = MemorySink()
+    agent = make_agent(tmp_path, clock, sink)
+    await agent.handle_announce(forge(announce(clock)).to_json())
+    assert agent._queue.empty()
+    sent = uplinks(agent)
+    assert [kind for kind, _ in sent] == ["ack", "event"]
+    assert sent[0][1]["status"] == "refused"
+    assert sent[1][1]["kind"] == "announce_refused"
+    assert agent.stats.refused == 1
+
+
+async def test_announce_for_another_device_is_refused(tmp_path, clock):
+    agent = make_agent(tmp_path, clock, MemorySink())
+    await agent.handle_announce(announce(clock, device_id="SPK2").to_json())
+    assert agent._queue.empty()
+    assert uplinks(agent)[0][1]["status"] == "refused"
+
+
+async def test_malformed_announce_is_logged_and_reported(tmp_path, clock):
+    agent = make_agent(tmp_path, clock, MemorySink())
+    with capture_logs() as logs:
+        await agent.handle_announce(b'{"type": "announce"', topic="hd/v1/SPK1/down/announce")
+    assert agent._queue.empty()
+    assert any(e["event"] == "malformed announce dropped" and e["topic"] == "hd/v1/SPK1/down/announce" for e in logs)
+    [(kind, event)] = uplinks(agent)
+    assert (kind, event["kind"]) == ("event", "bad_message")
+
+
+async def test_announcements_play_in_arrival_order(tmp_path, clock):
+    sink = MemorySink()
+    agent = make_agent(tmp_path, clock, sink)
+    for i, fen in enumerate([100, 200, 300]):
+        await agent.handle_announce(announce(clock, payment_id=f"P{i}", amount_fen=fen).to_json())
+    await play_all(agent)
+    assert [r.text for r in sink.played] == ["微信收款一元", "微信收款二元", "微信收款三元"]
