@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -329,6 +330,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 }
 
 
+async def _until_signalled(command: Coroutine[Any, Any, int]) -> int:
+    """Run `command`; SIGTERM (and Ctrl-C) cancel it, so every resource shuts down in order."""
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - always inside asyncio.run.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from haodian import logs  # noqa: PLC0415
@@ -339,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         logs.configure(json=args.command in {"server", "broker"}, level=args.log_level)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return asyncio.run(_until_signalled(COMMANDS[args.command](args)))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last word to a person: one clear line, not a trace.
