@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -129,6 +130,9 @@ class Link:
             tls_context=tls_context,
             max_inflight_messages=self._max_inflight,
             timeout=PUBLISH_TIMEOUT_S,
+            # paho leaves Nagle's algorithm on: an ack published right after a PUBACK then waits
+            # for the peer's delayed TCP ACK (40 ms on Linux). Announcements cannot wait for that.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
 
     async def _deliver(self, message: aiomqtt.Message) -> None:

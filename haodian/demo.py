@@ -57,10 +57,14 @@ def _fmt(value: float | None) -> str:
 
 
 def summary_line(online: int, devices: int, s: DeliverySummary) -> str:
-    rate = "-" if s.delivery_rate is None else f"{s.delivery_rate * 100:.2f}%"
+    # Announcements still in flight are neither delivered nor missed yet: the live rate is over
+    # the settled ones; the report's final rate is over all of them.
+    settled = s.deliveries - s.pending
+    rate = "-" if not settled else f"{s.delivered / settled * 100:.2f}%"
+    in_flight = f" (+{s.pending} 播报中 in flight)" if s.pending else ""
     return (
         f"在线 online {online}/{devices} | 支付 payments {s.payments} | "
-        f"已播报 announced {s.delivered}/{s.deliveries} | 到达率 delivery {rate} | "
+        f"已播报 announced {s.delivered}/{settled}{in_flight} | 到达率 delivery {rate} | "
         f"延迟 latency p50 {_fmt(s.latency_ms.p50)} ms p99 {_fmt(s.latency_ms.p99)} ms"
     )
 

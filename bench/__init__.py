@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench SCENARIO`; each prints the machine, the parameters and the figures."""
