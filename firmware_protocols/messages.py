@@ -9,15 +9,16 @@ integer fen (分), so every language reads the same numbers.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from firmware_protocols.errors import MessageError
 from firmware_protocols.topics import DEVICE_ID_PATTERN, Down, Up
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Refuse absurd payloads before parsing them: the largest real message (hello with
 # capabilities) is well under 2 KiB.
@@ -59,7 +60,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow", str_strip_whitespace=False)
 
-    v: Literal[1] = 1
+    v: Literal[1] = SCHEMA_VERSION
     device_id: DeviceId
     ts: EpochMs
 
@@ -174,7 +175,9 @@ def parse_payload(model: type[M], payload: bytes | bytearray, *, topic: str = ""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise MessageError(f"{model.__name__}{where}: {problems}") from exc
+        raise MessageError(f"{model.__name__}{where}: {describe_errors(exc.errors())}") from exc
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One line naming each bad field and what is wrong with it (pydantic's `errors()` list)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in errors)

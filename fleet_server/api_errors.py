@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from firmware_protocols.messages import describe_errors
+
 
 class ErrorBody(BaseModel):
     code: str
@@ -42,7 +44,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it only.
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = describe_errors(exc.errors())
         return error_response(422, "INVALID_REQUEST", problems, f"请求无效：{problems}")
 
     app.add_exception_handler(ApiError, on_api_error)

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from firmware_protocols.messages import MAX_AMOUNT_FEN, AnnounceKind, Channel
+from firmware_protocols.messages import MAX_AMOUNT_FEN, AnnounceKind, Channel, describe_errors
 from payment_bridge import rsa2
 from payment_bridge.errors import NotificationRejected
 
@@ -68,8 +68,7 @@ def verify_backend_notification(
     try:
         notification = BackendNotification.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors())
-        raise NotificationRejected(400, "NOTIFICATION_INVALID", problems) from exc
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", describe_errors(exc.errors())) from exc
     if notification.amount_fen > MAX_AMOUNT_FEN:
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"amount {notification.amount} is out of range")
     return notification

@@ -191,3 +191,20 @@ async def test_announce_waits_for_a_device_that_was_offline(stack, server_keys, 
 
             await eventually(played, what="the offline device to play on its return")
     assert [r.text for r in sink.played] == ["支付宝到账五元"]
+
+
+async def test_bad_requests_get_clear_errors_in_both_languages(stack):
+    _, server, _ = stack
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        missing = await http.get("/api/v1/devices/NOPE1")
+        assert missing.status_code == 404
+        assert missing.json()["error"] == {
+            "code": "DEVICE_NOT_FOUND",
+            "message": "device NOPE1 not found",
+            "message_zh": "设备 NOPE1 不存在",
+        }
+        bad = await http.post("/api/v1/bindings", json={"device_id": "a/b", "merchant_id": "M1"})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["code"] == "INVALID_REQUEST"
+        assert "device_id" in bad.json()["error"]["message"]
+        assert (await http.get("/openapi.json")).json()["info"]["title"] == "Haodian fleet API"
