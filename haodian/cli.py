@@ -293,8 +293,9 @@ async def _run_pay(args: argparse.Namespace) -> int:
     from haodian.keys import dev_key_paths, read_rsa_private_key  # noqa: PLC0415
     from simulators.backend import PaymentBackend  # noqa: PLC0415
 
+    amount_fen = _amount_fen(args.amount)
     backend = PaymentBackend(read_rsa_private_key(dev_key_paths(args.data_dir)[1]), args.bridge_url, [args.merchant])
-    body, headers = backend.notification(amount_fen=_amount_fen(args.amount), channel=Channel(args.channel))
+    body, headers = backend.notification(amount_fen=amount_fen, channel=Channel(args.channel))
     async with httpx.AsyncClient(timeout=10) as client:
         try:
             response = await backend.send(client, body, headers)

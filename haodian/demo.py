@@ -93,7 +93,10 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
         ) as server,
     ):
         print(f"  broker {broker.endpoint.url()} (amqtt, embedded)  database {database.url} (embedded)")
-        print(f"  API {server.base_url}/api/v1/devices   OpenAPI {server.base_url}/openapi.json")
+        print(
+            f"  状态页 status page {server.base_url}/   API {server.base_url}/api/v1/devices"
+            f"   OpenAPI {server.base_url}/openapi.json"
+        )
         run_dir = out / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
         async with (
             SimulatedFleet(

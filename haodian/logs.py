@@ -15,7 +15,12 @@ from typing import TextIO
 import structlog
 
 # Third-party loggers that are chatty at INFO and say nothing an operator needs there.
-_QUIET = {"amqtt": logging.WARNING, "transitions": logging.WARNING, "uvicorn.access": logging.WARNING}
+_QUIET = {
+    "amqtt": logging.WARNING,
+    "transitions": logging.WARNING,
+    "uvicorn.access": logging.WARNING,
+    "pgserver": logging.WARNING,
+}
 
 
 def configure(

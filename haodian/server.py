@@ -16,13 +16,14 @@ import socket as socket_module
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from enum import StrEnum
+from importlib import resources
 from types import TracebackType
 from typing import Self
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse
 
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.signing import AnnounceSigner
@@ -71,9 +72,12 @@ def create_app(parts: set[Part]) -> FastAPI:
     async def healthz() -> dict[str, object]:
         return {"status": "ok", "parts": sorted(parts)}
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> RedirectResponse:
-        return RedirectResponse("/openapi.json")
+    if Part.FLEET in parts:
+        page = (resources.files("fleet_server") / "static" / "index.html").read_text(encoding="utf-8")
+
+        @app.get("/", include_in_schema=False)
+        async def status_page() -> HTMLResponse:
+            return HTMLResponse(page)
 
     return app
 

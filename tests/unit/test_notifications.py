@@ -2,6 +2,8 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from payment_bridge import rsa2
 from payment_bridge.errors import NotificationRejected
@@ -80,3 +82,20 @@ def test_only_rsa2_is_accepted():
 def test_closed_payments_are_recorded_but_not_announced():
     raw = body(status="CLOSED")
     assert verify_backend_notification(raw, rsa2.sign(BACKEND_KEY, raw), None, PUBLIC).kind is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.binary(max_size=400)
+    | st.dictionaries(st.text(max_size=12), st.text(max_size=12) | st.integers(), max_size=8).map(
+        lambda d: json.dumps(d).encode()
+    )
+)
+def test_any_signed_body_is_accepted_or_refused_cleanly(raw):
+    try:
+        verify_backend_notification(raw, rsa2.sign(BACKEND_KEY, raw), "RSA2", PUBLIC)
+    except NotificationRejected as exc:
+        status = exc.status
+    else:
+        status = 200
+    assert status in {200, 400, 413}

@@ -1,0 +1,60 @@
+"""The command line and the settings: helpful, and strict about bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from haodian.cli import build_parser, main
+from haodian.settings import Settings
+
+
+@pytest.mark.parametrize("command", ["demo", "server", "broker", "agent", "sim", "pay", "keys"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    assert "usage: haodian" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--devices", "0"], "must be at least 1"),
+        (["demo", "--tps", "-5"], "must be greater than 0"),
+        (["server", "--port", "70000"], "port must be 0-65535"),
+        (["agent", "--device-id", "X"], "--server-key"),
+        (["fly"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_amount_for_pay_is_explained(tmp_path):
+    with pytest.raises(SystemExit, match="at most 2 decimals"):
+        main(["pay", "--merchant", "M1", "--amount", "1.234", "--data-dir", str(tmp_path)])
+
+
+def test_server_parts_are_checked():
+    with pytest.raises(SystemExit, match="--parts takes fleet and/or bridge"):
+        main(["server", "--parts", "fleet,bogus"])
+
+
+def test_production_refuses_generated_keys_and_embedded_services(monkeypatch):
+    monkeypatch.setenv("HAODIAN_ENVIRONMENT", "production")
+    with pytest.raises(ValueError, match="HAODIAN_SIGNING_KEY_FILE"):
+        Settings(_env_file=None)
+
+
+def test_agent_side_imports_nothing_server_side():
+    """The device installs only the base dependencies; the agent must not need the rest."""
+    code = (
+        "import sys, edge_agent.agent, edge_agent.audio, firmware_protocols.signing, haodian.logs\n"
+        "heavy = sorted(m for m in ('fastapi', 'psycopg', 'uvicorn', 'amqtt', 'pgserver') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
