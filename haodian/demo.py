@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -69,6 +70,31 @@ def summary_line(online: int, devices: int, s: DeliverySummary) -> str:
     )
 
 
+class _Api:
+    """The calls the demo makes to the server's HTTP API, as any client would."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
+        self._client = client
+        self._base = base_url
+
+    async def bind(self, bindings: dict[str, str]) -> None:
+        for device_id, merchant_id in bindings.items():
+            response = await self._client.post(
+                f"{self._base}/api/v1/bindings", json={"device_id": device_id, "merchant_id": merchant_id}
+            )
+            response.raise_for_status()
+
+    async def summary(self) -> DeliverySummary:
+        response = await self._client.get(f"{self._base}/api/v1/deliveries/summary")
+        response.raise_for_status()
+        return DeliverySummary.model_validate(response.json())
+
+    async def online(self) -> int:
+        response = await self._client.get(f"{self._base}/api/v1/fleet/summary")
+        response.raise_for_status()
+        return int(response.json()["online"])
+
+
 def merchants_for(device_ids: list[str]) -> dict[str, str]:
     """device → merchant: most merchants have one speaker, every fifth has two."""
     merchant_count = max(1, round(len(device_ids) * 0.8))
@@ -97,6 +123,9 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
             f"  状态页 status page {server.base_url}/   API {server.base_url}/api/v1/devices"
             f"   OpenAPI {server.base_url}/openapi.json"
         )
+        # Keep the audio of this run only: a demo writes a WAV per announcement.
+        for previous in out.glob("*T*Z"):
+            shutil.rmtree(previous, ignore_errors=True)
         run_dir = out / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
         async with (
             SimulatedFleet(
@@ -110,34 +139,20 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
         ):
             await fleet.wait_connected(30)
             bindings = merchants_for(fleet.device_ids)
-            for device_id, merchant_id in bindings.items():
-                response = await client.post(
-                    f"{server.base_url}/api/v1/bindings", json={"device_id": device_id, "merchant_id": merchant_id}
-                )
-                response.raise_for_status()
+            api = _Api(client, server.base_url)
+            await api.bind(bindings)
             print(
                 f"  {len(fleet.device_ids)} devices online, bound to {len(set(bindings.values()))} merchants;"
                 f" audio in {(run_dir / 'audio').resolve()}"
             )
 
-            async def summary() -> DeliverySummary:
-                response = await client.get(f"{server.base_url}/api/v1/deliveries/summary")
-                response.raise_for_status()
-                return DeliverySummary.model_validate(response.json())
-
-            async def online() -> int:
-                response = await client.get(f"{server.base_url}/api/v1/fleet/summary")
-                response.raise_for_status()
-                return int(response.json()["online"])
-
-            async def show(final: bool = False) -> DeliverySummary:
-                s = await summary()
-                line = summary_line(await online(), options.devices, s)
-                print(
-                    ("\r" + line + " " * 4) if tty and not final else line,
-                    end="" if tty and not final else "\n",
-                    flush=True,
-                )
+            async def show(*, final: bool = False) -> DeliverySummary:
+                s = await api.summary()
+                line = summary_line(await api.online(), options.devices, s)
+                if tty and not final:
+                    print("\r" + line + " " * 4, end="", flush=True)
+                else:
+                    print(line, flush=True)
                 return s
 
             backend = PaymentBackend(backend_key, server.base_url, sorted(set(bindings.values())))
@@ -151,7 +166,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                     next_line += 5.0
             backend_stats = await sender
             drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while (await summary()).pending and time.monotonic() < drain_deadline:  # noqa: ASYNC110 - polls the API.
+            while (await api.summary()).pending and time.monotonic() < drain_deadline:  # noqa: ASYNC110 - polls the API.
                 await asyncio.sleep(0.2)
             if tty:
                 print()
@@ -162,7 +177,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 "machine": machine(),
                 "api": server.base_url,
                 "audio_dir": str((run_dir / "audio").resolve()),
-                "devices_online": await online(),
+                "devices_online": await api.online(),
                 "backend": {
                     "sent": backend_stats.sent,
                     "accepted": backend_stats.accepted,
@@ -177,4 +192,9 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
     options.report.parent.mkdir(parents=True, exist_ok=True)
     options.report.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"report written to {options.report}")
+    if final.delivery_rate != 1.0:
+        print(
+            f"未全部播报 not every announcement was delivered: {final.delivered}/{final.deliveries},"
+            f" {final.missed} missed, {final.pending} pending; see {options.report} and the log"
+        )
     return report

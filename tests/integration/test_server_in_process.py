@@ -208,3 +208,32 @@ async def test_bad_requests_get_clear_errors_in_both_languages(stack):
         assert bad.json()["error"]["code"] == "INVALID_REQUEST"
         assert "device_id" in bad.json()["error"]["message"]
         assert (await http.get("/openapi.json")).json()["info"]["title"] == "Haodian fleet API"
+        page = await http.get("/")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "好店设备状态" in page.text
+
+
+async def test_unacked_announce_is_republished_within_its_ttl(stack, server_keys, backend_key, tmp_path, unique):
+    """A device bound before it ever connected has no broker session to queue into: the first
+    announce is lost at the broker, and the bridge's retry delivers it once the device appears."""
+    broker, server, database_url = stack
+    device = f"NEW{unique}"
+    sink = MemorySink()
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": f"M{unique}"})
+        backend = PaymentBackend(backend_key, server.base_url, [f"M{unique}"])
+        body, headers = backend.notification(amount_fen=2000, channel=Channel.UNIONPAY)
+        payment_id = json.loads(body)["payment_id"]
+        assert (await http.post("/api/v1/notifications/backend", content=body, headers=headers)).is_success
+        async with agent_for(device, broker, server_keys, tmp_path, sink):
+
+            async def played() -> bool:
+                payment = (await http.get(f"/api/v1/payments/{payment_id}")).json()
+                return payment["deliveries"][0]["status"] == "played"
+
+            await eventually(played, what="the republished announce to be played")
+    assert [r.text for r in sink.played] == ["云闪付收款二十元"]
+    with psycopg.connect(database_url) as conn:
+        attempts = conn.execute("SELECT attempts FROM deliveries WHERE payment_id = %s", (payment_id,)).fetchone()
+    assert attempts is not None
+    assert attempts[0] >= 2
