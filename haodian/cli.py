@@ -15,6 +15,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 EXAMPLES = """\
 examples / 示例:
   haodian demo --devices 20 --tps 5 --duration 20     # everything on this machine / 本机完整演示
@@ -355,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_until_signalled(COMMANDS[args.command](args)))
     except KeyboardInterrupt:
         return 130
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        problems = "; ".join(f"HAODIAN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"haodian {args.command}: bad configuration: {problems}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the last word to a person: one clear line, not a trace.
         print(f"haodian {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -1,12 +1,24 @@
 """The command line and the settings: helpful, and strict about bad input."""
 
+import logging
 import subprocess
 import sys
 
 import pytest
+import structlog
 
 from haodian.cli import build_parser, main
 from haodian.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`main` configures logging for the process; put it back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+    structlog.reset_defaults()
 
 
 @pytest.mark.parametrize("command", ["demo", "server", "broker", "agent", "sim", "pay", "keys"])
@@ -42,6 +54,12 @@ def test_bad_amount_for_pay_is_explained(tmp_path):
 def test_server_parts_are_checked():
     with pytest.raises(SystemExit, match="--parts takes fleet and/or bridge"):
         main(["server", "--parts", "fleet,bogus"])
+
+
+def test_bad_configuration_names_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("HAODIAN_HTTP_PORT", "abc")
+    assert main(["server"]) == 2
+    assert "bad configuration: HAODIAN_HTTP_PORT: Input should be a valid integer" in capsys.readouterr().err
 
 
 def test_production_refuses_generated_keys_and_embedded_services(monkeypatch):
