@@ -12,11 +12,11 @@ announce's TTL, after which the delivery is counted as missed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 import structlog
@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 # How often the retry loop looks for unacked deliveries. Small against the ack timeout, large
 # against the cost of its one indexed query.
 RETRY_SCAN_S = 1.0
+# On shutdown, how long announces already being published may take to reach the broker.
+PUBLISH_DRAIN_S = 5.0
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class PaymentBridge:
         self._ack_timeout = timedelta(seconds=ack_timeout_s)
         self.stats = BridgeStats()
         self._retry_task: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
         self._link = Link(
             endpoint,
             client_id=client_id,
@@ -93,6 +96,12 @@ class PaymentBridge:
     ) -> None:
         if self._retry_task is not None:
             await cancel_and_wait(self._retry_task)
+        if self._publishing:
+            # Let announces already on their way reach the broker; the rest stay pending in the
+            # database and the next bridge publishes them.
+            await asyncio.wait(self._publishing, timeout=PUBLISH_DRAIN_S)
+            for task in list(self._publishing):
+                await cancel_and_wait(task)
         await self._link.close()
 
     async def wait_connected(self, timeout_s: float) -> None:
@@ -131,7 +140,9 @@ class PaymentBridge:
                     merchant_id=notification.merchant_id,
                 )
             expires_at = received_at + self._ttl
-            await asyncio.gather(
+            # Published in the background: the platform's answer waits only for the database,
+            # never for the broker. What fails to publish, the retry loop publishes later.
+            self._spawn(
                 *(
                     self._publish(
                         PendingDelivery(
@@ -150,6 +161,12 @@ class PaymentBridge:
                 )
             )
         return recorded
+
+    def _spawn(self, *coroutines: Coroutine[Any, Any, None]) -> None:
+        for coroutine in coroutines:
+            task = asyncio.create_task(coroutine)
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
     # -- announces out ---------------------------------------------------------------------
 

@@ -143,11 +143,13 @@ class PaymentStore:
                 return Recorded(notification.payment_id, is_new=False, device_ids=[])
             if not announce:
                 return Recorded(notification.payment_id, is_new=True, device_ids=[])
+            # last_published_at starts at the time of receipt: the first publish follows at once,
+            # and the retry loop leaves the delivery alone until the ack timeout has passed.
             cur = await conn.execute(
-                "INSERT INTO deliveries (payment_id, device_id, expires_at)"
-                " SELECT %s, device_id, %s FROM bindings WHERE merchant_id = %s ORDER BY device_id"
+                "INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at)"
+                " SELECT %s, device_id, %s, %s FROM bindings WHERE merchant_id = %s ORDER BY device_id"
                 " RETURNING device_id",
-                (notification.payment_id, received_at + ttl, notification.merchant_id),
+                (notification.payment_id, received_at + ttl, received_at, notification.merchant_id),
             )
             devices = [row[0] for row in await cur.fetchall()]
         return Recorded(notification.payment_id, is_new=True, device_ids=devices)
@@ -194,8 +196,8 @@ class PaymentStore:
                 "SELECT d.payment_id, d.device_id, p.merchant_id, p.amount_fen, p.channel, p.kind, p.paid_at,"
                 " p.received_at, d.expires_at FROM deliveries d JOIN payments p USING (payment_id)"
                 " WHERE d.status = 'pending' AND d.expires_at > %s"
-                " AND (d.last_published_at IS NULL OR d.last_published_at < %s)"
-                " ORDER BY d.last_published_at NULLS FIRST LIMIT %s",
+                " AND d.last_published_at < %s"
+                " ORDER BY d.last_published_at LIMIT %s",
                 (now, now - ack_timeout, limit),
             )
             return [PendingDelivery(**row) for row in await cur.fetchall()]

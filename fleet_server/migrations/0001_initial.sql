@@ -68,7 +68,7 @@ CREATE TABLE deliveries (
     status            text NOT NULL DEFAULT 'pending',
     attempts          integer NOT NULL DEFAULT 0,
     expires_at        timestamptz NOT NULL,
-    last_published_at timestamptz,
+    last_published_at timestamptz NOT NULL,
     acked_at          timestamptz,
     play_started_at   timestamptz,
     acks              integer NOT NULL DEFAULT 0,

@@ -157,7 +157,10 @@ async def test_payment_is_announced_once_on_every_bound_device(stack, server_key
         assert again.json()["duplicate"] is True
 
         async def healthy() -> bool:
-            device = (await http.get(f"/api/v1/devices/{agents[0].device_id}")).json()
+            response = await http.get(f"/api/v1/devices/{agents[0].device_id}")
+            if response.status_code == 404:  # not ingested yet
+                return False
+            device = response.json()
             return device["online"] and device["last_health"] is not None
 
         await eventually(healthy, what="health of the first device in the registry")
