@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import socket as socket_module
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from enum import StrEnum
@@ -157,8 +156,8 @@ class ServerStack:
             )
             self.app.state.bridge = self.bridge
         await self._wait_broker()
-        self._socket = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_STREAM)
-        self._socket.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((self.settings.http_host, self.settings.http_port))
         self._stack.callback(self._socket.close)
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
