@@ -189,8 +189,7 @@ class EdgeAgent:
             try:
                 await self._link.publish(item.topic, item.payload)
             except LinkDown:
-                for rest in pending[i:]:
-                    self._outbox.put(rest.topic, rest.payload, is_ack=rest.topic.endswith("/ack"))
+                self._outbox.requeue(pending[i:])
                 raise
         if pending:
             self._log.info("outbox flushed", messages=len(pending))

@@ -18,6 +18,7 @@ class Pending:
     seq: int
     topic: str = field(compare=False)
     payload: bytes = field(compare=False)
+    is_ack: bool = field(compare=False)
 
 
 class Outbox:
@@ -27,7 +28,15 @@ class Outbox:
         self._telemetry: deque[Pending] = deque(maxlen=max_telemetry)
 
     def put(self, topic: str, payload: bytes, *, is_ack: bool) -> None:
-        (self._acks if is_ack else self._telemetry).append(Pending(next(self._seq), topic, payload))
+        self._keep(Pending(next(self._seq), topic, payload, is_ack))
+
+    def requeue(self, items: list[Pending]) -> None:
+        """Put back what a flush could not send; it keeps its place in the order."""
+        for item in items:
+            self._keep(item)
+
+    def _keep(self, item: Pending) -> None:
+        (self._acks if item.is_ack else self._telemetry).append(item)
 
     def __len__(self) -> int:
         return len(self._acks) + len(self._telemetry)

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from haodian.embedded import EmbeddedBroker, EmbeddedDatabase
-from haodian.keys import dev_key_paths, ensure_dev_keys, load_server_keys, read_rsa_private_key
+from haodian.keys import dev_key_paths, load_server_keys, read_rsa_private_key
 from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from payment_bridge.store import DeliverySummary
@@ -103,8 +103,16 @@ def merchants_for(device_ids: list[str]) -> dict[str, str]:
 
 async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
     out = options.data_dir / "demo"
-    settings = settings.model_copy(update={"data_dir": options.data_dir, "http_port": options.http_port})
-    ensure_dev_keys(options.data_dir)
+    # The demo's simulated backend signs with the development key pair, so the server must use
+    # the development keys too (created on first use), whatever the environment says.
+    settings = settings.model_copy(
+        update={
+            "data_dir": options.data_dir,
+            "http_port": options.http_port,
+            "signing_key_file": None,
+            "backend_public_key_file": None,
+        }
+    )
     keys = load_server_keys(settings)
     backend_key = read_rsa_private_key(dev_key_paths(options.data_dir)[1])
     tty = sys.stdout.isatty()

@@ -30,7 +30,7 @@ from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_payload
 from firmware_protocols.signing import AnnounceSigner
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.notifications import SIGNATURE_HEADER, verify_backend_notification
+from payment_bridge.notifications import SIGN_TYPE_HEADER, SIGNATURE_HEADER, verify_backend_notification
 from payment_bridge.store import PaymentStore, PendingDelivery, Recorded
 
 log = structlog.get_logger(__name__)
@@ -115,7 +115,7 @@ class PaymentBridge:
         received_at = received_at or datetime.now(tz=UTC)
         try:
             notification = verify_backend_notification(
-                body, headers.get(SIGNATURE_HEADER.lower()), headers.get("x-haodian-sign-type"), self._backend_key
+                body, headers.get(SIGNATURE_HEADER.lower()), headers.get(SIGN_TYPE_HEADER.lower()), self._backend_key
             )
         except NotificationRejected as exc:
             self.stats.rejected += 1

@@ -55,3 +55,13 @@ def test_backoff_grows_to_its_cap_with_jitter_and_resets():
     assert all(4.0 <= d <= 8.0 for d in delays[5:])
     backoff.reset()
     assert backoff.next_delay() <= 0.5
+
+
+def test_requeued_items_keep_their_place_before_newer_ones():
+    box = Outbox()
+    box.put("t/ack", b"a1", is_ack=True)
+    box.put("t/health", b"h1", is_ack=False)
+    unsent = box.drain()
+    box.put("t/health", b"h2", is_ack=False)  # produced while the flush was failing
+    box.requeue(unsent)
+    assert [(p.payload, p.is_ack) for p in box.drain()] == [(b"a1", True), (b"h1", False), (b"h2", False)]
