@@ -1,19 +1,26 @@
 """The agent: a device's link, announcer and health reporting, as one async resource.
 
-    async with EdgeAgent(config, sink=WavFileSink(out), voice=VoicePack.builtin(),
+    async with EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), WavFileSink(out)),
                          modem=SimulatedModem()) as agent:
         await agent.wait_connected(10)
         ...
 
 Announce path (kept short, measured in bench/): receive → validate → verify signature → check
-TTL → remember payment id → queue → render clips → play → ack. The receive side never waits for
-playback, so a long announcement never stalls the link.
+TTL → remember payment id → queue → say (voice clips, or text to the TTS chip) → ack → print the
+receipt where there is a printer. The receive side never waits for playback, so a long
+announcement never stalls the link.
+
+Health reports carry what the hardware ports say (modem signal, registration, cell and SIM,
+TTS chip and printer state, system load, memory, disk); a part that changes state (a printer out
+of paper, a modem that lost its network, a chip that stopped answering) is also reported at once
+as a `hardware_changed` event, so a field agent sees it without waiting for the next report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +30,16 @@ from typing import Literal, Self
 import aiomqtt
 import structlog
 
-from edge_agent.audio import AudioError, AudioSink, VoicePack
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import AgentConfig
 from edge_agent.dedup import SeenPayments
-from edge_agent.hardware import Modem
+from edge_agent.hardware.errors import HardwareError
+from edge_agent.hardware.ports import Modem, Printer, SystemInfo
 from edge_agent.link import Backoff, Link, LinkDown
 from edge_agent.outbox import Outbox
-from edge_agent.speech import announcement_text
+from edge_agent.speech import announcement_text, read_amount
 from edge_agent.tasks import cancel_and_wait
+from edge_agent.voice import Speaker
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError, SignatureError
@@ -39,6 +47,7 @@ from firmware_protocols.messages import (
     Ack,
     AckStatus,
     Announce,
+    CellReport,
     Event,
     Health,
     Hello,
@@ -46,11 +55,15 @@ from firmware_protocols.messages import (
     Presence,
     parse_payload,
 )
+from firmware_protocols.serial import escpos
 from firmware_protocols.signing import AnnounceVerifier, decode_public_key
 
 log = structlog.get_logger(__name__)
 
 CAPABILITIES = ["announce.v1", "voice.zh_cn"]
+# Part states not worth an event when first seen at start ("" is a part the device lacks). The
+# SIM is reported by its id, so only a change of id (a swapped SIM) is an event.
+_GOOD_PART_STATES = {"", "ok", "home", "roaming", "paper_low"}
 
 
 @dataclass(slots=True)
@@ -62,6 +75,8 @@ class AgentStats:
     refused: int = 0
     bad_messages: int = 0
     play_failures: int = 0
+    receipts_printed: int = 0
+    receipt_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +99,20 @@ class EdgeAgent:
         self,
         config: AgentConfig,
         *,
-        sink: AudioSink,
-        voice: VoicePack,
+        speaker: Speaker,
         modem: Modem,
+        printer: Printer | None = None,
+        system: SystemInfo | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.device_id = config.device_id
         self.stats = AgentStats()
-        self._sink = sink
-        self._voice = voice
+        self._speaker = speaker
         self._modem = modem
+        self._printer = printer
+        self._system = system
+        self._parts: dict[str, str] = {}
         self._clock = clock or SystemClock()
         self._verifier = AnnounceVerifier([decode_public_key(k) for k in config.server_keys])
         self._seen = SeenPayments(config.state_dir / "seen-payments.sqlite3")
@@ -196,20 +214,67 @@ class EdgeAgent:
 
     async def _health_loop(self) -> None:
         while True:
-            await self._send(topics.Up.HEALTH, await self.health())
+            health = await self.health()
+            await self._report_part_changes(health)
+            await self._send(topics.Up.HEALTH, health)
             await asyncio.sleep(self.config.health_interval_s)
 
     async def health(self) -> Health:
+        """A health report, with what every hardware port says now."""
+        modem = await self._modem.status()
+        printer = await self._printer.status() if self._printer is not None else None
+        system = await self._system.status() if self._system is not None else None
+        cell = modem.cell
         return Health(
             device_id=self.device_id,
             ts=self._clock.now_ms(),
             uptime_s=(self._clock.now_ms() - self._started_ms) // 1000,
-            rssi_dbm=await self._modem.signal_dbm(),
+            rssi_dbm=modem.signal_dbm,
             volume=self.config.volume,
             queue_depth=self._queue.qsize(),
             played_total=self.stats.played,
             mem_rss_kb=_rss_kb(),
+            signal_bars=modem.signal_bars,
+            modem="ok" if modem.reachable else "unreachable",
+            registration=modem.registration if modem.reachable else None,
+            cell=CellReport(
+                rat=cell.rat,
+                mcc=cell.mcc,
+                mnc=cell.mnc,
+                area=cell.area,
+                cell_id=cell.cell_id,
+                rsrp_dbm=cell.rsrp_dbm,
+                sinr=cell.sinr,
+            )
+            if cell.rat
+            else None,
+            iccid=modem.iccid,
+            imei=modem.imei,
+            tts=await self._speaker.chip_state(),
+            printer=printer.state if printer is not None else None,
+            load_1m=system.load_1m if system else None,
+            mem_available_kb=system.mem_available_kb if system else None,
+            disk_free_kb=system.disk_free_kb if system else None,
+            cpu_temp_c=system.cpu_temp_c if system else None,
         )
+
+    async def _report_part_changes(self, health: Health) -> None:
+        """An event for each part whose state changed since the last report, or is bad at the first."""
+        now = {
+            "modem": health.modem,
+            "registration": health.registration,
+            "tts": "ok" if health.tts in ("idle", "busy") else health.tts,
+            "printer": health.printer,
+            "sim": health.iccid,
+        }
+        for part, value in now.items():
+            state = value or ""
+            was = self._parts.get(part)
+            bad_at_start = was is None and part != "sim" and state not in _GOOD_PART_STATES
+            if bad_at_start or (was is not None and state != was):
+                self._log.warning("hardware state changed", part=part, state=state, was=was)
+                await self._report("hardware_changed", part=part, state=state, was=was)
+            self._parts[part] = state
 
     async def _ack(self, announce: Announce, status: AckStatus, received_at: int, **extra: object) -> None:
         ack = Ack.model_validate(
@@ -289,10 +354,9 @@ class EdgeAgent:
 
     async def _play(self, item: _Playback) -> None:
         try:
-            rendered = self._voice.render(item.announce.payment_id, item.text)
             play_started_at = self._clock.now_ms()
-            await self._sink.play(rendered)
-        except AudioError as exc:
+            await self._speaker.say(item.announce.payment_id, item.text, volume=self.config.volume)
+        except HardwareError as exc:
             self.stats.play_failures += 1
             self._log.error("announcement could not be played", payment_id=item.announce.payment_id, error=str(exc))
             await self._ack(item.announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
@@ -302,3 +366,45 @@ class EdgeAgent:
         await self._ack(
             item.announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text
         )
+        if self._printer is not None and self.config.print_receipts:
+            await self._print_receipt(item)
+
+    async def _print_receipt(self, item: _Playback) -> None:
+        announce = item.announce
+        receipt = receipt_for(announce, item.text)
+        assert self._printer is not None  # noqa: S101 - checked by the caller
+        try:
+            await self._printer.print_receipt(receipt)
+        except HardwareError as exc:
+            self.stats.receipt_failures += 1
+            self._log.warning("receipt not printed", payment_id=announce.payment_id, error=str(exc))
+            await self._report("receipt_failed", payment_id=announce.payment_id, error=str(exc)[:200])
+            return
+        self.stats.receipts_printed += 1
+
+
+def receipt_for(announce: Announce, spoken: str) -> bytes:
+    """The ESC/POS receipt a POS prints for an announced payment."""
+    yuan, fen = divmod(announce.amount_fen, 100)
+    paid = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(announce.paid_at / 1000))
+    title = "退款凭证" if announce.kind == "refund" else "收款凭证"
+    return (
+        escpos.Receipt()
+        .init()
+        .chinese()
+        .align(escpos.Align.CENTER)
+        .bold()
+        .size(2, 2)
+        .line(f"好店 {title}")
+        .size(1, 1)
+        .bold(on=False)
+        .align(escpos.Align.LEFT)
+        .line(spoken.removesuffix(read_amount(announce.amount_fen)))
+        .line(f"金额: {yuan}.{fen:02d} 元")
+        .line(f"时间: {paid}")
+        .chinese(on=False)
+        .line(f"No. {announce.payment_id}")
+        .feed(3)
+        .cut(partial=True)
+        .encode()
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -29,3 +29,17 @@ class AgentConfig(BaseModel):
     # broker outage does not hammer it, jitter so it does not return all at once.
     reconnect_initial_s: Annotated[float, Field(gt=0)] = 0.5
     reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+
+    # Hardware. Each serial part is a pyserial URL (a device such as /dev/ttyS1, or a link to a
+    # pseudo-terminal); absent means the device has no such part (the modem is then simulated).
+    # Speech goes to the TTS chip when there is one, else voice clips to ALSA (`audio_device`)
+    # or, with neither, to WAV files (the simulated speaker).
+    tts_port: str | None = None
+    tts_dialect: Literal["syn6288", "xfs5152"] = "syn6288"
+    tts_baud: Annotated[int, Field(gt=0)] = 9600  # the SYN6288's default; the XFS5152 also starts at 9600
+    modem_port: str | None = None
+    modem_baud: Annotated[int, Field(gt=0)] = 115200  # Quectel modules' default UART rate
+    printer_port: str | None = None
+    printer_baud: Annotated[int, Field(gt=0)] = 9600
+    print_receipts: bool = True
+    audio_device: str | None = None

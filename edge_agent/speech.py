@@ -77,5 +77,5 @@ def read_amount(amount_fen: int) -> str:
 
 def announcement_text(channel: Channel, kind: AnnounceKind, amount_fen: int) -> str:
     """The whole sentence: 微信收款十二点五元, or 退款十二点五元 for a refund."""
-    words = REFUND_WORDS if kind is AnnounceKind.REFUND else CHANNEL_WORDS[channel]
+    words = REFUND_WORDS if kind == AnnounceKind.REFUND else CHANNEL_WORDS[channel]
     return words + read_amount(amount_fen)

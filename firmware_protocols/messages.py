@@ -87,6 +87,20 @@ class Hello(Message):
     capabilities: list[ShortText] = Field(default_factory=list, max_length=32)
 
 
+class CellReport(BaseModel):
+    """The serving cell, as the modem names it: where the device is, to a few hundred metres."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    rat: ShortText | None = None
+    mcc: Annotated[int, Field(ge=0, le=999)] | None = None
+    mnc: Annotated[int, Field(ge=0, le=999)] | None = None
+    area: Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{1,8}$")] | None = None
+    cell_id: Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{1,10}$")] | None = None
+    rsrp_dbm: Annotated[int, Field(ge=-160, le=0)] | None = None
+    sinr: Annotated[int, Field(ge=-50, le=60)] | None = None
+
+
 class Health(Message):
     """Periodic health report."""
 
@@ -97,6 +111,19 @@ class Health(Message):
     queue_depth: Annotated[int, Field(ge=0)]
     played_total: Annotated[int, Field(ge=0)]
     mem_rss_kb: Annotated[int, Field(ge=0)] | None = None
+    # What the device's parts report (absent on devices without the part, or older agents).
+    signal_bars: Annotated[int, Field(ge=0, le=5)] | None = None
+    modem: Literal["ok", "unreachable"] | None = None
+    registration: Literal["home", "roaming", "searching", "denied", "not_registered", "unknown"] | None = None
+    cell: CellReport | None = None
+    iccid: Annotated[str, StringConstraints(pattern=r"^[0-9]{18,20}$")] | None = None
+    imei: Annotated[str, StringConstraints(pattern=r"^[0-9]{15}$")] | None = None
+    tts: Literal["idle", "busy", "unreachable"] | None = None
+    printer: Literal["ok", "paper_low", "paper_out", "cover_open", "error", "offline", "unreachable"] | None = None
+    load_1m: Annotated[float, Field(ge=0)] | None = None
+    mem_available_kb: Annotated[int, Field(ge=0)] | None = None
+    disk_free_kb: Annotated[int, Field(ge=0)] | None = None
+    cpu_temp_c: float | None = None
 
 
 class Event(Message):

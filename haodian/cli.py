@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the embedded database, keys and audio go (default .haodian)",
     )
     demo.add_argument("--http-port", type=_port, default=0, help="API port (default: a free one)")
+    demo.add_argument(
+        "--serial-devices",
+        type=int,
+        default=2,
+        help="how many devices are POS terminals with a TTS chip, modem and printer on pseudo-terminals (default 2)",
+    )
 
     server = sub.add_parser(
         "server",
@@ -114,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser(
         "agent",
-        help="run one edge agent (a device), simulated hardware",
-        description="Run the edge agent of one device. Announcements are written as WAV "
-        "files to --audio-dir (the simulated speaker).",
+        help="run one edge agent (a device) on real or simulated hardware",
+        description="Run the edge agent of one device. Speech goes to the TTS chip on --tts-port, "
+        "else voice clips to ALSA --audio-device, else WAV files in --audio-dir (the simulated "
+        "speaker). Serial ports may be devices (/dev/ttyS1) or the links `haodian peers` makes.",
     )
     agent.add_argument("--device-id", required=True, help="device id, e.g. SPK0001")
     agent.add_argument("--broker-url", default="mqtt://127.0.0.1:1883", help="mqtt://[user[:pass]@]host[:port]")
@@ -137,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--health-interval", type=_positive_float, default=60.0, help="seconds between health reports (default 60)"
     )
+    agent.add_argument("--tts-port", default=None, help="TTS chip serial port (default: none, voice clips)")
+    agent.add_argument("--tts-dialect", choices=["syn6288", "xfs5152"], default="syn6288", help="TTS chip family")
+    agent.add_argument("--modem-port", default=None, help="4G modem AT port (default: none, simulated modem)")
+    agent.add_argument("--printer-port", default=None, help="ESC/POS printer serial port (default: none)")
+    agent.add_argument("--audio-device", default=None, help="ALSA device for voice clips, e.g. default or hw:0")
+
+    peers = sub.add_parser(
+        "peers",
+        help="run virtual serial hardware (TTS chip, modem, printer) on pseudo-terminals",
+        description="Start a virtual TTS chip, 4G modem and receipt printer, each on a pseudo-terminal "
+        "linked as <dir>/tts, <dir>/modem and <dir>/printer, for `haodian agent --tts-port <dir>/tts "
+        "--modem-port <dir>/modem --printer-port <dir>/printer`. 虚拟串口外设。",
+    )
+    peers.add_argument("--dir", type=Path, default=Path(".haodian/peers"), help="where the links go")
+    peers.add_argument("--dialect", choices=["syn6288", "xfs5152"], default="syn6288", help="TTS chip family")
 
     sim = sub.add_parser(
         "sim",
@@ -201,6 +223,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
             report=args.report or args.data_dir / "demo" / "report.json",
             data_dir=args.data_dir,
             http_port=args.http_port,
+            serial_devices=min(max(args.serial_devices, 0), args.devices),
         ),
         Settings(),
     )
@@ -253,9 +276,8 @@ async def _run_broker(args: argparse.Namespace) -> int:
 
 async def _run_agent(args: argparse.Namespace) -> int:
     from edge_agent.agent import EdgeAgent  # noqa: PLC0415
-    from edge_agent.audio import VoicePack, WavFileSink  # noqa: PLC0415
+    from edge_agent.bootstrap import open_hardware  # noqa: PLC0415
     from edge_agent.config import AgentConfig  # noqa: PLC0415
-    from edge_agent.hardware import SimulatedModem  # noqa: PLC0415
 
     state_dir = args.state_dir or Path(".haodian/agent") / args.device_id
     config = AgentConfig(
@@ -264,10 +286,31 @@ async def _run_agent(args: argparse.Namespace) -> int:
         server_keys=args.server_key,
         state_dir=state_dir,
         health_interval_s=args.health_interval,
+        tts_port=args.tts_port,
+        tts_dialect=args.tts_dialect,
+        modem_port=args.modem_port,
+        printer_port=args.printer_port,
+        audio_device=args.audio_device,
     )
-    sink = WavFileSink(args.audio_dir or state_dir / "audio")
-    async with EdgeAgent(config, sink=sink, voice=VoicePack.builtin(), modem=SimulatedModem()):
-        print(f"agent {args.device_id} running; broker {args.broker_url}; audio in {sink.folder}", flush=True)
+    audio_dir = args.audio_dir or state_dir / "audio"
+    async with open_hardware(config, audio_dir=audio_dir) as hardware, EdgeAgent(config, **hardware.ports()):
+        speech = f"TTS chip on {config.tts_port}" if config.tts_port else f"audio in {audio_dir}"
+        print(f"agent {args.device_id} running; broker {args.broker_url}; {speech}", flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _run_peers(args: argparse.Namespace) -> int:
+    from simulators.serial_peers import VirtualModem, VirtualPrinter, VirtualTtsChip  # noqa: PLC0415
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    async with (
+        VirtualTtsChip(args.dir / "tts", dialect=args.dialect) as chip,
+        VirtualModem(args.dir / "modem") as modem,
+        VirtualPrinter(args.dir / "printer") as printer,
+    ):
+        for peer in (chip, modem, printer):
+            print(f"{peer.kind:8} {peer.link} -> {peer.pty_name}", flush=True)
         await asyncio.Event().wait()
     return 0
 
@@ -327,6 +370,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "server": _run_server,
     "broker": _run_broker,
     "agent": _run_agent,
+    "peers": _run_peers,
     "sim": _run_sim,
     "pay": _run_pay,
     "keys": _run_keys,

@@ -42,6 +42,7 @@ class DemoOptions:
     data_dir: Path
     http_port: int
     health_interval_s: float = 5.0
+    serial_devices: int = 0
 
 
 def machine() -> dict[str, Any]:
@@ -142,6 +143,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 server_keys=[keys.server_public_key_b64],
                 base_dir=run_dir,
                 health_interval_s=options.health_interval_s,
+                serial_devices=options.serial_devices,
             ) as fleet,
             httpx.AsyncClient(timeout=10.0) as client,
         ):
@@ -153,6 +155,11 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 f"  {len(fleet.device_ids)} devices online, bound to {len(set(bindings.values()))} merchants;"
                 f" audio in {(run_dir / 'audio').resolve()}"
             )
+            if fleet.peers:
+                print(
+                    f"  {len(fleet.peers)} POS terminals speak through a TTS chip and print on a printer, both"
+                    f" virtual on pseudo-terminals (串口外设): {(run_dir / 'peers').resolve()}"
+                )
 
             async def show(*, final: bool = False) -> DeliverySummary:
                 s = await api.summary()
@@ -194,6 +201,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 },
                 "delivery": final.model_dump(),
                 "agents": asdict(fleet.stats()),
+                "serial_hardware": fleet.serial_report(),
                 "bridge": asdict(server.bridge.stats) if server.bridge else None,
                 "ingest": asdict(server.ingest.stats) if server.ingest else None,
             }

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Self
+from typing import Literal, Self
 
 from firmware_protocols.errors import CodecError
 from firmware_protocols.serial._stream import ByteStream
@@ -37,6 +37,9 @@ from firmware_protocols.serial._stream import ByteStream
 ESC, GS, FS, DLE, EOT, LF = 0x1B, 0x1D, 0x1C, 0x10, 0x04, 0x0A
 # A run of text longer than this with no command after it is line noise, not a receipt line.
 MAX_TEXT = 4096
+
+
+Condition = Literal["ok", "paper_low", "paper_out", "cover_open", "error", "offline"]
 
 
 class Align(enum.IntEnum):
@@ -329,7 +332,7 @@ class PrinterStatus:
     answered: frozenset[int] = field(default_factory=frozenset)
 
     @property
-    def state(self) -> str:
+    def state(self) -> Condition:
         """One word for the fleet: ok, paper_out, cover_open, error, offline, paper_low."""
         if self.paper_out:
             return "paper_out"

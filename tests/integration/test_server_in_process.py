@@ -12,9 +12,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.audio import MemorySink, VoicePack
 from edge_agent.config import AgentConfig
-from edge_agent.hardware import SimulatedModem
+from edge_agent.hardware.audio import MemorySink
+from edge_agent.hardware.modem import SimulatedModem
+from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Channel
 from haodian.embedded import EmbeddedBroker
 from haodian.server import Part, ServerStack
@@ -50,7 +51,7 @@ def agent_for(device_id, broker, server_keys, tmp_path, sink):
         server_keys=[server_keys.server_public_key_b64],
         health_interval_s=0.5,
     )
-    return EdgeAgent(config, sink=sink, voice=VoicePack.builtin(), modem=SimulatedModem(seed=1))
+    return EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), sink), modem=SimulatedModem(seed=1))
 
 
 async def test_malformed_device_messages_are_logged_dropped_and_ingest_goes_on(stack, unique):

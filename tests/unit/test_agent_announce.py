@@ -11,10 +11,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.audio import MemorySink, VoicePack
 from edge_agent.clock import FakeClock
 from edge_agent.config import AgentConfig
-from edge_agent.hardware import SimulatedModem
+from edge_agent.hardware.audio import MemorySink
+from edge_agent.hardware.errors import Unreachable
+from edge_agent.hardware.modem import SimulatedModem
+from edge_agent.hardware.printer import FakePrinter
+from edge_agent.hardware.tts_chip import FakeTtsChip
+from edge_agent.voice import ChipSpeaker, ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import AnnounceSigner, encode_public_key
 
@@ -31,7 +35,7 @@ def make_agent(tmp_path, clock, sink):
         state_dir=tmp_path,
         server_keys=[encode_public_key(SERVER_KEY.public_key())],
     )
-    return EdgeAgent(config, sink=sink, voice=VoicePack.builtin(), modem=SimulatedModem(seed=1), clock=clock)
+    return EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), sink), modem=SimulatedModem(seed=1), clock=clock)
 
 
 def announce(clock, payment_id="P1", **changes):
@@ -145,3 +149,53 @@ async def test_announcements_play_in_arrival_order(tmp_path, clock):
         await agent.handle_announce(announce(clock, payment_id=f"P{i}", amount_fen=fen).to_json())
     await play_all(agent)
     assert [r.text for r in sink.played] == ["微信收款一元", "微信收款二元", "微信收款三元"]
+
+
+async def test_chip_speaker_and_printer_ports(tmp_path, clock):
+    """Speech through the TTS chip port and a receipt on the printer port; a printer out of paper
+    loses no announcement, it is reported."""
+    chip, printer = FakeTtsChip(), FakePrinter()
+    config = AgentConfig(
+        device_id="SPK1",
+        broker_url="mqtt://127.0.0.1:9",
+        state_dir=tmp_path,
+        server_keys=[encode_public_key(SERVER_KEY.public_key())],
+        volume=4,
+    )
+    agent = EdgeAgent(config, speaker=ChipSpeaker(chip), modem=SimulatedModem(seed=1), printer=printer, clock=clock)
+    await agent.handle_announce(announce(clock, "P1").to_json())
+    await play_all(agent)
+    assert chip.spoken == [("微信收款十二点五元", 4)]
+    assert len(printer.printed) == 1
+    assert "金额: 12.50 元".encode("gbk") in printer.printed[0]
+    printer.state = "paper_out"
+    await agent.handle_announce(announce(clock, "P2").to_json())
+    await play_all(agent)
+    sent = uplinks(agent)
+    assert [body["status"] for kind, body in sent if kind == "ack"] == ["played", "played"]
+    assert [body["kind"] for kind, body in sent if kind == "event"] == ["receipt_failed"]
+    assert (agent.stats.receipts_printed, agent.stats.receipt_failures) == (1, 1)
+
+
+async def test_part_states_in_health_and_change_events(tmp_path, clock):
+    chip, printer = FakeTtsChip(), FakePrinter()
+    printer.state = "cover_open"
+    config = AgentConfig(
+        device_id="SPK1",
+        broker_url="mqtt://127.0.0.1:9",
+        state_dir=tmp_path,
+        server_keys=[encode_public_key(SERVER_KEY.public_key())],
+    )
+    agent = EdgeAgent(config, speaker=ChipSpeaker(chip), modem=SimulatedModem(seed=1), printer=printer, clock=clock)
+    health = await agent.health()
+    assert (health.tts, health.printer, health.registration, health.modem) == ("idle", "cover_open", "home", "ok")
+    await agent._report_part_changes(health)  # a bad part at start is reported at once
+    chip.failure = Unreachable("gone")
+    printer.state = "ok"
+    await agent._report_part_changes(await agent.health())
+    events = [body["detail"] for kind, body in uplinks(agent) if kind == "event"]
+    assert events == [
+        {"part": "printer", "state": "cover_open", "was": None},
+        {"part": "tts", "state": "unreachable", "was": "ok"},
+        {"part": "printer", "state": "ok", "was": "cover_open"},
+    ]

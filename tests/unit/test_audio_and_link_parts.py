@@ -5,10 +5,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.audio import AudioError, VoicePack, WavFileSink
+from edge_agent.hardware.audio import WavFileSink
+from edge_agent.hardware.errors import AudioError
 from edge_agent.link import Backoff
 from edge_agent.outbox import Outbox
 from edge_agent.speech import announcement_text
+from edge_agent.voice import VoicePack
 from firmware_protocols.messages import AnnounceKind, Channel
 
 VOICE = VoicePack.builtin()

@@ -71,7 +71,7 @@ def test_production_refuses_generated_keys_and_embedded_services(monkeypatch):
 def test_agent_side_imports_nothing_server_side():
     """The device installs only the base dependencies; the agent must not need the rest."""
     code = (
-        "import sys, edge_agent.agent, edge_agent.audio, firmware_protocols.signing, haodian.logs\n"
+        "import sys, edge_agent.agent, edge_agent.bootstrap, firmware_protocols.signing, haodian.logs\n"
         "heavy = sorted(m for m in ('fastapi', 'psycopg', 'uvicorn', 'amqtt', 'pgserver') if m in sys.modules)\n"
         "assert not heavy, heavy"
     )

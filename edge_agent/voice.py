@@ -1,38 +1,21 @@
-"""Sound out of the speaker: a voice pack of Mandarin clips and the sinks that play them.
+"""What the speaker says, and how: a voice pack of Mandarin clips or the TTS chip.
 
 `VoicePack` turns announcement text into clip audio (longest phrase first, then character by
-character). An `AudioSink` plays a rendered announcement: `WavFileSink` writes one WAV per
-announcement (the simulated speaker of the demo and tests), `MemorySink` keeps them for unit
-tests. A board's I2S/PCM sink and the TTS-chip sink implement the same port.
+character). A `Speaker` says an announcement: `ClipSpeaker` renders clips into an `AudioSink`,
+`ChipSpeaker` hands the text to the TTS chip, which speaks it itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import wave
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-
-class AudioError(Exception):
-    """The voice pack or an audio sink cannot do what was asked."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """An announcement ready to play: its text and PCM audio (mono, 16-bit)."""
-
-    name: str
-    text: str
-    pcm: bytes
-    sample_rate: int
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.pcm) / 2 / self.sample_rate
+from edge_agent.hardware.audio import AudioSink, Rendered
+from edge_agent.hardware.errors import AudioError
+from edge_agent.hardware.ports import TtsChip, TtsState
 
 
 class VoicePack:
@@ -87,41 +70,40 @@ class VoicePack:
         return Rendered(name=name, text=text, pcm=pcm, sample_rate=self.sample_rate)
 
 
-class AudioSink(Protocol):
-    """Where rendered announcements are played."""
+class Speaker(Protocol):
+    """Says announcements; `say` returns once speech has started, raises HardwareError if it cannot."""
 
-    async def play(self, rendered: Rendered) -> None:
-        """Start playing `rendered`; return once playback has started."""
+    async def say(self, name: str, text: str, *, volume: int) -> None: ...
+
+    async def chip_state(self) -> TtsState | None:
+        """The TTS chip's state for health reports; None when speech does not use a chip."""
         ...
 
 
-class WavFileSink:
-    """A simulated speaker: each announcement becomes `<folder>/<name>.wav`."""
+class ClipSpeaker:
+    """Announcements from voice clips, played by an audio sink."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, voice: VoicePack, sink: AudioSink) -> None:
+        self.voice = voice
+        self.sink = sink
 
-    def _write(self, rendered: Rendered) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{rendered.name}.wav"
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(rendered.sample_rate)
-            out.writeframes(rendered.pcm)
+    async def say(self, name: str, text: str, *, volume: int) -> None:  # noqa: ARG002 - see below
+        # Clip playback volume belongs to the board's mixer, not to the samples: scaling PCM on
+        # the announce path would cost milliseconds per payment for nothing the codec can't do.
+        await self.sink.play(self.voice.render(name, text))
 
-    async def play(self, rendered: Rendered) -> None:
-        try:
-            await asyncio.to_thread(self._write, rendered)
-        except OSError as exc:
-            raise AudioError(f"cannot write {rendered.name}.wav in {self.folder}: {exc}") from exc
+    async def chip_state(self) -> TtsState | None:
+        return None
 
 
-class MemorySink:
-    """A fake speaker for unit tests: remembers what it played, in order."""
+class ChipSpeaker:
+    """Announcements spoken by the TTS chip from their text."""
 
-    def __init__(self) -> None:
-        self.played: list[Rendered] = []
+    def __init__(self, chip: TtsChip) -> None:
+        self.chip = chip
 
-    async def play(self, rendered: Rendered) -> None:
-        self.played.append(rendered)
+    async def say(self, name: str, text: str, *, volume: int) -> None:  # noqa: ARG002 - the chip needs no name
+        await self.chip.speak(text, volume=volume)
+
+    async def chip_state(self) -> TtsState | None:
+        return await self.chip.state()

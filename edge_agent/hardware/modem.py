@@ -1,0 +1,146 @@
+"""The 4G modem port: a Quectel-style module on a UART, and a simulated one.
+
+`status()` asks for signal (+CSQ), LTE then 2G registration (+CEREG?/+CREG?), the serving cell
+(+QENG="servingcell"), the SIM (+QCCID) and, once, the module's identity (ATI, +CGSN). A SIM
+read each time is how a swapped SIM shows up. URCs that arrive meanwhile are logged.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+
+from edge_agent.hardware.errors import Unreachable
+from edge_agent.hardware.ports import CellInfo, ModemStatus, Registration
+from edge_agent.hardware.serial_line import SerialLine
+from firmware_protocols.errors import CodecError
+from firmware_protocols.serial import at
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+# Quectel documents 300 ms as the maximum response time of these queries.
+COMMAND_TIMEOUT_S = 1.0
+
+_REGISTRATION: dict[at.RegStatus, Registration] = {
+    at.RegStatus.HOME: "home",
+    at.RegStatus.ROAMING: "roaming",
+    at.RegStatus.SEARCHING: "searching",
+    at.RegStatus.DENIED: "denied",
+    at.RegStatus.NOT_REGISTERED: "not_registered",
+    at.RegStatus.UNKNOWN: "unknown",
+}
+
+
+class SerialModem:
+    def __init__(self, line: SerialLine) -> None:
+        self.line = line
+        self._parser = at.AtParser()
+        self._identity: tuple[str | None, str | None, str | None] | None = None
+        self._log = log.bind(part=line.name, port=line.url)
+
+    async def command(self, command: bytes) -> at.AtResponse:
+        """Send one AT command and return its response; `Unreachable` if none comes."""
+        async with self.line.session():
+            if self._parser.pending is not None:
+                self._parser.abandon()
+            await self.line.write(self._parser.expect(command))
+            deadline = time.monotonic() + COMMAND_TIMEOUT_S
+            while (left := deadline - time.monotonic()) > 0:
+                self._parser.feed(await self.line.read(min(left, 0.1)))
+                while True:
+                    try:
+                        event = self._parser.next_event()
+                    except CodecError as exc:
+                        self._log.warning("garbage from modem ignored", error=str(exc))
+                        continue
+                    if event is None:
+                        break
+                    if isinstance(event, at.Urc):
+                        self._log.info("modem reported", urc=event.line)
+                        continue
+                    return event
+            self._parser.abandon()
+            raise Unreachable(f"modem on {self.line.url} did not answer {command.decode().strip()}")
+
+    async def status(self) -> ModemStatus:
+        try:
+            return await self._status()
+        except Unreachable as exc:
+            return ModemStatus(reachable=False, error=str(exc))
+
+    async def _status(self) -> ModemStatus:
+        errors: list[str] = []
+        signal = await self._value(at.build("+CSQ"), at.parse_csq, errors)
+        registration = await self._value(at.build("+CEREG", query=True), _cereg, errors)
+        if registration is None or not registration.status.registered:
+            registration = await self._value(at.build("+CREG", query=True), at.parse_registration, errors) or (
+                registration
+            )
+        cell = await self._value(at.build("+QENG", "servingcell"), at.parse_servingcell, errors)
+        iccid = await self._value(at.build("+QCCID"), at.parse_iccid, errors)
+        if self._identity is None:
+            identity = await self._value(at.build("I"), at.parse_ati, errors)
+            imei = await self._value(at.build("+CGSN"), at.parse_imei, errors)
+            if identity is not None and imei is not None:
+                self._identity = (imei, identity.model, identity.revision)
+        imei, model, revision = self._identity or (None, None, None)
+        return ModemStatus(
+            reachable=True,
+            signal_dbm=signal.rssi_dbm if signal else None,
+            signal_bars=signal.bars if signal else 0,
+            registration=_REGISTRATION[registration.status] if registration else "unknown",
+            cell=CellInfo(
+                rat=cell.rat,
+                mcc=cell.mcc,
+                mnc=cell.mnc,
+                area=cell.area,
+                cell_id=cell.cell_id,
+                rsrp_dbm=cell.rsrp_dbm,
+                sinr=cell.sinr,
+            )
+            if cell
+            else CellInfo(),
+            iccid=iccid,
+            imei=imei,
+            model=model,
+            revision=revision,
+            error="; ".join(errors) or None,
+        )
+
+    async def _value(self, command: bytes, parse: Callable[[at.AtResponse], _T], errors: list[str]) -> _T | None:
+        """One query's value; a refused or unreadable answer is noted in `errors`, not raised."""
+        response = await self.command(command)
+        try:
+            return parse(response)
+        except CodecError as exc:
+            errors.append(f"{command.decode().strip()}: {exc.reason}")
+            return None
+
+
+def _cereg(response: at.AtResponse) -> at.Registration:
+    return at.parse_registration(response, "+CEREG")
+
+
+class SimulatedModem:
+    """A modem with a steady signal around `mean_dbm`, varying as a real one does; always registered."""
+
+    def __init__(self, mean_dbm: int = -75, spread_db: int = 6, seed: int | None = None) -> None:
+        self._mean = mean_dbm
+        self._spread = spread_db
+        self._random = random.Random(seed)  # noqa: S311 - simulated signal, not security.
+
+    async def status(self) -> ModemStatus:
+        dbm = max(-113, min(-51, round(self._random.gauss(self._mean, self._spread / 2))))
+        return ModemStatus(
+            reachable=True,
+            signal_dbm=dbm,
+            signal_bars=at.csq_to_bars((dbm + 113) // 2),
+            registration="home",
+            cell=CellInfo(rat="LTE", mcc=460, mnc=0),
+        )

@@ -1,0 +1,77 @@
+"""What the device's own Linux says about itself, from /proc and /sys, and a fake."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from edge_agent.hardware.ports import SystemStatus
+
+
+class LinuxSystemInfo:
+    """Reads /proc/uptime, /proc/loadavg, /proc/meminfo, the first thermal zone and the disk.
+
+    `root` lets tests point it at a prepared tree; `disk` is the folder whose filesystem holds the
+    agent's state (a full disk stops the dedup window and the outbox).
+    """
+
+    def __init__(self, root: Path = Path("/"), disk: Path = Path("/")) -> None:
+        self.root = root
+        self.disk = disk
+
+    async def status(self) -> SystemStatus:
+        return await asyncio.to_thread(self.read)
+
+    def read(self) -> SystemStatus:
+        return SystemStatus(
+            uptime_s=None if (uptime := self._first_number("proc/uptime")) is None else int(uptime),
+            load_1m=self._first_number("proc/loadavg"),
+            mem_available_kb=self._meminfo("MemAvailable"),
+            disk_free_kb=self._disk_free(),
+            cpu_temp_c=self._temperature(),
+        )
+
+    def _text(self, relative: str) -> str | None:
+        try:
+            return (self.root / relative).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _first_number(self, relative: str) -> float | None:
+        """The first number in a /proc file."""
+        try:
+            return float((self._text(relative) or "").split()[0])
+        except (ValueError, IndexError):
+            return None
+
+    def _meminfo(self, key: str) -> int | None:
+        text = self._text("proc/meminfo") or ""
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name == key:
+                parts = value.split()
+                return int(parts[0]) if parts and parts[0].isdigit() else None
+        return None
+
+    def _disk_free(self) -> int | None:
+        try:
+            stat = os.statvfs(self.disk)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize // 1024
+
+    def _temperature(self) -> float | None:
+        text = self._text("sys/class/thermal/thermal_zone0/temp")
+        try:
+            return round(int(text or "") / 1000, 1)
+        except ValueError:
+            return None
+
+
+class FakeSystemInfo:
+    def __init__(self, status: SystemStatus | None = None) -> None:
+        self.current = status or SystemStatus(uptime_s=100, load_1m=0.1, mem_available_kb=200_000)
+
+    async def status(self) -> SystemStatus:
+        return self.current
