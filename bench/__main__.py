@@ -1,10 +1,14 @@
 """Run a benchmark scenario and print its figures with the machine they ran on.
 
     python -m bench announce [--devices 20] [--tps 5] [--duration 20] [--json]
+    python -m bench codecs [--frames 20000] [--repeats 5] [--json]
 
 `announce`: payment notification received at the bridge → speaker starts playing, through the
 whole embedded stack (amqtt broker, PostgreSQL, fleet server, bridge, N real edge agents with
 WAV speakers), at a steady rate. It is the demo's measurement, run for its figures.
+
+`codecs`: decode throughput (frames/s) of each serial codec on a realistic stream read in
+64-byte chunks: TTS chip frames and replies, modem AT responses with URCs, ESC/POS receipts.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import argparse
 import asyncio
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
+from bench import codecs
 from haodian import logs
-from haodian.demo import DemoOptions, run_demo
+from haodian.demo import DemoOptions, machine, run_demo
 from haodian.settings import Settings
 
 
@@ -24,12 +30,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=["announce"])
+    parser.add_argument("scenario", choices=["announce", "codecs"])
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--tps", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
+    parser.add_argument("--repeats", type=int, default=5, help="codecs: runs per codec (best and median shown)")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     args = parser.parse_args()
+    if args.scenario == "codecs":
+        _codecs(args)
+        return
     with tempfile.TemporaryDirectory(prefix="haodian-bench-") as tmp:
         data_dir = Path(tmp)
         logs.configure(json=True, level="WARNING", file=data_dir / "bench.log")
@@ -59,6 +70,17 @@ def main() -> None:
     for name in ("latency_ms", "ack_round_trip_ms"):
         figures = delivery[name]
         print(f"{name}: " + "  ".join(f"{k} {v:.1f}" for k, v in figures.items() if v is not None))
+
+
+def _codecs(args: argparse.Namespace) -> None:
+    figures = codecs.measure(frames=args.frames, repeats=args.repeats)
+    if args.json:
+        print(json.dumps({"machine": machine(), "figures": [asdict(f) for f in figures]}, indent=2))
+        return
+    print(f"machine: {machine()}")
+    print(f"parameters: frames per stream {args.frames}, best of {args.repeats}, reads of {codecs.READ_SIZE} bytes")
+    for figure in figures:
+        print(figure.line())
 
 
 if __name__ == "__main__":
