@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.agent import receipt_for
+from firmware_protocols.messages import Announce
 from firmware_protocols.serial import at, escpos, tts
 
 READ_SIZE = 64
@@ -92,24 +94,19 @@ def _streams(
 
     streams["at modem events"] = (exchange * (count // 2), count // 2 * 2, modem)
 
-    receipt = (
-        escpos.Receipt()
-        .init()
-        .chinese()
-        .align(escpos.Align.CENTER)
-        .bold()
-        .size(2, 2)
-        .line("好店 收款凭证")
-        .size(1, 1)
-        .bold(on=False)
-        .align(escpos.Align.LEFT)
-        .line("微信收款 12.50元")
-        .line("时间: 2026-11-22 10:00:00")
-        .chinese(on=False)
-        .line("No. PAY-20261122-000001")
-        .feed(3)
-        .cut(partial=True)
+    # The receipt the agent prints for a payment.
+    announce = Announce(
+        device_id="POS1",
+        ts=1_763_712_000_000,
+        payment_id="PAY-20261122-000001",
+        amount_fen=1250,
+        channel="wechat",
+        paid_at=1_763_712_000_000,
+        issued_at=1_763_712_000_000,
+        ttl_s=60,
+        key_id="bench",
     )
+    receipt = receipt_for(announce, "微信收款十二点五元")
     per_receipt = len(receipt.commands)
     receipts = max(1, count // per_receipt)
 

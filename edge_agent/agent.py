@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class _Playback:
     announce: Announce
     text: str
     received_at: int
+
+
+async def _none() -> None:
+    return None
 
 
 def _rss_kb() -> int | None:
@@ -221,10 +226,13 @@ class EdgeAgent:
 
     async def health(self) -> Health:
         """A health report, with what every hardware port says now."""
-        modem = await self._modem.status()
-        printer = await self._printer.status() if self._printer is not None else None
-        system = await self._system.status() if self._system is not None else None
-        cell = modem.cell
+        # Each part sits on its own line (and thread): ask them all at once.
+        modem, printer, system, tts = await asyncio.gather(
+            self._modem.status(),
+            self._printer.status() if self._printer is not None else _none(),
+            self._system.status() if self._system is not None else _none(),
+            self._speaker.chip_state(),
+        )
         return Health(
             device_id=self.device_id,
             ts=self._clock.now_ms(),
@@ -237,20 +245,10 @@ class EdgeAgent:
             signal_bars=modem.signal_bars,
             modem="ok" if modem.reachable else "unreachable",
             registration=modem.registration if modem.reachable else None,
-            cell=CellReport(
-                rat=cell.rat,
-                mcc=cell.mcc,
-                mnc=cell.mnc,
-                area=cell.area,
-                cell_id=cell.cell_id,
-                rsrp_dbm=cell.rsrp_dbm,
-                sinr=cell.sinr,
-            )
-            if cell.rat
-            else None,
+            cell=CellReport(**dataclasses.asdict(modem.cell)) if modem.cell.rat else None,
             iccid=modem.iccid,
             imei=modem.imei,
-            tts=await self._speaker.chip_state(),
+            tts=tts,
             printer=printer.state if printer is not None else None,
             load_1m=system.load_1m if system else None,
             mem_available_kb=system.mem_available_kb if system else None,
@@ -367,14 +365,12 @@ class EdgeAgent:
             item.announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text
         )
         if self._printer is not None and self.config.print_receipts:
-            await self._print_receipt(item)
+            await self._print_receipt(self._printer, item)
 
-    async def _print_receipt(self, item: _Playback) -> None:
+    async def _print_receipt(self, printer: Printer, item: _Playback) -> None:
         announce = item.announce
-        receipt = receipt_for(announce, item.text)
-        assert self._printer is not None  # noqa: S101 - checked by the caller
         try:
-            await self._printer.print_receipt(receipt)
+            await printer.print_receipt(receipt_for(announce, item.text).encode())
         except HardwareError as exc:
             self.stats.receipt_failures += 1
             self._log.warning("receipt not printed", payment_id=announce.payment_id, error=str(exc))
@@ -383,7 +379,7 @@ class EdgeAgent:
         self.stats.receipts_printed += 1
 
 
-def receipt_for(announce: Announce, spoken: str) -> bytes:
+def receipt_for(announce: Announce, spoken: str) -> escpos.Receipt:
     """The ESC/POS receipt a POS prints for an announced payment."""
     yuan, fen = divmod(announce.amount_fen, 100)
     paid = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(announce.paid_at / 1000))
@@ -406,5 +402,4 @@ def receipt_for(announce: Announce, spoken: str) -> bytes:
         .line(f"No. {announce.payment_id}")
         .feed(3)
         .cut(partial=True)
-        .encode()
     )

@@ -7,6 +7,7 @@ read each time is how a swapped SIM shows up. URCs that arrive meanwhile are log
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -79,9 +80,8 @@ class SerialModem:
         signal = await self._value(at.build("+CSQ"), at.parse_csq, errors)
         registration = await self._value(at.build("+CEREG", query=True), _cereg, errors)
         if registration is None or not registration.status.registered:
-            registration = await self._value(at.build("+CREG", query=True), at.parse_registration, errors) or (
-                registration
-            )
+            creg = await self._value(at.build("+CREG", query=True), at.parse_registration, errors)
+            registration = creg or registration
         cell = await self._value(at.build("+QENG", "servingcell"), at.parse_servingcell, errors)
         iccid = await self._value(at.build("+QCCID"), at.parse_iccid, errors)
         if self._identity is None:
@@ -95,15 +95,7 @@ class SerialModem:
             signal_dbm=signal.rssi_dbm if signal else None,
             signal_bars=signal.bars if signal else 0,
             registration=_REGISTRATION[registration.status] if registration else "unknown",
-            cell=CellInfo(
-                rat=cell.rat,
-                mcc=cell.mcc,
-                mnc=cell.mnc,
-                area=cell.area,
-                cell_id=cell.cell_id,
-                rsrp_dbm=cell.rsrp_dbm,
-                sinr=cell.sinr,
-            )
+            cell=CellInfo(**{f.name: getattr(cell, f.name) for f in dataclasses.fields(CellInfo)})
             if cell
             else CellInfo(),
             iccid=iccid,

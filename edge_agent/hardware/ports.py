@@ -50,7 +50,6 @@ class PrinterStatusReport:
 
 @dataclass(frozen=True, slots=True)
 class SystemStatus:
-    uptime_s: int | None = None
     load_1m: float | None = None
     mem_available_kb: int | None = None
     disk_free_kb: int | None = None

@@ -10,7 +10,7 @@ from edge_agent.hardware.ports import SystemStatus
 
 
 class LinuxSystemInfo:
-    """Reads /proc/uptime, /proc/loadavg, /proc/meminfo, the first thermal zone and the disk.
+    """Reads /proc/loadavg, /proc/meminfo, the first thermal zone and the disk.
 
     `root` lets tests point it at a prepared tree; `disk` is the folder whose filesystem holds the
     agent's state (a full disk stops the dedup window and the outbox).
@@ -25,7 +25,6 @@ class LinuxSystemInfo:
 
     def read(self) -> SystemStatus:
         return SystemStatus(
-            uptime_s=None if (uptime := self._first_number("proc/uptime")) is None else int(uptime),
             load_1m=self._first_number("proc/loadavg"),
             mem_available_kb=self._meminfo("MemAvailable"),
             disk_free_kb=self._disk_free(),
@@ -71,7 +70,7 @@ class LinuxSystemInfo:
 
 class FakeSystemInfo:
     def __init__(self, status: SystemStatus | None = None) -> None:
-        self.current = status or SystemStatus(uptime_s=100, load_1m=0.1, mem_available_kb=200_000)
+        self.current = status or SystemStatus(load_1m=0.1, mem_available_kb=200_000)
 
     async def status(self) -> SystemStatus:
         return self.current

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from firmware_protocols.errors import CodecError
 from firmware_protocols.serial import at, escpos, tts
+from tests.unit.decoding import drain
 
 CHINESE = "微信收款支付宝到账云闪付元零一二三四五六七八九十百千万点好店退款成功"
 ASCII = "abcXYZ0123456789 .:-[]"
@@ -25,22 +25,6 @@ def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(edges)]
-
-
-def drain(next_item: Callable[[], Any], limit: int) -> list[Any]:
-    """Everything a decoder yields, errors as ("error", offset); fails if it stops making progress."""
-    out: list[Any] = []
-    for _ in range(limit):
-        try:
-            item = next_item()
-        except CodecError as exc:
-            out.append(("error", exc.offset))
-            continue
-        if item is None:
-            assert all(error[1] >= 0 for error in out if isinstance(error, tuple))
-            return out
-        out.append(item)
-    raise AssertionError("decoder did not make progress")
 
 
 # -- TTS -------------------------------------------------------------------------------------------

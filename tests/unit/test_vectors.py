@@ -21,6 +21,7 @@ from firmware_protocols.messages import Ack, Announce, Presence, parse_payload
 from firmware_protocols.serial import at, escpos, tts
 from firmware_protocols.signing import AnnounceSigner, AnnounceVerifier, canonical_bytes, decode_public_key, key_id_of
 from firmware_protocols.vectors import load
+from tests.unit.decoding import drain
 
 TTS = load("tts")
 AT = load("at")
@@ -39,20 +40,6 @@ def tts_frame(spec: dict[str, Any]) -> tts.Frame:
     if spec["type"] == "speak":
         return tts.Speak(spec["text"], tts.TextEncoding[spec["encoding"]], spec["music"])
     return tts.Control(tts.Command[spec["command"]])
-
-
-def drain(next_item: Any) -> list[Any]:
-    """Call a decoder's next_* until it wants more bytes, noting errors by offset."""
-    out: list[Any] = []
-    while True:
-        try:
-            item = next_item()
-        except CodecError as exc:
-            out.append(("error", exc.offset))
-            continue
-        if item is None:
-            return out
-        out.append(item)
 
 
 @pytest.mark.parametrize("vector", TTS["frames"], ids=lambda v: f"{v['dialect']}-{v['name']}")
