@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.agent import receipt_for
+from edge_agent.receipt import receipt_for
 from firmware_protocols.messages import Announce
 from firmware_protocols.serial import at, escpos, tts
 

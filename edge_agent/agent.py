@@ -1,4 +1,4 @@
-"""The agent: a device's link, announcer and health reporting, as one async resource.
+"""The agent: a device's link, announcer, health, commands and settings, as one async resource.
 
     async with EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), WavFileSink(out)),
                          modem=SimulatedModem()) as agent:
@@ -8,37 +8,47 @@
 Announce path (kept short, measured in bench/): receive → validate → verify signature → check
 TTL → remember payment id → queue → say (voice clips, or text to the TTS chip) → ack → print the
 receipt where there is a printer. The receive side never waits for playback, so a long
-announcement never stalls the link.
+announcement never stalls the link; the player applies the merchant's settings (volume,
+repeat, quiet hours) at the moment it plays.
 
-Health reports carry what the hardware ports say (modem signal, registration, cell and SIM,
-TTS chip and printer state, system load, memory, disk); a part that changes state (a printer out
-of paper, a modem that lost its network, a chip that stopped answering) is also reported at once
-as a `hardware_changed` event, so a field agent sees it without waiting for the next report.
+Uplink: every message goes straight to the broker while the link is up and nothing older waits;
+otherwise into the on-disk outbox, which a flusher empties in order once the link is back.
+
+Health: the parts are read every few seconds and a part that turns bad or good is an event at
+once (`fault` / `recovered`); the full report goes out every `health_interval_s`, and is also
+left in the state folder for a local diagnose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import time
-import uuid
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import aiomqtt
 import structlog
+from pydantic import ValidationError
 
+from edge_agent import commands, diagnose, logbook
+from edge_agent.boot import Boot, BootRecord, StateLock
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import AgentConfig
-from edge_agent.dedup import SeenPayments
+from edge_agent.dedup import SeenIds
+from edge_agent.errors import AgentError
 from edge_agent.hardware.errors import HardwareError
 from edge_agent.hardware.ports import Modem, Printer, SystemInfo
-from edge_agent.link import Backoff, Link, LinkDown
+from edge_agent.health import PartWatch, health_report, part_states, read_parts
+from edge_agent.link import Backoff, Link, LinkDown, Session, tls_context
+from edge_agent.merchant_settings import MerchantSettings
 from edge_agent.outbox import Outbox
-from edge_agent.speech import announcement_text, read_amount
+from edge_agent.receipt import receipt_for
+from edge_agent.speech import ALERT_WORDS, repeated, spoken_text
+from edge_agent.state_files import read_json, write_json
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.voice import Speaker
 from firmware_protocols import topics
@@ -47,24 +57,33 @@ from firmware_protocols.errors import MessageError, SignatureError
 from firmware_protocols.messages import (
     Ack,
     AckStatus,
+    AlertCode,
     Announce,
-    CellReport,
+    AnnounceKind,
+    Command,
+    CommandResult,
+    CommandStatus,
     Event,
     Health,
     Hello,
     Message,
     Presence,
+    Settings,
+    Signed,
     parse_payload,
 )
-from firmware_protocols.serial import escpos
-from firmware_protocols.signing import AnnounceVerifier, decode_public_key
+from firmware_protocols.signing import Verifier, decode_public_key
 
 log = structlog.get_logger(__name__)
 
-CAPABILITIES = ["announce.v1", "voice.zh_cn"]
-# Part states not worth an event when first seen at start ("" is a part the device lacks). The
-# SIM is reported by its id, so only a change of id (a swapped SIM) is an event.
-_GOOD_PART_STATES = {"", "ok", "home", "roaming", "paper_low"}
+CAPABILITIES = ["announce.v1", "voice.zh_cn", "alert.v1", "settings.v1", *(f"command.{n}" for n in commands.COMMANDS)]
+# Parts are read this often (or at the health interval, if shorter) so that a fault is an event
+# within seconds; reading a modem's five AT answers and /proc costs milliseconds.
+WATCH_INTERVAL_S = 10.0
+# A test announcement plays at least this loud, whatever the merchant's volume: the field agent
+# must hear it.
+TEST_VOLUME_FLOOR = 5
+CONFIG_OVERRIDES_FILE = "config-overrides.json"
 
 
 @dataclass(slots=True)
@@ -74,29 +93,20 @@ class AgentStats:
     duplicates: int = 0
     expired: int = 0
     refused: int = 0
+    silenced: int = 0
     bad_messages: int = 0
     play_failures: int = 0
     receipts_printed: int = 0
     receipt_failures: int = 0
+    commands: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Playback:
-    announce: Announce
     text: str
     received_at: int
-
-
-async def _none() -> None:
-    return None
-
-
-def _rss_kb() -> int | None:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * 4
+    announce: Announce | None = None  # None: a test announcement for a command
+    started: asyncio.Future[int] | None = field(default=None)
 
 
 class EdgeAgent:
@@ -110,25 +120,41 @@ class EdgeAgent:
         system: SystemInfo | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.config = config
+        state = config.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.config = _with_overrides(config, state / CONFIG_OVERRIDES_FILE)
         self.device_id = config.device_id
         self.stats = AgentStats()
         self._speaker = speaker
         self._modem = modem
         self._printer = printer
         self._system = system
-        self._parts: dict[str, str] = {}
         self._clock = clock or SystemClock()
-        self._verifier = AnnounceVerifier([decode_public_key(k) for k in config.server_keys])
-        self._seen = SeenPayments(config.state_dir / "seen-payments.sqlite3")
-        self._outbox = Outbox()
+        self._verifier = Verifier([decode_public_key(k) for k in config.server_keys])
+        self._seen = SeenIds(state / "seen-payments.sqlite3")
+        self._seen_commands = SeenIds(state / "seen-commands.sqlite3", capacity=1000)
+        self._outbox = Outbox(state / "outbox.sqlite3", max_telemetry=config.outbox_max_telemetry)
+        defaults = Settings(device_id=self.device_id, ts=0, version=0, key_id="default", volume=config.volume)
+        self.settings = MerchantSettings(state / "settings.json", defaults)
+        speaker.use_voice(self.settings.current.voice)
         self._queue: asyncio.Queue[_Playback] = asyncio.Queue()
-        self._boot_id = uuid.uuid4().hex[:12]
+        self._watch = PartWatch()
+        self._lock = StateLock(state)
+        self.boot: Boot | None = None
+        self._boot_record: BootRecord | None = None
         self._started_ms = self._clock.now_ms()
         self._tasks: list[asyncio.Task[None]] = []
+        self._command_tasks: set[asyncio.Task[None]] = set()
+        self._flush_wakeup = asyncio.Event()
+        self._reboot_pending = False
+        self.restart_requested = asyncio.Event()
         self._log = log.bind(device_id=self.device_id)
+        endpoint = BrokerEndpoint.from_url(config.broker_url)
+        if config.username is not None:
+            password = config.password.get_secret_value() if config.password else None
+            endpoint = BrokerEndpoint(endpoint.host, endpoint.port, config.username, password, endpoint.tls)
         self._link = Link(
-            BrokerEndpoint.from_url(config.broker_url),
+            endpoint,
             client_id=self.device_id,
             subscriptions=[topics.device_downlink_filter(self.device_id)],
             on_message=self._on_message,
@@ -141,15 +167,24 @@ class EdgeAgent:
             ),
             keepalive_s=config.keepalive_s,
             backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s),
+            session=Session(mqtt_version=config.mqtt_version, expiry_s=config.session_expiry_s),
+            tls=tls_context(config.ca_file, config.client_cert, config.client_key) if endpoint.tls else None,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        self._lock.acquire()
+        self._boot_record = BootRecord(self.config.state_dir, self._clock.now_ms())
+        self.boot = self._boot_record.boot
+        self._log.info(
+            "agent starting", boot_id=self.boot.boot_id, boot_reason=self.boot.reason, outbox=len(self._outbox)
+        )
         await self._link.__aenter__()
         self._tasks = [
             asyncio.create_task(self._play_loop(), name=f"player:{self.device_id}"),
-            asyncio.create_task(self._health_loop(), name=f"health:{self.device_id}"),
+            asyncio.create_task(self._watch_loop(), name=f"health:{self.device_id}"),
+            asyncio.create_task(self._flush_loop(), name=f"outbox:{self.device_id}"),
         ]
         return self
 
@@ -166,10 +201,15 @@ class EdgeAgent:
                 ),
                 timeout=2.0,
             )
-        for task in self._tasks:
+        for task in [*self._tasks, *self._command_tasks]:
             await cancel_and_wait(task)
         await self._link.close()
         self._seen.close()
+        self._seen_commands.close()
+        self._outbox.close()
+        if self._boot_record is not None and not self._reboot_pending:
+            self._boot_record.stopped_cleanly()
+        self._lock.release()
 
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)
@@ -178,18 +218,45 @@ class EdgeAgent:
     def connected(self) -> bool:
         return self._link.connected.is_set()
 
+    @property
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
     # -- uplink ----------------------------------------------------------------------------
 
     def _presence(self, *, online: bool, reason: Literal["connected", "shutdown", "lost"]) -> Presence:
         return Presence(device_id=self.device_id, ts=self._clock.now_ms(), online=online, reason=reason)
 
-    async def _send(self, kind: topics.Up, message: Message, *, retain: bool = False) -> None:
+    async def _send(self, kind: topics.Up, message: Message) -> None:
+        """Publish now if the link is up and nothing older waits, else keep it for the flusher."""
         topic = topics.up(self.device_id, kind)
         payload = message.to_json()
-        try:
-            await self._link.publish(topic, payload, retain=retain)
-        except LinkDown:
-            self._outbox.put(topic, payload, is_ack=kind is topics.Up.ACK)
+        if not len(self._outbox) and self.connected:
+            try:
+                await self._link.publish(topic, payload)
+            except LinkDown:
+                pass
+            else:
+                return
+        self._outbox.put(topic, payload, is_ack=kind is topics.Up.ACK)
+        self._flush_wakeup.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wakeup.wait()
+            self._flush_wakeup.clear()
+            sent = 0
+            try:
+                while self.connected and (batch := self._outbox.peek(100)):
+                    for item in batch:
+                        await self._link.publish(item.topic, item.payload)
+                        self._outbox.done(item)
+                        sent += 1
+            except LinkDown as exc:
+                self._log.info("outbox flush paused; link down", sent=sent, waiting=len(self._outbox), error=str(exc))
+                continue
+            if sent:
+                self._log.info("outbox flushed", messages=sent)
 
     async def _on_connect(self) -> None:
         await self._link.publish(
@@ -203,76 +270,79 @@ class EdgeAgent:
             model=self.config.model,
             serial=self.config.serial or self.device_id,
             firmware=self.config.firmware,
-            boot_id=self._boot_id,
+            boot_id=self.boot.boot_id if self.boot else "",
+            boot_reason=self.boot.reason if self.boot else None,
+            slot=self.config.slot,
             capabilities=CAPABILITIES,
         )
         await self._link.publish(topics.up(self.device_id, topics.Up.HELLO), hello.to_json())
-        pending = self._outbox.drain()
-        for i, item in enumerate(pending):
-            try:
-                await self._link.publish(item.topic, item.payload)
-            except LinkDown:
-                self._outbox.requeue(pending[i:])
-                raise
-        if pending:
-            self._log.info("outbox flushed", messages=len(pending))
+        self._flush_wakeup.set()
 
-    async def _health_loop(self) -> None:
+    async def _watch_loop(self) -> None:
+        next_report = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            health = await self.health()
-            await self._report_part_changes(health)
-            await self._send(topics.Up.HEALTH, health)
-            await asyncio.sleep(self.config.health_interval_s)
+            health = await self.check_parts()
+            if loop.time() >= next_report:
+                await self._send(topics.Up.HEALTH, health)
+                next_report = loop.time() + self.config.health_interval_s
+                await self._leave_status(health)
+            await asyncio.sleep(min(WATCH_INTERVAL_S, self.config.health_interval_s))
+
+    async def check_parts(self) -> Health:
+        """Read every part; report at once each one that turned bad or good since the last look."""
+        health = await self.health()
+        for change in self._watch.changes(part_states(health, self.config)):
+            self._log.warning(
+                "part state changed", kind=change.kind, part=change.part, state=change.state, was=change.was
+            )
+            await self._report(change.kind, part=change.part, state=change.state, was=change.was)
+        return health
+
+    async def _leave_status(self, health: Health) -> None:
+        """The last report and link state, for a diagnose run beside the agent."""
+        status = {
+            "health": health.model_dump(mode="json"),
+            "connected": self.connected,
+            "written_ms": self._clock.now_ms(),
+        }
+        try:
+            await asyncio.to_thread(write_json, self.config.state_dir / diagnose.STATUS_FILE, status)
+        except OSError as exc:
+            self._log.warning("cannot write status file", error=str(exc))
+
+    def errors(self) -> dict[str, int]:
+        """Error counters since boot, as the health report carries them."""
+        return {
+            "play_failures": self.stats.play_failures,
+            "bad_messages": self.stats.bad_messages,
+            "refused": self.stats.refused,
+            "receipt_failures": self.stats.receipt_failures,
+            "link_drops": max(0, self._link.connects - 1),
+            "outbox_evicted": self._outbox.evicted,
+            "outbox_disk_failing": int(self._outbox.disk_error is not None),
+        }
 
     async def health(self) -> Health:
         """A health report, with what every hardware port says now."""
-        # Each part sits on its own line (and thread): ask them all at once.
-        modem, printer, system, tts = await asyncio.gather(
-            self._modem.status(),
-            self._printer.status() if self._printer is not None else _none(),
-            self._system.status() if self._system is not None else _none(),
-            self._speaker.chip_state(),
-        )
-        return Health(
-            device_id=self.device_id,
-            ts=self._clock.now_ms(),
-            uptime_s=(self._clock.now_ms() - self._started_ms) // 1000,
-            rssi_dbm=modem.signal_dbm,
-            volume=self.config.volume,
+        parts = await read_parts(self._speaker, self._modem, self._printer, self._system)
+        now = self._clock.now_ms()
+        settings = self.settings.current
+        return health_report(
+            self.device_id,
+            now,
+            parts,
+            uptime_s=max(0, now - self._started_ms) // 1000,
+            volume=settings.volume,
             queue_depth=self._queue.qsize(),
             played_total=self.stats.played,
-            mem_rss_kb=_rss_kb(),
-            signal_bars=modem.signal_bars,
-            modem="ok" if modem.reachable else "unreachable",
-            registration=modem.registration if modem.reachable else None,
-            cell=CellReport(**dataclasses.asdict(modem.cell)) if modem.cell.rat else None,
-            iccid=modem.iccid,
-            imei=modem.imei,
-            tts=tts,
-            printer=printer.state if printer is not None else None,
-            load_1m=system.load_1m if system else None,
-            mem_available_kb=system.mem_available_kb if system else None,
-            disk_free_kb=system.disk_free_kb if system else None,
-            cpu_temp_c=system.cpu_temp_c if system else None,
+            boot_id=self.boot.boot_id if self.boot else None,
+            boot_reason=self.boot.reason if self.boot else None,
+            firmware=self.config.firmware,
+            slot=self.config.slot,
+            settings_version=settings.version or None,
+            errors=self.errors(),
         )
-
-    async def _report_part_changes(self, health: Health) -> None:
-        """An event for each part whose state changed since the last report, or is bad at the first."""
-        now = {
-            "modem": health.modem,
-            "registration": health.registration,
-            "tts": "ok" if health.tts in ("idle", "busy") else health.tts,
-            "printer": health.printer,
-            "sim": health.iccid,
-        }
-        for part, value in now.items():
-            state = value or ""
-            was = self._parts.get(part)
-            bad_at_start = was is None and part != "sim" and state not in _GOOD_PART_STATES
-            if bad_at_start or (was is not None and state != was):
-                self._log.warning("hardware state changed", part=part, state=state, was=was)
-                await self._report("hardware_changed", part=part, state=state, was=was)
-            self._parts[part] = state
 
     async def _ack(self, announce: Announce, status: AckStatus, received_at: int, **extra: object) -> None:
         ack = Ack.model_validate(
@@ -308,8 +378,21 @@ class EdgeAgent:
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         if parsed.kind is topics.Down.ANNOUNCE:
             await self.handle_announce(payload, topic=topic)
-        else:
-            self._log.info("downlink kind not handled yet", topic=topic)
+        elif parsed.kind is topics.Down.COMMAND:
+            await self.handle_command(payload, topic=topic)
+        elif parsed.kind is topics.Down.SETTINGS:
+            await self.handle_settings(payload, topic=topic)
+
+    async def _bad_message(self, topic: str, exc: MessageError) -> None:
+        self.stats.bad_messages += 1
+        self._log.warning("malformed message dropped", topic=topic, error=str(exc))
+        await self._report("bad_message", topic=topic, error=str(exc)[:200])
+
+    def _check_signed(self, message: Signed) -> None:
+        """Raise `SignatureError` unless `message` is for this device and signed by the server."""
+        if message.device_id != self.device_id:
+            raise SignatureError(f"{message.describe()}: addressed to {message.device_id}, this is {self.device_id}")
+        self._verifier.verify(message)
 
     async def handle_announce(self, payload: bytes | bytearray, *, topic: str = "") -> None:
         """Decide what to do with one announce payload; never raises for bad input."""
@@ -318,15 +401,11 @@ class EdgeAgent:
         try:
             announce = parse_payload(Announce, payload, topic=topic)
         except MessageError as exc:
-            self.stats.bad_messages += 1
-            self._log.warning("malformed announce dropped", topic=topic, error=str(exc))
-            await self._report("bad_message", topic=topic, error=str(exc)[:200])
+            await self._bad_message(topic, exc)
             return
         payment_log = self._log.bind(payment_id=announce.payment_id)
         try:
-            if announce.device_id != self.device_id:
-                raise SignatureError(f"announce {announce.payment_id} is addressed to {announce.device_id}")
-            self._verifier.verify(announce)
+            self._check_signed(announce)
         except SignatureError as exc:
             self.stats.refused += 1
             payment_log.warning("announce refused", reason=str(exc))
@@ -343,34 +422,205 @@ class EdgeAgent:
             payment_log.info("duplicate announce acked, not played again")
             await self._ack(announce, AckStatus.DUPLICATE, received_at)
             return
-        text = announcement_text(announce.channel, announce.kind, announce.amount_fen)
-        self._queue.put_nowait(_Playback(announce, text, received_at))
+        self._queue.put_nowait(_Playback(spoken_text(announce), received_at, announce))
+
+    async def handle_settings(self, payload: bytes | bytearray, *, topic: str = "") -> None:
+        """Apply the merchant's settings if they are signed and newer; never raises for bad input."""
+        if not payload:
+            return  # a cleared retained message: nothing to apply
+        try:
+            settings = parse_payload(Settings, payload, topic=topic)
+            self._check_signed(settings)
+        except MessageError as exc:
+            await self._bad_message(topic, exc)
+            return
+        except SignatureError as exc:
+            self.stats.refused += 1
+            self._log.warning("settings refused", reason=str(exc))
+            await self._report("settings_refused", reason=str(exc)[:200])
+            return
+        if not self.settings.offer(settings):
+            self._log.debug("settings not newer than those held; ignored", version=settings.version)
+            return
+        voice_ok = self._speaker.use_voice(settings.voice)
+        self._log.info("settings applied", version=settings.version, volume=settings.volume, repeat=settings.repeat)
+        await self._report("settings_applied", version=settings.version, voice_ok=voice_ok)
+
+    async def handle_command(self, payload: bytes | bytearray, *, topic: str = "") -> None:
+        """Check one command, answer at once, and run it in the background; never raises for bad input."""
+        received_at = self._clock.now_ms()
+        try:
+            command = parse_payload(Command, payload, topic=topic)
+        except MessageError as exc:
+            await self._bad_message(topic, exc)
+            return
+        self.stats.commands += 1
+        command_log = self._log.bind(command_id=command.command_id, command=command.name)
+        try:
+            self._check_signed(command)
+            if received_at > command.expires_at():
+                raise ValueError(f"expired {(received_at - command.expires_at()) // 1000} s ago")
+            action, args = commands.prepare(command.name, command.args)
+        except (SignatureError, ValueError) as exc:
+            self.stats.refused += 1
+            command_log.warning("command refused", reason=str(exc))
+            await self._result(command, CommandStatus.REFUSED, reason=str(exc))
+            return
+        if not await self._seen_commands.remember(command.command_id, received_at):
+            command_log.info("command already handled; not run again")
+            await self._result(command, CommandStatus.DUPLICATE)
+            return
+        command_log.info("command accepted")
+        await self._result(command, CommandStatus.ACCEPTED)
+        task = asyncio.create_task(self._run_command(command, action, args), name=f"command:{command.command_id}")
+        self._command_tasks.add(task)
+        task.add_done_callback(self._command_tasks.discard)
+
+    async def _run_command(self, command: Command, action: commands.Action, args: Any) -> None:
+        try:
+            result = await action(self, args, command.issued_at)
+        except (commands.CommandFailed, AgentError, OSError) as exc:
+            self._log.warning("command failed", command_id=command.command_id, command=command.name, error=str(exc))
+            await self._result(command, CommandStatus.FAILED, reason=str(exc))
+            return
+        await self._result(command, CommandStatus.SUCCEEDED, result=result)
+        if self._reboot_pending:
+            self.restart_requested.set()
+
+    async def _result(
+        self,
+        command: Command,
+        status: CommandStatus,
+        *,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        message = CommandResult(
+            device_id=self.device_id,
+            ts=self._clock.now_ms(),
+            command_id=command.command_id,
+            name=command.name[:128],
+            status=status,
+            reason=reason[:128] if reason else None,
+            result=result or {},
+        )
+        await self._send(topics.Up.RESULT, message)
+
+    # -- what commands act on (commands.CommandHost) -----------------------------------------
+
+    async def request_reboot(self) -> None:
+        if self._boot_record is None:
+            raise commands.CommandFailed("the agent is not running")
+        self._boot_record.request_restart("command")
+        self._reboot_pending = True
+
+    async def set_volume(self, volume: int, version_ms: int) -> None:
+        current = self.settings.current
+        changed = current.model_copy(
+            update={"volume": volume, "version": max(version_ms, current.version + 1), "key_id": "local", "sig": ""}
+        )
+        self.settings.offer(changed)
+
+    async def test_announce(self) -> dict[str, Any]:
+        received_at = self._clock.now_ms()
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        text = ALERT_WORDS[AlertCode.TEST]
+        self._queue.put_nowait(_Playback(text, received_at, started=started))
+        try:
+            play_started_at = await asyncio.wait_for(started, timeout=30)
+        except TimeoutError:
+            raise commands.CommandFailed("the test announcement did not start within 30 s") from None
+        return {"text": text, "play_started_after_ms": play_started_at - received_at}
+
+    async def run_diagnose(self) -> list[diagnose.Check]:
+        health = await self.health()
+        url = self._link.endpoint.url()
+        observed = diagnose.Observed(
+            health=health,
+            broker_ok=self.connected,
+            broker_detail=f"{url} {'✓' if self.connected else '✗'}",
+            now_ms=self._clock.now_ms(),
+            agent_pid=os.getpid(),
+            last_announcement=read_json(self.config.state_dir / diagnose.LAST_ANNOUNCEMENT_FILE),
+        )
+        return diagnose.checklist(observed, self.config)
+
+    def recent_log(self, lines: int) -> list[str]:
+        return logbook.recent(self.device_id, lines)
+
+    async def set_config(self, key: str, value: Any) -> None:
+        path = self.config.state_dir / CONFIG_OVERRIDES_FILE
+        overrides = read_json(path) or {}
+        overrides[key] = value
+        try:
+            self.config = AgentConfig.model_validate({**self.config.model_dump(), key: value})
+        except ValidationError as exc:
+            raise commands.CommandFailed(f"bad value for {key}: {exc.errors()[0]['msg']}") from exc
+        await asyncio.to_thread(write_json, path, overrides)
+
+    # -- playback --------------------------------------------------------------------------
 
     async def _play_loop(self) -> None:
         while True:
             await self._play(await self._queue.get())
 
     async def _play(self, item: _Playback) -> None:
+        settings = self.settings.current
+        announce = item.announce
+        if announce is None:  # a test announcement
+            await self._say_test(item, max(settings.volume, TEST_VOLUME_FLOOR))
+            return
+        now = self._clock.now_ms()
+        if now > announce.expires_at():
+            # Waited in the queue past its TTL (a stuck speaker ahead of it): late is worse than never.
+            self.stats.expired += 1
+            await self._ack(announce, AckStatus.EXPIRED, item.received_at)
+            return
+        if settings.volume == 0 or settings.is_quiet(now):
+            self.stats.silenced += 1
+            reason = "volume 0" if settings.volume == 0 else "quiet hours"
+            await self._ack(announce, AckStatus.SILENCED, item.received_at, reason=reason, text=item.text)
+            await self._after_announcement(item, "silenced")
+            return
         try:
             play_started_at = self._clock.now_ms()
-            await self._speaker.say(item.announce.payment_id, item.text, volume=self.config.volume)
+            await self._speaker.say(announce.payment_id, repeated(item.text, settings.repeat), volume=settings.volume)
         except HardwareError as exc:
             self.stats.play_failures += 1
-            self._log.error("announcement could not be played", payment_id=item.announce.payment_id, error=str(exc))
-            await self._ack(item.announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
-            await self._report("play_failed", payment_id=item.announce.payment_id, error=str(exc)[:200])
+            self._log.error("announcement could not be played", payment_id=announce.payment_id, error=str(exc))
+            await self._ack(announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
+            await self._report("play_failed", payment_id=announce.payment_id, error=str(exc)[:200])
             return
         self.stats.played += 1
-        await self._ack(
-            item.announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text
-        )
-        if self._printer is not None and self.config.print_receipts:
-            await self._print_receipt(self._printer, item)
+        await self._ack(announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text)
+        await self._after_announcement(item, "played")
 
-    async def _print_receipt(self, printer: Printer, item: _Playback) -> None:
-        announce = item.announce
+    async def _say_test(self, item: _Playback, volume: int) -> None:
+        assert item.started is not None  # noqa: S101 - test items always carry their future.
         try:
-            await printer.print_receipt(receipt_for(announce, item.text).encode())
+            play_started_at = self._clock.now_ms()
+            await self._speaker.say("test-announcement", item.text, volume=volume)
+        except HardwareError as exc:
+            if not item.started.done():
+                item.started.set_exception(commands.CommandFailed(f"speaker: {exc}"))
+            return
+        if not item.started.done():
+            item.started.set_result(play_started_at)
+
+    async def _after_announcement(self, item: _Playback, status: str) -> None:
+        announce = item.announce
+        assert announce is not None  # noqa: S101 - only announcements get here.
+        last = {"payment_id": announce.payment_id, "at_ms": self._clock.now_ms(), "text": item.text, "status": status}
+        try:
+            await asyncio.to_thread(write_json, self.config.state_dir / diagnose.LAST_ANNOUNCEMENT_FILE, last)
+        except OSError as exc:
+            self._log.warning("cannot record the last announcement", error=str(exc))
+        if announce.kind is not AnnounceKind.ALERT and self._printer is not None and self.config.print_receipts:
+            await self._print_receipt(self._printer, announce, item.text)
+
+    async def _print_receipt(self, printer: Printer, announce: Announce, text: str) -> None:
+        try:
+            await printer.print_receipt(receipt_for(announce, text).encode())
         except HardwareError as exc:
             self.stats.receipt_failures += 1
             self._log.warning("receipt not printed", payment_id=announce.payment_id, error=str(exc))
@@ -379,27 +629,13 @@ class EdgeAgent:
         self.stats.receipts_printed += 1
 
 
-def receipt_for(announce: Announce, spoken: str) -> escpos.Receipt:
-    """The ESC/POS receipt a POS prints for an announced payment."""
-    yuan, fen = divmod(announce.amount_fen, 100)
-    paid = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(announce.paid_at / 1000))
-    title = "退款凭证" if announce.kind == "refund" else "收款凭证"
-    return (
-        escpos.Receipt()
-        .init()
-        .chinese()
-        .align(escpos.Align.CENTER)
-        .bold()
-        .size(2, 2)
-        .line(f"好店 {title}")
-        .size(1, 1)
-        .bold(on=False)
-        .align(escpos.Align.LEFT)
-        .line(spoken.removesuffix(read_amount(announce.amount_fen)))
-        .line(f"金额: {yuan}.{fen:02d} 元")
-        .line(f"时间: {paid}")
-        .chinese(on=False)
-        .line(f"No. {announce.payment_id}")
-        .feed(3)
-        .cut(partial=True)
-    )
+def _with_overrides(config: AgentConfig, path: Path) -> AgentConfig:
+    """`config` with the runtime settings a `set_config` command changed, if they still validate."""
+    overrides = read_json(path)
+    if not overrides:
+        return config
+    try:
+        return AgentConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as exc:
+        log.warning("config overrides ignored", path=str(path), error=json.dumps(exc.errors(), default=str)[:300])
+        return config

@@ -1,12 +1,19 @@
-"""The agent's configuration: typed, validated once at the entry point, passed down."""
+"""The agent's configuration: typed, validated once at the entry point, passed down.
+
+On a device it is a TOML file (`haodian agent run --config /etc/haodian/agent.toml`) whose keys
+are the fields below; command-line flags override single values.
+"""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, model_validator
 
+from edge_agent.errors import ConfigError
+from firmware_protocols.messages import describe_errors
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 
 
@@ -17,6 +24,8 @@ class AgentConfig(BaseModel):
     broker_url: str = "mqtt://127.0.0.1:1883"
     # Base64 raw Ed25519 public keys the device trusts for announces (several during rotation).
     server_keys: Annotated[list[str], Field(min_length=1)]
+    # Where the agent keeps what must survive a restart (dedup window, outbox, settings, boot
+    # record); default .haodian/agent/<device_id>.
     state_dir: Path
     model: str = "HD-S1"
     serial: str = ""
@@ -29,6 +38,28 @@ class AgentConfig(BaseModel):
     # broker outage does not hammer it, jitter so it does not return all at once.
     reconnect_initial_s: Annotated[float, Field(gt=0)] = 0.5
     reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+    # MQTT 3.1.1 works on every broker (the embedded amqtt speaks only 3.1.1); 5 adds a session
+    # expiry, so a broker does not keep a scrapped device's queue forever.
+    mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
+    session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    # Per-device credentials; they override any user:password in broker_url.
+    username: str | None = None
+    password: SecretStr | None = None
+    # TLS for mqtts:// URLs: the CA that signed the broker's certificate (default: the system's),
+    # and a client certificate and key for mutual TLS.
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    # Which A/B slot this firmware runs from (OTA switches it).
+    slot: Literal["a", "b"] = "a"
+    # Uplink messages kept on disk while offline: acks always, telemetry up to this many (five
+    # hours of health at the default interval, plus the events around an outage).
+    outbox_max_telemetry: Annotated[int, Field(ge=10, le=100_000)] = 500
+    # Fault thresholds for health events and diagnose. A few MB keeps SQLite and the outbox
+    # writing; below that the dedup window can no longer be stored.
+    storage_warn_kb: Annotated[int, Field(ge=0)] = 20 * 1024
+    storage_fail_kb: Annotated[int, Field(ge=0)] = 2 * 1024
+    battery_low_pct: Annotated[int, Field(ge=0, le=100)] = 20
 
     # Hardware. Each serial part is a pyserial URL (a device such as /dev/ttyS1, or a link to a
     # pseudo-terminal); absent means the device has no such part (the modem is then simulated).
@@ -43,3 +74,27 @@ class AgentConfig(BaseModel):
     printer_baud: Annotated[int, Field(gt=0)] = 9600
     print_receipts: bool = True
     audio_device: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_state_dir(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("state_dir") is None and isinstance(data.get("device_id"), str):
+            return {**data, "state_dir": Path(".haodian/agent") / data["device_id"]}
+        return data
+
+    @classmethod
+    def load(cls, file: Path | None = None, **overrides: Any) -> AgentConfig:
+        """The configuration from a TOML `file` (if any) with `overrides` on top (None values are
+        left out); raise `ConfigError` naming every bad key."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                values = tomllib.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read agent configuration {file}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            where = f" in {file}" if file else ""
+            raise ConfigError(f"bad agent configuration{where}: {describe_errors(exc.errors())}") from exc

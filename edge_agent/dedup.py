@@ -1,9 +1,11 @@
-"""Which payments this device has already announced, kept across restarts.
+"""Which payments this device has already announced (and which commands it has run), kept
+across restarts.
 
 A merchant must hear each payment once. Broker redelivery (QoS 1), server retries and replays
 all arrive as the same `payment_id`; this window remembers the last `capacity` ids for
 `max_age_s` (defaults: 10,000 ids, 24 h: a busy shop takes a few hundred payments a day, and
-the server never retries past an announce's TTL). The window lives in SQLite (standard library,
+the server never retries past an announce's TTL). Commands use a second window by
+`command_id`, so a redelivered reboot does not reboot twice. The window lives in SQLite (standard library,
 on every board) and in memory for the lookup on the hot path.
 """
 
@@ -15,7 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 
-class SeenPayments:
+class SeenIds:
     def __init__(self, path: Path | None, *, capacity: int = 10_000, max_age_s: int = 24 * 3600) -> None:
         self._capacity = capacity
         self._max_age_ms = max_age_s * 1000
@@ -38,6 +40,13 @@ class SeenPayments:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?)", (payment_id, now_ms))
             self._db.executemany("DELETE FROM seen WHERE payment_id = ?", [(e,) for e in evicted])
+
+    def newest(self) -> tuple[str, int] | None:
+        """The id remembered last and when, if any."""
+        if not self._seen:
+            return None
+        payment_id = next(reversed(self._seen))
+        return payment_id, self._seen[payment_id]
 
     async def remember(self, payment_id: str, now_ms: int) -> bool:
         """Record `payment_id`; True if it is new, False if it was seen within the window."""

@@ -3,8 +3,10 @@
 Both the device and the servers talk to the broker through a `Link`: one async context manager
 owning one task that connects, subscribes, hands every message to a callback, and on any loss
 reconnects with capped, jittered exponential backoff. The session is persistent (clean session
-false on MQTT 3.1.1), so the broker queues QoS 1 messages while the link is down and nothing
-sent to a device in the meantime is lost.
+false on MQTT 3.1.1; clean start false with a session expiry on MQTT 5), so the broker queues
+QoS 1 messages while the link is down and nothing sent to a device in the meantime is lost.
+TLS (`mqtts://`) uses the system's trust store or a configured CA, and a client certificate
+where the broker asks for mutual TLS.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Literal, Self
 
 import aiomqtt
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from edge_agent.errors import AgentError, ConfigError
 from edge_agent.tasks import cancel_and_wait
 from firmware_protocols.endpoint import BrokerEndpoint
 
@@ -27,13 +34,14 @@ log = structlog.get_logger(__name__)
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
 ConnectHandler = Callable[[], Awaitable[None]]
+MqttVersion = Literal["3.1.1", "5"]
 
 # A QoS 1 publish waits for the broker's PUBACK at most this long before the link is
 # considered broken; a healthy broker answers in milliseconds, a 4G link in well under a second.
 PUBLISH_TIMEOUT_S = 10.0
 
 
-class LinkDown(Exception):
+class LinkDown(AgentError):
     """A publish could not reach the broker (not connected, or the connection broke)."""
 
 
@@ -55,6 +63,30 @@ class Backoff:
         return self._rng.uniform(ceiling / 2, ceiling)
 
 
+@dataclass(frozen=True, slots=True)
+class Session:
+    """How the broker keeps this client's session: persistent unless `clean`, for `expiry_s`
+    (MQTT 5; on 3.1.1 the broker decides how long)."""
+
+    clean: bool = False
+    mqtt_version: MqttVersion = "3.1.1"
+    expiry_s: int = 7 * 24 * 3600
+
+
+def tls_context(
+    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext:
+    """A client TLS context: verify the broker (against `ca_file` if given), and present a client
+    certificate when both `cert_file` and `key_file` are given."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot set up TLS (ca {ca_file}, cert {cert_file}): {exc}") from exc
+    return context
+
+
 class Link:
     def __init__(
         self,
@@ -67,8 +99,9 @@ class Link:
         will: aiomqtt.Will | None = None,
         keepalive_s: int = 30,
         backoff: Backoff | None = None,
-        clean_session: bool = False,
         max_inflight: int = 100,
+        session: Session | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -78,8 +111,9 @@ class Link:
         self._will = will
         self._keepalive = keepalive_s
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._clean_session = clean_session
         self._max_inflight = max_inflight
+        self._session = session or Session()
+        self._tls = tls if tls is not None else (ssl.create_default_context() if endpoint.tls else None)
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -114,7 +148,19 @@ class Link:
             raise LinkDown(f"{self.client_id}: publish to {topic} failed: {exc}") from exc
 
     def _client_for(self) -> aiomqtt.Client:
-        tls_context = ssl.create_default_context() if self.endpoint.tls else None
+        session: dict[str, Any]
+        if self._session.mqtt_version == "5":
+            # MQTT 5 splits 3.1.1's clean session in two: keep the session (clean start false)
+            # and say how long the broker keeps it for a device that stays away.
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0 if self._session.clean else self._session.expiry_s
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": self._session.clean,
+                "properties": properties,
+            }
+        else:
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": self._session.clean}
         return aiomqtt.Client(
             self.endpoint.host,
             self.endpoint.port,
@@ -123,16 +169,15 @@ class Link:
             username=self.endpoint.username or self.client_id,
             password=self.endpoint.password,
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=self._clean_session,
             will=self._will,
             keepalive=self._keepalive,
-            tls_context=tls_context,
+            tls_context=self._tls,
             max_inflight_messages=self._max_inflight,
             timeout=PUBLISH_TIMEOUT_S,
             # paho leaves Nagle's algorithm on: an ack published right after a PUBACK then waits
             # for the peer's delayed TCP ACK (40 ms on Linux). Announcements cannot wait for that.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            **session,
         )
 
     async def _deliver(self, message: aiomqtt.Message) -> None:
@@ -167,3 +212,30 @@ class Link:
                 self.connected.clear()
                 self._client = None
             await asyncio.sleep(delay)
+
+
+async def probe(
+    endpoint: BrokerEndpoint, *, client_id: str, tls: ssl.SSLContext | None = None, timeout_s: float = 5.0
+) -> float:
+    """Connect once with a clean session and leave; the round trip in ms, or `LinkDown` saying why.
+
+    Used by the local diagnose: it must not take over the agent's own session, so `client_id`
+    is a different one (the agent's id with `-diag`)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    client = aiomqtt.Client(
+        endpoint.host,
+        endpoint.port,
+        username=endpoint.username or client_id,
+        password=endpoint.password,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        clean_session=True,
+        tls_context=tls if tls is not None else (ssl.create_default_context() if endpoint.tls else None),
+        timeout=timeout_s,
+    )
+    try:
+        async with asyncio.timeout(timeout_s), client:
+            return round((loop.time() - started) * 1000, 1)
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        raise LinkDown(f"cannot reach {endpoint.url()}: {exc or type(exc).__name__}") from exc

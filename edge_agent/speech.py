@@ -10,7 +10,7 @@ fraction keeps 角 and 分 digits and drops a trailing zero; a whole amount has 
 
 from __future__ import annotations
 
-from firmware_protocols.messages import AnnounceKind, Channel
+from firmware_protocols.messages import AlertCode, Announce, AnnounceKind, Channel
 
 DIGITS = "零一二三四五六七八九"
 _PLACES = ("千", "百", "十", "")
@@ -23,6 +23,13 @@ CHANNEL_WORDS: dict[Channel, str] = {
     Channel.OTHER: "收款成功",
 }
 REFUND_WORDS = "退款"
+ALERT_WORDS: dict[AlertCode, str] = {
+    AlertCode.TEST: "测试播报，收款成功",
+    AlertCode.BOUND: "设备绑定成功",
+    AlertCode.UNBOUND: "设备已解绑",
+}
+# Said between the repeats of one announcement.
+REPEAT_PAUSE = "，"
 
 
 def _read_group(n: int) -> str:
@@ -79,3 +86,15 @@ def announcement_text(channel: Channel, kind: AnnounceKind, amount_fen: int) -> 
     """The whole sentence: 微信收款十二点五元, or 退款十二点五元 for a refund."""
     words = REFUND_WORDS if kind == AnnounceKind.REFUND else CHANNEL_WORDS[channel]
     return words + read_amount(amount_fen)
+
+
+def spoken_text(announce: Announce) -> str:
+    """What the speaker says for `announce`: a payment or refund with its amount, or an alert's phrase."""
+    if announce.alert is not None:
+        return ALERT_WORDS[announce.alert]
+    return announcement_text(announce.channel, announce.kind, announce.amount_fen)
+
+
+def repeated(text: str, times: int) -> str:
+    """`text` said `times` times with a pause between (merchants in noisy shops ask for 2 or 3)."""
+    return REPEAT_PAUSE.join([text] * times)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edge_agent.hardware.audio import AudioSink, Rendered
-from edge_agent.hardware.errors import AudioError
+from edge_agent.hardware.errors import AudioError, Unreachable
 from edge_agent.hardware.ports import TtsChip, TtsState
 
 
@@ -70,6 +70,10 @@ class VoicePack:
         return Rendered(name=name, text=text, pcm=pcm, sample_rate=self.sample_rate)
 
 
+# The phrase the self-test renders: it needs the pack's channel phrases, digits and units.
+SELF_TEST_TEXT = "收款成功一十二点五元"
+
+
 class Speaker(Protocol):
     """Says announcements; `say` returns once speech has started, raises HardwareError if it cannot."""
 
@@ -79,12 +83,21 @@ class Speaker(Protocol):
         """The TTS chip's state for health reports; None when speech does not use a chip."""
         ...
 
+    async def self_test(self) -> None:
+        """Return if the speaker can speak now, without making a sound; raise HardwareError if not."""
+        ...
+
+    def use_voice(self, voice: str) -> bool:
+        """Speak with `voice` from now on; False (and no change) if this speaker has no such voice."""
+        ...
+
 
 class ClipSpeaker:
     """Announcements from voice clips, played by an audio sink."""
 
     def __init__(self, voice: VoicePack, sink: AudioSink) -> None:
         self.voice = voice
+        self.voice_name = "zh_cn"
         self.sink = sink
 
     async def say(self, name: str, text: str, *, volume: int) -> None:  # noqa: ARG002 - see below
@@ -94,6 +107,20 @@ class ClipSpeaker:
 
     async def chip_state(self) -> TtsState | None:
         return None
+
+    async def self_test(self) -> None:
+        self.voice.render("self-test", SELF_TEST_TEXT)
+        await self.sink.check()
+
+    def use_voice(self, voice: str) -> bool:
+        if voice == self.voice_name:
+            return True
+        try:
+            pack = VoicePack.builtin(voice)
+        except (AudioError, OSError, ValueError):
+            return False
+        self.voice, self.voice_name = pack, voice
+        return True
 
 
 class ChipSpeaker:
@@ -107,3 +134,12 @@ class ChipSpeaker:
 
     async def chip_state(self) -> TtsState | None:
         return await self.chip.state()
+
+    async def self_test(self) -> None:
+        if await self.chip.state() == "unreachable":
+            raise Unreachable("the TTS chip does not answer")
+
+    def use_voice(self, voice: str) -> bool:
+        # The chip has its own Mandarin voice; choosing among the chip's speakers is a later
+        # addition (the [m3]/[m51] tags), so only the standard voice is accepted.
+        return voice == "zh_cn"

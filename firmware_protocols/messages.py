@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from firmware_protocols.errors import MessageError
 from firmware_protocols.topics import DEVICE_ID_PATTERN, Down, Up
@@ -45,6 +45,16 @@ class Channel(StrEnum):
 class AnnounceKind(StrEnum):
     PAYMENT = "payment"
     REFUND = "refund"
+    ALERT = "alert"  # a fixed phrase named by `alert`, no amount
+
+
+class AlertCode(StrEnum):
+    """What an alert announcement says. A code, never free text: the device speaks only
+    phrases it knows, so no message can make a speaker say something that sounds like money."""
+
+    TEST = "test"  # 测试播报，收款成功: a field agent's test announcement
+    BOUND = "bound"  # 设备绑定成功
+    UNBOUND = "unbound"  # 设备已解绑
 
 
 class AckStatus(StrEnum):
@@ -53,6 +63,12 @@ class AckStatus(StrEnum):
     EXPIRED = "expired"
     REFUSED = "refused"
     FAILED = "failed"  # accepted but the speaker could not play it (audio fault)
+    SILENCED = "silenced"  # received and handled, not spoken: the merchant's quiet hours or volume 0
+
+
+# Why the agent (re)started: its first start, a remote reboot, an OTA switch of slots or its
+# rollback, a clean stop, or none of these (power cut, crash, watchdog): "unclean".
+BootReason = Literal["first_boot", "command", "ota", "rollback", "clean", "unclean"]
 
 
 class Message(BaseModel):
@@ -85,6 +101,8 @@ class Hello(Message):
     firmware: ShortText
     boot_id: ShortText
     capabilities: list[ShortText] = Field(default_factory=list, max_length=32)
+    boot_reason: BootReason | None = None
+    slot: Literal["a", "b"] | None = None
 
 
 class CellReport(BaseModel):
@@ -124,6 +142,19 @@ class Health(Message):
     mem_available_kb: Annotated[int, Field(ge=0)] | None = None
     disk_free_kb: Annotated[int, Field(ge=0)] | None = None
     cpu_temp_c: float | None = None
+    # The runtime itself: which boot this is and why it happened, what runs and from which slot,
+    # how busy the board is, its power, and what has gone wrong since boot.
+    boot_id: ShortText | None = None
+    boot_reason: BootReason | None = None
+    firmware: ShortText | None = None
+    slot: Literal["a", "b"] | None = None
+    cpu_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    battery_pct: Annotated[int, Field(ge=0, le=100)] | None = None
+    charging: bool | None = None
+    network: Literal["2g", "3g", "4g", "5g", "wifi", "ethernet"] | None = None
+    audio_selftest: Literal["pass", "fail"] | None = None
+    settings_version: EpochMs | None = None
+    errors: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
 
 
 class Event(Message):
@@ -134,8 +165,29 @@ class Event(Message):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-class Announce(Message):
-    """Play this payment. Signed by the server (Ed25519, see `signing`)."""
+class Signed(Message):
+    """A server-to-device message that acts on the device, so it is signed (see `signing`)."""
+
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    sig: Annotated[str, StringConstraints(max_length=128)] = ""
+
+    def describe(self) -> str:
+        """What this message is, for errors and logs."""
+        return f"{type(self).__name__.lower()} for {self.device_id}"
+
+
+class Expiring(Signed):
+    """A signed message only good for `ttl_s` after `issued_at`: late is as bad as never."""
+
+    issued_at: EpochMs
+    ttl_s: Annotated[int, Field(ge=1, le=24 * 3600)]
+
+    def expires_at(self) -> int:
+        return self.issued_at + self.ttl_s * 1000
+
+
+class Announce(Expiring):
+    """Play this payment (or refund, or alert). Signed by the server (Ed25519, see `signing`)."""
 
     type: Literal["announce"] = "announce"
     payment_id: PaymentId
@@ -143,13 +195,16 @@ class Announce(Message):
     channel: Channel
     kind: AnnounceKind = AnnounceKind.PAYMENT
     paid_at: EpochMs
-    issued_at: EpochMs
-    ttl_s: Annotated[int, Field(ge=1, le=24 * 3600)]
-    key_id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
-    sig: Annotated[str, StringConstraints(max_length=128)] = ""
+    alert: AlertCode | None = None
 
-    def expires_at(self) -> int:
-        return self.issued_at + self.ttl_s * 1000
+    @model_validator(mode="after")
+    def _alert_only_on_alerts(self) -> Self:
+        if (self.kind is AnnounceKind.ALERT) != (self.alert is not None):
+            raise ValueError("`alert` is required on an alert announce and not allowed on any other kind")
+        return self
+
+    def describe(self) -> str:
+        return f"announce {self.payment_id} for {self.device_id}"
 
 
 class Ack(Message):
@@ -164,16 +219,85 @@ class Ack(Message):
     reason: ShortText | None = None
 
 
-class Command(Message):
-    """A remote command for the device (diagnose, test announcement, reboot, ...)."""
+class Command(Expiring):
+    """A remote command for the device (diagnose, test announcement, reboot, ...).
+
+    `name` is free text here so that a device can refuse a command it does not know with a
+    reason, rather than the message failing to parse."""
 
     type: Literal["command"] = "command"
-    command_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    command_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
     name: ShortText
     args: dict[str, Any] = Field(default_factory=dict)
 
+    def describe(self) -> str:
+        return f"command {self.command_id} ({self.name}) for {self.device_id}"
+
+
+class CommandStatus(StrEnum):
+    ACCEPTED = "accepted"  # taken, running; a final result follows
+    REFUSED = "refused"  # not run: unknown, malformed, unsigned, expired
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"  # this command id was handled before; not run again
+
+
+class CommandResult(Message):
+    """The device's answer to a command: accepted at once, then its outcome."""
+
+    type: Literal["result"] = "result"
+    command_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    name: ShortText
+    status: CommandStatus
+    reason: ShortText | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class QuietHours(BaseModel):
+    """A daily span of local time when the speaker stays silent; it may cross midnight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: HHMM
+    end: HHMM
+
+    def contains(self, minute_of_day: int) -> bool:
+        start, end = (int(t[:2]) * 60 + int(t[3:]) for t in (self.start, self.end))
+        if start <= end:
+            return start <= minute_of_day < end
+        return minute_of_day >= start or minute_of_day < end
+
+
+class Settings(Signed):
+    """The merchant's settings for one device, retained on `down/settings`.
+
+    `version` is when they were saved (epoch ms); a device applies only a newer version than
+    the one it holds, so an old retained copy never undoes a newer change."""
+
+    type: Literal["settings"] = "settings"
+    version: EpochMs
+    volume: Annotated[int, Field(ge=0, le=10)] = 7
+    repeat: Annotated[int, Field(ge=1, le=3)] = 1
+    quiet_hours: QuietHours | None = None
+    voice: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] = "zh_cn"
+    # Quiet hours are local time; China is on UTC+8 everywhere and boards often run in UTC.
+    utc_offset_min: Annotated[int, Field(ge=-720, le=840)] = 480
+
+    def describe(self) -> str:
+        return f"settings version {self.version} for {self.device_id}"
+
+    def is_quiet(self, now_ms: int) -> bool:
+        if self.quiet_hours is None:
+            return False
+        minute_of_day = (now_ms // 60_000 + self.utc_offset_min) % (24 * 60)
+        return self.quiet_hours.contains(minute_of_day)
+
 
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound=Signed)
 
 UP_MODELS: dict[Up, type[Message]] = {
     Up.HELLO: Hello,
@@ -181,10 +305,12 @@ UP_MODELS: dict[Up, type[Message]] = {
     Up.EVENT: Event,
     Up.ACK: Ack,
     Up.PRESENCE: Presence,
+    Up.RESULT: CommandResult,
 }
 DOWN_MODELS: dict[Down, type[Message]] = {
     Down.ANNOUNCE: Announce,
     Down.COMMAND: Command,
+    Down.SETTINGS: Settings,
 }
 
 

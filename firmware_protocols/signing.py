@@ -1,10 +1,12 @@
-"""Ed25519 signing of announce messages.
+"""Ed25519 signing of the messages that act on a device: announces, commands and settings.
 
-A device must never play an announcement the server did not sign, so every `Announce` carries
-`key_id` and `sig`. The signature covers the canonical form of the whole message except `sig`:
-JSON with keys sorted, no spaces, UTF-8 (not ASCII-escaped). Unknown fields are included, so a
-forward-compatible addition cannot be slipped past a verifier. Any language reproduces it with
-its standard JSON encoder, and test vectors pin it down.
+A device must never play an announcement the server did not sign (nor reboot, nor change its
+volume, for anyone else), so every `Signed` message carries `key_id` and `sig`. The signature
+covers the canonical form of the message as sent, except `sig`: JSON with keys sorted, no
+spaces, UTF-8 (not ASCII-escaped). Unknown fields are included, so a forward-compatible
+addition cannot be slipped past a verifier. Fields that are null are left out, so a newer
+model's optional field (absent, so null) does not change what an older server signed. Any language
+reproduces it with its standard JSON encoder, and test vectors pin it down.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from firmware_protocols.errors import SignatureError
-from firmware_protocols.messages import Announce
+from firmware_protocols.messages import S, Signed
+
+
+def signed_fields(message: Signed) -> dict[str, Any]:
+    """The fields a signature covers: every one that is not null."""
+    return message.model_dump(mode="json", exclude_none=True)
 
 
 def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
@@ -52,45 +59,45 @@ def decode_public_key(text: str) -> Ed25519PublicKey:
         raise SignatureError(f"not a base64 raw Ed25519 public key: {exc}") from exc
 
 
-class AnnounceSigner:
-    """Signs announces with the server's private key."""
+class Signer:
+    """Signs messages with the server's private key."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
         self.key_id = key_id_of(private_key.public_key())
 
-    def sign(self, announce: Announce) -> Announce:
-        """Return `announce` with this signer's `key_id` and a fresh `sig`."""
-        fields = announce.model_dump(mode="json")
+    def sign(self, message: S) -> S:
+        """Return `message` with this signer's `key_id` and a fresh `sig`."""
+        fields = signed_fields(message)
         fields["key_id"] = self.key_id
         signature = self._key.sign(canonical_bytes(fields))
         fields["sig"] = base64.b64encode(signature).decode()
-        return Announce.model_validate(fields)
+        return type(message).model_validate(fields)
 
 
-class AnnounceVerifier:
-    """Verifies announces against the server keys a device was provisioned with."""
+class Verifier:
+    """Verifies messages against the server keys a device was provisioned with."""
 
     def __init__(self, trusted: Mapping[str, Ed25519PublicKey] | list[Ed25519PublicKey]) -> None:
         if isinstance(trusted, list):
             trusted = {key_id_of(k): k for k in trusted}
         if not trusted:
-            raise SignatureError("an announce verifier needs at least one trusted server key")
+            raise SignatureError("a verifier needs at least one trusted server key")
         self._trusted = dict(trusted)
 
-    def verify(self, announce: Announce) -> None:
-        """Return if `announce` was signed by a trusted key, else raise `SignatureError`."""
-        context = f"announce {announce.payment_id} for {announce.device_id}"
-        key = self._trusted.get(announce.key_id)
+    def verify(self, message: Signed) -> None:
+        """Return if `message` was signed by a trusted key, else raise `SignatureError`."""
+        context = message.describe()
+        key = self._trusted.get(message.key_id)
         if key is None:
-            raise SignatureError(f"{context}: unknown signing key {announce.key_id!r}")
-        if not announce.sig:
+            raise SignatureError(f"{context}: unknown signing key {message.key_id!r}")
+        if not message.sig:
             raise SignatureError(f"{context}: unsigned")
         try:
-            signature = base64.b64decode(announce.sig, validate=True)
+            signature = base64.b64decode(message.sig, validate=True)
         except binascii.Error as exc:
             raise SignatureError(f"{context}: signature is not base64") from exc
         try:
-            key.verify(signature, canonical_bytes(announce.model_dump(mode="json")))
+            key.verify(signature, canonical_bytes(signed_fields(message)))
         except InvalidSignature:
             raise SignatureError(f"{context}: signature does not verify") from None

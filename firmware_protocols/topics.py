@@ -2,7 +2,7 @@
 
 One subtree per device, so that a broker ACL is one rule per device:
 
-    hd/v1/{device_id}/up/{kind}      device → servers   (hello, health, event, ack, presence)
+    hd/v1/{device_id}/up/{kind}      device → servers   (hello, health, event, ack, presence, result)
     hd/v1/{device_id}/down/{kind}    servers → device   (announce, command, settings)
 
 `up/presence` is retained and is also the device's last will, so a subscriber always finds the
@@ -38,6 +38,7 @@ class Up(StrEnum):
     EVENT = "event"
     ACK = "ack"
     PRESENCE = "presence"
+    RESULT = "result"  # answers to commands
 
 
 class Down(StrEnum):

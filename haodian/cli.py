@@ -9,13 +9,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
+from edge_agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig
 
 EXAMPLES = """\
 examples / 示例:
@@ -23,7 +29,8 @@ examples / 示例:
   haodian server                                      # fleet server + bridge, embedded broker and database
   HAODIAN_MQTT_URL=mqtt://127.0.0.1:1883 HAODIAN_DATABASE_URL=postgresql://postgres@127.0.0.1/test haodian server
   haodian keys                                        # show the server public key to provision agents with
-  haodian agent --device-id SPK0001 --broker-url mqtt://127.0.0.1:1883 --server-key <base64>
+  haodian agent run --device-id SPK0001 --broker-url mqtt://127.0.0.1:1883 --server-key <base64>
+  haodian agent diagnose --device-id SPK0001 --server-key <base64>   # field agent's checklist / 设备自检
 """
 
 
@@ -56,6 +63,66 @@ def _server_key(text: str) -> str:
         except OSError as exc:
             raise argparse.ArgumentTypeError(f"cannot read server key file {text[1:]}: {exc}") from exc
     return text
+
+
+def _add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = sub.add_parser(
+        "agent",
+        help="the edge agent of one device: run it, or diagnose the device",
+        description="The edge agent of one device. `run` runs it; `diagnose` prints the field agent's "
+        "checklist. Both read the same configuration: a TOML file (--config) and/or flags. "
+        "设备端程序：run 运行，diagnose 自检。",
+    )
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--config", type=Path, default=None, help="agent configuration file (TOML)")
+    device.add_argument("--device-id", default=None, help="device id, e.g. SPK0001")
+    device.add_argument(
+        "--broker-url", default=None, help="mqtt[s]://[user[:pass]@]host[:port] (default mqtt://127.0.0.1:1883)"
+    )
+    device.add_argument(
+        "--server-key",
+        type=_server_key,
+        action="append",
+        default=None,
+        help="trusted server Ed25519 public key, base64 or @FILE (repeat during rotation)",
+    )
+    device.add_argument("--state-dir", type=Path, default=None, help="state folder (default .haodian/agent/<id>)")
+    device.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="where announcements are written as WAV (default <state-dir>/audio)",
+    )
+    device.add_argument(
+        "--health-interval", type=_positive_float, default=None, help="seconds between health reports (default 60)"
+    )
+    device.add_argument("--tts-port", default=None, help="TTS chip serial port (default: none, voice clips)")
+    device.add_argument(
+        "--tts-dialect", choices=["syn6288", "xfs5152"], default=None, help="TTS chip family (default syn6288)"
+    )
+    device.add_argument("--modem-port", default=None, help="4G modem AT port (default: none, simulated modem)")
+    device.add_argument("--printer-port", default=None, help="ESC/POS printer serial port (default: none)")
+    device.add_argument("--audio-device", default=None, help="ALSA device for voice clips, e.g. default or hw:0")
+    agent_sub.add_parser(
+        "run",
+        parents=[device],
+        help="run the agent on real or simulated hardware",
+        description="Run the edge agent of one device. Speech goes to the TTS chip on --tts-port, "
+        "else voice clips to ALSA --audio-device, else WAV files in --audio-dir (the simulated "
+        "speaker). Serial ports may be devices (/dev/ttyS1) or the links `haodian peers` makes. "
+        "A remote reboot restarts the process.",
+    )
+    diag = agent_sub.add_parser(
+        "diagnose",
+        parents=[device],
+        help="check the device and say what is wrong (for field agents) / 设备自检",
+        description="Check power, storage, speaker, TTS chip, modem, SIM, signal, broker, clock and the "
+        "last announcement; print pass/warn/fail with a fix hint. Exit status 1 when a check fails. "
+        "检查电源、存储、喇叭、TTS 芯片、4G 模块、SIM 卡、信号、服务器、时钟和最近播报。",
+    )
+    diag.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of the checklist (default zh)")
+    diag.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,43 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     broker.add_argument("--port", type=_port, default=1883, help="port (default 1883)")
 
-    agent = sub.add_parser(
-        "agent",
-        help="run one edge agent (a device) on real or simulated hardware",
-        description="Run the edge agent of one device. Speech goes to the TTS chip on --tts-port, "
-        "else voice clips to ALSA --audio-device, else WAV files in --audio-dir (the simulated "
-        "speaker). Serial ports may be devices (/dev/ttyS1) or the links `haodian peers` makes.",
-    )
-    agent.add_argument("--device-id", required=True, help="device id, e.g. SPK0001")
-    agent.add_argument("--broker-url", default="mqtt://127.0.0.1:1883", help="mqtt://[user[:pass]@]host[:port]")
-    agent.add_argument(
-        "--server-key",
-        type=_server_key,
-        action="append",
-        required=True,
-        help="trusted server Ed25519 public key, base64 or @FILE (repeat during rotation)",
-    )
-    agent.add_argument("--state-dir", type=Path, default=None, help="state folder (default .haodian/agent/<id>)")
-    agent.add_argument(
-        "--audio-dir",
-        type=Path,
-        default=None,
-        help="where announcements are written as WAV (default <state-dir>/audio)",
-    )
-    agent.add_argument(
-        "--health-interval", type=_positive_float, default=60.0, help="seconds between health reports (default 60)"
-    )
-    agent.add_argument("--tts-port", default=None, help="TTS chip serial port (default: none, voice clips)")
-    agent.add_argument("--tts-dialect", choices=["syn6288", "xfs5152"], default="syn6288", help="TTS chip family")
-    agent.add_argument("--modem-port", default=None, help="4G modem AT port (default: none, simulated modem)")
-    agent.add_argument("--printer-port", default=None, help="ESC/POS printer serial port (default: none)")
-    agent.add_argument("--audio-device", default=None, help="ALSA device for voice clips, e.g. default or hw:0")
+    _add_agent_parser(sub)
 
     peers = sub.add_parser(
         "peers",
         help="run virtual serial hardware (TTS chip, modem, printer) on pseudo-terminals",
         description="Start a virtual TTS chip, 4G modem and receipt printer, each on a pseudo-terminal "
-        "linked as <dir>/tts, <dir>/modem and <dir>/printer, for `haodian agent --tts-port <dir>/tts "
+        "linked as <dir>/tts, <dir>/modem and <dir>/printer, for `haodian agent run --tts-port <dir>/tts "
         "--modem-port <dir>/modem --printer-port <dir>/printer`. 虚拟串口外设。",
     )
     peers.add_argument("--dir", type=Path, default=Path(".haodian/peers"), help="where the links go")
@@ -274,17 +311,20 @@ async def _run_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_agent(args: argparse.Namespace) -> int:
-    from edge_agent.agent import EdgeAgent  # noqa: PLC0415
-    from edge_agent.bootstrap import open_hardware  # noqa: PLC0415
+# `haodian agent run` returns this when the agent asked for its own restart (a remote reboot);
+# `main` then replaces the process with a fresh one, as a board's reboot would.
+RESTART = 75
+
+
+def _agent_config(args: argparse.Namespace) -> AgentConfig:
     from edge_agent.config import AgentConfig  # noqa: PLC0415
 
-    state_dir = args.state_dir or Path(".haodian/agent") / args.device_id
-    config = AgentConfig(
+    return AgentConfig.load(
+        args.config,
         device_id=args.device_id,
         broker_url=args.broker_url,
         server_keys=args.server_key,
-        state_dir=state_dir,
+        state_dir=args.state_dir,
         health_interval_s=args.health_interval,
         tts_port=args.tts_port,
         tts_dialect=args.tts_dialect,
@@ -292,12 +332,46 @@ async def _run_agent(args: argparse.Namespace) -> int:
         printer_port=args.printer_port,
         audio_device=args.audio_device,
     )
-    audio_dir = args.audio_dir or state_dir / "audio"
-    async with open_hardware(config, audio_dir=audio_dir) as hardware, EdgeAgent(config, **hardware.ports()):
+
+
+async def _run_agent(args: argparse.Namespace) -> int:
+    config = _agent_config(args)
+    audio_dir = args.audio_dir or config.state_dir / "audio"
+    if args.agent_command == "diagnose":
+        return await _diagnose_agent(config, audio_dir, lang=args.lang, as_json=args.json)
+
+    from edge_agent.agent import EdgeAgent  # noqa: PLC0415
+    from edge_agent.bootstrap import open_hardware  # noqa: PLC0415
+
+    async with open_hardware(config, audio_dir=audio_dir) as hardware, EdgeAgent(config, **hardware.ports()) as agent:
         speech = f"TTS chip on {config.tts_port}" if config.tts_port else f"audio in {audio_dir}"
-        print(f"agent {args.device_id} running; broker {args.broker_url}; {speech}", flush=True)
-        await asyncio.Event().wait()
-    return 0
+        boot = agent.boot
+        print(
+            f"agent {config.device_id} running; broker {config.broker_url}; {speech}; "
+            f"boot {boot.boot_id if boot else '?'} ({boot.reason if boot else '?'})",
+            flush=True,
+        )
+        await agent.restart_requested.wait()
+    print(f"agent {config.device_id}: restarting (remote reboot)", flush=True)
+    return RESTART
+
+
+async def _diagnose_agent(config: AgentConfig, audio_dir: Path, *, lang: str, as_json: bool) -> int:
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from edge_agent import diagnose, local_diagnose  # noqa: PLC0415
+
+    language: diagnose.Lang = "en" if lang == "en" else "zh"
+    checks, source = await local_diagnose.run(config, audio_dir=audio_dir)
+    now_ms = time.time_ns() // 1_000_000
+    if as_json:
+        report = diagnose.as_json(checks, device_id=config.device_id, lang=language)
+        print(json.dumps({**report, "source": source}, ensure_ascii=False, indent=2))
+    else:
+        print(diagnose.render(checks, device_id=config.device_id, lang=language, now_ms=now_ms))
+        print(f"({'数据来源' if language == 'zh' else 'read from'}: {source})")
+    return 1 if diagnose.failed(checks) else 0
 
 
 async def _run_peers(args: argparse.Namespace) -> int:
@@ -398,9 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         logs.configure(json=args.command in {"server", "broker"}, level=args.log_level)
     try:
-        return asyncio.run(_until_signalled(COMMANDS[args.command](args)))
+        code = asyncio.run(_until_signalled(COMMANDS[args.command](args)))
     except KeyboardInterrupt:
         return 130
+    except AgentError as exc:
+        print(f"haodian {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         if exc.title != "Settings":
             raise
@@ -410,6 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last word to a person: one clear line, not a trace.
         print(f"haodian {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if code == RESTART and args.command == "agent":
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "haodian", *(argv if argv is not None else sys.argv[1:])])  # noqa: S606 - our own command line, again
+    return code
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import TextIO
 
 import structlog
 
+from edge_agent import logbook
+
 # Third-party loggers that are chatty at INFO and say nothing an operator needs there.
 _QUIET = {
     "amqtt": logging.WARNING,
@@ -29,6 +31,8 @@ def configure(
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
+        # Keeps each device's recent lines for the agent's fetch_log command.
+        logbook.capture,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.signing import AnnounceSigner
+from firmware_protocols.signing import Signer
 from fleet_server import api as fleet_api
 from fleet_server.api_errors import install_error_handlers
 from fleet_server.db import migrate, open_pool, timescaledb_available
@@ -147,7 +147,7 @@ class ServerStack:
                 PaymentBridge(
                     store,
                     self.endpoint,
-                    AnnounceSigner(self.keys.signing_key),
+                    Signer(self.keys.signing_key),
                     self.keys.backend_public_key,
                     client_id=f"{prefix}-bridge",
                     ttl_s=self.settings.announce_ttl_s,

@@ -28,7 +28,7 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_payload
-from firmware_protocols.signing import AnnounceSigner
+from firmware_protocols.signing import Signer
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.notifications import SIGN_TYPE_HEADER, SIGNATURE_HEADER, verify_backend_notification
 from payment_bridge.store import PaymentStore, PendingDelivery, Recorded
@@ -64,7 +64,7 @@ class PaymentBridge:
         self,
         store: PaymentStore,
         endpoint: BrokerEndpoint,
-        signer: AnnounceSigner,
+        signer: Signer,
         backend_key: RSAPublicKey,
         *,
         client_id: str,

@@ -8,6 +8,7 @@ tests. Announcements spoken by a TTS chip do not pass through here: see `edge_ag
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import wave
 from dataclasses import dataclass
@@ -38,16 +39,24 @@ class AudioSink(Protocol):
         """Start playing `rendered`; return once playback has started."""
         ...
 
+    async def check(self) -> None:
+        """Return if the sink can play now; raise `AudioError` saying why not (the self-test)."""
+        ...
+
 
 class WavFileSink:
     """A simulated speaker: each announcement becomes `<folder>/<name>.wav`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        # A simulated amplifier fault: set it and every play and self-test fails with it.
+        self.fault: str | None = None
 
     def _write(self, rendered: Rendered) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{rendered.name}.wav"
+        # Names come from payment ids, which may hold any printable character: keep them to a file name.
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rendered.name).lstrip(".") or "_"
+        path = self.folder / f"{safe}.wav"
         with wave.open(str(path), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
@@ -55,10 +64,22 @@ class WavFileSink:
             out.writeframes(rendered.pcm)
 
     async def play(self, rendered: Rendered) -> None:
+        if self.fault:
+            raise AudioError(f"speaker fault: {self.fault}")
         try:
             await asyncio.to_thread(self._write, rendered)
         except OSError as exc:
             raise AudioError(f"cannot write {rendered.name}.wav in {self.folder}: {exc}") from exc
+
+    async def check(self) -> None:
+        if self.fault:
+            raise AudioError(f"speaker fault: {self.fault}")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AudioError(f"cannot write announcements in {self.folder}: {exc}") from exc
+        if not os.access(self.folder, os.W_OK):
+            raise AudioError(f"cannot write announcements in {self.folder}: not writable")
 
 
 class MemorySink:
@@ -66,9 +87,16 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.played: list[Rendered] = []
+        self.fault: str | None = None
 
     async def play(self, rendered: Rendered) -> None:
+        if self.fault:
+            raise AudioError(f"speaker fault: {self.fault}")
         self.played.append(rendered)
+
+    async def check(self) -> None:
+        if self.fault:
+            raise AudioError(f"speaker fault: {self.fault}")
 
 
 class AplaySink:
@@ -114,3 +142,16 @@ class AplaySink:
             _, err = await process.communicate()
             raise AudioError(f"aplay on {self.device} failed: {err.decode(errors='replace').strip() or exc}") from exc
         self._playing = process
+
+    async def check(self) -> None:
+        # `aplay -l` lists the sound cards; none (or a broken driver) means nothing can play.
+        process = await asyncio.create_subprocess_exec(
+            self._aplay, "-l", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout=5)
+        except TimeoutError:
+            process.kill()
+            raise AudioError("aplay -l did not answer within 5 s") from None
+        if process.returncode != 0 or b"card " not in out:
+            raise AudioError(f"no sound card: {err.decode(errors='replace').strip() or 'aplay -l lists none'}")

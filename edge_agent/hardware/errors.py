@@ -1,7 +1,9 @@
-"""The one error tree of the hardware ports (drawn in the package docstring)."""
+"""Errors of the hardware ports: a branch of the agent's error tree (edge_agent/errors.py)."""
+
+from edge_agent.errors import AgentError
 
 
-class HardwareError(Exception):
+class HardwareError(AgentError):
     """A part of the device did not do what was asked."""
 
 

@@ -54,6 +54,9 @@ class SystemStatus:
     mem_available_kb: int | None = None
     disk_free_kb: int | None = None
     cpu_temp_c: float | None = None
+    cpu_pct: float | None = None  # busy share of all cores since the previous reading
+    battery_pct: int | None = None  # None: no battery (mains powered)
+    charging: bool | None = None
 
 
 class TtsChip(Protocol):

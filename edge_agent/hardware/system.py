@@ -10,7 +10,8 @@ from edge_agent.hardware.ports import SystemStatus
 
 
 class LinuxSystemInfo:
-    """Reads /proc/loadavg, /proc/meminfo, the first thermal zone and the disk.
+    """Reads /proc/loadavg, /proc/stat, /proc/meminfo, the first thermal zone, the battery in
+    /sys/class/power_supply and the disk.
 
     `root` lets tests point it at a prepared tree; `disk` is the folder whose filesystem holds the
     agent's state (a full disk stops the dedup window and the outbox).
@@ -19,17 +20,56 @@ class LinuxSystemInfo:
     def __init__(self, root: Path = Path("/"), disk: Path = Path("/")) -> None:
         self.root = root
         self.disk = disk
+        self._cpu_last: tuple[int, int] | None = None
 
     async def status(self) -> SystemStatus:
         return await asyncio.to_thread(self.read)
 
     def read(self) -> SystemStatus:
+        battery_pct, charging = self._battery()
         return SystemStatus(
             load_1m=self._first_number("proc/loadavg"),
             mem_available_kb=self._meminfo("MemAvailable"),
             disk_free_kb=self._disk_free(),
             cpu_temp_c=self._temperature(),
+            cpu_pct=self._cpu_pct(),
+            battery_pct=battery_pct,
+            charging=charging,
         )
+
+    def _cpu_pct(self) -> float | None:
+        """Busy share since the last call, from the `cpu` line of /proc/stat (None the first time)."""
+        first = (self._text("proc/stat") or "").split("\n", 1)[0].split()
+        if len(first) < 5 or first[0] != "cpu":
+            return None
+        try:
+            ticks = [int(x) for x in first[1:]]
+        except ValueError:
+            return None
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        total = sum(ticks[:8])  # guest time is already counted in user
+        last, self._cpu_last = self._cpu_last, (total, idle)
+        if last is None or total <= last[0]:
+            return None
+        return round(100.0 * (1 - (idle - last[1]) / (total - last[0])), 1)
+
+    def _battery(self) -> tuple[int | None, bool | None]:
+        """Charge and whether it is charging, of the first battery; (None, None) without one."""
+        supplies = self.root / "sys/class/power_supply"
+        try:
+            names = sorted(p.name for p in supplies.iterdir())
+        except OSError:
+            return None, None
+        for name in names:
+            if (self._text(f"sys/class/power_supply/{name}/type") or "").strip() != "Battery":
+                continue
+            capacity = (self._text(f"sys/class/power_supply/{name}/capacity") or "").strip()
+            status = (self._text(f"sys/class/power_supply/{name}/status") or "").strip()
+            return (
+                max(0, min(100, int(capacity))) if capacity.isdigit() else None,
+                status in {"Charging", "Full"} if status else None,
+            )
+        return None, None
 
     def _text(self, relative: str) -> str | None:
         try:

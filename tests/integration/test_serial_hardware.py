@@ -29,7 +29,7 @@ from edge_agent.hardware.tts_chip import SerialTtsChip
 from firmware_protocols import topics
 from firmware_protocols.messages import Announce
 from firmware_protocols.serial import escpos, tts
-from firmware_protocols.signing import AnnounceSigner, encode_public_key
+from firmware_protocols.signing import Signer, encode_public_key
 from simulators.serial_peers import VirtualModem, VirtualPrinter, VirtualTtsChip
 from tests.integration.conftest import eventually
 
@@ -248,7 +248,7 @@ async def broker_agent(tmp_path, machine_mosquitto, unique):
         collector = asyncio.create_task(uplinks.collect(client))
         await agent.wait_connected(10)
         await uplinks.wait("health")  # every part has been looked at once
-        yield agent, AnnounceSigner(key), client, uplinks, (chip, modem, printer)
+        yield agent, Signer(key), client, uplinks, (chip, modem, printer)
         collector.cancel()
 
 

@@ -20,12 +20,12 @@ from edge_agent.hardware.printer import FakePrinter
 from edge_agent.hardware.tts_chip import FakeTtsChip
 from edge_agent.voice import ChipSpeaker, ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
-from firmware_protocols.signing import AnnounceSigner, encode_public_key
+from firmware_protocols.signing import Signer, encode_public_key
 
 pytestmark = pytest.mark.anyio
 
 SERVER_KEY = Ed25519PrivateKey.generate()
-SIGNER = AnnounceSigner(SERVER_KEY)
+SIGNER = Signer(SERVER_KEY)
 
 
 def make_agent(tmp_path, clock, sink):
@@ -110,7 +110,7 @@ async def test_stale_announce_is_not_played_late(tmp_path, clock):
     [
         lambda a: a.model_copy(update={"amount_fen": 999900}),  # amount changed after signing
         lambda a: a.model_copy(update={"sig": ""}),  # signature stripped
-        lambda a: AnnounceSigner(Ed25519PrivateKey.generate()).sign(a),  # someone else's key
+        lambda a: Signer(Ed25519PrivateKey.generate()).sign(a),  # someone else's key
     ],
 )
 async def test_forged_announces_are_refused_and_reported(tmp_path, clock, forge):
@@ -137,7 +137,7 @@ async def test_malformed_announce_is_logged_and_reported(tmp_path, clock):
     with capture_logs() as logs:
         await agent.handle_announce(b'{"type": "announce"', topic="hd/v1/SPK1/down/announce")
     assert agent._queue.empty()
-    assert any(e["event"] == "malformed announce dropped" and e["topic"] == "hd/v1/SPK1/down/announce" for e in logs)
+    assert any(e["event"] == "malformed message dropped" and e["topic"] == "hd/v1/SPK1/down/announce" for e in logs)
     [(kind, event)] = uplinks(agent)
     assert (kind, event["kind"]) == ("event", "bad_message")
 
@@ -189,13 +189,14 @@ async def test_part_states_in_health_and_change_events(tmp_path, clock):
     agent = EdgeAgent(config, speaker=ChipSpeaker(chip), modem=SimulatedModem(seed=1), printer=printer, clock=clock)
     health = await agent.health()
     assert (health.tts, health.printer, health.registration, health.modem) == ("idle", "cover_open", "home", "ok")
-    await agent._report_part_changes(health)  # a bad part at start is reported at once
+    await agent.check_parts()  # a bad part at start is reported at once
     chip.failure = Unreachable("gone")
     printer.state = "ok"
-    await agent._report_part_changes(await agent.health())
-    events = [body["detail"] for kind, body in uplinks(agent) if kind == "event"]
+    await agent.check_parts()
+    events = [(body["kind"], body["detail"]) for kind, body in uplinks(agent) if kind == "event"]
     assert events == [
-        {"part": "printer", "state": "cover_open", "was": None},
-        {"part": "tts", "state": "unreachable", "was": "ok"},
-        {"part": "printer", "state": "ok", "was": "cover_open"},
+        ("fault", {"part": "printer", "state": "cover_open", "was": None}),
+        ("fault", {"part": "audio", "state": "fail", "was": "ok"}),
+        ("fault", {"part": "tts", "state": "unreachable", "was": "ok"}),
+        ("recovered", {"part": "printer", "state": "ok", "was": "cover_open"}),
     ]

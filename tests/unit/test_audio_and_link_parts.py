@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from edge_agent.hardware.audio import WavFileSink
 from edge_agent.hardware.errors import AudioError
 from edge_agent.link import Backoff
-from edge_agent.outbox import Outbox
 from edge_agent.speech import announcement_text
 from edge_agent.voice import VoicePack
 from firmware_protocols.messages import AnnounceKind, Channel
@@ -40,16 +39,6 @@ async def test_wav_sink_writes_a_playable_file(tmp_path):
         assert played.getnframes() * 2 == len(rendered.pcm)
 
 
-def test_outbox_keeps_acks_and_evicts_oldest_telemetry():
-    box = Outbox(max_telemetry=2)
-    box.put("t/health", b"1", is_ack=False)
-    box.put("t/ack", b"a", is_ack=True)
-    box.put("t/health", b"2", is_ack=False)
-    box.put("t/health", b"3", is_ack=False)
-    assert [p.payload for p in box.drain()] == [b"a", b"2", b"3"]
-    assert len(box) == 0
-
-
 def test_backoff_grows_to_its_cap_with_jitter_and_resets():
     backoff = Backoff(0.5, 8.0, rng=random.Random(1))
     delays = [backoff.next_delay() for _ in range(10)]
@@ -57,13 +46,3 @@ def test_backoff_grows_to_its_cap_with_jitter_and_resets():
     assert all(4.0 <= d <= 8.0 for d in delays[5:])
     backoff.reset()
     assert backoff.next_delay() <= 0.5
-
-
-def test_requeued_items_keep_their_place_before_newer_ones():
-    box = Outbox()
-    box.put("t/ack", b"a1", is_ack=True)
-    box.put("t/health", b"h1", is_ack=False)
-    unsent = box.drain()
-    box.put("t/health", b"h2", is_ack=False)  # produced while the flush was failing
-    box.requeue(unsent)
-    assert [(p.payload, p.is_ack) for p in box.drain()] == [(b"a1", True), (b"h1", False), (b"h2", False)]

@@ -35,7 +35,9 @@ def test_every_command_has_help(command, capsys):
         (["demo", "--devices", "0"], "must be at least 1"),
         (["demo", "--tps", "-5"], "must be greater than 0"),
         (["server", "--port", "70000"], "port must be 0-65535"),
-        (["agent", "--device-id", "X"], "--server-key"),
+        (["agent", "--device-id", "X"], "invalid choice"),
+        (["agent", "run", "--health-interval", "0"], "must be greater than 0"),
+        (["agent", "diagnose", "--lang", "fr"], "invalid choice"),
         (["fly"], "invalid choice"),
     ],
 )
@@ -44,6 +46,21 @@ def test_bad_arguments_are_refused_with_the_reason(argv, message, capsys):
         build_parser().parse_args(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_agent_configuration_problems_are_named(tmp_path, capsys):
+    assert main(["agent", "run", "--device-id", "X", "--state-dir", str(tmp_path)]) == 2
+    assert "server_keys: Field required" in capsys.readouterr().err
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "SPK1"\nserver_keys = []\nvolume = 11\n')
+    assert main(["agent", "diagnose", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"bad agent configuration in {config}" in err
+    assert "server_keys" in err
+    assert "volume" in err
+    config.write_text("device_id = ")
+    assert main(["agent", "run", "--config", str(config)]) == 2
+    assert "cannot read agent configuration" in capsys.readouterr().err
 
 
 def test_bad_amount_for_pay_is_explained(tmp_path):

@@ -6,8 +6,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from firmware_protocols.errors import SignatureError
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import (
-    AnnounceSigner,
-    AnnounceVerifier,
+    Signer,
+    Verifier,
     canonical_bytes,
     decode_public_key,
     encode_public_key,
@@ -35,8 +35,8 @@ def _announce(**changes):
 
 
 def test_signed_announce_verifies(server_key):
-    signed = AnnounceSigner(server_key).sign(_announce())
-    AnnounceVerifier([server_key.public_key()]).verify(signed)
+    signed = Signer(server_key).sign(_announce())
+    Verifier([server_key.public_key()]).verify(signed)
 
 
 @pytest.mark.parametrize(
@@ -51,17 +51,17 @@ def test_signed_announce_verifies(server_key):
     ],
 )
 def test_any_change_breaks_the_signature(server_key, tamper):
-    signed = AnnounceSigner(server_key).sign(_announce())
+    signed = Signer(server_key).sign(_announce())
     forged = Announce.model_validate({**signed.model_dump(), **tamper})
     with pytest.raises(SignatureError, match="does not verify"):
-        AnnounceVerifier([server_key.public_key()]).verify(forged)
+        Verifier([server_key.public_key()]).verify(forged)
 
 
 def test_unsigned_and_foreign_keys_are_refused(server_key):
-    verifier = AnnounceVerifier([server_key.public_key()])
+    verifier = Verifier([server_key.public_key()])
     with pytest.raises(SignatureError, match="unknown signing key"):
-        verifier.verify(AnnounceSigner(Ed25519PrivateKey.generate()).sign(_announce()))
-    signed = AnnounceSigner(server_key).sign(_announce())
+        verifier.verify(Signer(Ed25519PrivateKey.generate()).sign(_announce()))
+    signed = Signer(server_key).sign(_announce())
     with pytest.raises(SignatureError, match="unsigned"):
         verifier.verify(signed.model_copy(update={"sig": ""}))
     with pytest.raises(SignatureError, match="not base64"):
@@ -82,4 +82,4 @@ def test_public_key_text_round_trip(server_key):
 
 def test_verifier_needs_a_key():
     with pytest.raises(SignatureError, match="at least one"):
-        AnnounceVerifier([])
+        Verifier([])

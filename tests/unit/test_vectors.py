@@ -19,7 +19,7 @@ from firmware_protocols import topics
 from firmware_protocols.errors import CodecError, MessageError, SignatureError
 from firmware_protocols.messages import Ack, Announce, Presence, parse_payload
 from firmware_protocols.serial import at, escpos, tts
-from firmware_protocols.signing import AnnounceSigner, AnnounceVerifier, canonical_bytes, decode_public_key, key_id_of
+from firmware_protocols.signing import Signer, Verifier, canonical_bytes, decode_public_key, key_id_of
 from firmware_protocols.vectors import load
 from tests.unit.decoding import drain
 
@@ -304,8 +304,8 @@ def test_v1_invalid_topics(topic: str) -> None:
         topics.parse(topic)
 
 
-def _verifier() -> AnnounceVerifier:
-    return AnnounceVerifier([decode_public_key(V1["signing_key"]["public_key_base64"])])
+def _verifier() -> Verifier:
+    return Verifier([decode_public_key(V1["signing_key"]["public_key_base64"])])
 
 
 @pytest.mark.parametrize("vector", V1["announces"], ids=_name)
@@ -316,7 +316,7 @@ def test_v1_announce_canonical_form_and_signature(vector: dict[str, Any]) -> Non
     _verifier().verify(announce)
     # Ed25519 is deterministic: our signer reproduces the vector's signature exactly.
     private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(V1["signing_key"]["private_seed_hex"]))
-    assert AnnounceSigner(private).sign(announce.model_copy(update={"sig": ""})).sig == message["sig"]
+    assert Signer(private).sign(announce.model_copy(update={"sig": ""})).sig == message["sig"]
     assert base64.b64decode(message["sig"]) == private.sign(vector["canonical"].encode())
     if "spoken" in vector:
         assert announcement_text(announce.channel, announce.kind, announce.amount_fen) == vector["spoken"]

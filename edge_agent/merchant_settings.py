@@ -1,0 +1,53 @@
+"""The merchant's settings as this device holds them: volume, repeat, quiet hours, voice.
+
+They arrive signed and retained on `down/settings` (so a device that was off gets the latest on
+connect), and a `set_volume` command changes the volume on the spot. The device keeps the
+newest version on disk: after a power cut it speaks at the merchant's volume before it has
+even reached the broker. A retained copy older than what the device holds is ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from edge_agent.state_files import write_atomically
+from firmware_protocols.errors import MessageError
+from firmware_protocols.messages import Settings, parse_payload
+
+log = structlog.get_logger(__name__)
+
+
+class MerchantSettings:
+    def __init__(self, path: Path, defaults: Settings) -> None:
+        self._path = path
+        self.current = self._load() or defaults
+
+    def _load(self) -> Settings | None:
+        try:
+            payload = self._path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("stored settings unreadable; using defaults", path=str(self._path), error=str(exc))
+            return None
+        try:
+            return parse_payload(Settings, payload, topic=str(self._path))
+        except MessageError as exc:
+            log.warning("stored settings invalid; using defaults", path=str(self._path), error=str(exc))
+            return None
+
+    def offer(self, settings: Settings) -> bool:
+        """Take `settings` if newer than the current ones and keep them on disk; True if taken."""
+        if settings.version <= self.current.version:
+            return False
+        self.current = settings
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self._path, settings.to_json())
+        except OSError as exc:
+            # Applied anyway: the merchant hears the change now; the retained copy restores it
+            # after a restart once the disk is writable again.
+            log.warning("settings applied but not stored", path=str(self._path), error=str(exc))
+        return True
