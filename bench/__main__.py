@@ -2,10 +2,14 @@
 
     python -m bench announce [--devices 20] [--tps 5] [--duration 20] [--json]
     python -m bench codecs [--frames 20000] [--repeats 5] [--json]
+    python -m bench footprint [--warmup 15] [--window 60] [--json]
 
 `announce`: payment notification received at the bridge → speaker starts playing, through the
 whole embedded stack (amqtt broker, PostgreSQL, fleet server, bridge, N real edge agents with
 WAV speakers), at a steady rate. It is the demo's measurement, run for its figures.
+
+`footprint`: one agent process at rest: resident memory (RSS, PSS, peak) and CPU share over a
+window, connected to a broker.
 
 `codecs`: decode throughput (frames/s) of each serial codec on a realistic stream read in
 64-byte chunks: TTS chip frames and replies, modem AT responses with URCs, ESC/POS receipts.
@@ -20,7 +24,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import codecs
+from bench import codecs, footprint
 from haodian import logs
 from haodian.demo import DemoOptions, machine, run_demo
 from haodian.settings import Settings
@@ -30,16 +34,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=["announce", "codecs"])
+    parser.add_argument("scenario", choices=["announce", "codecs", "footprint"])
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--tps", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
     parser.add_argument("--repeats", type=int, default=5, help="codecs: runs per codec (best and median shown)")
+    parser.add_argument("--warmup", type=float, default=15.0, help="footprint: seconds before measuring")
+    parser.add_argument("--window", type=float, default=60.0, help="footprint: seconds of CPU measured")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     args = parser.parse_args()
     if args.scenario == "codecs":
         _codecs(args)
+        return
+    if args.scenario == "footprint":
+        print(f"measuring one idle agent: {args.warmup:.0f} s warm-up, {args.window:.0f} s window", flush=True)
+        result = footprint.measure(warmup_s=args.warmup, window_s=args.window)
+        if args.json:
+            print(json.dumps({"machine": machine(), "footprint": asdict(result)}, indent=2))
+            return
+        print(f"machine: {machine()}")
+        print(f"broker: {result.broker}; Python {result.python}")
+        print(
+            f"agent idle: RSS {result.rss_kb / 1024:.1f} MB, PSS {(result.pss_kb or 0) / 1024:.1f} MB, "
+            f"peak RSS {result.peak_rss_kb / 1024:.1f} MB, "
+            f"CPU {result.cpu_pct:.2f} % of one core over {result.window_s} s"
+        )
         return
     with tempfile.TemporaryDirectory(prefix="haodian-bench-") as tmp:
         data_dir = Path(tmp)

@@ -131,7 +131,7 @@ class EdgeAgent:
         self._system = system
         self._clock = clock or SystemClock()
         self._verifier = Verifier([decode_public_key(k) for k in config.server_keys])
-        self._seen = SeenIds(state / "seen-payments.sqlite3")
+        self._seen = SeenIds(state / "payments.sqlite3")
         self._seen_commands = SeenIds(state / "seen-commands.sqlite3", capacity=1000)
         self._outbox = Outbox(state / "outbox.sqlite3", max_telemetry=config.outbox_max_telemetry)
         defaults = Settings(device_id=self.device_id, ts=0, version=0, key_id="default", volume=config.volume)
@@ -180,6 +180,7 @@ class EdgeAgent:
         self._log.info(
             "agent starting", boot_id=self.boot.boot_id, boot_reason=self.boot.reason, outbox=len(self._outbox)
         )
+        self._requeue_unplayed()
         await self._link.__aenter__()
         self._tasks = [
             asyncio.create_task(self._play_loop(), name=f"player:{self.device_id}"),
@@ -187,6 +188,17 @@ class EdgeAgent:
             asyncio.create_task(self._flush_loop(), name=f"outbox:{self.device_id}"),
         ]
         return self
+
+    def _requeue_unplayed(self) -> None:
+        """Queue again what the last run took but never started playing (it was killed)."""
+        for payload, received_at in self._seen.unplayed():
+            try:
+                announce = parse_payload(Announce, payload)
+            except MessageError as exc:  # verified when it arrived; only a damaged file gets here
+                self._log.warning("unplayed announcement unreadable; dropped", error=str(exc))
+                continue
+            self._log.info("announcement left unplayed by the last run queued again", payment_id=announce.payment_id)
+            self._queue.put_nowait(_Playback(spoken_text(announce), received_at, announce))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -417,7 +429,7 @@ class EdgeAgent:
             payment_log.info("announce expired, not played late", late_ms=received_at - announce.expires_at())
             await self._ack(announce, AckStatus.EXPIRED, received_at)
             return
-        if not await self._seen.remember(announce.payment_id, received_at):
+        if not self._seen.remember(announce.payment_id, received_at, payload=bytes(payload)):
             self.stats.duplicates += 1
             payment_log.info("duplicate announce acked, not played again")
             await self._ack(announce, AckStatus.DUPLICATE, received_at)
@@ -466,7 +478,7 @@ class EdgeAgent:
             command_log.warning("command refused", reason=str(exc))
             await self._result(command, CommandStatus.REFUSED, reason=str(exc))
             return
-        if not await self._seen_commands.remember(command.command_id, received_at):
+        if not self._seen_commands.remember(command.command_id, received_at):
             command_log.info("command already handled; not run again")
             await self._result(command, CommandStatus.DUPLICATE)
             return
@@ -571,26 +583,32 @@ class EdgeAgent:
             await self._say_test(item, max(settings.volume, TEST_VOLUME_FLOOR))
             return
         now = self._clock.now_ms()
+        payment_id = announce.payment_id
         if now > announce.expires_at():
             # Waited in the queue past its TTL (a stuck speaker ahead of it): late is worse than never.
+            self._seen.mark(payment_id, "done")
             self.stats.expired += 1
             await self._ack(announce, AckStatus.EXPIRED, item.received_at)
             return
         if settings.volume == 0 or settings.is_quiet(now):
+            self._seen.mark(payment_id, "done")
             self.stats.silenced += 1
             reason = "volume 0" if settings.volume == 0 else "quiet hours"
             await self._ack(announce, AckStatus.SILENCED, item.received_at, reason=reason, text=item.text)
             await self._after_announcement(item, "silenced")
             return
+        self._seen.mark(payment_id, "playing")
         try:
             play_started_at = self._clock.now_ms()
-            await self._speaker.say(announce.payment_id, repeated(item.text, settings.repeat), volume=settings.volume)
+            await self._speaker.say(payment_id, repeated(item.text, settings.repeat), volume=settings.volume)
         except HardwareError as exc:
+            self._seen.mark(payment_id, "done")
             self.stats.play_failures += 1
             self._log.error("announcement could not be played", payment_id=announce.payment_id, error=str(exc))
             await self._ack(announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
             await self._report("play_failed", payment_id=announce.payment_id, error=str(exc)[:200])
             return
+        self._seen.mark(payment_id, "done")
         self.stats.played += 1
         await self._ack(announce, AckStatus.PLAYED, item.received_at, play_started_at=play_started_at, text=item.text)
         await self._after_announcement(item, "played")

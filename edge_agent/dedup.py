@@ -1,20 +1,29 @@
-"""Which payments this device has already announced (and which commands it has run), kept
-across restarts.
+"""Which payments this device has already taken (and which commands it has run), kept across
+restarts, and the announcements a crash left unplayed.
 
 A merchant must hear each payment once. Broker redelivery (QoS 1), server retries and replays
 all arrive as the same `payment_id`; this window remembers the last `capacity` ids for
 `max_age_s` (defaults: 10,000 ids, 24 h: a busy shop takes a few hundred payments a day, and
 the server never retries past an announce's TTL). Commands use a second window by
-`command_id`, so a redelivered reboot does not reboot twice. The window lives in SQLite (standard library,
-on every board) and in memory for the lookup on the hot path.
+`command_id`, so a redelivered reboot does not reboot twice.
+
+Each payment moves `queued` (taken, waiting for the speaker; its announce is kept) →
+`playing` (written just before speech starts) → `done`. After a kill or a crash the agent plays
+again what was still `queued`, so a queue of announcements is not lost with the process; what
+was `playing` is not repeated (a double "到账" is worse than a missing one). The window lives in
+SQLite (standard library, on every board) in WAL mode with `synchronous=NORMAL`: a write
+survives the process being killed at once, and costs tens of microseconds, so it sits on the
+announce path; only an OS crash or power cut can lose the last few writes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal
+
+State = Literal["queued", "playing", "done"]
 
 
 class SeenIds:
@@ -24,45 +33,60 @@ class SeenIds:
         self._seen: OrderedDict[str, int] = OrderedDict()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS seen (payment_id TEXT PRIMARY KEY, at_ms INTEGER)")
-        for payment_id, at_ms in self._db.execute("SELECT payment_id, at_ms FROM seen ORDER BY at_ms"):
-            self._seen[payment_id] = at_ms
-        self._lock = asyncio.Lock()
+        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL,"
+            " state TEXT NOT NULL DEFAULT 'done', payload BLOB)"
+        )
+        for seen_id, at_ms in self._db.execute("SELECT id, at_ms FROM seen ORDER BY at_ms"):
+            self._seen[seen_id] = at_ms
 
-    def __contains__(self, payment_id: str) -> bool:
-        return payment_id in self._seen
+    def __contains__(self, seen_id: str) -> bool:
+        return seen_id in self._seen
 
     def __len__(self) -> int:
         return len(self._seen)
-
-    def _store(self, payment_id: str, now_ms: int, evicted: list[str]) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?)", (payment_id, now_ms))
-            self._db.executemany("DELETE FROM seen WHERE payment_id = ?", [(e,) for e in evicted])
 
     def newest(self) -> tuple[str, int] | None:
         """The id remembered last and when, if any."""
         if not self._seen:
             return None
-        payment_id = next(reversed(self._seen))
-        return payment_id, self._seen[payment_id]
+        seen_id = next(reversed(self._seen))
+        return seen_id, self._seen[seen_id]
 
-    async def remember(self, payment_id: str, now_ms: int) -> bool:
-        """Record `payment_id`; True if it is new, False if it was seen within the window."""
-        async with self._lock:
-            if payment_id in self._seen:
-                return False
-            self._seen[payment_id] = now_ms
-            evicted: list[str] = []
-            while self._seen and (
-                len(self._seen) > self._capacity or next(iter(self._seen.values())) < now_ms - self._max_age_ms
-            ):
-                evicted.append(self._seen.popitem(last=False)[0])
-            # Written before the announcement plays: a power cut between the two loses one
-            # play rather than repeating it (at most once per device beats a double "到账").
-            await asyncio.to_thread(self._store, payment_id, now_ms, evicted)
-            return True
+    def remember(self, seen_id: str, now_ms: int, *, payload: bytes | None = None) -> bool:
+        """Record `seen_id` (with the `payload` to replay it from, if any, as `queued`; else
+        `done`); True if it is new, False if it was seen within the window."""
+        if seen_id in self._seen:
+            return False
+        self._seen[seen_id] = now_ms
+        evicted: list[str] = []
+        while self._seen and (
+            len(self._seen) > self._capacity or next(iter(self._seen.values())) < now_ms - self._max_age_ms
+        ):
+            evicted.append(self._seen.popitem(last=False)[0])
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+                (seen_id, now_ms, "done" if payload is None else "queued", payload),
+            )
+            self._db.executemany("DELETE FROM seen WHERE id = ?", [(e,) for e in evicted])
+        return True
+
+    def mark(self, seen_id: str, state: State) -> None:
+        """Move `seen_id` on; `done` drops the kept payload."""
+        if state == "done":
+            self._db.execute("UPDATE seen SET state = 'done', payload = NULL WHERE id = ?", (seen_id,))
+        else:
+            self._db.execute("UPDATE seen SET state = ? WHERE id = ?", (state, seen_id))
+
+    def unplayed(self) -> list[tuple[bytes, int]]:
+        """The payloads of what was taken but never started, and when each was taken, oldest first."""
+        rows = self._db.execute("SELECT payload, at_ms FROM seen WHERE state = 'queued' ORDER BY at_ms").fetchall()
+        return [(bytes(payload), at_ms) for payload, at_ms in rows if payload is not None]
 
     def close(self) -> None:
         self._db.close()

@@ -30,7 +30,7 @@ Lang = Literal["zh", "en"]
 STATUS_FILE = "status.json"
 LAST_ANNOUNCEMENT_FILE = "last-announcement.json"
 # A clock before this is a board that lost its time: every announce would look expired.
-CLOCK_FLOOR_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+CLOCK_FLOOR_MS = 1_672_531_200_000  # 2023-01-01T00:00:00Z, before any of our firmware was built
 # A merchant with no announcement for this long is worth a question (idle, or a silent fault).
 QUIET_DAYS_WARN = 3
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from edge_agent.hardware.errors import AudioError
+
+PLAYED_LOG = "played.log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,8 @@ class AudioSink(Protocol):
 
 
 class WavFileSink:
-    """A simulated speaker: each announcement becomes `<folder>/<name>.wav`."""
+    """A simulated speaker: each announcement becomes `<folder>/<name>.wav`, and a line in
+    `<folder>/played.log`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -62,6 +66,10 @@ class WavFileSink:
             out.setsampwidth(2)
             out.setframerate(rendered.sample_rate)
             out.writeframes(rendered.pcm)
+        # What the speaker said, in order, one line per play: a replay would overwrite its WAV
+        # file but not hide here, so tests and the demo count plays from this log.
+        with (self.folder / PLAYED_LOG).open("a", encoding="utf-8") as played:
+            played.write(f"{time.time():.3f} {rendered.name} {rendered.text}\n")
 
     async def play(self, rendered: Rendered) -> None:
         if self.fault:

@@ -120,19 +120,28 @@ def _cereg(response: at.AtResponse) -> at.Registration:
 
 
 class SimulatedModem:
-    """A modem with a steady signal around `mean_dbm`, varying as a real one does; always registered."""
+    """A modem with a steady signal around `mean_dbm`, varying as a real one does, and a China
+    Mobile SIM. Registered unless a test or fault model sets `registration` or `reachable`."""
 
     def __init__(self, mean_dbm: int = -75, spread_db: int = 6, seed: int | None = None) -> None:
         self._mean = mean_dbm
         self._spread = spread_db
         self._random = random.Random(seed)  # noqa: S311 - simulated signal, not security.
+        self.iccid = f"898600{self._random.randrange(10**13):013d}"
+        self.imei = f"86{self._random.randrange(10**13):013d}"
+        self.registration: Registration = "home"
+        self.reachable = True
 
     async def status(self) -> ModemStatus:
+        if not self.reachable:
+            return ModemStatus(reachable=False, error="simulated: modem does not answer")
         dbm = max(-113, min(-51, round(self._random.gauss(self._mean, self._spread / 2))))
         return ModemStatus(
             reachable=True,
             signal_dbm=dbm,
             signal_bars=at.csq_to_bars((dbm + 113) // 2),
-            registration="home",
+            registration=self.registration,
             cell=CellInfo(rat="LTE", mcc=460, mnc=0),
+            iccid=self.iccid,
+            imei=self.imei,
         )

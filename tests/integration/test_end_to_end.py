@@ -139,6 +139,7 @@ def run_end_to_end(procs: Processes, tmp_path: Path, *, broker_port: int, databa
         procs.start(
             device,
             "agent",
+            "run",
             "--device-id",
             device,
             "--broker-url",

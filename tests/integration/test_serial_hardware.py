@@ -310,7 +310,7 @@ async def test_agent_announces_through_the_tts_chip_and_prints_the_receipt(broke
 
 
 def tts_change(body):
-    return body["kind"] == "hardware_changed" and body["detail"]["part"] == "tts"
+    return body["kind"] in {"fault", "recovered"} and body["detail"]["part"] == "tts"
 
 
 async def test_agent_survives_a_chip_that_vanishes_returns_and_sends_garbage(broker_agent):
@@ -322,12 +322,12 @@ async def test_agent_survives_a_chip_that_vanishes_returns_and_sends_garbage(bro
     assert ack["status"] == "failed"
     assert any(entry["event"] == "announcement could not be played" for entry in logs)
     event = await uplinks.wait("event", tts_change)
-    assert event["detail"]["state"] == "unreachable"
+    assert (event["kind"], event["detail"]["state"]) == ("fault", "unreachable")
 
     mark = len(uplinks.seen)
     chip.appear()
     back = await uplinks.wait("event", tts_change, after=mark)
-    assert back["detail"]["state"] == "ok"
+    assert (back["kind"], back["detail"]["state"]) == ("recovered", "ok")
     chip.send_garbage(32)
     await publish_announce(client, signer, agent.device_id, "P-back", amount_fen=500)
     ack = await uplinks.wait("ack", lambda b: b["payment_id"] == "P-back")
@@ -344,7 +344,7 @@ async def test_agent_reports_a_modem_that_lost_its_network_and_a_printer_out_of_
     printer.faults.paper_out()
 
     def change(part):
-        return lambda b: b["kind"] == "hardware_changed" and b["detail"]["part"] == part
+        return lambda b: b["kind"] == "fault" and b["detail"]["part"] == part
 
     assert (await uplinks.wait("event", change("registration")))["detail"]["state"] == "searching"
     assert (await uplinks.wait("event", change("printer")))["detail"]["state"] == "paper_out"

@@ -4,67 +4,22 @@ Without a broker every uplink lands in the agent's outbox, which is where these 
 acks and events from.
 """
 
-import json
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.clock import FakeClock
 from edge_agent.config import AgentConfig
 from edge_agent.hardware.audio import MemorySink
 from edge_agent.hardware.errors import Unreachable
 from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.hardware.printer import FakePrinter
 from edge_agent.hardware.tts_chip import FakeTtsChip
-from edge_agent.voice import ChipSpeaker, ClipSpeaker, VoicePack
-from firmware_protocols.messages import Announce
+from edge_agent.voice import ChipSpeaker
 from firmware_protocols.signing import Signer, encode_public_key
+from tests.unit.agent_kit import SERVER_KEY, announce, make_agent, play_all, uplinks
 
 pytestmark = pytest.mark.anyio
-
-SERVER_KEY = Ed25519PrivateKey.generate()
-SIGNER = Signer(SERVER_KEY)
-
-
-def make_agent(tmp_path, clock, sink):
-    config = AgentConfig(
-        device_id="SPK1",
-        broker_url="mqtt://127.0.0.1:9",
-        state_dir=tmp_path,
-        server_keys=[encode_public_key(SERVER_KEY.public_key())],
-    )
-    return EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), sink), modem=SimulatedModem(seed=1), clock=clock)
-
-
-def announce(clock, payment_id="P1", **changes):
-    fields = {
-        "device_id": "SPK1",
-        "ts": clock.now_ms(),
-        "payment_id": payment_id,
-        "amount_fen": 1250,
-        "channel": "wechat",
-        "paid_at": clock.now_ms(),
-        "issued_at": clock.now_ms(),
-        "ttl_s": 60,
-        "key_id": SIGNER.key_id,
-    }
-    return SIGNER.sign(Announce.model_validate({**fields, **changes}))
-
-
-def uplinks(agent):
-    return [(item.topic.rsplit("/", 1)[1], json.loads(item.payload)) for item in agent._outbox.drain()]
-
-
-async def play_all(agent):
-    while not agent._queue.empty():
-        await agent._play(agent._queue.get_nowait())
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 async def test_signed_announce_is_played_once_and_acked(tmp_path, clock):

@@ -1,5 +1,7 @@
 """Amounts read aloud: the table the merchants' ears know, and properties over all amounts."""
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,6 +36,61 @@ from firmware_protocols.messages import AnnounceKind, Channel
         (99999999999, "九亿九千九百九十九万九千九百九十九点九九元"),
         (100000000000000, "一万亿元"),
         (5406, "五十四点零六元"),
+        # fractions: 角 and 分, a trailing zero dropped, 零 kept before a lone 分
+        (2, "零点零二元"),
+        (20, "零点二元"),
+        (50, "零点五元"),
+        (99, "零点九九元"),
+        (100, "一元"),
+        (101, "一点零一元"),
+        (110, "一点一元"),
+        (990, "九点九元"),
+        (1234, "十二点三四元"),
+        (1001, "十点零一元"),
+        (1010, "十点一元"),
+        # tens: a leading 一十 is said 十, an inner one is not
+        (1100, "十一元"),
+        (1900, "十九元"),
+        (2100, "二十一元"),
+        (5000, "五十元"),
+        (9900, "九十九元"),
+        # hundreds and thousands, with zeros inside
+        (10000, "一百元"),
+        (10100, "一百零一元"),
+        (10800, "一百零八元"),
+        (12000, "一百二十元"),
+        (10010, "一百点一元"),
+        (50000, "五百元"),
+        (99999, "九百九十九点九九元"),
+        (100000, "一千元"),
+        (100001, "一千点零一元"),
+        (100050, "一千点五元"),
+        (100100, "一千零一元"),
+        (101000, "一千零一十元"),
+        (110000, "一千一百元"),
+        (123456, "一千二百三十四点五六元"),
+        (500000, "五千元"),
+        # 万: a lower part that does not fill the thousands takes one 零
+        (1000001, "一万点零一元"),
+        (1000100, "一万零一元"),
+        (1010000, "一万零一百元"),
+        (1100000, "一万一千元"),
+        (2000000, "二万元"),
+        (10000100, "十万零一元"),
+        (100100000, "一百万一千元"),
+        (100010000, "一百万零一百元"),
+        (1000000000, "一千万元"),
+        (9999999900, "九千九百九十九万九千九百九十九元"),
+        # 亿 and above (the protocol's ceiling is 一百亿元)
+        (10000010000, "一亿零一百元"),
+        (11000000000, "一亿一千万元"),
+        (12345678900, "一亿二千三百四十五万六千七百八十九元"),
+        (100000000000, "十亿元"),
+        (100000000100, "十亿零一元"),
+        (101000000000, "十亿一千万元"),
+        (110000000000, "十一亿元"),
+        (200000000000, "二十亿元"),
+        (1000000000000, "一百亿元"),
     ],
 )
 def test_amounts_read_as_merchants_hear_them(fen, spoken):
@@ -91,3 +148,16 @@ def test_reading_is_well_formed(fen):
     assert not text.removesuffix("元").endswith("零") or fen == 0
     integer_part = text.removesuffix("元").split("点")[0]
     assert integer_part == "零" or not integer_part.startswith("零")
+
+
+def test_amounts_above_the_protocol_ceiling_are_refused_before_anything_is_said():
+    from firmware_protocols.errors import MessageError  # noqa: PLC0415
+    from firmware_protocols.messages import MAX_AMOUNT_FEN, Announce, parse_payload  # noqa: PLC0415
+
+    fields = {"device_id": "SPK1", "ts": 1, "payment_id": "P", "channel": "alipay", "paid_at": 1}
+    fields |= {"issued_at": 1, "ttl_s": 60, "key_id": "k", "sig": "s"}
+    assert read_amount(MAX_AMOUNT_FEN) == "一百亿元"
+    with pytest.raises(MessageError, match="amount_fen: Input should be less than or equal to 1000000000000"):
+        parse_payload(Announce, json.dumps({**fields, "amount_fen": MAX_AMOUNT_FEN + 1}).encode())
+    with pytest.raises(ValueError, match="negative"):
+        read_integer(-1)

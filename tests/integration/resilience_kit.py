@@ -1,0 +1,145 @@
+"""What the agent resilience tests run against: a private Mosquitto they may kill, a publisher
+that retries like the payment bridge, and a listener for everything a device sends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from edge_agent.hardware.audio import PLAYED_LOG
+from edge_agent.link import Link, LinkDown
+from firmware_protocols import topics
+from firmware_protocols.endpoint import BrokerEndpoint
+from firmware_protocols.messages import Announce
+from firmware_protocols.signing import Signer
+
+FINAL_STATUSES = {"played", "duplicate", "expired", "refused", "failed", "silenced"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateMosquitto:
+    """A Mosquitto of the test's own, with persistence, that the test may kill -9 and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if binary is None:
+            pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nautosave_interval 1\nlog_dest none\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"private mosquitto did not listen on {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+class RetryingPublisher:
+    """Publishes signed announces and republishes each until the device answers or its TTL ends,
+    as the payment bridge does; records every ack."""
+
+    def __init__(self, broker_port: int, signer: Signer, client_id: str) -> None:
+        self._signer = signer
+        self.pending: dict[str, Announce] = {}
+        self.acks: dict[str, list[str]] = {}
+        self.link = Link(
+            BrokerEndpoint("127.0.0.1", broker_port),
+            client_id=client_id,
+            subscriptions=[topics.fleet_uplink_filter(topics.Up.ACK)],
+            on_message=self._on_ack,
+        )
+        self._retry: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RetryingPublisher:
+        await self.link.__aenter__()
+        await self.link.wait_connected(10)
+        self._retry = asyncio.create_task(self._retry_loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        await self.link.close()
+
+    async def _on_ack(self, message: aiomqtt.Message) -> None:
+        body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+        self.acks.setdefault(body["payment_id"], []).append(body["status"])
+
+    def final(self, payment_id: str) -> str | None:
+        return next((s for s in self.acks.get(payment_id, []) if s in FINAL_STATUSES), None)
+
+    async def announce(self, device_id: str, payment_id: str, *, ttl_s: int = 300, amount_fen: int = 1250) -> None:
+        now = time.time_ns() // 1_000_000
+        announce = self._signer.sign(
+            Announce(
+                device_id=device_id,
+                ts=now,
+                payment_id=payment_id,
+                amount_fen=amount_fen,
+                channel="wechat",
+                paid_at=now,
+                issued_at=now,
+                ttl_s=ttl_s,
+                key_id=self._signer.key_id,
+            )
+        )
+        self.pending[payment_id] = announce
+        await self._publish(announce)
+
+    async def _publish(self, announce: Announce) -> None:
+        # On LinkDown it stays recorded; the retry loop publishes it once the broker is back.
+        with contextlib.suppress(LinkDown):
+            await self.link.publish(topics.down(announce.device_id, topics.Down.ANNOUNCE), announce.to_json())
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(3)
+            now = time.time_ns() // 1_000_000
+            for payment_id, announce in list(self.pending.items()):
+                if self.final(payment_id) is None and now < announce.expires_at():
+                    await self._publish(announce)
+
+
+def plays(audio_dir: Path) -> Counter[str]:
+    """How many times the simulated speaker said each payment, from its play log."""
+    log = audio_dir / PLAYED_LOG
+    if not log.exists():
+        return Counter()
+    return Counter(
+        line.split(" ", 2)[1] for line in log.read_text(encoding="utf-8").splitlines() if line.count(" ") >= 2
+    )

@@ -1,0 +1,8 @@
+import pytest
+
+from edge_agent.clock import FakeClock
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
