@@ -1,7 +1,9 @@
 """The agent's footprint: resident memory and CPU of one `haodian agent run` process at rest.
 
-The agent runs as its own process, as on a device (voice clips to WAV files, simulated modem,
-the default 60 s health interval), connected to a broker: the machine's Mosquitto when it
+The agent runs as its own process, as on a device: from a virtual environment holding only the
+agent's own dependencies (`pip install .`, no server or development extras, made once under
+`.haodian/bench/agent-venv`), with voice clips to WAV files, a simulated modem and the default
+60 s health interval, connected to a broker: the machine's Mosquitto when it
 answers on 127.0.0.1:1883, else an embedded amqtt broker started in a second process. After a
 warm-up, CPU is the process's own user+system ticks over the window (from /proc/<pid>/stat) and
 memory is VmRSS and the proportional set size (from /proc/<pid>/smaps_rollup) at the end; also
@@ -74,7 +76,26 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime
 
 
+AGENT_VENV = Path(".haodian/bench/agent-venv")
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def agent_python() -> Path:
+    """The Python of a device-like install: the project with its base dependencies only."""
+    python = AGENT_VENV / "bin" / "python"
+    stamp = AGENT_VENV / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (PROJECT / "pyproject.toml").stat().st_mtime:
+        print(f"making {AGENT_VENV} with the agent's dependencies only (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(AGENT_VENV)], check=True)  # noqa: S603
+        subprocess.run(  # noqa: S603 - pip on our own project
+            [str(python), "-m", "pip", "install", "--quiet", str(PROJECT)], check=True, stderr=subprocess.DEVNULL
+        )
+        stamp.touch()
+    return python
+
+
 def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
+    python = agent_python()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         if _port_open(1883):
@@ -96,7 +117,7 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
             device = "FOOT" + base64.b32encode(os.urandom(5)).decode()
             agent = subprocess.Popen(  # noqa: S603 - our own command
                 [
-                    sys.executable,
+                    str(python),
                     "-m",
                     "haodian",
                     "--log-level",
@@ -121,7 +142,7 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
             start_ticks, start = _cpu_ticks(agent.pid), time.monotonic()
             time.sleep(window_s)
             ticks, elapsed = _cpu_ticks(agent.pid) - start_ticks, time.monotonic() - start
-            return Footprint(
+            result = Footprint(
                 broker=broker,
                 warmup_s=warmup_s,
                 window_s=round(elapsed, 1),
@@ -131,6 +152,9 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
                 cpu_pct=round(100.0 * ticks / TICKS_PER_S / elapsed, 2),
                 python=sys.version.split()[0],
             )
+            agent.terminate()
+            agent.wait(10)
+            return result
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -57,6 +57,7 @@ TITLES: dict[str, tuple[str, str]] = {
     "storage": ("存储", "storage"),
     "audio": ("喇叭", "speaker"),
     "tts": ("TTS 芯片", "TTS chip"),
+    "printer": ("打印机", "printer"),
     "modem": ("4G 模块", "4G modem"),
     "sim": ("SIM 卡", "SIM card"),
     "signal": ("信号", "signal"),
@@ -137,6 +138,26 @@ def _tts(h: Health) -> Check:
             "Check the TTS chip's serial wiring, then restart",
         )
     return Check("tts", "pass", "空闲" if h.tts == "idle" else "播报中", h.tts)
+
+
+_PRINTER_HINTS = {
+    "paper_out": ("缺纸：装入热敏纸卷", "Out of paper: load a thermal roll"),
+    "cover_open": ("纸仓盖没关好：合上盖子", "Cover open: close it"),
+    "paper_low": ("纸快用完了：准备新纸卷", "Paper low: have a new roll ready"),
+}
+
+
+def _printer(h: Health) -> list[Check]:
+    """Only on devices with a printer (POS terminals)."""
+    state = h.printer
+    if state is None:
+        return []
+    if state == "ok":
+        return [Check("printer", "pass", "正常", "ok")]
+    zh, en = _PRINTER_HINTS.get(
+        state, ("打印机无应答或故障：检查连线后重启", "Printer not answering or faulty: check its cable, restart")
+    )
+    return [Check("printer", "warn" if state == "paper_low" else "fail", state, state, zh, en)]
 
 
 def _modem(h: Health) -> list[Check]:
@@ -287,6 +308,7 @@ def checklist(observed: Observed, config: AgentConfig) -> list[Check]:
         _storage(h, config),
         _audio(h),
         _tts(h),
+        *_printer(h),
         *_modem(h),
         broker,
         _clock(observed.now_ms),

@@ -303,3 +303,12 @@ async def test_announcements_a_killed_agent_took_but_never_started_are_played_af
         ("P3", "played"),
         ("P3", "duplicate"),
     ]
+
+
+def test_a_printer_out_of_paper_fails_with_a_hint_and_no_printer_means_no_check(clock):
+    from firmware_protocols.messages import Health  # noqa: PLC0415
+
+    base = {"device_id": "SPK1", "ts": clock.now_ms(), "uptime_s": 1, "volume": 5, "queue_depth": 0, "played_total": 0}
+    assert diagnose._printer(Health.model_validate(base)) == []
+    [check] = diagnose._printer(Health.model_validate({**base, "printer": "paper_out"}))
+    assert (check.status, check.hint_zh) == ("fail", "缺纸：装入热敏纸卷")
