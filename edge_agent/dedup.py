@@ -18,10 +18,11 @@ announce path; only an OS crash or power cut can lose the last few writes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
+
+from edge_agent.state_files import open_sqlite
 
 State = Literal["queued", "playing", "done"]
 
@@ -31,11 +32,7 @@ class SeenIds:
         self._capacity = capacity
         self._max_age_ms = max_age_s * 1000
         self._seen: OrderedDict[str, int] = OrderedDict()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_sqlite(path, synchronous="NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL,"
             " state TEXT NOT NULL DEFAULT 'done', payload BLOB)"

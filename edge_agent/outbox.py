@@ -21,6 +21,8 @@ from pathlib import Path
 
 import structlog
 
+from edge_agent.state_files import open_sqlite
+
 log = structlog.get_logger(__name__)
 
 
@@ -38,11 +40,7 @@ class Outbox:
         self._memory: list[Pending] = []  # used only when the disk fails
         self.evicted = 0
         self.disk_error: str | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_sqlite(path, synchronous="FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
             " topic TEXT NOT NULL, payload BLOB NOT NULL, is_ack INTEGER NOT NULL)"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -25,3 +26,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def open_sqlite(path: Path | None, *, synchronous: Literal["NORMAL", "FULL"]) -> sqlite3.Connection:
+    """A WAL-mode SQLite database in the state folder (in memory without a path), autocommit.
+
+    `FULL` puts every commit on the flash before it returns; `NORMAL` survives a killed process
+    but an OS crash or power cut may lose the last commits (see each caller for its choice)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    return db

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_protocols.messages import Announce
+from firmware_protocols.signing import Signer
 from haodian.keys import ServerKeys
 
 pytestmark = pytest.mark.integration
@@ -30,3 +33,23 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def signed_announce(
+    signer: Signer, device_id: str, payment_id: str, *, ttl_s: int = 60, amount_fen: int = 1250
+) -> Announce:
+    """A WeChat payment announce for `device_id`, issued now and signed by `signer`."""
+    now = time.time_ns() // 1_000_000
+    return signer.sign(
+        Announce(
+            device_id=device_id,
+            ts=now,
+            payment_id=payment_id,
+            amount_fen=amount_fen,
+            channel="wechat",
+            paid_at=now,
+            issued_at=now,
+            ttl_s=ttl_s,
+            key_id=signer.key_id,
+        )
+    )

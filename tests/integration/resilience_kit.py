@@ -23,6 +23,7 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
+from tests.integration.conftest import signed_announce
 
 FINAL_STATUSES = {"played", "duplicate", "expired", "refused", "failed", "silenced"}
 
@@ -104,20 +105,7 @@ class RetryingPublisher:
         return next((s for s in self.acks.get(payment_id, []) if s in FINAL_STATUSES), None)
 
     async def announce(self, device_id: str, payment_id: str, *, ttl_s: int = 300, amount_fen: int = 1250) -> None:
-        now = time.time_ns() // 1_000_000
-        announce = self._signer.sign(
-            Announce(
-                device_id=device_id,
-                ts=now,
-                payment_id=payment_id,
-                amount_fen=amount_fen,
-                channel="wechat",
-                paid_at=now,
-                issued_at=now,
-                ttl_s=ttl_s,
-                key_id=self._signer.key_id,
-            )
-        )
+        announce = signed_announce(self._signer, device_id, payment_id, ttl_s=ttl_s, amount_fen=amount_fen)
         self.pending[payment_id] = announce
         await self._publish(announce)
 

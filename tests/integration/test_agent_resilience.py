@@ -151,7 +151,7 @@ async def test_an_agent_killed_mid_announcement_plays_the_rest_once_after_restar
     _, port = machine_mosquitto
     device = f"KIL{unique}"
     state, audio = tmp_path / "state", tmp_path / "audio"
-    ids = [f"K{i:02d}" for i in range(30)]
+    ids = [f"K{i:03d}" for i in range(150)]  # published over 3 s: the kill lands inside the stream
 
     def start_agent() -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "haodian", "--log-level", "WARNING", "agent", "run", "--device-id", device]
@@ -168,9 +168,13 @@ async def test_an_agent_killed_mid_announcement_plays_the_rest_once_after_restar
         agent = start_agent()
         try:
             await eventually(lambda: _async((state / "status.json").exists()), what="the agent running")
-            for pid in ids:
-                await publisher.announce(device, pid)
-                await asyncio.sleep(0.02)
+
+            async def stream() -> None:
+                for pid in ids:
+                    await publisher.announce(device, pid)
+                    await asyncio.sleep(0.02)
+
+            streaming = asyncio.create_task(stream())
             await eventually(lambda: _async(sum(plays(audio).values()) >= 8), what="some announcements played")
             os.kill(agent.pid, signal.SIGKILL)
             agent.wait(10)
@@ -178,6 +182,7 @@ async def test_an_agent_killed_mid_announcement_plays_the_rest_once_after_restar
             with sqlite3.connect(state / "payments.sqlite3") as db:
                 started = {pid for (pid,) in db.execute("SELECT id FROM seen WHERE state = 'playing'")}
             agent = start_agent()
+            await streaming
             await eventually(lambda: _all_final(publisher, ids), timeout_s=60, what="every announce answered")
         finally:
             agent.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,11 +26,10 @@ from edge_agent.hardware.printer import SerialPrinter
 from edge_agent.hardware.serial_line import SerialLine
 from edge_agent.hardware.tts_chip import SerialTtsChip
 from firmware_protocols import topics
-from firmware_protocols.messages import Announce
 from firmware_protocols.serial import escpos, tts
 from firmware_protocols.signing import Signer, encode_public_key
 from simulators.serial_peers import VirtualModem, VirtualPrinter, VirtualTtsChip
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, signed_announce
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -253,20 +251,7 @@ async def broker_agent(tmp_path, machine_mosquitto, unique):
 
 
 async def publish_announce(client, signer, device_id, payment_id, amount_fen=1250):
-    now = int(time.time() * 1000)
-    announce = signer.sign(
-        Announce(
-            device_id=device_id,
-            ts=now,
-            payment_id=payment_id,
-            amount_fen=amount_fen,
-            channel="wechat",
-            paid_at=now,
-            issued_at=now,
-            ttl_s=60,
-            key_id=signer.key_id,
-        )
-    )
+    announce = signed_announce(signer, device_id, payment_id, amount_fen=amount_fen)
     await client.publish(topics.down(device_id, topics.Down.ANNOUNCE), announce.to_json(), qos=1)
 
 
