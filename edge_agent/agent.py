@@ -43,7 +43,7 @@ from edge_agent.errors import AgentError
 from edge_agent.hardware.errors import HardwareError
 from edge_agent.hardware.ports import Modem, Printer, SystemInfo
 from edge_agent.health import PartWatch, health_report, part_states, read_parts
-from edge_agent.link import Backoff, Link, LinkDown, Session, tls_context
+from edge_agent.link import Backoff, Link, LinkDown, Session
 from edge_agent.merchant_settings import MerchantSettings
 from edge_agent.outbox import Outbox
 from edge_agent.receipt import receipt_for
@@ -52,7 +52,6 @@ from edge_agent.state_files import read_json, write_json
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.voice import Speaker
 from firmware_protocols import topics
-from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError, SignatureError
 from firmware_protocols.messages import (
     Ack,
@@ -134,8 +133,7 @@ class EdgeAgent:
         self._seen = SeenIds(state / "payments.sqlite3")
         self._seen_commands = SeenIds(state / "seen-commands.sqlite3", capacity=1000)
         self._outbox = Outbox(state / "outbox.sqlite3", max_telemetry=config.outbox_max_telemetry)
-        defaults = Settings(device_id=self.device_id, ts=0, version=0, key_id="default", volume=config.volume)
-        self.settings = MerchantSettings(state / "settings.json", defaults)
+        self.settings = MerchantSettings.of_device(config)
         speaker.use_voice(self.settings.current.voice)
         self._queue: asyncio.Queue[_Playback] = asyncio.Queue()
         self._watch = PartWatch()
@@ -149,12 +147,8 @@ class EdgeAgent:
         self._reboot_pending = False
         self.restart_requested = asyncio.Event()
         self._log = log.bind(device_id=self.device_id)
-        endpoint = BrokerEndpoint.from_url(config.broker_url)
-        if config.username is not None:
-            password = config.password.get_secret_value() if config.password else None
-            endpoint = BrokerEndpoint(endpoint.host, endpoint.port, config.username, password, endpoint.tls)
         self._link = Link(
-            endpoint,
+            config.broker_endpoint(),
             client_id=self.device_id,
             subscriptions=[topics.device_downlink_filter(self.device_id)],
             on_message=self._on_message,
@@ -168,7 +162,7 @@ class EdgeAgent:
             keepalive_s=config.keepalive_s,
             backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s),
             session=Session(mqtt_version=config.mqtt_version, expiry_s=config.session_expiry_s),
-            tls=tls_context(config.ca_file, config.client_cert, config.client_key) if endpoint.tls else None,
+            tls=config.tls(),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -604,9 +598,9 @@ class EdgeAgent:
         except HardwareError as exc:
             self._seen.mark(payment_id, "done")
             self.stats.play_failures += 1
-            self._log.error("announcement could not be played", payment_id=announce.payment_id, error=str(exc))
+            self._log.error("announcement could not be played", payment_id=payment_id, error=str(exc))
             await self._ack(announce, AckStatus.FAILED, item.received_at, reason=str(exc)[:128])
-            await self._report("play_failed", payment_id=announce.payment_id, error=str(exc)[:200])
+            await self._report("play_failed", payment_id=payment_id, error=str(exc)[:200])
             return
         self._seen.mark(payment_id, "done")
         self.stats.played += 1

@@ -6,6 +6,7 @@ are the fields below; command-line flags override single values.
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
+from edge_agent.link import tls_context
+from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import describe_errors
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 
@@ -98,3 +101,17 @@ class AgentConfig(BaseModel):
         except ValidationError as exc:
             where = f" in {file}" if file else ""
             raise ConfigError(f"bad agent configuration{where}: {describe_errors(exc.errors())}") from exc
+
+    def broker_endpoint(self) -> BrokerEndpoint:
+        """The broker from `broker_url`, with the per-device credentials in place of any in the URL."""
+        endpoint = BrokerEndpoint.from_url(self.broker_url)
+        if self.username is None:
+            return endpoint
+        password = self.password.get_secret_value() if self.password else None
+        return BrokerEndpoint(endpoint.host, endpoint.port, self.username, password, endpoint.tls)
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The client TLS context for an `mqtts://` broker, None for plain MQTT."""
+        if not self.broker_url.startswith("mqtts://"):
+            return None
+        return tls_context(self.ca_file, self.client_cert, self.client_key)

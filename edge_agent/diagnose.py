@@ -12,17 +12,17 @@ opening serial ports the agent holds.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from edge_agent.config import AgentConfig
 from edge_agent.health import part_states
 from edge_agent.state_files import read_json
-from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import Health, parse_payload
+from firmware_protocols.messages import Health
 
 CheckStatus = Literal["pass", "warn", "fail"]
 Lang = Literal["zh", "en"]
@@ -375,7 +375,7 @@ def read_status(state_dir: Path) -> tuple[Health, bool, int] | None:
     if data is None or not isinstance(data.get("health"), dict):
         return None
     try:
-        health = parse_payload(Health, json.dumps(data["health"]).encode())
-    except MessageError:
+        health = Health.model_validate(data["health"])
+    except ValidationError:
         return None
     return health, bool(data.get("connected")), int(data.get("written_ms", 0))

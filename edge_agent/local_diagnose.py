@@ -16,31 +16,23 @@ from edge_agent.config import AgentConfig
 from edge_agent.diagnose import LAST_ANNOUNCEMENT_FILE, Check, Observed, checklist, read_status
 from edge_agent.errors import AgentError
 from edge_agent.health import health_report, read_parts
-from edge_agent.link import LinkDown, probe, tls_context
+from edge_agent.link import LinkDown, probe
 from edge_agent.merchant_settings import MerchantSettings
 from edge_agent.state_files import read_json
-from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.messages import Health, Settings
+from firmware_protocols.messages import Health
 
 
 async def _broker(config: AgentConfig) -> tuple[bool, str]:
-    endpoint = BrokerEndpoint.from_url(config.broker_url)
-    if config.username is not None:
-        password = config.password.get_secret_value() if config.password else None
-        endpoint = BrokerEndpoint(endpoint.host, endpoint.port, config.username, password, endpoint.tls)
     try:
-        tls = tls_context(config.ca_file, config.client_cert, config.client_key) if endpoint.tls else None
-        rtt_ms = await probe(endpoint, client_id=f"{config.device_id}-diag", tls=tls)
+        endpoint = config.broker_endpoint()
+        rtt_ms = await probe(endpoint, client_id=f"{config.device_id}-diag", tls=config.tls())
     except (LinkDown, AgentError) as exc:
         return False, str(exc)
     return True, f"{endpoint.url()} {rtt_ms} ms"
 
 
 async def _read_hardware(config: AgentConfig, audio_dir: Path, now_ms: int) -> Health:
-    settings = MerchantSettings(
-        config.state_dir / "settings.json",
-        Settings(device_id=config.device_id, ts=0, version=0, key_id="default", volume=config.volume),
-    ).current
+    settings = MerchantSettings.of_device(config).current
     async with open_hardware(config, audio_dir=audio_dir) as hardware:
         parts = await read_parts(hardware.speaker, hardware.modem, hardware.printer, hardware.system)
     return health_report(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from edge_agent.config import AgentConfig
 from edge_agent.state_files import write_atomically
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import Settings, parse_payload
@@ -23,6 +24,12 @@ class MerchantSettings:
     def __init__(self, path: Path, defaults: Settings) -> None:
         self._path = path
         self.current = self._load() or defaults
+
+    @classmethod
+    def of_device(cls, config: AgentConfig) -> MerchantSettings:
+        """The settings a device keeps in its state folder; until the first arrive, the configured volume."""
+        defaults = Settings(device_id=config.device_id, ts=0, version=0, key_id="default", volume=config.volume)
+        return cls(config.state_dir / "settings.json", defaults)
 
     def _load(self) -> Settings | None:
         try:
