@@ -27,7 +27,7 @@ from edge_agent.hardware.ports import (
     TtsState,
 )
 from edge_agent.voice import Speaker
-from firmware_protocols.messages import CellReport, Health
+from firmware_protocols.messages import CellReport, GpsFix, Health
 
 # The modem's radio access technology, as health reports name the network.
 NETWORK_OF_RAT: dict[str, Literal["2g", "3g", "4g", "5g"]] = {
@@ -105,6 +105,7 @@ def health_report(device_id: str, ts: int, parts: Parts, **runtime: Any) -> Heal
         modem="ok" if modem.reachable else "unreachable",
         registration=modem.registration if modem.reachable else None,
         cell=CellReport(**dataclasses.asdict(modem.cell)) if modem.cell.rat else None,
+        gps=GpsFix(lat=modem.gps[0], lon=modem.gps[1]) if modem.gps else None,
         network=NETWORK_OF_RAT.get((modem.cell.rat or "").upper()) if modem.reachable else None,
         iccid=modem.iccid,
         imei=modem.imei,

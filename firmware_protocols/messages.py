@@ -119,6 +119,16 @@ class CellReport(BaseModel):
     sinr: Annotated[int, Field(ge=-50, le=60)] | None = None
 
 
+class GpsFix(BaseModel):
+    """A satellite fix, where the device's modem has GNSS: WGS-84 degrees."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+    accuracy_m: Annotated[float, Field(ge=0)] | None = None
+
+
 class Health(Message):
     """Periodic health report."""
 
@@ -134,6 +144,7 @@ class Health(Message):
     modem: Literal["ok", "unreachable"] | None = None
     registration: Literal["home", "roaming", "searching", "denied", "not_registered", "unknown"] | None = None
     cell: CellReport | None = None
+    gps: GpsFix | None = None
     iccid: Annotated[str, StringConstraints(pattern=r"^[0-9]{18,20}$")] | None = None
     imei: Annotated[str, StringConstraints(pattern=r"^[0-9]{15}$")] | None = None
     tts: Literal["idle", "busy", "unreachable"] | None = None

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 import psycopg
@@ -28,6 +29,9 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import UP_MODELS, Event, Health, Hello, Message, Presence, parse_payload
+from fleet_server import tracker
+from fleet_server.states import Signal
+from fleet_server.tracker import Observation
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +67,10 @@ class Ingest:
         batch_size: int = 500,
         flush_s: float = 0.2,
         queue_size: int = 20_000,
+        policy: IngestPolicy | None = None,
     ) -> None:
         self._pool = pool
+        self._policy = policy or IngestPolicy()
         self._batch_size = batch_size
         self._flush_s = flush_s
         self._queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=queue_size)
@@ -132,7 +138,7 @@ class Ingest:
             batch = await self._next_batch()
             while True:
                 try:
-                    await write_batch(self._pool, batch)
+                    await write_batch(self._pool, batch, self._policy)
                     break
                 except psycopg.Error as exc:
                     self.stats.write_failures += 1
@@ -151,37 +157,144 @@ class Ingest:
                 self._queue.task_done()
 
 
-async def write_batch(pool: AsyncConnectionPool, batch: list[Received]) -> None:
-    """Write one batch in one transaction."""
-    seen: dict[str, datetime] = {}
-    hellos: list[tuple[object, ...]] = []
-    presences: list[tuple[object, ...]] = []
-    events: list[tuple[object, ...]] = []
-    health_rows: list[tuple[object, ...]] = []
-    for item in batch:
-        msg = item.message
-        seen[msg.device_id] = max(seen.get(msg.device_id, item.received_at), item.received_at)
-        if isinstance(msg, Hello):
-            hellos.append((msg.device_id, msg.serial, msg.model, msg.firmware, msg.boot_id, item.received_at))
-        elif isinstance(msg, Presence):
-            presences.append((msg.device_id, msg.online, msg.reason, item.received_at))
+# Fault events of these parts put a device out of service; others (printer paper, battery) are
+# counted for the detectors but a speaker with an empty printer still announces payments.
+CRITICAL_PARTS = frozenset({"audio", "tts", "modem", "storage"})
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    # The fleet's "day" for the daily rollup and power-on rate: China Standard Time.
+    utc_offset_min: int = 480
+    # Cells seen this long after installation (or first contact) are the location fingerprint.
+    cell_learning_days: float = 3.0
+    clean_reports_to_verify: int = tracker.CLEAN_REPORTS_TO_VERIFY
+
+    def local_day(self, at: datetime) -> date:
+        return (at + timedelta(minutes=self.utc_offset_min)).date()
+
+
+def _health_clean(msg: Health) -> bool:
+    return msg.audio_selftest != "fail" and msg.modem != "unreachable" and msg.tts != "unreachable"
+
+
+def observations_of(item: Received) -> list[Observation]:
+    """What one message says about its device's state."""
+    msg, at = item.message, item.received_at
+    if isinstance(msg, Presence):
+        if msg.online:
+            return [Observation(msg.device_id, at, Signal.SEEN, "presence_online")]
+        return [Observation(msg.device_id, at, Signal.PRESENCE_OFFLINE, f"presence_{msg.reason}")]
+    if isinstance(msg, Health):
+        if msg.audio_selftest == "fail":
+            return [Observation(msg.device_id, at, Signal.FAULT, "audio_selftest_failed")]
+        if _health_clean(msg):
+            return [Observation(msg.device_id, at, Signal.HEALTHY, "health_clean")]
+    if isinstance(msg, Event) and msg.kind == "fault" and msg.detail.get("part") in CRITICAL_PARTS:
+        detail = {k: v for k, v in msg.detail.items() if k in ("part", "state", "was")}
+        return [Observation(msg.device_id, at, Signal.FAULT, f"fault_{msg.detail.get('part')}", detail)]
+    return [Observation(msg.device_id, at, Signal.SEEN, type(msg).__name__.lower())]
+
+
+@dataclass(slots=True)
+class _Day:
+    messages: int = 0
+    health_reports: int = 0
+    fault_events: int = 0
+    audio_failures: int = 0
+    reconnects: int = 0
+    min_rssi_dbm: int | None = None
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    def add(self, item: Received) -> None:
+        msg, at = item.message, item.received_at
+        self.messages += 1
+        self.first_at = at if self.first_at is None else min(self.first_at, at)
+        self.last_at = at if self.last_at is None else max(self.last_at, at)
+        if isinstance(msg, Health):
+            self.health_reports += 1
+            self.audio_failures += msg.audio_selftest == "fail"
+            if msg.rssi_dbm is not None:
+                self.min_rssi_dbm = msg.rssi_dbm if self.min_rssi_dbm is None else min(self.min_rssi_dbm, msg.rssi_dbm)
         elif isinstance(msg, Event):
-            events.append((msg.device_id, _at(msg.ts), item.received_at, msg.kind, json.dumps(msg.detail)))
+            self.fault_events += msg.kind == "fault"
+        elif isinstance(msg, Hello):
+            self.reconnects += 1
+
+
+def cell_of(msg: Health) -> tuple[str, str] | None:
+    """(cell, area) keys of the serving cell, or None when the modem did not name it."""
+    c = msg.cell
+    if c is None or c.area is None or c.cell_id is None:
+        return None
+    area = f"{c.mcc}-{c.mnc}-{c.area.upper()}"
+    return f"{area}-{c.cell_id.upper()}", area
+
+
+@dataclass(slots=True)
+class _Rows:
+    """One batch sorted into the rows each table gets."""
+
+    policy: IngestPolicy
+    seen: dict[str, datetime] = field(default_factory=dict)
+    hellos: list[tuple[object, ...]] = field(default_factory=list)
+    presences: list[tuple[object, ...]] = field(default_factory=list)
+    events: list[tuple[object, ...]] = field(default_factory=list)
+    health: list[tuple[object, ...]] = field(default_factory=list)
+    days: dict[tuple[str, date], _Day] = field(default_factory=lambda: defaultdict(_Day))
+    cells: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    positions: dict[str, tuple[str | None, float | None, float | None]] = field(default_factory=dict)
+    observations: list[Observation] = field(default_factory=list)
+
+    def add(self, item: Received) -> None:
+        msg, at = item.message, item.received_at
+        self.seen[msg.device_id] = max(self.seen.get(msg.device_id, at), at)
+        self.days[msg.device_id, self.policy.local_day(at)].add(item)
+        self.observations.extend(observations_of(item))
+        if isinstance(msg, Hello):
+            self.hellos.append((msg.serial, msg.model, msg.firmware, msg.boot_id, at, msg.device_id))
+        elif isinstance(msg, Presence):
+            self.presences.append((msg.online, msg.reason, at, msg.device_id, at))
+        elif isinstance(msg, Event):
+            self.events.append((msg.device_id, _at(msg.ts), at, msg.kind, json.dumps(msg.detail)))
         elif isinstance(msg, Health):
-            health_rows.append(
-                (
-                    msg.device_id,
-                    _at(msg.ts),
-                    item.received_at,
-                    msg.uptime_s,
-                    msg.rssi_dbm,
-                    msg.volume,
-                    msg.queue_depth,
-                    msg.played_total,
-                    msg.mem_rss_kb,
-                    msg.model_dump_json(),
-                )
+            self._add_health(msg, at)
+
+    def _add_health(self, msg: Health, at: datetime) -> None:
+        self.health.append(
+            (
+                msg.device_id,
+                _at(msg.ts),
+                at,
+                msg.uptime_s,
+                msg.rssi_dbm,
+                msg.volume,
+                msg.queue_depth,
+                msg.played_total,
+                msg.mem_rss_kb,
+                msg.model_dump_json(),
             )
+        )
+        keys = cell_of(msg)
+        if keys is not None:
+            entry = self.cells.setdefault((msg.device_id, keys[0]), [keys[1], at, at, 0])
+            entry[1], entry[2] = min(entry[1], at), max(entry[2], at)
+            entry[3] += 1
+        gps = (msg.gps.lat, msg.gps.lon) if msg.gps else (None, None)
+        self.positions[msg.device_id] = (keys[0] if keys else None, *gps)
+
+
+async def write_batch(
+    pool: AsyncConnectionPool, batch: list[Received], policy: IngestPolicy | None = None
+) -> list[tracker.Transition]:
+    """Write one batch in one transaction: telemetry, the daily rollup, cells and device states."""
+    policy = policy or IngestPolicy()
+    rows = _Rows(policy)
+    for item in batch:
+        rows.add(item)
+    seen, hellos, presences, events, health_rows = rows.seen, rows.hellos, rows.presences, rows.events, rows.health
+    days, cells, positions, observations = rows.days, rows.cells, rows.positions, rows.observations
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO devices (device_id, last_seen) VALUES (%s, %s)"
@@ -190,9 +303,9 @@ async def write_batch(pool: AsyncConnectionPool, batch: list[Received]) -> None:
         )
         if hellos:
             await cur.executemany(
-                "UPDATE devices SET serial = %s, model = %s, firmware = %s, boot_id = %s, hello_at = %s"
+                "UPDATE devices SET reported_serial = %s, model = %s, firmware = %s, boot_id = %s, hello_at = %s"
                 " WHERE device_id = %s",
-                [(s, m, f, b, at, d) for d, s, m, f, b, at in hellos],
+                hellos,
             )
         if presences:
             # Ordered by arrival at the server: a last will carries the time its device connected,
@@ -200,7 +313,13 @@ async def write_batch(pool: AsyncConnectionPool, batch: list[Received]) -> None:
             await cur.executemany(
                 "UPDATE devices SET online = %s, presence_reason = %s, presence_at = %s"
                 " WHERE device_id = %s AND (presence_at IS NULL OR presence_at <= %s)",
-                [(online, reason, at, d, at) for d, online, reason, at in presences],
+                presences,
+            )
+        if positions:
+            await cur.executemany(
+                "UPDATE devices SET last_cell = COALESCE(%s, last_cell), last_gps_lat = COALESCE(%s, last_gps_lat),"
+                " last_gps_lon = COALESCE(%s, last_gps_lon) WHERE device_id = %s",
+                [(cell, lat, lon, d) for d, (cell, lat, lon) in sorted(positions.items())],
             )
         if events:
             await cur.executemany(
@@ -214,3 +333,51 @@ async def write_batch(pool: AsyncConnectionPool, batch: list[Received]) -> None:
             ) as copy:
                 for row in health_rows:
                     await copy.write_row(row)
+        await cur.executemany(
+            "INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, audio_failures,"
+            " reconnects, min_rssi_dbm, first_at, last_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (device_id, day) DO UPDATE SET messages = t.messages + EXCLUDED.messages,"
+            " health_reports = t.health_reports + EXCLUDED.health_reports,"
+            " fault_events = t.fault_events + EXCLUDED.fault_events,"
+            " audio_failures = t.audio_failures + EXCLUDED.audio_failures,"
+            " reconnects = t.reconnects + EXCLUDED.reconnects,"
+            " min_rssi_dbm = LEAST(t.min_rssi_dbm, EXCLUDED.min_rssi_dbm),"
+            " first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)",
+            [
+                (
+                    d,
+                    day,
+                    v.messages,
+                    v.health_reports,
+                    v.fault_events,
+                    v.audio_failures,
+                    v.reconnects,
+                    v.min_rssi_dbm,
+                    v.first_at,
+                    v.last_at,
+                )
+                for (d, day), v in sorted(days.items())
+            ],
+        )
+        if cells:
+            await cur.executemany(
+                "INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)"
+                " SELECT %(d)s, %(cell)s, %(area)s, %(first)s, %(last)s, %(n)s,"
+                "  %(first)s <= COALESCE(installed_at, first_seen) + make_interval(secs => %(learn_s)s)"
+                " FROM devices WHERE device_id = %(d)s"
+                " ON CONFLICT (device_id, cell) DO UPDATE SET last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),"
+                " reports = t.reports + EXCLUDED.reports, learned = t.learned OR EXCLUDED.learned",
+                [
+                    {
+                        "d": d,
+                        "cell": cell,
+                        "area": area,
+                        "first": first,
+                        "last": last,
+                        "n": n,
+                        "learn_s": policy.cell_learning_days * 86400,
+                    }
+                    for (d, cell), (area, first, last, n) in sorted(cells.items())
+                ],
+            )
+        return await tracker.apply(cur, observations, clean_reports=policy.clean_reports_to_verify)

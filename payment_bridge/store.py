@@ -20,7 +20,7 @@ from firmware_protocols.messages import Ack, AckStatus
 from payment_bridge.notifications import BackendNotification
 
 # Statuses that mean the merchant heard it (a duplicate ack: the device played it before).
-DELIVERED = (AckStatus.PLAYED.value, AckStatus.DUPLICATE.value)
+DELIVERED = (AckStatus.PLAYED.value, AckStatus.DUPLICATE.value, AckStatus.SILENCED.value)
 
 
 @dataclass(frozen=True, slots=True)

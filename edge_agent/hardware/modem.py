@@ -131,6 +131,14 @@ class SimulatedModem:
         self.imei = f"86{self._random.randrange(10**13):013d}"
         self.registration: Registration = "home"
         self.reachable = True
+        # Where the device is: a China Mobile LTE cell around the merchant, and a GNSS fix only
+        # where a test or the demo gives it one. `move_to()` is how a simulated device is moved.
+        self.area = f"{self._random.randrange(0x1000, 0x10000):X}"
+        self.cell_id = f"{self._random.randrange(0x100000, 0x1000000):X}"
+        self.gps: tuple[float, float] | None = None
+
+    def move_to(self, area: str, cell_id: str, gps: tuple[float, float] | None = None) -> None:
+        self.area, self.cell_id, self.gps = area, cell_id, gps
 
     async def status(self) -> ModemStatus:
         if not self.reachable:
@@ -141,7 +149,8 @@ class SimulatedModem:
             signal_dbm=dbm,
             signal_bars=at.csq_to_bars((dbm + 113) // 2),
             registration=self.registration,
-            cell=CellInfo(rat="LTE", mcc=460, mnc=0),
+            cell=CellInfo(rat="LTE", mcc=460, mnc=0, area=self.area, cell_id=self.cell_id),
+            gps=self.gps,
             iccid=self.iccid,
             imei=self.imei,
         )

@@ -35,6 +35,7 @@ class ModemStatus:
     signal_bars: int = 0
     registration: Registration = "unknown"
     cell: CellInfo = field(default_factory=CellInfo)
+    gps: tuple[float, float] | None = None  # (lat, lon) where the modem has a GNSS fix
     iccid: str | None = None
     imei: str | None = None
     model: str | None = None
