@@ -1,14 +1,25 @@
-"""HTTP API of the fleet server: devices and fleet summary (`/api/v1/...`)."""
+"""HTTP API of the fleet server (`/api/v1/...`): devices and their timelines, reliability
+figures by slice and window (JSON and CSV), the fleet summary against targets, alerts, tasks
+for field agents, registry import, and Prometheus metrics at `/metrics`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, Field
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError
-from fleet_server.registry import DeviceDetail, DeviceRegistry, DeviceView, FleetSummary
+from fleet_server.figures import TARGETS, Figures, FiguresError, FleetFigures, Level, StateCounts, rating, state_counts
+from fleet_server.inspector import Inspector
+from fleet_server.registry import DeviceDetail, DeviceRegistry, DeviceView, Timeline
+from fleet_server.registry_import import ImportError_, ImportReport, import_registry
+from fleet_server.tasks import Task, TaskError, TaskStatus
 
 
 def _registry(request: Request) -> DeviceRegistry:
@@ -16,22 +27,59 @@ def _registry(request: Request) -> DeviceRegistry:
     return registry
 
 
+def _figures(request: Request) -> FleetFigures:
+    figures: FleetFigures = request.app.state.figures
+    return figures
+
+
+def _inspector(request: Request) -> Inspector:
+    inspector: Inspector = request.app.state.inspector
+    return inspector
+
+
 RegistryDep = Annotated[DeviceRegistry, Depends(_registry)]
+FiguresDep = Annotated[FleetFigures, Depends(_figures)]
+InspectorDep = Annotated[Inspector, Depends(_inspector)]
 DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern, description="Device id")]
+Start = Annotated[datetime | None, Query(description="Window start (ISO 8601 with zone); default: end - 24 h")]
+End = Annotated[datetime | None, Query(description="Window end (ISO 8601 with zone); default: now")]
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
+metrics_router = APIRouter(tags=["ops"])
 
 
-@router.get("/devices", summary="List devices with online state")
+def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    end = end or datetime.now(tz=UTC)
+    start = start or end - timedelta(hours=24)
+    for name, value in (("start", start), ("end", end)):
+        if value.tzinfo is None:
+            raise ApiError(
+                422,
+                "BAD_WINDOW",
+                f"{name} needs a time zone, e.g. 2026-11-01T00:00:00+08:00",
+                f"{name} 需要带时区，例如 2026-11-01T00:00:00+08:00",
+            )
+    if end <= start:
+        raise ApiError(422, "BAD_WINDOW", "the window's end must be after its start", "时间窗口的结束必须晚于开始")
+    if end - start > timedelta(days=366):
+        raise ApiError(422, "BAD_WINDOW", "windows are at most 366 days", "时间窗口最长 366 天")
+    return start, end
+
+
+@router.get("/devices", summary="List devices with state; filter by state or serial number")
 async def list_devices(
     registry: RegistryDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
+    state: Annotated[str | None, Query(max_length=32)] = None,
+    serial: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[DeviceView]:
-    return await registry.list_devices(limit=limit, offset=offset)
+    return await registry.list_devices(limit=limit, offset=offset, state=state, serial=serial)
 
 
-@router.get("/devices/{device_id}", summary="One device with its last health report", responses=NOT_FOUND)
+@router.get(
+    "/devices/{device_id}", summary="One device with its registry data and last health report", responses=NOT_FOUND
+)
 async def get_device(registry: RegistryDep, device_id: DeviceIdPath) -> DeviceDetail:
     device = await registry.get_device(device_id)
     if device is None:
@@ -39,6 +87,259 @@ async def get_device(registry: RegistryDep, device_id: DeviceIdPath) -> DeviceDe
     return device
 
 
-@router.get("/fleet/summary", summary="Devices known and online")
-async def fleet_summary(registry: RegistryDep) -> FleetSummary:
-    return await registry.summary()
+@router.get(
+    "/devices/{device_id}/timeline", summary="States, events, announcements and tasks of a device", responses=NOT_FOUND
+)
+async def device_timeline(
+    registry: RegistryDep,
+    device_id: DeviceIdPath,
+    start: Start = None,
+    end: End = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> Timeline:
+    if await registry.get_device(device_id) is None:
+        raise ApiError(404, "DEVICE_NOT_FOUND", f"device {device_id} not found", f"设备 {device_id} 不存在")
+    return await registry.timeline(device_id, *_window(start, end), limit=limit)
+
+
+async def _compute(
+    figures: FleetFigures, start: datetime | None, end: datetime | None, scope: str | None, by: Level | None
+) -> list[Figures]:
+    window = _window(start, end)
+    parsed: tuple[Level, str] | None = None
+    if scope is not None:
+        level, _, value = scope.partition(":")
+        if level not in Level.__members__.values() or not value:
+            raise ApiError(
+                422,
+                "BAD_SCOPE",
+                f"scope must be LEVEL:VALUE with LEVEL one of {', '.join(Level)}",
+                f"scope 格式应为 层级:值，层级为 {', '.join(Level)} 之一",
+            )
+        parsed = (Level(level), value)
+    try:
+        return await figures.compute(*window, scope=parsed, group_by=by)
+    except FiguresError as exc:
+        raise ApiError(422, "BAD_WINDOW", str(exc), "时间窗口无效") from exc
+
+
+Scope = Annotated[
+    str | None, Query(description="Slice as LEVEL:VALUE, e.g. district:D1 or model:HD-S1", max_length=200)
+]
+By = Annotated[Level | None, Query(description="Group by this level: one row per key")]
+
+
+@router.get("/figures", summary="Reliability figures (DESIGN.md definitions) for a slice and window")
+async def get_figures(
+    figures: FiguresDep, start: Start = None, end: End = None, scope: Scope = None, by: By = None
+) -> list[Figures]:
+    return await _compute(figures, start, end, scope, by)
+
+
+@router.get("/figures.csv", summary="The same figures as CSV", response_class=PlainTextResponse)
+async def get_figures_csv(
+    figures: FiguresDep, start: Start = None, end: End = None, scope: Scope = None, by: By = None
+) -> Response:
+    rows = await _compute(figures, start, end, scope, by)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(Figures.model_fields))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row.model_dump(mode="json"))
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="figures.csv"'},
+    )
+
+
+class FigureTile(BaseModel):
+    name: str
+    value: float | None
+    target: float
+    status: str  # green / amber / red / none
+
+
+class FleetSummary(BaseModel):
+    devices: int
+    online: int
+    window_start: datetime
+    window_end: datetime
+    now: StateCounts
+    tiles: list[FigureTile]
+    figures: Figures
+    open_tasks: int
+
+
+@router.get("/fleet/summary", summary="Devices by state now and the figures of the window against targets")
+async def fleet_summary(
+    registry: RegistryDep, figures: FiguresDep, inspector: InspectorDep, start: Start = None, end: End = None
+) -> FleetSummary:
+    window = _window(start, end)
+    [f] = await figures.compute(*window)
+    basic = await registry.summary()
+    values = f.model_dump()
+    tiles = [
+        FigureTile(name=name, value=values[name], target=target.value, status=rating(name, values[name]))
+        for name, target in TARGETS.items()
+    ]
+    open_tasks = len(await inspector.tasks.find(open_only=True, limit=100_000))
+    return FleetSummary(
+        devices=basic.devices,
+        online=basic.online,
+        window_start=window[0],
+        window_end=window[1],
+        now=await state_counts(registry.pool, window[1]),
+        tiles=tiles,
+        figures=f,
+        open_tasks=open_tasks,
+    )
+
+
+class Alert(BaseModel):
+    severity: str  # red / amber / task
+    code: str
+    message: str
+    message_zh: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.get("/alerts", summary="What needs attention now: figures off target (24 h) and new tasks")
+async def alerts(figures: FiguresDep, inspector: InspectorDep) -> list[Alert]:
+    window = _window(None, None)
+    [f] = await figures.compute(*window)
+    values = f.model_dump()
+    out = [
+        Alert(
+            severity=status,
+            code=f"FIGURE_{name.upper()}",
+            message=f"{name} is {values[name]:.6g} against a target of {TARGETS[name].value:g} (last 24 h)",
+            message_zh=f"{name} 近24小时为 {values[name]:.6g}，目标 {TARGETS[name].value:g}",
+            detail={"value": values[name], "target": TARGETS[name].value},
+        )
+        for name in TARGETS
+        if (status := rating(name, values[name])) in ("red", "amber")
+    ]
+    out.extend(
+        Alert(
+            severity="task",
+            code=f"TASK_{task.kind.upper()}",
+            message=f"device {task.device_id}: {task.kind} (task {task.task_id}, {task.status})",
+            message_zh=f"设备 {task.device_id}：{task.kind}（工单 {task.task_id}，{task.status}）",
+            detail={"task_id": task.task_id, "confidence": task.confidence},
+        )
+        for task in await inspector.tasks.find(open_only=True, limit=200)
+    )
+    return out
+
+
+tasks_router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+
+def _task_error(exc: TaskError) -> ApiError:
+    status = 404 if exc.code.endswith("NOT_FOUND") else 409
+    return ApiError(status, exc.code, str(exc), exc.message_zh)
+
+
+@tasks_router.get("", summary="Tasks for field agents, newest first")
+async def list_tasks(
+    inspector: InspectorDep,
+    status: TaskStatus | None = None,
+    open_only: bool = False,
+    agent_id: Annotated[str | None, Query(max_length=64)] = None,
+    store_id: Annotated[str | None, Query(max_length=64)] = None,
+    device_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> list[Task]:
+    return await inspector.tasks.find(
+        status=status, open_only=open_only, agent_id=agent_id, store_id=store_id, device_id=device_id, limit=limit
+    )
+
+
+TaskId = Annotated[int, Path(ge=1)]
+
+
+@tasks_router.get("/{task_id}", summary="One task", responses=NOT_FOUND)
+async def get_task(inspector: InspectorDep, task_id: TaskId) -> Task:
+    try:
+        return await inspector.tasks.get(task_id)
+    except TaskError as exc:
+        raise _task_error(exc) from exc
+
+
+class AssignBody(BaseModel):
+    agent_id: str = Field(min_length=1, max_length=64)
+
+
+class CloseBody(BaseModel):
+    note: str = Field(default="", max_length=500)
+
+
+@tasks_router.post("/{task_id}/assign", summary="Give the task to a field agent", responses=NOT_FOUND)
+async def assign_task(inspector: InspectorDep, task_id: TaskId, body: AssignBody) -> Task:
+    try:
+        return await inspector.tasks.assign(task_id, body.agent_id, datetime.now(tz=UTC))
+    except TaskError as exc:
+        raise _task_error(exc) from exc
+
+
+@tasks_router.post(
+    "/{task_id}/start", summary="The field agent starts work: the device is under repair", responses=NOT_FOUND
+)
+async def start_task(inspector: InspectorDep, task_id: TaskId) -> Task:
+    try:
+        return await inspector.tasks.start(task_id, datetime.now(tz=UTC))
+    except TaskError as exc:
+        raise _task_error(exc) from exc
+
+
+@tasks_router.post(
+    "/{task_id}/close", summary="Ask to close: the task closes once the device is verified", responses=NOT_FOUND
+)
+async def close_task(inspector: InspectorDep, task_id: TaskId, body: CloseBody) -> Task:
+    try:
+        return await inspector.tasks.request_close(task_id, body.note, datetime.now(tz=UTC))
+    except TaskError as exc:
+        raise _task_error(exc) from exc
+
+
+registry_router = APIRouter(prefix="/api/v1/registry", tags=["registry"])
+
+
+@registry_router.post("/import", summary="Import the registry from CSV (one row per device)")
+async def import_csv(
+    registry: RegistryDep,
+    body: Annotated[str, Body(media_type="text/csv", max_length=64 * 1024 * 1024)],
+    dry_run: bool = True,
+) -> ImportReport:
+    try:
+        return await import_registry(registry.pool, body, dry_run=dry_run)
+    except ImportError_ as exc:
+        raise ApiError(422, "BAD_CSV", str(exc), f"CSV 文件无法导入：{exc}") from exc
+
+
+@metrics_router.get("/metrics", summary="Prometheus metrics: fleet gauges", response_class=PlainTextResponse)
+async def metrics(registry: RegistryDep, inspector: InspectorDep, request: Request) -> PlainTextResponse:
+    now = datetime.now(tz=UTC)
+    counts = await state_counts(registry.pool, now)
+    lines = ["# HELP haodian_devices Devices by state, from the state history.", "# TYPE haodian_devices gauge"]
+    lines += [f'haodian_devices{{state="{state}"}} {n}' for state, n in sorted(counts.by_state.items())]
+    lines += [
+        "# HELP haodian_intact_rate Devices in a good state / devices deployed, now.",
+        "# TYPE haodian_intact_rate gauge",
+        f"haodian_intact_rate {counts.intact_rate or 0}",
+    ]
+    tasks = await inspector.tasks.find(open_only=True, limit=100_000)
+    by_kind: dict[str, int] = {}
+    for task in tasks:
+        by_kind[task.kind] = by_kind.get(task.kind, 0) + 1
+    lines += ["# HELP haodian_open_tasks Field-agent tasks not yet closed.", "# TYPE haodian_open_tasks gauge"]
+    lines += [f'haodian_open_tasks{{kind="{kind}"}} {n}' for kind, n in sorted(by_kind.items())]
+    ingest = getattr(request.app.state, "ingest_stats", None)
+    if ingest is not None:
+        for name in ("received", "rejected", "written", "write_failures"):
+            lines += [
+                f"# TYPE haodian_ingest_{name}_total counter",
+                f"haodian_ingest_{name}_total {getattr(ingest, name)}",
+            ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

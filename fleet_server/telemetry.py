@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import structlog
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 PARTITIONED_TABLES = ("device_health", "device_events")
 # Partitions exist this many days ahead, so a late maintenance run never leaves rows in default.
 DAYS_AHEAD = 2
+_MAINTENANCE_LOCK = 0x4844_0003
 
 
 class StorageMode(StrEnum):
@@ -72,26 +74,12 @@ class TelemetryStore:
         today = now.astimezone(UTC).date()
         wanted = [today + timedelta(days=n) for n in range(-1, DAYS_AHEAD + 1)]
         async with self._pool.connection() as conn:
-            for table in PARTITIONED_TABLES:
-                existing = await self._partitions(table)
-                # Days that already have rows in the default partition get a partition too.
-                cur = await conn.execute(
-                    sql.SQL("SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM {}").format(
-                        sql.Identifier(f"{table}_default")
-                    )
-                )
-                stray = [row[0] for row in await cur.fetchall()]
-                oldest_kept = today - timedelta(days=self.retention_days)
-                for day in sorted(set(wanted) | {d for d in stray if d >= oldest_kept}):
-                    name = _partition_name(table, day)
-                    if name in existing:
-                        continue
-                    report.moved_rows += await self._create_partition(table, day)
-                    report.created.append(name)
-                for name, day in existing.items():
-                    if day < oldest_kept:
-                        await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-                        report.dropped.append(name)
+            # Several server processes start at once: one maintains, the others wait and find it done.
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_MAINTENANCE_LOCK,))
+            try:
+                await self._maintain(conn, today, wanted, report)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_MAINTENANCE_LOCK,))
         if report.created or report.dropped:
             log.info(
                 "telemetry partitions maintained",
@@ -100,6 +88,29 @@ class TelemetryStore:
                 moved_rows=report.moved_rows,
             )
         return report
+
+    async def _maintain(
+        self, conn: AsyncConnection[Any], today: date, wanted: list[date], report: MaintenanceReport
+    ) -> None:
+        oldest_kept = today - timedelta(days=self.retention_days)
+        for table in PARTITIONED_TABLES:
+            existing = await self._partitions(table)
+            # Days that already have rows in the default partition get a partition too.
+            cur = await conn.execute(
+                sql.SQL("SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM {}").format(
+                    sql.Identifier(f"{table}_default")
+                )
+            )
+            stray = [row[0] for row in await cur.fetchall()]
+            for day in sorted(set(wanted) | {d for d in stray if d >= oldest_kept}):
+                name = _partition_name(table, day)
+                if name not in existing:
+                    report.moved_rows += await self._create_partition(table, day)
+                    report.created.append(name)
+            for name, day in existing.items():
+                if day < oldest_kept:
+                    await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                    report.dropped.append(name)
 
     async def _partitions(self, table: str) -> dict[str, date]:
         async with self._pool.connection() as conn:

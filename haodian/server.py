@@ -14,6 +14,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import resources
 from types import TracebackType
@@ -29,8 +30,11 @@ from firmware_protocols.signing import Signer
 from fleet_server import api as fleet_api
 from fleet_server.api_errors import install_error_handlers
 from fleet_server.db import migrate, open_pool, timescaledb_available
-from fleet_server.ingest import Ingest
+from fleet_server.figures import FleetFigures
+from fleet_server.ingest import Ingest, IngestPolicy
+from fleet_server.inspector import Inspector
 from fleet_server.registry import DeviceRegistry
+from fleet_server.telemetry import TelemetryStore
 from haodian.keys import ServerKeys
 from haodian.settings import Settings
 from payment_bridge import api as bridge_api
@@ -64,6 +68,9 @@ def create_app(parts: set[Part]) -> FastAPI:
     install_error_handlers(app)
     if Part.FLEET in parts:
         app.include_router(fleet_api.router)
+        app.include_router(fleet_api.tasks_router)
+        app.include_router(fleet_api.registry_router)
+        app.include_router(fleet_api.metrics_router)
     if Part.BRIDGE in parts:
         app.include_router(bridge_api.router)
 
@@ -98,6 +105,7 @@ class ServerStack:
         self.keys = keys
         self.app = create_app(parts)
         self.ingest: Ingest | None = None
+        self.inspector: Inspector | None = None
         self.bridge: PaymentBridge | None = None
         self._stack = AsyncExitStack()
         self._http: _EmbeddedUvicorn | None = None
@@ -122,15 +130,20 @@ class ServerStack:
         prefix = self.settings.mqtt_client_prefix
         pool = await self._stack.enter_async_context(open_pool(self.database_url))
         applied = await migrate(pool)
-        # Telemetry is in plain tables until partitioning/hypertables arrive with the storage work.
+        telemetry = TelemetryStore(pool, retention_days=self.settings.telemetry_retention_days)
+        mode = await telemetry.detect()
+        await telemetry.maintain(datetime.now(tz=UTC))
         log.info(
             "database ready",
             migrations_applied=applied,
             timescaledb_available=await timescaledb_available(pool),
-            telemetry_storage="plain tables",
+            telemetry_storage=mode.value,
         )
         if Part.FLEET in self.parts:
+            offset = self.settings.fleet_utc_offset_min
             self.app.state.registry = DeviceRegistry(pool)
+            self.app.state.figures = FleetFigures(pool, fleet_utc_offset_min=offset)
+            self.app.state.telemetry = telemetry
             self.ingest = await self._stack.enter_async_context(
                 Ingest(
                     pool,
@@ -138,8 +151,14 @@ class ServerStack:
                     client_id=f"{prefix}-ingest",
                     batch_size=self.settings.ingest_batch_size,
                     flush_s=self.settings.ingest_flush_s,
+                    policy=IngestPolicy(utc_offset_min=offset),
                 )
             )
+            self.inspector = await self._stack.enter_async_context(
+                Inspector(pool, self.settings.inspection, telemetry=telemetry, fleet_utc_offset_min=offset)
+            )
+            self.app.state.inspector = self.inspector
+            self.app.state.ingest_stats = self.ingest.stats
         if Part.BRIDGE in self.parts:
             store = PaymentStore(pool)
             self.app.state.payment_store = store

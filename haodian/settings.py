@@ -13,6 +13,8 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet_server.inspection import InspectionThresholds
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -20,7 +22,7 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HAODIAN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HAODIAN_", env_file=".env", extra="ignore", env_nested_delimiter="__")
 
     environment: Environment = Environment.DEVELOPMENT
     data_dir: Path = Path(".haodian")
@@ -45,6 +47,12 @@ class Settings(BaseSettings):
     mqtt_client_prefix: str = "haodian"
     ingest_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 500
     ingest_flush_s: Annotated[float, Field(gt=0, le=10)] = 0.2
+    # Inspection thresholds, e.g. HAODIAN_INSPECTION__LOST_AFTER_DAYS=3.
+    inspection: InspectionThresholds = InspectionThresholds()
+    # The fleet's local time for "a day" (power-on rate, daily rollup): China Standard Time.
+    fleet_utc_offset_min: Annotated[int, Field(ge=-720, le=840)] = 480
+    # Raw telemetry kept this long (native partitions are dropped past it; Timescale's policy).
+    telemetry_retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
     log_json: bool = True
     log_level: str = "INFO"
 

@@ -1,0 +1,249 @@
+"""Fleet server against a real PostgreSQL: ingest drives the state machine, the inspector
+opens tasks and verifies them, the registry imports CSV, telemetry is partitioned."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from firmware_protocols.messages import CellReport, Event, GpsFix, Health, Hello, Presence
+from fleet_server.db import migrate, open_pool
+from fleet_server.figures import FleetFigures
+from fleet_server.ingest import IngestPolicy, Received, write_batch
+from fleet_server.inspection import InspectionThresholds
+from fleet_server.inspector import Inspector
+from fleet_server.registry_import import ImportError_, import_registry
+from fleet_server.tasks import TaskError
+from fleet_server.telemetry import StorageMode, TelemetryStore
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+T0 = datetime(2026, 11, 20, 2, tzinfo=UTC)
+HEADER = (
+    "city_id,city_name,district_id,district_name,store_id,store_name,agent_id,agent_name,merchant_id,"
+    "merchant_name,device_id,serial,model,installed_at,install_lat,install_lon\n"
+)
+
+
+def row(device: str, serial: str, merchant: str = "M1", **over: str) -> str:
+    values = {
+        "city_id": "BJ",
+        "city_name": "北京",
+        "district_id": "WJ",
+        "district_name": "望京",
+        "store_id": "S1",
+        "store_name": "望京店",
+        "agent_id": "A1",
+        "agent_name": "王经纪",
+        "merchant_id": merchant,
+        "merchant_name": "面馆",
+        "device_id": device,
+        "serial": serial,
+        "model": "HD-S1",
+        "installed_at": "2026-11-19T08:00:00+08:00",
+        "install_lat": "39.99",
+        "install_lon": "116.47",
+    }
+    values.update(over)
+    return ",".join(values[k] for k in HEADER.strip().split(",")) + "\n"
+
+
+@pytest.fixture
+async def pool(machine_database):
+    async with open_pool(machine_database) as pool:
+        await migrate(pool)
+        yield pool
+
+
+def health(
+    device: str,
+    at: datetime,
+    *,
+    cell: str = "10",
+    area: str = "1A2B",
+    audio: str = "pass",
+    gps: tuple[float, float] | None = None,
+) -> Received:
+    msg = Health(
+        device_id=device,
+        ts=int(at.timestamp() * 1000),
+        uptime_s=10,
+        volume=5,
+        queue_depth=0,
+        played_total=0,
+        cell=CellReport(rat="LTE", mcc=460, mnc=0, area=area, cell_id=cell),
+        audio_selftest=audio,
+        gps=GpsFix(lat=gps[0], lon=gps[1]) if gps else None,
+    )
+    return Received(at, msg)
+
+
+async def state_of(pool, device: str) -> str | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT state FROM devices WHERE device_id = %s", (device,))
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+
+async def test_registry_import_dry_run_reports_per_row_and_applies_nothing(pool):
+    text = HEADER + row("D1", "SN1") + row("D2", "SN1") + row("bad id!", "SN3") + row("D4", "SN4", install_lat="91")
+    report = await import_registry(pool, text, dry_run=True)
+    assert (report.rows, report.valid, report.invalid, report.applied) == (4, 1, 3, 0)
+    problems = {p.line: p.errors for p in report.problems}
+    assert "serial SN1 is also given to device D1" in problems[3][0]
+    assert "not a valid device id" in problems[4][0]
+    assert "install_lat 91.0 is outside" in problems[5][0]
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM devices")
+        assert (await cur.fetchone())[0] == 0
+
+
+async def test_registry_import_applies_good_rows_and_keeps_binding_rules(pool):
+    report = await import_registry(pool, HEADER + row("D1", "SN1") + row("D2", "SN2", merchant="M2"), dry_run=False)
+    assert (report.applied, report.creates, report.problems) == (2, 2, [])
+    # Again: D1 to another merchant is refused (one merchant per device), SN2 cannot move to D3.
+    again = await import_registry(pool, HEADER + row("D1", "SN1", merchant="M9") + row("D3", "SN2"), dry_run=False)
+    assert again.applied == 0
+    errors = " ".join(e for p in again.problems for e in p.errors)
+    assert "bound to merchant M1" in errors and "serial SN2 already belongs to device D2" in errors
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT d.device_id, b.merchant_id, m.store_id, s.district_id, di.city_id, d.install_lat FROM devices d"
+            " JOIN bindings b ON b.device_id = d.device_id JOIN merchants m ON m.merchant_id = b.merchant_id"
+            " JOIN stores s ON s.store_id = m.store_id JOIN districts di ON di.district_id = s.district_id ORDER BY 1"
+        )
+        assert await cur.fetchall() == [("D1", "M1", "S1", "WJ", "BJ", 39.99), ("D2", "M2", "S1", "WJ", "BJ", 39.99)]
+    with pytest.raises(ImportError_, match="lacks district_id, store_id, merchant_id, device_id, model"):
+        await import_registry(pool, "city_id,serial\nBJ,1\n", dry_run=True)
+
+
+async def test_faulty_device_gets_a_task_that_closes_only_when_verified(pool):
+    await import_registry(pool, HEADER + row("D1", "SN1"), dry_run=False)
+    hello = Hello(device_id="D1", ts=1, model="HD-S1", serial="SN1", firmware="1.0", boot_id="b1")
+    await write_batch(pool, [Received(T0, hello), health("D1", T0 + timedelta(seconds=5))])
+    assert await state_of(pool, "D1") == "in_service"
+    await write_batch(pool, [health("D1", T0 + timedelta(minutes=1), audio="fail")])
+    assert await state_of(pool, "D1") == "faulty"
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600))
+    first = await inspector.run_once(T0 + timedelta(minutes=2))
+    assert first.opened == 1
+    [task] = await inspector.tasks.find(device_id="D1")
+    assert (task.kind, task.status, task.agent_id, task.store_id) == ("faulty", "open", "A1", "S1")
+    # Found again: merged, not a second task.
+    second = await inspector.run_once(T0 + timedelta(minutes=3))
+    assert (second.opened, second.merged) == (0, 1)
+    await inspector.tasks.start(task.task_id, T0 + timedelta(minutes=4))
+    assert await state_of(pool, "D1") == "under_repair"
+    await inspector.tasks.request_close(task.task_id, "换了喇叭", T0 + timedelta(minutes=10))
+    # Clicking close does not close it: the device has not been verified yet.
+    await inspector.run_once(T0 + timedelta(minutes=11))
+    waiting = await inspector.tasks.get(task.task_id)
+    assert waiting.status == "verifying" and "waiting" in (waiting.verification or "")
+    with pytest.raises(TaskError, match="verifying"):
+        await inspector.tasks.start(task.task_id, T0 + timedelta(minutes=11))
+    await write_batch(pool, [health("D1", T0 + timedelta(minutes=12)), health("D1", T0 + timedelta(minutes=13))])
+    assert await state_of(pool, "D1") == "in_service"
+    done = await inspector.run_once(T0 + timedelta(minutes=14))
+    assert done.closed_tasks == [task.task_id]
+    # The repair feeds MTTR: fault at +1 min, verified at +13 min.
+    [f] = await FleetFigures(pool).compute(T0, T0 + timedelta(hours=1))
+    assert (f.failures, f.repairs) == (1, 1)
+    assert f.mttr_min == pytest.approx(12)
+
+
+async def test_silent_device_goes_offline_then_suspected_lost_with_a_task(pool):
+    await import_registry(pool, HEADER + row("D1", "SN1"), dry_run=False)
+    await write_batch(pool, [health("D1", T0)])
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=60, lost_after_days=2))
+    await inspector.run_once(T0 + timedelta(seconds=80))  # 1.5 x 60 s not yet passed
+    assert await state_of(pool, "D1") == "in_service"
+    report = await inspector.run_once(T0 + timedelta(seconds=100))
+    assert report.went_offline == 1 and await state_of(pool, "D1") == "offline"
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT at, cause FROM device_states WHERE state = 'offline'")
+        assert await cur.fetchall() == [(T0 + timedelta(seconds=90), "heartbeat_missed")]
+    lost = await inspector.run_once(T0 + timedelta(days=3))
+    assert [f.kind for f in lost.findings] == ["lost"] and await state_of(pool, "D1") == "suspected_lost"
+    # It turns up again: seen, and the lost task verifies once asked to close.
+    await write_batch(pool, [health("D1", T0 + timedelta(days=3, minutes=1))])
+    assert await state_of(pool, "D1") == "in_service"
+    [task] = await inspector.tasks.find(device_id="D1")
+    await inspector.tasks.request_close(task.task_id, "商户找到了", T0 + timedelta(days=3, minutes=1, seconds=20))
+    closed = await inspector.run_once(T0 + timedelta(days=3, minutes=1, seconds=30))
+    assert closed.closed_tasks == [task.task_id]
+
+
+async def test_moved_device_is_found_relocated_and_back_in_place(pool):
+    await import_registry(pool, HEADER + row("D1", "SN1", installed_at=T0.isoformat()), dry_run=False)
+    await write_batch(pool, [health("D1", T0 + timedelta(minutes=m)) for m in range(5)])  # learning at home
+    policy = IngestPolicy(cell_learning_days=1)
+    later = T0 + timedelta(days=2)
+    moved = [health("D1", later + timedelta(minutes=m), cell="77", area="9F00") for m in range(4)]
+    await write_batch(pool, moved, policy)
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600))
+    report = await inspector.run_once(later + timedelta(minutes=5))
+    [finding] = report.findings
+    assert finding.kind == "relocated" and finding.confidence == 0.9
+    assert await state_of(pool, "D1") == "relocated"
+    await write_batch(pool, [health("D1", later + timedelta(hours=1))], policy)  # home again
+    back = await inspector.run_once(later + timedelta(hours=1, minutes=1))
+    assert back.back_in_place == 1 and await state_of(pool, "D1") == "in_service"
+
+
+async def test_fault_events_of_printer_count_but_do_not_fail_the_device(pool):
+    events = [
+        Received(T0 + timedelta(seconds=i), Event(device_id="D9", ts=1, kind="fault", detail={"part": "printer"}))
+        for i in range(3)
+    ]
+    await write_batch(pool, [health("D9", T0), *events])
+    assert await state_of(pool, "D9") == "in_service"
+    report = await Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600)).run_once(T0 + timedelta(seconds=5))
+    assert [f.kind for f in report.findings] == ["faulty"]
+    assert await state_of(pool, "D9") == "faulty"
+
+
+async def test_presence_offline_and_online_move_the_state(pool):
+    await write_batch(pool, [health("D5", T0)])
+    await write_batch(
+        pool, [Received(T0 + timedelta(minutes=1), Presence(device_id="D5", ts=1, online=False, reason="lost"))]
+    )
+    assert await state_of(pool, "D5") == "offline"
+    await write_batch(
+        pool, [Received(T0 + timedelta(minutes=2), Presence(device_id="D5", ts=2, online=True, reason="connected"))]
+    )
+    assert await state_of(pool, "D5") == "in_service"
+
+
+async def test_native_partitions_are_made_ahead_stray_rows_moved_and_old_days_dropped(pool, machine_database):
+    store = TelemetryStore(pool, retention_days=30)
+    assert await store.detect() is StorageMode.NATIVE
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    # A row far in the past lands in the default partition first.
+    await write_batch(
+        pool,
+        [
+            health("D1", now),
+            Received(
+                now,
+                Health(
+                    device_id="D1",
+                    ts=int((now - timedelta(days=10)).timestamp() * 1000),
+                    uptime_s=1,
+                    volume=1,
+                    queue_depth=0,
+                    played_total=0,
+                ),
+            ),
+        ],
+    )
+    report = await store.maintain(now)
+    assert "device_health_20261121" in report.created and "device_health_20261110" in report.created
+    assert report.moved_rows == 2
+    with psycopg.connect(machine_database) as conn:
+        assert conn.execute("SELECT count(*) FROM device_health_default").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM device_health").fetchone()[0] == 2
+    later = await store.maintain(now + timedelta(days=25))
+    assert "device_health_20261110" in later.dropped
+    assert (await store.maintain(now + timedelta(days=25))).created == []

@@ -1,0 +1,155 @@
+"""The device state machine and the inspection detectors: true and false cases for each."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleet_server.inspection import (
+    CellSeen,
+    DeviceFacts,
+    FindingKind,
+    InspectionThresholds,
+    detect_faulty,
+    detect_idle,
+    detect_lost,
+    detect_relocated,
+    distance_m,
+    placement,
+)
+from fleet_server.states import DeviceState as S
+from fleet_server.states import Signal, next_state
+from fleet_server.tracker import DeviceCursor, Observation, fold
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+T = InspectionThresholds()
+
+
+@pytest.mark.parametrize(
+    ("current", "signal", "expected"),
+    [
+        (None, Signal.SEEN, S.IN_SERVICE),
+        (None, Signal.FAULT, S.FAULTY),
+        (None, Signal.PRESENCE_OFFLINE, None),
+        (S.IN_SERVICE, Signal.HEARTBEAT_MISSED, S.OFFLINE),
+        (S.IN_SERVICE, Signal.SEEN, None),
+        (S.OFFLINE, Signal.SEEN, S.IN_SERVICE),
+        (S.FAULTY, Signal.SEEN, None),  # a faulty device talking is not a fixed one
+        (S.FAULTY, Signal.PRESENCE_OFFLINE, None),  # nor does going offline end the repair clock
+        (S.FAULTY, Signal.HEALTHY, S.IN_SERVICE),
+        (S.FAULTY, Signal.REPAIR_STARTED, S.UNDER_REPAIR),
+        (S.UNDER_REPAIR, Signal.HEALTHY, S.IN_SERVICE),
+        (S.IN_SERVICE, Signal.REPAIR_STARTED, None),
+        (S.IN_SERVICE, Signal.IDLE_DETECTED, S.IDLE),
+        (S.IDLE, Signal.ACTIVE, S.IN_SERVICE),
+        (S.IDLE, Signal.FAULT, S.FAULTY),
+        (S.OFFLINE, Signal.LOST_DETECTED, S.SUSPECTED_LOST),
+        (S.IN_SERVICE, Signal.LOST_DETECTED, None),
+        (S.SUSPECTED_LOST, Signal.SEEN, S.IN_SERVICE),
+        (S.IN_SERVICE, Signal.RELOCATED_DETECTED, S.RELOCATED),
+        (S.RELOCATED, Signal.BACK_IN_PLACE, S.IN_SERVICE),
+        (S.RELOCATED, Signal.HEARTBEAT_MISSED, S.OFFLINE),
+        (S.FAULTY, Signal.RETIRE, S.RETIRED),
+        (S.RETIRED, Signal.SEEN, None),
+    ],
+)
+def test_state_machine(current, signal, expected):
+    assert next_state(current, signal) == expected
+
+
+def test_verification_needs_consecutive_clean_reports():
+    device = DeviceCursor(S.FAULTY, 0)
+    obs = [
+        Observation("D", NOW, Signal.HEALTHY, "health_clean"),
+        Observation("D", NOW + timedelta(minutes=1), Signal.FAULT, "audio_selftest_failed"),
+        Observation("D", NOW + timedelta(minutes=2), Signal.HEALTHY, "health_clean"),
+        Observation("D", NOW + timedelta(minutes=3), Signal.HEALTHY, "health_clean"),
+    ]
+    transitions = fold(device, obs)
+    assert [(t.state, t.at) for t in transitions] == [(S.IN_SERVICE, NOW + timedelta(minutes=3))]
+    assert transitions[0].previous is S.FAULTY
+
+
+def facts(**kwargs):
+    base = {"device_id": "D1", "state": S.IN_SERVICE, "last_seen": NOW}
+    return DeviceFacts(**{**base, **kwargs})
+
+
+def test_idle_needs_past_payments_and_a_quiet_spell():
+    assert detect_idle(facts(merchant_first_payment_at=None), T, NOW) is None  # never took payments
+    recent = facts(merchant_first_payment_at=NOW - timedelta(days=30), merchant_last_payment_at=NOW - timedelta(days=2))
+    assert detect_idle(recent, T, NOW) is None
+    offline = facts(
+        state=S.OFFLINE,
+        merchant_first_payment_at=NOW - timedelta(days=30),
+        merchant_last_payment_at=NOW - timedelta(days=10),
+    )
+    assert detect_idle(offline, T, NOW) is None
+    quiet = facts(merchant_first_payment_at=NOW - timedelta(days=30), merchant_last_payment_at=NOW - timedelta(days=10))
+    finding = detect_idle(quiet, T, NOW)
+    assert finding is not None and finding.kind is FindingKind.IDLE
+    assert finding.evidence["quiet_days"] == 10.0
+
+
+def test_faulty_from_state_fault_events_or_flapping_not_from_noise():
+    assert detect_faulty(facts(), T, NOW) is None
+    assert detect_faulty(facts(fault_events=T.fault_events - 1), T, NOW) is None
+    assert detect_faulty(facts(state=S.FAULTY, state_cause="audio_selftest_failed"), T, NOW).confidence == 1.0
+    repeated = detect_faulty(facts(fault_events=T.fault_events), T, NOW)
+    assert repeated is not None and "fault events" in repeated.evidence["reasons"][0]
+    flapping = detect_faulty(facts(reconnects=T.flapping_reconnects), T, NOW)
+    assert flapping is not None and "信号" in flapping.action_zh
+    # The counts that a task just closed cannot reopen it.
+    assert detect_faulty(facts(fault_events=9, recently_closed=frozenset({"faulty"})), T, NOW) is None
+
+
+def test_lost_after_days_offline_unless_removal_was_planned():
+    assert detect_lost(facts(state=S.OFFLINE, last_seen=NOW - timedelta(days=1)), T, NOW) is None
+    assert detect_lost(facts(state=S.IN_SERVICE, last_seen=NOW - timedelta(days=9)), T, NOW) is None
+    planned = facts(state=S.OFFLINE, last_seen=NOW - timedelta(days=9), planned_removal=True)
+    assert detect_lost(planned, T, NOW) is None
+    finding = detect_lost(facts(state=S.OFFLINE, last_seen=NOW - timedelta(days=4)), T, NOW)
+    assert finding is not None and finding.kind is FindingKind.LOST
+
+
+def cell(name, area, *, learned, first_h, last_h, reports=5):
+    return CellSeen(name, area, learned, NOW - timedelta(hours=first_h), NOW - timedelta(hours=last_h), reports)
+
+
+HOME = cell("460-0-1A2B-10", "460-0-1A2B", learned=True, first_h=100, last_h=5, reports=300)
+
+
+def test_relocation_true_and_false_cases():
+    # Still at home, a neighbour cell seen in between: not moved.
+    neighbour = cell("460-0-1A2B-11", "460-0-1A2B", learned=False, first_h=50, last_h=6)
+    assert detect_relocated(facts(cells=(HOME, neighbour)), T, NOW) is None
+    # Moved: only a new cell since the last home report, in another tracking area.
+    away = cell("460-0-9F00-77", "460-0-9F00", learned=False, first_h=4, last_h=0, reports=6)
+    moved = detect_relocated(facts(cells=(HOME, away)), T, NOW)
+    assert moved is not None and moved.confidence == 0.9 and moved.evidence["new_tracking_area"]
+    # One report is a passing handover, not a move.
+    blip = cell("460-0-9F00-77", "460-0-9F00", learned=False, first_h=1, last_h=1, reports=1)
+    assert detect_relocated(facts(cells=(HOME, blip)), T, NOW) is None
+    # Same area, new cell: lower confidence, still over the threshold.
+    same_area = cell("460-0-1A2B-99", "460-0-1A2B", learned=False, first_h=4, last_h=0)
+    assert detect_relocated(facts(cells=(HOME, same_area)), T, NOW).confidence == 0.6
+    # A GPS fix next to the installation says the network changed, not the device.
+    installed = (39.99, 116.47)
+    near = detect_relocated(facts(cells=(HOME, same_area), install_position=installed, gps=(39.9901, 116.4701)), T, NOW)
+    assert near is None
+    far = detect_relocated(facts(cells=(HOME, same_area), install_position=installed, gps=(40.05, 116.47)), T, NOW)
+    assert far is not None and far.confidence == 0.98 and far.evidence["gps_distance_m"] > 6000
+    # Nothing learned: nothing to judge by.
+    assert detect_relocated(facts(cells=(away,)), T, NOW) is None
+
+
+def test_back_in_place_when_home_cells_are_seen_again():
+    came_back = cell("460-0-9F00-77", "460-0-9F00", learned=False, first_h=10, last_h=8)
+    where = placement(facts(state=S.RELOCATED, cells=(HOME, came_back)), T)
+    assert where is not None and not where.away
+
+
+def test_distance():
+    assert distance_m((39.9, 116.4), (39.9, 116.4)) == 0
+    assert distance_m((39.9, 116.4), (40.0, 116.4)) == pytest.approx(11_119, rel=0.01)
