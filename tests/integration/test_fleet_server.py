@@ -107,7 +107,8 @@ async def test_registry_import_applies_good_rows_and_keeps_binding_rules(pool):
     again = await import_registry(pool, HEADER + row("D1", "SN1", merchant="M9") + row("D3", "SN2"), dry_run=False)
     assert again.applied == 0
     errors = " ".join(e for p in again.problems for e in p.errors)
-    assert "bound to merchant M1" in errors and "serial SN2 already belongs to device D2" in errors
+    assert "bound to merchant M1" in errors
+    assert "serial SN2 already belongs to device D2" in errors
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT d.device_id, b.merchant_id, m.store_id, s.district_id, di.city_id, d.install_lat FROM devices d"
@@ -140,7 +141,8 @@ async def test_faulty_device_gets_a_task_that_closes_only_when_verified(pool):
     # Clicking close does not close it: the device has not been verified yet.
     await inspector.run_once(T0 + timedelta(minutes=11))
     waiting = await inspector.tasks.get(task.task_id)
-    assert waiting.status == "verifying" and "waiting" in (waiting.verification or "")
+    assert waiting.status == "verifying"
+    assert "waiting" in (waiting.verification or "")
     with pytest.raises(TaskError, match="verifying"):
         await inspector.tasks.start(task.task_id, T0 + timedelta(minutes=11))
     await write_batch(pool, [health("D1", T0 + timedelta(minutes=12)), health("D1", T0 + timedelta(minutes=13))])
@@ -160,12 +162,14 @@ async def test_silent_device_goes_offline_then_suspected_lost_with_a_task(pool):
     await inspector.run_once(T0 + timedelta(seconds=80))  # 1.5 x 60 s not yet passed
     assert await state_of(pool, "D1") == "in_service"
     report = await inspector.run_once(T0 + timedelta(seconds=100))
-    assert report.went_offline == 1 and await state_of(pool, "D1") == "offline"
+    assert report.went_offline == 1
+    assert await state_of(pool, "D1") == "offline"
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT at, cause FROM device_states WHERE state = 'offline'")
         assert await cur.fetchall() == [(T0 + timedelta(seconds=90), "heartbeat_missed")]
     lost = await inspector.run_once(T0 + timedelta(days=3))
-    assert [f.kind for f in lost.findings] == ["lost"] and await state_of(pool, "D1") == "suspected_lost"
+    assert [f.kind for f in lost.findings] == ["lost"]
+    assert await state_of(pool, "D1") == "suspected_lost"
     # It turns up again: seen, and the lost task verifies once asked to close.
     await write_batch(pool, [health("D1", T0 + timedelta(days=3, minutes=1))])
     assert await state_of(pool, "D1") == "in_service"
@@ -185,11 +189,13 @@ async def test_moved_device_is_found_relocated_and_back_in_place(pool):
     inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600))
     report = await inspector.run_once(later + timedelta(minutes=5))
     [finding] = report.findings
-    assert finding.kind == "relocated" and finding.confidence == 0.9
+    assert finding.kind == "relocated"
+    assert finding.confidence == 0.9
     assert await state_of(pool, "D1") == "relocated"
     await write_batch(pool, [health("D1", later + timedelta(hours=1))], policy)  # home again
     back = await inspector.run_once(later + timedelta(hours=1, minutes=1))
-    assert back.back_in_place == 1 and await state_of(pool, "D1") == "in_service"
+    assert back.back_in_place == 1
+    assert await state_of(pool, "D1") == "in_service"
 
 
 async def test_fault_events_of_printer_count_but_do_not_fail_the_device(pool):
@@ -239,7 +245,8 @@ async def test_native_partitions_are_made_ahead_stray_rows_moved_and_old_days_dr
         ],
     )
     report = await store.maintain(now)
-    assert "device_health_20261121" in report.created and "device_health_20261110" in report.created
+    assert "device_health_20261121" in report.created
+    assert "device_health_20261110" in report.created
     assert report.moved_rows == 2
     with psycopg.connect(machine_database) as conn:
         assert conn.execute("SELECT count(*) FROM device_health_default").fetchone()[0] == 0

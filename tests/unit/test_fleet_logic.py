@@ -88,7 +88,8 @@ def test_idle_needs_past_payments_and_a_quiet_spell():
     assert detect_idle(offline, T, NOW) is None
     quiet = facts(merchant_first_payment_at=NOW - timedelta(days=30), merchant_last_payment_at=NOW - timedelta(days=10))
     finding = detect_idle(quiet, T, NOW)
-    assert finding is not None and finding.kind is FindingKind.IDLE
+    assert finding is not None
+    assert finding.kind is FindingKind.IDLE
     assert finding.evidence["quiet_days"] == 10.0
 
 
@@ -97,9 +98,11 @@ def test_faulty_from_state_fault_events_or_flapping_not_from_noise():
     assert detect_faulty(facts(fault_events=T.fault_events - 1), T, NOW) is None
     assert detect_faulty(facts(state=S.FAULTY, state_cause="audio_selftest_failed"), T, NOW).confidence == 1.0
     repeated = detect_faulty(facts(fault_events=T.fault_events), T, NOW)
-    assert repeated is not None and "fault events" in repeated.evidence["reasons"][0]
+    assert repeated is not None
+    assert "fault events" in repeated.evidence["reasons"][0]
     flapping = detect_faulty(facts(reconnects=T.flapping_reconnects), T, NOW)
-    assert flapping is not None and "信号" in flapping.action_zh
+    assert flapping is not None
+    assert "信号" in flapping.action_zh
     # The counts that a task just closed cannot reopen it.
     assert detect_faulty(facts(fault_events=9, recently_closed=frozenset({"faulty"})), T, NOW) is None
 
@@ -110,7 +113,8 @@ def test_lost_after_days_offline_unless_removal_was_planned():
     planned = facts(state=S.OFFLINE, last_seen=NOW - timedelta(days=9), planned_removal=True)
     assert detect_lost(planned, T, NOW) is None
     finding = detect_lost(facts(state=S.OFFLINE, last_seen=NOW - timedelta(days=4)), T, NOW)
-    assert finding is not None and finding.kind is FindingKind.LOST
+    assert finding is not None
+    assert finding.kind is FindingKind.LOST
 
 
 def cell(name, area, *, learned, first_h, last_h, reports=5):
@@ -127,7 +131,9 @@ def test_relocation_true_and_false_cases():
     # Moved: only a new cell since the last home report, in another tracking area.
     away = cell("460-0-9F00-77", "460-0-9F00", learned=False, first_h=4, last_h=0, reports=6)
     moved = detect_relocated(facts(cells=(HOME, away)), T, NOW)
-    assert moved is not None and moved.confidence == 0.9 and moved.evidence["new_tracking_area"]
+    assert moved is not None
+    assert moved.confidence == 0.9
+    assert moved.evidence["new_tracking_area"]
     # One report is a passing handover, not a move.
     blip = cell("460-0-9F00-77", "460-0-9F00", learned=False, first_h=1, last_h=1, reports=1)
     assert detect_relocated(facts(cells=(HOME, blip)), T, NOW) is None
@@ -139,7 +145,9 @@ def test_relocation_true_and_false_cases():
     near = detect_relocated(facts(cells=(HOME, same_area), install_position=installed, gps=(39.9901, 116.4701)), T, NOW)
     assert near is None
     far = detect_relocated(facts(cells=(HOME, same_area), install_position=installed, gps=(40.05, 116.47)), T, NOW)
-    assert far is not None and far.confidence == 0.98 and far.evidence["gps_distance_m"] > 6000
+    assert far is not None
+    assert far.confidence == 0.98
+    assert far.evidence["gps_distance_m"] > 6000
     # Nothing learned: nothing to judge by.
     assert detect_relocated(facts(cells=(away,)), T, NOW) is None
 
@@ -147,7 +155,8 @@ def test_relocation_true_and_false_cases():
 def test_back_in_place_when_home_cells_are_seen_again():
     came_back = cell("460-0-9F00-77", "460-0-9F00", learned=False, first_h=10, last_h=8)
     where = placement(facts(state=S.RELOCATED, cells=(HOME, came_back)), T)
-    assert where is not None and not where.away
+    assert where is not None
+    assert not where.away
 
 
 def test_distance():
