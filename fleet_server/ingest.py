@@ -166,7 +166,8 @@ CRITICAL_PARTS = frozenset({"audio", "tts", "modem", "storage"})
 class IngestPolicy:
     # The fleet's "day" for the daily rollup and power-on rate: China Standard Time.
     utc_offset_min: int = 480
-    # Cells seen this long after installation (or first contact) are the location fingerprint.
+    # Cells seen this long after installation or first contact, whichever is later, are the
+    # location fingerprint: a device registered before it is switched on learns from its first report.
     cell_learning_days: float = 3.0
     clean_reports_to_verify: int = tracker.CLEAN_REPORTS_TO_VERIFY
 
@@ -238,6 +239,7 @@ class _Rows:
 
     policy: IngestPolicy
     seen: dict[str, datetime] = field(default_factory=dict)
+    first: dict[str, datetime] = field(default_factory=dict)
     hellos: list[tuple[object, ...]] = field(default_factory=list)
     presences: list[tuple[object, ...]] = field(default_factory=list)
     events: list[tuple[object, ...]] = field(default_factory=list)
@@ -250,6 +252,7 @@ class _Rows:
     def add(self, item: Received) -> None:
         msg, at = item.message, item.received_at
         self.seen[msg.device_id] = max(self.seen.get(msg.device_id, at), at)
+        self.first[msg.device_id] = min(self.first.get(msg.device_id, at), at)
         self.days[msg.device_id, self.policy.local_day(at)].add(item)
         self.observations.extend(observations_of(item))
         if isinstance(msg, Hello):
@@ -297,9 +300,10 @@ async def write_batch(
     days, cells, positions, observations = rows.days, rows.cells, rows.positions, rows.observations
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO devices (device_id, last_seen) VALUES (%s, %s)"
-            " ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen)",
-            sorted(seen.items()),
+            "INSERT INTO devices (device_id, first_contact, last_seen) VALUES (%s, %s, %s)"
+            " ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),"
+            " first_contact = LEAST(devices.first_contact, EXCLUDED.first_contact)",
+            [(device, rows.first[device], last) for device, last in sorted(seen.items())],
         )
         if hellos:
             await cur.executemany(
@@ -363,7 +367,7 @@ async def write_batch(
             await cur.executemany(
                 "INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)"
                 " SELECT %(d)s, %(cell)s, %(area)s, %(first)s, %(last)s, %(n)s,"
-                "  %(first)s <= COALESCE(installed_at, first_seen) + make_interval(secs => %(learn_s)s)"
+                "  %(first)s <= GREATEST(installed_at, first_contact) + make_interval(secs => %(learn_s)s)"
                 " FROM devices WHERE device_id = %(d)s"
                 " ON CONFLICT (device_id, cell) DO UPDATE SET last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),"
                 " reports = t.reports + EXCLUDED.reports, learned = t.learned OR EXCLUDED.learned",

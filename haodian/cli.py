@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError
+from haodian import fleet_cli
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the server's announce-signing public key (give it to agents with --server-key).",
     )
     keys.add_argument("--data-dir", type=Path, default=Path(".haodian"))
+    fleet_cli.add_parser(sub)
     return parser
 
 
@@ -439,6 +441,10 @@ async def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_fleet(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(fleet_cli.run, args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "demo": _run_demo,
     "server": _run_server,
@@ -448,6 +454,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "sim": _run_sim,
     "pay": _run_pay,
     "keys": _run_keys,
+    "fleet": _run_fleet,
 }
 
 

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ from simulators.fleet import SimulatedFleet
 
 # After the last payment, wait this long at most for its acks (retries included).
 DRAIN_TIMEOUT_S = 30.0
+# Time for a moved and a stolen device to be found: a few health reports from the new cell,
+# and the demo's "lost after" of 15 s.
+INCIDENT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,24 @@ class _Api:
         self._client = client
         self._base = base_url
 
-    async def bind(self, bindings: dict[str, str]) -> None:
-        for device_id, merchant_id in bindings.items():
-            response = await self._client.post(
-                f"{self._base}/api/v1/bindings", json={"device_id": device_id, "merchant_id": merchant_id}
-            )
-            response.raise_for_status()
+    async def import_registry(self, csv_text: str) -> dict[str, Any]:
+        response = await self._client.post(
+            f"{self._base}/api/v1/registry/import",
+            params={"dry_run": "false"},
+            content=csv_text.encode(),
+            headers={"content-type": "text/csv"},
+        )
+        response.raise_for_status()
+        report: dict[str, Any] = response.json()
+        if report["invalid"]:
+            raise RuntimeError(f"demo registry did not import: {report['problems'][:3]}")
+        return report
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        response = await self._client.get(f"{self._base}/api/v1/tasks", params={"open_only": "true"})
+        response.raise_for_status()
+        tasks: list[dict[str, Any]] = response.json()
+        return tasks
 
     async def summary(self) -> DeliverySummary:
         response = await self._client.get(f"{self._base}/api/v1/deliveries/summary")
@@ -96,24 +111,98 @@ class _Api:
         return int(response.json()["online"])
 
 
+DISTRICTS = (("WJ", "望京"), ("HLG", "回龙观"), ("TTY", "天通苑"))
+
+
+def registry_csv(bindings: dict[str, str]) -> str:
+    """The demo fleet's registry: Beijing, three districts (商圈), a store and a field agent in
+    each, the merchants and their devices installed yesterday near the store."""
+    lines = [
+        "city_id,city_name,district_id,district_name,store_id,store_name,agent_id,agent_name,merchant_id,"
+        "merchant_name,device_id,serial,model,installed_at,install_lat,install_lon"
+    ]
+    installed = (datetime.now(tz=UTC) - timedelta(days=1)).isoformat(timespec="seconds")
+    for device_id, merchant_id in sorted(bindings.items()):
+        n = int(merchant_id[1:])
+        district, name = DISTRICTS[n % len(DISTRICTS)]
+        lines.append(
+            f"BJ,北京,{district},{name},S-{district},{name}店,A-{district},{name}经纪人,{merchant_id},商户{n},"
+            f"{device_id},HD{device_id},HD-S1,{installed},{39.99 + n * 0.001:.4f},{116.47 + n * 0.001:.4f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pick_incidents(bindings: dict[str, str], movable: set[str]) -> tuple[str | None, str | None]:
+    """(device to move, device to steal): the moved one has a simulated modem to carry; the
+    stolen one's merchant keeps another speaker, so every payment is still announced somewhere."""
+    by_merchant: dict[str, list[str]] = {}
+    for device, merchant in sorted(bindings.items()):
+        by_merchant.setdefault(merchant, []).append(device)
+    shared = [devices[-1] for devices in by_merchant.values() if len(devices) > 1]
+    moved = min(movable, default=None)
+    stolen = next((d for d in shared if d != moved), None)
+    return moved, stolen
+
+
+async def _incidents(fleet: SimulatedFleet, api: _Api, bindings: dict[str, str], timeout_s: float) -> list[Any]:
+    """One device carried across town, one stolen: both must turn into tasks for field agents."""
+    moved, stolen = _pick_incidents(bindings, set(fleet.modems))
+    if moved is None or stolen is None:
+        print("  巡检演示需要更多设备 inspection demo skipped: too few devices to move and steal one")
+        return []
+    fleet.move(moved, "9F00", "ABCDE1", gps=(40.07, 116.33))
+    await fleet.power_off(stolen)
+    print(f"  巡检 inspection: {moved} 被移到别处 carried across town; {stolen} 被盗 stolen (switched off for good)")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tasks = await api.tasks()
+        found = {(t["device_id"], t["kind"]) for t in tasks}
+        if {(moved, "relocated"), (stolen, "lost")} <= found:
+            break
+        await asyncio.sleep(1.0)
+    else:
+        print(f"  巡检 inspection: not every incident became a task within {timeout_s:.0f} s")
+    tasks = await api.tasks()
+    for t in tasks:
+        print(
+            f"  工单 task #{t['task_id']} {t['device_id']} {t['kind']} (confidence {t['confidence']:.2f})"
+            f" → {t['agent_id']}: {t['action_zh']}"
+        )
+    return tasks
+
+
 def merchants_for(device_ids: list[str]) -> dict[str, str]:
     """device → merchant: most merchants have one speaker, every fifth has two."""
     merchant_count = max(1, round(len(device_ids) * 0.8))
     return {device: f"M{(i % merchant_count) + 1:05d}" for i, device in enumerate(device_ids)}
 
 
-async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
-    out = options.data_dir / "demo"
-    # The demo's simulated backend signs with the development key pair, so the server must use
-    # the development keys too (created on first use), whatever the environment says.
-    settings = settings.model_copy(
+def demo_settings(options: DemoOptions, settings: Settings) -> Settings:
+    return settings.model_copy(
         update={
             "data_dir": options.data_dir,
             "http_port": options.http_port,
             "signing_key_file": None,
             "backend_public_key_file": None,
+            # Inspection in demo time: heartbeats every health interval, a device lost after 15 s
+            # off, a location fingerprint learned in the first 10 s, a round every 2 s.
+            "inspection": settings.inspection.model_copy(
+                update={
+                    "heartbeat_interval_s": options.health_interval_s,
+                    "lost_after_days": 15 / 86400,
+                    "interval_s": 2.0,
+                }
+            ),
+            "cell_learning_days": 10 / 86400,
         }
     )
+
+
+async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
+    out = options.data_dir / "demo"
+    # The demo's simulated backend signs with the development key pair, so the server must use
+    # the development keys too (created on first use), whatever the environment says.
+    settings = demo_settings(options, settings)
     keys = load_server_keys(settings)
     backend_key = read_rsa_private_key(dev_key_paths(options.data_dir)[1])
     tty = sys.stdout.isatty()
@@ -150,7 +239,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
             await fleet.wait_connected(30)
             bindings = merchants_for(fleet.device_ids)
             api = _Api(client, server.base_url)
-            await api.bind(bindings)
+            await api.import_registry(registry_csv(bindings))
             print(
                 f"  {len(fleet.device_ids)} devices online, bound to {len(set(bindings.values()))} merchants;"
                 f" audio in {(run_dir / 'audio').resolve()}"
@@ -186,6 +275,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
             if tty:
                 print()
             final = await show(final=True)
+            tasks = await _incidents(fleet, api, bindings, INCIDENT_TIMEOUT_S)
             report = {
                 "finished_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
                 "parameters": {"devices": options.devices, "tps": options.tps, "duration_s": options.duration_s},
@@ -200,6 +290,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                     "errors": backend_stats.errors[:10],
                 },
                 "delivery": final.model_dump(),
+                "tasks": tasks,
                 "agents": asdict(fleet.stats()),
                 "serial_hardware": fleet.serial_report(),
                 "bridge": asdict(server.bridge.stats) if server.bridge else None,

@@ -151,7 +151,7 @@ class ServerStack:
                     client_id=f"{prefix}-ingest",
                     batch_size=self.settings.ingest_batch_size,
                     flush_s=self.settings.ingest_flush_s,
-                    policy=IngestPolicy(utc_offset_min=offset),
+                    policy=IngestPolicy(utc_offset_min=offset, cell_learning_days=self.settings.cell_learning_days),
                 )
             )
             self.inspector = await self._stack.enter_async_context(

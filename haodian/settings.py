@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     inspection: InspectionThresholds = InspectionThresholds()
     # The fleet's local time for "a day" (power-on rate, daily rollup): China Standard Time.
     fleet_utc_offset_min: Annotated[int, Field(ge=-720, le=840)] = 480
+    # Serving cells seen this long after installation (or first contact) are a device's location
+    # fingerprint for the relocation detector.
+    cell_learning_days: Annotated[float, Field(gt=0, le=365)] = 3.0
     # Raw telemetry kept this long (native partitions are dropped past it; Timescale's policy).
     telemetry_retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
     log_json: bool = True

@@ -21,6 +21,7 @@ from edge_agent.agent import AgentStats, EdgeAgent
 from edge_agent.bootstrap import open_hardware
 from edge_agent.config import AgentConfig
 from edge_agent.hardware.audio import WavFileSink
+from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.voice import VoicePack
 from simulators.serial_peers import Utterance, VirtualModem, VirtualPrinter, VirtualTtsChip
 
@@ -72,6 +73,8 @@ class SimulatedFleet:
                 )
             )
         self.agents: list[EdgeAgent] = []
+        self.modems: dict[str, SimulatedModem] = {}
+        self._own_stacks: dict[str, contextlib.AsyncExitStack] = {}
         self._stack = contextlib.AsyncExitStack()
 
     def _renderer(self, sink: WavFileSink) -> Callable[[Utterance], Coroutine[Any, Any, None]]:
@@ -99,7 +102,12 @@ class SimulatedFleet:
                         config, audio_dir=self.base_dir / "audio" / config.device_id, voice=self.voice, modem_seed=i
                     )
                 )
-                self.agents.append(await self._stack.enter_async_context(EdgeAgent(config, **hardware.ports())))
+                if isinstance(hardware.modem, SimulatedModem):
+                    self.modems[config.device_id] = hardware.modem
+                # Each agent in its own stack, so that one can be switched off (stolen, unplugged).
+                own = await self._stack.enter_async_context(contextlib.AsyncExitStack())
+                self._own_stacks[config.device_id] = own
+                self.agents.append(await own.enter_async_context(EdgeAgent(config, **hardware.ports())))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -112,6 +120,14 @@ class SimulatedFleet:
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.gather(*(agent.wait_connected(timeout_s) for agent in self.agents))
+
+    async def power_off(self, device_id: str) -> None:
+        """Switch one device off for good (stolen, thrown away): its agent stops cleanly."""
+        await self._own_stacks[device_id].aclose()
+
+    def move(self, device_id: str, area: str, cell_id: str, gps: tuple[float, float] | None = None) -> None:
+        """Carry a device elsewhere: its simulated modem now reports another serving cell."""
+        self.modems[device_id].move_to(area, cell_id, gps)
 
     def online(self) -> int:
         return sum(agent.connected for agent in self.agents)

@@ -43,6 +43,7 @@ ALTER TABLE devices
     ADD COLUMN store_id        text REFERENCES stores (store_id),
     ADD COLUMN agent_id        text REFERENCES field_agents (agent_id),
     ADD COLUMN installed_at    timestamptz,
+    ADD COLUMN first_contact   timestamptz,     -- its first message, whenever it was registered
     ADD COLUMN install_address text,
     ADD COLUMN install_lat     double precision,
     ADD COLUMN install_lon     double precision,

@@ -1,0 +1,224 @@
+"""`haodian fleet ...`: the fleet server's figures, tasks and registry import in a terminal.
+
+A client of the HTTP API (`--server`, default http://127.0.0.1:8000), so it works the same
+against the demo, a local server or production.
+
+    haodian fleet summary                       figures of the last 24 h against the targets
+    haodian fleet figures --by district --days 30 [--scope city:BJ] [--csv]
+    haodian fleet tasks [--open] [--agent A1]
+    haodian fleet import registry.csv [--apply]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+LABELS = {
+    "intact_rate": "完好率 intact",
+    "fault_rate_per_hour": "故障率 faults/h",
+    "fault_rate_downtime": "故障停机 fault downtime",
+    "availability_calendar": "可用率 availability (24h)",
+    "availability_business": "可用率 availability (business)",
+    "mtbf_h": "MTBF h",
+    "mttr_min": "MTTR min",
+    "power_on_rate": "开机率 power-on",
+    "delivery_rate": "到达率 delivery",
+    "ota_success_rate": "OTA 成功率 success",
+}
+STATUS = {"green": "达标 ok", "amber": "接近 near", "red": "未达标 MISS", "none": "-"}
+RATES = {name for name in LABELS if name.endswith(("rate", "calendar", "business", "downtime"))} - {
+    "fault_rate_per_hour"
+}
+
+
+def add_parser(sub: Any) -> None:
+    fleet = sub.add_parser(
+        "fleet",
+        help="fleet figures, tasks and registry import from a running server",
+        description="Talk to a running fleet server's API: reliability figures, field-agent tasks, registry import.",
+    )
+    fleet.add_argument("--server", default="http://127.0.0.1:8000", help="fleet server base URL")
+    action = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    action.add_parser("summary", help="devices by state and the last 24 h against the targets")
+    figures = action.add_parser("figures", help="figures by slice over a window")
+    figures.add_argument("--by", choices=["city", "district", "store", "merchant", "device", "model", "firmware"])
+    figures.add_argument("--scope", help="LEVEL:VALUE, e.g. district:WJ or model:HD-S1")
+    figures.add_argument("--days", type=float, default=1.0, help="window: the last N days (default 1)")
+    figures.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    tasks = action.add_parser("tasks", help="field-agent tasks")
+    tasks.add_argument("--open", action="store_true", help="only tasks not yet closed")
+    tasks.add_argument("--agent", help="only this field agent's tasks")
+    imp = action.add_parser("import", help="import the registry from CSV (a dry run unless --apply)")
+    imp.add_argument("file", type=Path, help="CSV, one row per device")
+    imp.add_argument("--apply", action="store_true", help="write the good rows (default: dry run)")
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(_width(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c) + " " * (w - _width(str(c))) for c, w in zip(cells, widths, strict=False)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def fmt(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name in RATES:
+        return f"{value * 100:.3f}%"
+    if name == "fault_rate_per_hour":
+        return f"{value:.2e}"
+    return f"{value:,.1f}"
+
+
+def _get(client: httpx.Client, path: str, **params: Any) -> Any:
+    response = client.get(path, params={k: v for k, v in params.items() if v is not None})
+    return _checked(response)
+
+
+def _checked(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            message = f"{error['message_zh']} / {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        raise SystemExit(f"haodian fleet: {response.status_code} {message}")
+    return response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with httpx.Client(base_url=args.server, timeout=60) as client:
+            return _COMMANDS[args.fleet_command](client, args)
+    except httpx.TransportError as exc:
+        print(f"haodian fleet: 无法连接服务器 cannot reach the server at {args.server}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _summary(client: httpx.Client, _: argparse.Namespace) -> int:
+    s = _get(client, "/api/v1/fleet/summary")
+    print(f"设备 devices {s['devices']}  在线 online {s['online']}  待办工单 open tasks {s['open_tasks']}")
+    print("按状态 by state: " + ", ".join(f"{k} {v}" for k, v in sorted(s["now"]["by_state"].items())))
+    print(f"窗口 window {s['window_start'][:19]} .. {s['window_end'][:19]} UTC\n")
+    rows = [
+        [LABELS[t["name"]], fmt(t["name"], t["value"]), fmt(t["name"], t["target"]), STATUS[t["status"]]]
+        for t in s["tiles"]
+    ]
+    print(table(["指标 figure", "实际 value", "目标 target", "状态 status"], rows))
+    return 0
+
+
+def _figures(client: httpx.Client, args: argparse.Namespace) -> int:
+    end = datetime.now(tz=UTC)
+    params = {
+        "start": (end - timedelta(days=args.days)).isoformat(),
+        "end": end.isoformat(),
+        "by": args.by,
+        "scope": args.scope,
+    }
+    if args.csv:
+        print(_get(client, "/api/v1/figures.csv", **params), end="")
+        return 0
+    rows = _get(client, "/api/v1/figures", **params)
+    names = [
+        "availability_calendar",
+        "availability_business",
+        "intact_rate",
+        "mtbf_h",
+        "mttr_min",
+        "power_on_rate",
+        "delivery_rate",
+    ]
+    print(
+        table(
+            [args.by or "scope", "设备 devices", "故障 failures", *(LABELS[n] for n in names)],
+            [
+                [
+                    r["key"] or args.scope or "fleet",
+                    str(r["devices"]),
+                    str(r["failures"]),
+                    *(fmt(n, r[n]) for n in names),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
+def _tasks(client: httpx.Client, args: argparse.Namespace) -> int:
+    tasks = _get(client, "/api/v1/tasks", open_only=args.open or None, agent_id=args.agent)
+    if not tasks:
+        print("没有工单 no tasks")
+        return 0
+    print(
+        table(
+            [
+                "#",
+                "设备 device",
+                "类型 kind",
+                "状态 status",
+                "经纪人 agent",
+                "置信 conf",
+                "开单 opened (UTC)",
+                "建议 action",
+            ],
+            [
+                [
+                    str(t["task_id"]),
+                    t["device_id"],
+                    t["kind"],
+                    t["status"],
+                    t["agent_id"] or "-",
+                    f"{t['confidence']:.2f}",
+                    t["opened_at"][:19],
+                    t["action_zh"],
+                ]
+                for t in tasks
+            ],
+        )
+    )
+    return 0
+
+
+def _import(client: httpx.Client, args: argparse.Namespace) -> int:
+    try:
+        text = args.file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"haodian fleet import: cannot read {args.file}: {exc}") from None
+    response = client.post(
+        "/api/v1/registry/import",
+        params={"dry_run": str(not args.apply).lower()},
+        content=text.encode(),
+        headers={"content-type": "text/csv"},
+    )
+    report = _checked(response)
+    verb = "试运行 dry run" if report["dry_run"] else "已导入 imported"
+    print(
+        f"{verb}: {report['rows']} 行 rows, {report['valid']} 有效 valid ({report['creates']} new,"
+        f" {report['updates']} updated), {report['invalid']} 有误 with errors, {report['applied']} 已写入 written"
+    )
+    for problem in report["problems"]:
+        print(
+            f"  第 {problem['line']} 行 line {problem['line']} ({problem['device_id'] or '-'}): "
+            + "; ".join(problem["errors"])
+        )
+    if report["dry_run"] and report["valid"]:
+        print("用 --apply 写入 run again with --apply to write the valid rows")
+    return 1 if report["invalid"] else 0
+
+
+_COMMANDS = {"summary": _summary, "figures": _figures, "tasks": _tasks, "import": _import}
