@@ -3,6 +3,8 @@
     python -m bench announce [--devices 20] [--tps 5] [--duration 20] [--json]
     python -m bench codecs [--frames 20000] [--repeats 5] [--json]
     python -m bench footprint [--warmup 15] [--window 60] [--json]
+    python -m bench ingest [--devices 10000] [--reports 10] [--json]
+    python -m bench query [--devices 100000] [--days 30] [--repeats 3] [--json]
 
 `announce`: payment notification received at the bridge → speaker starts playing, through the
 whole embedded stack (amqtt broker, PostgreSQL, fleet server, bridge, N real edge agents with
@@ -10,6 +12,9 @@ WAV speakers), at a steady rate. It is the demo's measurement, run for its figur
 
 `footprint`: one agent process at rest: resident memory (RSS, PSS, peak) and CPU share over a
 window, connected to a broker.
+
+`ingest` and `query`: the fleet server on the machine's Mosquitto and PostgreSQL; see
+bench/fleet.py for exactly what each measures.
 
 `codecs`: decode throughput (frames/s) of each serial codec on a realistic stream read in
 64-byte chunks: TTS chip frames and replies, modem AT responses with URCs, ESC/POS receipts.
@@ -24,7 +29,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import codecs, footprint
+from bench import codecs, fleet, footprint
 from haodian import logs
 from haodian.demo import DemoOptions, machine, run_demo
 from haodian.settings import Settings
@@ -34,8 +39,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=["announce", "codecs", "footprint"])
-    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("scenario", choices=["announce", "codecs", "footprint", "ingest", "query"])
+    parser.add_argument("--devices", type=int, help="announce: 20; ingest: 10,000; query: 100,000")
+    parser.add_argument("--reports", type=int, default=10, help="ingest: health reports per device")
+    parser.add_argument("--days", type=int, default=30, help="query: days of history")
     parser.add_argument("--tps", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
@@ -44,6 +51,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="footprint: seconds of CPU measured")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     args = parser.parse_args()
+    if args.scenario in ("ingest", "query"):
+        _fleet(args)
+        return
+    args.devices = args.devices or 20
     if args.scenario == "codecs":
         _codecs(args)
         return
@@ -90,6 +101,26 @@ def main() -> None:
     for name in ("latency_ms", "ack_round_trip_ms"):
         figures = delivery[name]
         print(f"{name}: " + "  ".join(f"{k} {v:.1f}" for k, v in figures.items() if v is not None))
+
+
+def _fleet(args: argparse.Namespace) -> None:
+    logs.configure(json=True, level="WARNING", file=Path(tempfile.gettempdir()) / "haodian-bench-fleet.log")
+    result: fleet.IngestFigures | fleet.QueryFigures
+    if args.scenario == "ingest":
+        devices = args.devices or 10_000
+        print(f"ingest: {devices} devices x {args.reports} health reports, flat out", flush=True)
+        result = asyncio.run(fleet.measure_ingest(devices=devices, reports_per_device=args.reports))
+    else:
+        devices = args.devices or 100_000
+        print(f"query: {devices} devices x {args.days} days of history (generating and loading)", flush=True)
+        result = asyncio.run(fleet.measure_query(devices=devices, days=args.days, repeats=args.repeats))
+    if args.json:
+        print(json.dumps({"machine": machine(), args.scenario: asdict(result)}, indent=2))
+        return
+    print(f"machine: {machine()}")
+    print("database: the machine's PostgreSQL 127.0.0.1:5432 (native partitions); broker: its Mosquitto 127.0.0.1:1883")
+    for line in result.lines():
+        print(line)
 
 
 def _codecs(args: argparse.Namespace) -> None:

@@ -143,9 +143,9 @@ def _states(group: frozenset[DeviceState]) -> list[str]:
 _QUERY: Final = """
 WITH scope AS (
     SELECT d.device_id, {key} AS key,
-           COALESCE(m.business_open, time '08:00') AS b_open,
-           COALESCE(m.business_close, time '22:00') AS b_close,
-           make_interval(mins => COALESCE(m.utc_offset_min, %(fleet_offset)s)) AS off
+           extract(epoch FROM COALESCE(m.business_open, time '08:00')) AS open_s,
+           extract(epoch FROM COALESCE(m.business_close, time '22:00')) AS close_s,
+           60.0 * COALESCE(m.utc_offset_min, %(fleet_offset)s) AS off_s
     FROM devices d
     LEFT JOIN bindings b ON b.device_id = d.device_id
     LEFT JOIN merchants m ON m.merchant_id = b.merchant_id
@@ -154,7 +154,7 @@ WITH scope AS (
     WHERE {filter}
 ),
 history AS (
-    SELECT s.key, s.device_id, s.b_open, s.b_close, s.off, h.state, h.previous, h.at,
+    SELECT s.key, s.device_id, s.open_s, s.close_s, s.off_s, h.state, h.previous, h.at,
            lead(h.at) OVER w AS until,
            max(h.at) FILTER (WHERE h.state = ANY(%(failure)s) AND NOT COALESCE(h.previous = ANY(%(failure)s), false))
                OVER w AS run_at,
@@ -165,22 +165,16 @@ history AS (
     WINDOW w AS (PARTITION BY h.device_id ORDER BY h.at, h.seq)
 ),
 clipped AS (
-    SELECT key, device_id, state, b_open, b_close, off,
+    SELECT key, device_id, state, open_s, close_s, off_s,
            GREATEST(at, %(start)s) AS s, LEAST(COALESCE(until, 'infinity'), %(end)s) AS e
     FROM history
     WHERE COALESCE(until, 'infinity') > %(start)s AND state = ANY(%(deployed)s)
 ),
 business AS (
-    -- Each interval's overlap with the merchant's business hours, day by local day.
-    SELECT c.key, c.state,
-           COALESCE((SELECT sum(GREATEST(0, extract(epoch FROM
-                   LEAST(c.e AT TIME ZONE 'UTC' + c.off,
-                         day + c.b_close::interval + CASE WHEN c.b_close <= c.b_open THEN interval '1 day'
-                                                          ELSE interval '0' END)
-                 - GREATEST(c.s AT TIME ZONE 'UTC' + c.off, day + c.b_open::interval))))
-               FROM generate_series(date_trunc('day', c.s AT TIME ZONE 'UTC' + c.off) - interval '1 day',
-                                    c.e AT TIME ZONE 'UTC' + c.off, interval '1 day') AS day), 0) AS b_s,
-           extract(epoch FROM c.e - c.s) AS t_s
+    -- Each interval's overlap with the merchant's business hours (see business_seconds()).
+    SELECT c.key, c.state, extract(epoch FROM c.e - c.s) AS t_s,
+           business_seconds(c.e, c.off_s, c.open_s, c.close_s) - business_seconds(c.s, c.off_s, c.open_s, c.close_s)
+               AS b_s
     FROM clipped c
 ),
 times AS (

@@ -137,6 +137,26 @@ CREATE TABLE ota_targets (
     PRIMARY KEY (campaign_id, device_id)
 );
 
+-- Business seconds from the epoch to `t` for daily hours [open_s, close_s) (seconds after local
+-- midnight; close <= open means the hours cross midnight) at UTC offset `off_s`: the business
+-- time inside an interval is the difference of its two ends, in constant time.
+CREATE FUNCTION business_seconds(t timestamptz, off_s double precision, open_s double precision,
+                                 close_s double precision) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    -- One expression, no FROM: PostgreSQL inlines it into the calling query.
+    SELECT CASE WHEN close_s > open_s
+        THEN floor((date_part('epoch', t) + off_s) / 86400) * (close_s - open_s)
+             + LEAST(GREATEST((date_part('epoch', t) + off_s)
+                              - floor((date_part('epoch', t) + off_s) / 86400) * 86400 - open_s, 0),
+                     close_s - open_s)
+        ELSE floor((date_part('epoch', t) + off_s) / 86400) * (close_s + 86400 - open_s)
+             + LEAST((date_part('epoch', t) + off_s) - floor((date_part('epoch', t) + off_s) / 86400) * 86400,
+                     close_s)
+             + GREATEST((date_part('epoch', t) + off_s)
+                        - floor((date_part('epoch', t) + off_s) / 86400) * 86400 - open_s, 0)
+    END::double precision
+$$;
+
 -- Telemetry: TimescaleDB hypertables with compression and retention where the extension can be
 -- loaded, native daily range partitions otherwise (created ahead and dropped past retention by
 -- the server). The DO block keeps both in one migration; the extension's functions are called
