@@ -183,7 +183,7 @@ async def fleet_summary(
         FigureTile(name=name, value=values[name], target=target.value, status=rating(name, values[name]))
         for name, target in TARGETS.items()
     ]
-    open_tasks = len(await inspector.tasks.find(open_only=True, limit=100_000))
+    open_tasks = sum((await inspector.tasks.open_counts()).values())
     return FleetSummary(
         devices=basic.devices,
         online=basic.online,
@@ -329,10 +329,7 @@ async def metrics(registry: RegistryDep, inspector: InspectorDep, request: Reque
         "# TYPE haodian_intact_rate gauge",
         f"haodian_intact_rate {counts.intact_rate or 0}",
     ]
-    tasks = await inspector.tasks.find(open_only=True, limit=100_000)
-    by_kind: dict[str, int] = {}
-    for task in tasks:
-        by_kind[task.kind] = by_kind.get(task.kind, 0) + 1
+    by_kind = await inspector.tasks.open_counts()
     lines += ["# HELP haodian_open_tasks Field-agent tasks not yet closed.", "# TYPE haodian_open_tasks gauge"]
     lines += [f'haodian_open_tasks{{kind="{kind}"}} {n}' for kind, n in sorted(by_kind.items())]
     ingest = getattr(request.app.state, "ingest_stats", None)

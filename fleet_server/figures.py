@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from fleet_server.registry import DEVICE_HIERARCHY
 from fleet_server.states import DEPLOYED_STATES, FAILURE_STATES, GOOD_STATES, UP_STATES, DeviceState
 from payment_bridge.store import DELIVERED
 
@@ -146,11 +147,7 @@ WITH scope AS (
            extract(epoch FROM COALESCE(m.business_open, time '08:00')) AS open_s,
            extract(epoch FROM COALESCE(m.business_close, time '22:00')) AS close_s,
            60.0 * COALESCE(m.utc_offset_min, %(fleet_offset)s) AS off_s
-    FROM devices d
-    LEFT JOIN bindings b ON b.device_id = d.device_id
-    LEFT JOIN merchants m ON m.merchant_id = b.merchant_id
-    LEFT JOIN stores st ON st.store_id = COALESCE(m.store_id, d.store_id)
-    LEFT JOIN districts di ON di.district_id = st.district_id
+    FROM {hierarchy}
     WHERE {filter}
 ),
 history AS (
@@ -336,12 +333,8 @@ class FleetFigures:
         if end <= start:
             raise FiguresError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
         level = group_by or Level.FLEET
-        device_filter: sql.Composable
-        payment_filter: sql.Composable
-        if scope is None:
-            device_filter, payment_filter = sql.SQL("true"), sql.SQL("true")
-        else:
-            device_filter = sql.SQL("{} = {}").format(_KEY[scope[0]], sql.Literal(scope[1]))
+        payment_filter: sql.Composable = sql.SQL("true")
+        if scope is not None:
             payment_filter = (
                 sql.SQL("{} = {}").format(_payment_key(scope[0]), sql.Literal(scope[1]))
                 if scope[0] in _MERCHANT_LEVELS
@@ -350,7 +343,8 @@ class FleetFigures:
         unrouted = payment_filter if level in _MERCHANT_LEVELS else sql.SQL("false")
         query = sql.SQL(_QUERY).format(
             key=_KEY[level],
-            filter=device_filter,
+            hierarchy=sql.SQL(DEVICE_HIERARCHY),
+            filter=_scope_filter(scope),
             merchant_key=_payment_key(level) if level in _MERCHANT_LEVELS else sql.SQL("NULL"),
             unrouted=unrouted,
         )
@@ -385,20 +379,13 @@ async def state_counts(
     pool: AsyncConnectionPool, at: datetime, *, scope: tuple[Level, str] | None = None
 ) -> StateCounts:
     """Devices by state at the instant `at`, from history: the point-in-time intact rate."""
-    device_filter = (
-        sql.SQL("true") if scope is None else sql.SQL("{} = {}").format(_KEY[scope[0]], sql.Literal(scope[1]))
-    )
     query = sql.SQL(
         "SELECT state, count(*) FROM ("
         " SELECT DISTINCT ON (h.device_id) h.state FROM device_states h"
-        " JOIN devices d ON d.device_id = h.device_id"
-        " LEFT JOIN bindings b ON b.device_id = d.device_id"
-        " LEFT JOIN merchants m ON m.merchant_id = b.merchant_id"
-        " LEFT JOIN stores st ON st.store_id = COALESCE(m.store_id, d.store_id)"
-        " LEFT JOIN districts di ON di.district_id = st.district_id"
+        " JOIN ({hierarchy}) ON d.device_id = h.device_id"
         " WHERE h.at <= %s AND {filter} ORDER BY h.device_id, h.at DESC, h.seq DESC"
         ") s GROUP BY state"
-    ).format(filter=device_filter)
+    ).format(hierarchy=sql.SQL(DEVICE_HIERARCHY), filter=_scope_filter(scope))
     async with pool.connection() as conn, conn.cursor() as cur:
         await cur.execute(query, (at,))
         by_state = {row[0]: int(row[1]) for row in await cur.fetchall()}
@@ -407,12 +394,12 @@ async def state_counts(
     return StateCounts(at=at, by_state=by_state, deployed=deployed, good=good, intact_rate=_ratio(good, deployed))
 
 
+def _scope_filter(scope: tuple[Level, str] | None) -> sql.Composable:
+    """The WHERE condition over DEVICE_HIERARCHY selecting the devices in `scope`."""
+    return sql.SQL("true") if scope is None else sql.SQL("{} = {}").format(_KEY[scope[0]], sql.Literal(scope[1]))
+
+
 def _payment_key(level: Level) -> sql.Composable:
-    """The level's column for a payment joined to its merchant (no device)."""
-    return {
-        Level.FLEET: sql.SQL("'fleet'"),
-        Level.CITY: sql.SQL("di.city_id"),
-        Level.DISTRICT: sql.SQL("st.district_id"),
-        Level.STORE: sql.SQL("st.store_id"),
-        Level.MERCHANT: sql.SQL("p.merchant_id"),
-    }[level]
+    """The level's column for a payment joined to its merchant (no device): the device's
+    column, except that the merchant is the payment's own."""
+    return sql.SQL("p.merchant_id") if level is Level.MERCHANT else _KEY[level]

@@ -296,46 +296,44 @@ async def write_batch(
     rows = _Rows(policy)
     for item in batch:
         rows.add(item)
-    seen, hellos, presences, events, health_rows = rows.seen, rows.hellos, rows.presences, rows.events, rows.health
-    days, cells, positions, observations = rows.days, rows.cells, rows.positions, rows.observations
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO devices (device_id, first_contact, last_seen) VALUES (%s, %s, %s)"
             " ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),"
             " first_contact = LEAST(devices.first_contact, EXCLUDED.first_contact)",
-            [(device, rows.first[device], last) for device, last in sorted(seen.items())],
+            [(device, rows.first[device], last) for device, last in sorted(rows.seen.items())],
         )
-        if hellos:
+        if rows.hellos:
             await cur.executemany(
                 "UPDATE devices SET reported_serial = %s, model = %s, firmware = %s, boot_id = %s, hello_at = %s"
                 " WHERE device_id = %s",
-                hellos,
+                rows.hellos,
             )
-        if presences:
+        if rows.presences:
             # Ordered by arrival at the server: a last will carries the time its device connected,
             # so the device's own clock cannot order it against the "online" that followed.
             await cur.executemany(
                 "UPDATE devices SET online = %s, presence_reason = %s, presence_at = %s"
                 " WHERE device_id = %s AND (presence_at IS NULL OR presence_at <= %s)",
-                presences,
+                rows.presences,
             )
-        if positions:
+        if rows.positions:
             await cur.executemany(
                 "UPDATE devices SET last_cell = COALESCE(%s, last_cell), last_gps_lat = COALESCE(%s, last_gps_lat),"
                 " last_gps_lon = COALESCE(%s, last_gps_lon) WHERE device_id = %s",
-                [(cell, lat, lon, d) for d, (cell, lat, lon) in sorted(positions.items())],
+                [(cell, lat, lon, d) for d, (cell, lat, lon) in sorted(rows.positions.items())],
             )
-        if events:
+        if rows.events:
             await cur.executemany(
                 "INSERT INTO device_events (device_id, ts, received_at, kind, detail) VALUES (%s, %s, %s, %s, %s)",
-                events,
+                rows.events,
             )
-        if health_rows:
+        if rows.health:
             async with cur.copy(
                 "COPY device_health (device_id, ts, received_at, uptime_s, rssi_dbm, volume,"
                 " queue_depth, played_total, mem_rss_kb, payload) FROM STDIN"
             ) as copy:
-                for row in health_rows:
+                for row in rows.health:
                     await copy.write_row(row)
         await cur.executemany(
             "INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, audio_failures,"
@@ -360,10 +358,10 @@ async def write_batch(
                     v.first_at,
                     v.last_at,
                 )
-                for (d, day), v in sorted(days.items())
+                for (d, day), v in sorted(rows.days.items())
             ],
         )
-        if cells:
+        if rows.cells:
             await cur.executemany(
                 "INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)"
                 " SELECT %(d)s, %(cell)s, %(area)s, %(first)s, %(last)s, %(n)s,"
@@ -381,7 +379,7 @@ async def write_batch(
                         "n": n,
                         "learn_s": policy.cell_learning_days * 86400,
                     }
-                    for (d, cell), (area, first, last, n) in sorted(cells.items())
+                    for (d, cell), (area, first, last, n) in sorted(rows.cells.items())
                 ],
             )
-        return await tracker.apply(cur, observations, clean_reports=policy.clean_reports_to_verify)
+        return await tracker.apply(cur, rows.observations, clean_reports=policy.clean_reports_to_verify)

@@ -110,6 +110,16 @@ def detect_idle(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Findi
     )
 
 
+_REPAIR_ACTION = (
+    "上门检修：远程诊断后检查喇叭/电源/SIM卡，必要时更换设备",
+    "Repair on site: run remote diagnose, check speaker, power and SIM; replace if needed",
+)
+_FLAPPING_ACTION = (
+    "检查信号与供电：连接频繁中断，建议调整位置或更换SIM卡",
+    "Check signal and power: the connection keeps dropping; move the device or change the SIM",
+)
+
+
 def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:  # noqa: ARG001 - one signature for all detectors.
     reasons: list[str] = []
     if f.state is DeviceState.FAULTY:
@@ -125,6 +135,7 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
     if not reasons:
         return None
     audio = (f.state_cause or "").startswith(("audio", "fault_audio"))
+    only_flapping = flapping and len(reasons) == 1
     return Finding(
         f.device_id,
         FindingKind.FAULTY,
@@ -135,12 +146,8 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
             "audio_failures": f.audio_failures,
             "reconnects": f.reconnects,
         },
-        action_zh="检查信号与供电：连接频繁中断，建议调整位置或更换SIM卡"
-        if flapping and len(reasons) == 1
-        else "上门检修：远程诊断后检查喇叭/电源/SIM卡，必要时更换设备",
-        action_en="Check signal and power: the connection keeps dropping; move the device or change the SIM"
-        if flapping and len(reasons) == 1
-        else "Repair on site: run remote diagnose, check speaker, power and SIM; replace if needed",
+        action_zh=_FLAPPING_ACTION[0] if only_flapping else _REPAIR_ACTION[0],
+        action_en=_FLAPPING_ACTION[1] if only_flapping else _REPAIR_ACTION[1],
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -72,10 +72,15 @@ _DEVICE_COLUMNS = (
     " d.last_seen, b.merchant_id, d.state, d.state_since, COALESCE(m.store_id, d.store_id) AS store_id,"
     " COALESCE(d.agent_id, st.agent_id) AS agent_id"
 )
-_DEVICE_JOINS = (
-    " FROM devices d LEFT JOIN bindings b USING (device_id) LEFT JOIN merchants m ON m.merchant_id = b.merchant_id"
+# A device with its place in the hierarchy, under the aliases every fleet query uses: d device,
+# b binding, m merchant, st store (the merchant's, else the device's own), di district.
+DEVICE_HIERARCHY: Final = (
+    "devices d LEFT JOIN bindings b ON b.device_id = d.device_id"
+    " LEFT JOIN merchants m ON m.merchant_id = b.merchant_id"
     " LEFT JOIN stores st ON st.store_id = COALESCE(m.store_id, d.store_id)"
+    " LEFT JOIN districts di ON di.district_id = st.district_id"
 )
+_DEVICE_JOINS = f" FROM {DEVICE_HIERARCHY}"
 
 
 def _with_state_name(row: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from fleet_server import tracker
 from fleet_server.inspection import Finding, FindingKind
+from fleet_server.registry import DEVICE_HIERARCHY
 from fleet_server.states import DeviceState, Signal
 from fleet_server.tracker import Observation
 
@@ -79,6 +80,19 @@ SIGNAL_OF: Final = {
     FindingKind.IDLE: Signal.IDLE_DETECTED,
 }
 
+# A finding opens a task for its device's field agent (the device's own, else its store's), or
+# merges into the device's open task of that kind.
+_OPEN_OR_MERGE: Final = (
+    "INSERT INTO tasks AS t (device_id, kind, store_id, agent_id, confidence, evidence, action_zh, action_en,"  # noqa: S608 - a constant join.
+    " opened_at, updated_at)"
+    " SELECT d.device_id, %(kind)s, COALESCE(m.store_id, d.store_id), COALESCE(d.agent_id, st.agent_id),"
+    " %(confidence)s, %(evidence)s, %(zh)s, %(en)s, %(now)s, %(now)s"
+    f" FROM {DEVICE_HIERARCHY} WHERE d.device_id = %(device)s"
+    " ON CONFLICT (device_id, kind) WHERE status <> 'closed' DO UPDATE SET"
+    " occurrences = t.occurrences + 1, evidence = EXCLUDED.evidence,"
+    " confidence = EXCLUDED.confidence, updated_at = EXCLUDED.updated_at"
+    " RETURNING (xmax = 0) AS inserted"
+)
 _SELECT: Final = "SELECT t.*, d.state AS device_state FROM tasks t LEFT JOIN devices d USING (device_id)"
 
 
@@ -93,18 +107,7 @@ class TaskBook:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             for f in sorted(findings, key=lambda f: (f.device_id, f.kind)):
                 await cur.execute(
-                    "INSERT INTO tasks AS t (device_id, kind, store_id, agent_id, confidence, evidence, action_zh,"
-                    " action_en, opened_at, updated_at)"
-                    " SELECT d.device_id, %(kind)s, COALESCE(m.store_id, d.store_id),"
-                    "  COALESCE(d.agent_id, s.agent_id), %(confidence)s, %(evidence)s, %(zh)s, %(en)s, %(now)s, %(now)s"
-                    " FROM devices d LEFT JOIN bindings b USING (device_id)"
-                    " LEFT JOIN merchants m USING (merchant_id)"
-                    " LEFT JOIN stores s ON s.store_id = COALESCE(m.store_id, d.store_id)"
-                    " WHERE d.device_id = %(device)s"
-                    " ON CONFLICT (device_id, kind) WHERE status <> 'closed' DO UPDATE SET"
-                    " occurrences = t.occurrences + 1, evidence = EXCLUDED.evidence,"
-                    " confidence = EXCLUDED.confidence, updated_at = EXCLUDED.updated_at"
-                    " RETURNING (xmax = 0) AS inserted",
+                    _OPEN_OR_MERGE,
                     {
                         "kind": f.kind.value,
                         "confidence": f.confidence,
@@ -154,6 +157,12 @@ class TaskBook:
                 (*params, limit),
             )
             return [Task.model_validate(row) for row in await cur.fetchall()]
+
+    async def open_counts(self) -> dict[str, int]:
+        """Tasks not yet closed, by kind."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT kind, count(*) FROM tasks WHERE status <> 'closed' GROUP BY kind")
+            return {kind: int(n) for kind, n in await cur.fetchall()}
 
     async def get(self, task_id: int) -> Task:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

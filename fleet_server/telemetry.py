@@ -12,7 +12,7 @@ tables either way. The mode is chosen once, by migration 0002, and `detect()` re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -36,9 +36,9 @@ class StorageMode(StrEnum):
 
 @dataclass(slots=True)
 class MaintenanceReport:
-    created: list[str]
-    dropped: list[str]
-    moved_rows: int
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    moved_rows: int = 0
 
 
 def _partition_name(table: str, day: date) -> str:
@@ -68,7 +68,7 @@ class TelemetryStore:
 
     async def maintain(self, now: datetime) -> MaintenanceReport:
         """Native mode: partitions for yesterday..now+DAYS_AHEAD, retention. Timescale: nothing to do."""
-        report = MaintenanceReport(created=[], dropped=[], moved_rows=0)
+        report = MaintenanceReport()
         if self.mode is StorageMode.TIMESCALEDB:
             return report
         today = now.astimezone(UTC).date()
@@ -94,7 +94,7 @@ class TelemetryStore:
     ) -> None:
         oldest_kept = today - timedelta(days=self.retention_days)
         for table in PARTITIONED_TABLES:
-            existing = await self._partitions(table)
+            existing = await _partitions(conn, table)
             # Days that already have rows in the default partition get a partition too.
             cur = await conn.execute(
                 sql.SQL("SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM {}").format(
@@ -105,47 +105,48 @@ class TelemetryStore:
             for day in sorted(set(wanted) | {d for d in stray if d >= oldest_kept}):
                 name = _partition_name(table, day)
                 if name not in existing:
-                    report.moved_rows += await self._create_partition(table, day)
+                    report.moved_rows += await _create_partition(conn, table, day)
                     report.created.append(name)
             for name, day in existing.items():
                 if day < oldest_kept:
                     await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
                     report.dropped.append(name)
 
-    async def _partitions(self, table: str) -> dict[str, date]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s",
-                (table,),
-            )
-            names = [row[0] for row in await cur.fetchall()]
-        found = {}
-        for name in names:
-            suffix = name.removeprefix(f"{table}_")
-            if suffix.isdigit() and len(suffix) == 8:
-                found[name] = datetime.strptime(suffix, "%Y%m%d").replace(tzinfo=UTC).date()
-        return found
 
-    async def _create_partition(self, table: str, day: date) -> int:
-        """Create `table`'s partition for `day`, moving rows of that day out of the default one."""
-        name = sql.Identifier(_partition_name(table, day))
-        default = sql.Identifier(f"{table}_default")
-        parent = sql.Identifier(table)
-        start, end = _day_start(day), _day_start(day + timedelta(days=1))
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(name, parent))
-            cur = await conn.execute(
-                sql.SQL(
-                    "WITH moved AS (DELETE FROM {} WHERE ts >= %s AND ts < %s RETURNING *)"
-                    " INSERT INTO {} SELECT * FROM moved"
-                ).format(default, name),
-                (start, end),
+async def _partitions(conn: AsyncConnection[Any], table: str) -> dict[str, date]:
+    """`table`'s daily partitions by name."""
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s",
+        (table,),
+    )
+    found = {}
+    for (name,) in await cur.fetchall():
+        suffix = name.removeprefix(f"{table}_")
+        if suffix.isdigit() and len(suffix) == 8:
+            found[name] = datetime.strptime(suffix, "%Y%m%d").replace(tzinfo=UTC).date()
+    return found
+
+
+async def _create_partition(conn: AsyncConnection[Any], table: str, day: date) -> int:
+    """Create `table`'s partition for `day`, moving rows of that day out of the default one."""
+    name = sql.Identifier(_partition_name(table, day))
+    default = sql.Identifier(f"{table}_default")
+    parent = sql.Identifier(table)
+    start, end = _day_start(day), _day_start(day + timedelta(days=1))
+    async with conn.transaction():
+        await conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(name, parent))
+        cur = await conn.execute(
+            sql.SQL(
+                "WITH moved AS (DELETE FROM {} WHERE ts >= %s AND ts < %s RETURNING *)"
+                " INSERT INTO {} SELECT * FROM moved"
+            ).format(default, name),
+            (start, end),
+        )
+        moved = cur.rowcount
+        await conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                parent, name, sql.Literal(start), sql.Literal(end)
             )
-            moved = cur.rowcount
-            await conn.execute(
-                sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                    parent, name, sql.Literal(start), sql.Literal(end)
-                )
-            )
-        return max(moved, 0)
+        )
+    return max(moved, 0)

@@ -33,8 +33,15 @@ LABELS = {
     "ota_success_rate": "OTA 成功率 success",
 }
 STATUS = {"green": "达标 ok", "amber": "接近 near", "red": "未达标 MISS", "none": "-"}
-RATES = {name for name in LABELS if name.endswith(("rate", "calendar", "business", "downtime"))} - {
-    "fault_rate_per_hour"
+# Figures shown as percentages.
+RATES = {
+    "intact_rate",
+    "fault_rate_downtime",
+    "availability_calendar",
+    "availability_business",
+    "power_on_rate",
+    "delivery_rate",
+    "ota_success_rate",
 }
 
 

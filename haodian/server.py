@@ -14,7 +14,6 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import resources
 from types import TracebackType
@@ -131,8 +130,8 @@ class ServerStack:
         pool = await self._stack.enter_async_context(open_pool(self.database_url))
         applied = await migrate(pool)
         telemetry = TelemetryStore(pool, retention_days=self.settings.telemetry_retention_days)
+        # Partitions are made by the fleet part's inspector, whose first round runs at once.
         mode = await telemetry.detect()
-        await telemetry.maintain(datetime.now(tz=UTC))
         log.info(
             "database ready",
             migrations_applied=applied,

@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -94,8 +94,8 @@ class FleetHistory:
                 " reconnects, first_at, last_at) FROM STDIN"
             ) as copy:
                 for device_id, day in self.seen_days:
-                    noon = datetime(day.year, day.month, day.day, 4, tzinfo=self.start.tzinfo)
-                    await copy.write_row((device_id, day, 1440, 1440, 0, 0, 1, noon, noon))
+                    noon_china = datetime(day.year, day.month, day.day, 4, tzinfo=UTC)  # 12:00 at UTC+8
+                    await copy.write_row((device_id, day, 1440, 1440, 0, 0, 1, noon_china, noon_china))
 
 
 def _observations(
