@@ -13,8 +13,8 @@ WAV speakers), at a steady rate. It is the demo's measurement, run for its figur
 `footprint`: one agent process at rest: resident memory (RSS, PSS, peak) and CPU share over a
 window, connected to a broker.
 
-`ingest` and `query`: the fleet server on the machine's Mosquitto and PostgreSQL; see
-bench/fleet.py for exactly what each measures.
+`ingest` and `query`: the fleet server on the machine's PostgreSQL (and, for ingest, a private
+Mosquitto with the production queue limits); see bench/fleet.py for exactly what each measures.
 
 `codecs`: decode throughput (frames/s) of each serial codec on a realistic stream read in
 64-byte chunks: TTS chip frames and replies, modem AT responses with URCs, ESC/POS receipts.
@@ -109,7 +109,10 @@ def _fleet(args: argparse.Namespace) -> None:
     if args.scenario == "ingest":
         devices = args.devices or 10_000
         print(f"ingest: {devices} devices x {args.reports} health reports, flat out", flush=True)
-        result = asyncio.run(fleet.measure_ingest(devices=devices, reports_per_device=args.reports))
+        try:
+            result = asyncio.run(fleet.measure_ingest(devices=devices, reports_per_device=args.reports))
+        except fleet.BenchError as exc:
+            raise SystemExit(f"bench ingest: {exc}") from exc
     else:
         devices = args.devices or 100_000
         print(f"query: {devices} devices x {args.days} days of history (generating and loading)", flush=True)
@@ -118,7 +121,7 @@ def _fleet(args: argparse.Namespace) -> None:
         print(json.dumps({"machine": machine(), args.scenario: asdict(result)}, indent=2))
         return
     print(f"machine: {machine()}")
-    print("database: the machine's PostgreSQL 127.0.0.1:5432 (native partitions); broker: its Mosquitto 127.0.0.1:1883")
+    print("database: the machine's PostgreSQL 127.0.0.1:5432 (native partitions, no TimescaleDB)")
     for line in result.lines():
         print(line)
 

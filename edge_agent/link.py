@@ -7,6 +7,12 @@ false on MQTT 3.1.1; clean start false with a session expiry on MQTT 5), so the 
 QoS 1 messages while the link is down and nothing sent to a device in the meantime is lost.
 TLS (`mqtts://`) uses the system's trust store or a configured CA, and a client certificate
 where the broker asks for mutual TLS.
+
+By default a QoS 1 message is acknowledged as soon as it is read. A consumer that must not lose
+what it has not yet stored (the fleet ingest) opens the link with `manual_ack` and acknowledges
+each message with `ack(receipt)` once it is durable; a message that was never acknowledged is
+sent again by the broker when the session resumes. A receipt belongs to the connection that
+delivered the message: after a reconnect the broker redelivers it and the old receipt is void.
 """
 
 from __future__ import annotations
@@ -66,11 +72,23 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Session:
     """How the broker keeps this client's session: persistent unless `clean`, for `expiry_s`
-    (MQTT 5; on 3.1.1 the broker decides how long)."""
+    (MQTT 5; on 3.1.1 the broker decides how long). `receive_maximum` (MQTT 5) is how many
+    unacknowledged QoS 1 messages the broker may have in flight to us; on 3.1.1 the broker's
+    own setting decides (Mosquitto `max_inflight_messages`, 20 by default)."""
 
     clean: bool = False
     mqtt_version: MqttVersion = "3.1.1"
     expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What acknowledging one received QoS 1 message takes: the connection it came on and its id."""
+
+    client: aiomqtt.Client
+    mid: int
+    qos: int
 
 
 def tls_context(
@@ -102,8 +120,10 @@ class Link:
         max_inflight: int = 100,
         session: Session | None = None,
         tls: ssl.SSLContext | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.endpoint = endpoint
+        self._manual_ack = manual_ack
         self.client_id = client_id
         self._subscriptions = subscriptions
         self._on_message = on_message
@@ -137,6 +157,24 @@ class Link:
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout_s)
 
+    def receipt(self, message: aiomqtt.Message) -> Receipt:
+        """The receipt of `message`; take it in the message handler, before its first await."""
+        if self._client is None:
+            raise LinkDown(f"{self.client_id}: a message arrived with no connection")
+        return Receipt(self._client, message.mid, message.qos)
+
+    def ack(self, receipt: Receipt) -> bool:
+        """Acknowledge a message taken with `manual_ack` (QoS 0 needs none); False if the
+        connection that brought it is gone, so the broker will deliver it again."""
+        if receipt.qos == 0:
+            return True
+        if receipt.client is not self._client or not self.connected.is_set():
+            return False
+        # aiomqtt does not expose paho's application-controlled acknowledgement yet
+        # (empicano/aiomqtt#345); the paho client under it has it.
+        receipt.client._client.ack(receipt.mid, receipt.qos)
+        return True
+
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker to take it (QoS 1); raise `LinkDown` if it cannot."""
         client = self._client
@@ -154,6 +192,8 @@ class Link:
             # and say how long the broker keeps it for a device that stays away.
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 0 if self._session.clean else self._session.expiry_s
+            if self._session.receive_maximum is not None:
+                properties.ReceiveMaximum = self._session.receive_maximum
             session = {
                 "protocol": aiomqtt.ProtocolVersion.V5,
                 "clean_start": self._session.clean,
@@ -161,7 +201,7 @@ class Link:
             }
         else:
             session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": self._session.clean}
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.endpoint.host,
             self.endpoint.port,
             # Some brokers (amqtt) keep a persistent session's offline queue only for clients that
@@ -179,6 +219,10 @@ class Link:
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             **session,
         )
+        if self._manual_ack:
+            # Before connecting: a resumed session's queued messages arrive right after CONNACK.
+            client._client.manual_ack_set(True)  # see `ack`
+        return client
 
     async def _deliver(self, message: aiomqtt.Message) -> None:
         # Handlers validate their input; this is the last line that keeps one bad message

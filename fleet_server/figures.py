@@ -24,7 +24,7 @@ a failure run that began with a fault, into an up state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -144,9 +144,11 @@ def _states(group: frozenset[DeviceState]) -> list[str]:
 _QUERY: Final = """
 WITH scope AS (
     SELECT d.device_id, {key} AS key,
-           extract(epoch FROM COALESCE(m.business_open, time '08:00')) AS open_s,
-           extract(epoch FROM COALESCE(m.business_close, time '22:00')) AS close_s,
-           60.0 * COALESCE(m.utc_offset_min, %(fleet_offset)s) AS off_s
+           -- float8 (date_part, not extract): numeric would be cast back inside every
+           -- business_seconds() call, and numeric to float8 goes through text.
+           date_part('epoch', COALESCE(m.business_open, time '08:00')) AS open_s,
+           date_part('epoch', COALESCE(m.business_close, time '22:00')) AS close_s,
+           60.0::float8 * COALESCE(m.utc_offset_min, %(fleet_offset)s) AS off_s
     FROM {hierarchy}
     WHERE {filter}
 ),
@@ -162,30 +164,31 @@ history AS (
     WINDOW w AS (PARTITION BY h.device_id ORDER BY h.at, h.seq)
 ),
 clipped AS (
+    -- Interval ends as epoch seconds (float arithmetic from here on: no numeric, no intervals).
     SELECT key, device_id, state, open_s, close_s, off_s,
-           GREATEST(at, %(start)s) AS s, LEAST(COALESCE(until, 'infinity'), %(end)s) AS e
+           date_part('epoch', GREATEST(at, %(start)s)) AS s,
+           date_part('epoch', LEAST(COALESCE(until, 'infinity'), %(end)s)) AS e
     FROM history
     WHERE COALESCE(until, 'infinity') > %(start)s AND state = ANY(%(deployed)s)
 ),
-business AS (
-    -- Each interval's overlap with the merchant's business hours (see business_seconds()).
-    SELECT c.key, c.state, extract(epoch FROM c.e - c.s) AS t_s,
-           business_seconds(c.e, c.off_s, c.open_s, c.close_s) - business_seconds(c.s, c.off_s, c.open_s, c.close_s)
-               AS b_s
-    FROM clipped c
+per_device AS (
+    -- Business time of an interval: its overlap with the merchant's hours (business_seconds()).
+    SELECT key, device_id,
+           sum(e - s) AS deployed_s,
+           sum(e - s) FILTER (WHERE state = ANY(%(up)s)) AS up_s,
+           sum(e - s) FILTER (WHERE state = ANY(%(failure)s)) AS failure_s,
+           sum(e - s) FILTER (WHERE state = ANY(%(good)s)) AS good_s,
+           sum(business_seconds(e, off_s, open_s, close_s) - business_seconds(s, off_s, open_s, close_s))
+               AS b_expected_s,
+           sum(business_seconds(e, off_s, open_s, close_s) - business_seconds(s, off_s, open_s, close_s))
+               FILTER (WHERE state = ANY(%(up)s)) AS b_up_s
+    FROM clipped GROUP BY key, device_id
 ),
 times AS (
-    SELECT key,
-           sum(t_s) AS deployed_s,
-           sum(t_s) FILTER (WHERE state = ANY(%(up)s)) AS up_s,
-           sum(t_s) FILTER (WHERE state = ANY(%(failure)s)) AS failure_s,
-           sum(t_s) FILTER (WHERE state = ANY(%(good)s)) AS good_s,
-           sum(b_s) AS b_expected_s,
-           sum(b_s) FILTER (WHERE state = ANY(%(up)s)) AS b_up_s
-    FROM business GROUP BY key
-),
-devices_in AS (
-    SELECT key, count(DISTINCT device_id) AS devices FROM clipped GROUP BY key
+    SELECT key, count(*) AS devices, sum(deployed_s) AS deployed_s, sum(up_s) AS up_s,
+           sum(failure_s) AS failure_s, sum(good_s) AS good_s,
+           sum(b_expected_s) AS b_expected_s, sum(b_up_s) AS b_up_s
+    FROM per_device GROUP BY key
 ),
 failures AS (
     SELECT key, count(*) AS failures FROM history
@@ -197,22 +200,26 @@ repairs AS (
     WHERE at >= %(start)s AND previous = ANY(%(failure)s) AND state = ANY(%(up)s) AND fault_at = run_at
     GROUP BY key
 ),
-days AS (
-    SELECT day::date AS day,
-           (day - make_interval(mins => %(fleet_offset)s)) AT TIME ZONE 'UTC' AS day_start
-    FROM generate_series(
-        date_trunc('day', %(start)s AT TIME ZONE 'UTC' + make_interval(mins => %(fleet_offset)s)),
-        (%(end)s - interval '1 microsecond') AT TIME ZONE 'UTC' + make_interval(mins => %(fleet_offset)s),
-        interval '1 day') AS day
-),
-deployed_days AS (
-    SELECT DISTINCT c.key, c.device_id, d.day FROM clipped c
-    JOIN days d ON c.s < d.day_start + interval '1 day' AND c.e > d.day_start
-),
 power AS (
-    SELECT dd.key, count(*) AS deployed_days, count(r.device_id) AS seen_days
-    FROM deployed_days dd LEFT JOIN device_daily r ON r.device_id = dd.device_id AND r.day = dd.day
-    GROUP BY dd.key
+    -- Device-days deployed (the fleet's local days, numbered from 1970-01-01, that a deployed
+    -- interval touches) and which of them have a daily rollup row: one hash aggregation over
+    -- both, no join.
+    SELECT key, count(*) AS deployed_days, count(*) FILTER (WHERE seen) AS seen_days
+    FROM (
+        SELECT key, device_id, day, bool_or(seen) AS seen, bool_or(NOT seen) AS deployed
+        FROM (
+            SELECT c.key, c.device_id, g.day, false AS seen
+            FROM clipped c, generate_series(floor((c.s + %(fleet_offset)s * 60.0) / 86400)::int,
+                                            ceil((c.e + %(fleet_offset)s * 60.0) / 86400)::int - 1) AS g(day)
+            UNION ALL
+            SELECT s.key, r.device_id, r.day - date '1970-01-01', true
+            FROM device_daily r JOIN scope s USING (device_id)
+            WHERE r.day BETWEEN %(first_day)s AND %(last_day)s
+        ) u
+        GROUP BY key, device_id, day
+    ) device_days
+    WHERE deployed
+    GROUP BY key
 ),
 announced AS (
     SELECT key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played,
@@ -243,9 +250,9 @@ ota AS (
     GROUP BY s.key
 ),
 keys AS (
-    SELECT key FROM devices_in UNION SELECT key FROM announced UNION SELECT key FROM ota
+    SELECT key FROM times UNION SELECT key FROM announced UNION SELECT key FROM ota
 )
-SELECT k.key, COALESCE(di.devices, 0) AS devices,
+SELECT k.key, COALESCE(t.devices, 0) AS devices,
        COALESCE(t.deployed_s, 0) AS deployed_s, COALESCE(t.up_s, 0) AS up_s,
        COALESCE(t.failure_s, 0) AS failure_s, COALESCE(t.good_s, 0) AS good_s,
        COALESCE(t.b_expected_s, 0) AS b_expected_s, COALESCE(t.b_up_s, 0) AS b_up_s,
@@ -255,7 +262,7 @@ SELECT k.key, COALESCE(di.devices, 0) AS devices,
        COALESCE(o.targeted, 0) AS ota_targeted, COALESCE(o.reached, 0) AS ota_reached,
        COALESCE(o.unreachable, 0) AS ota_unreachable
 FROM keys k
-LEFT JOIN devices_in di USING (key) LEFT JOIN times t USING (key) LEFT JOIN failures f USING (key)
+LEFT JOIN times t USING (key) LEFT JOIN failures f USING (key)
 LEFT JOIN repairs r USING (key) LEFT JOIN power pw USING (key) LEFT JOIN announced a USING (key)
 LEFT JOIN ota o USING (key)
 ORDER BY k.key
@@ -348,10 +355,13 @@ class FleetFigures:
             merchant_key=_payment_key(level) if level in _MERCHANT_LEVELS else sql.SQL("NULL"),
             unrouted=unrouted,
         )
+        local = timedelta(minutes=self._offset)
         params = {
             "start": start,
             "end": end,
             "fleet_offset": self._offset,
+            "first_day": (start.astimezone(UTC) + local).date(),
+            "last_day": (end.astimezone(UTC) + local - timedelta(microseconds=1)).date(),
             "up": _states(UP_STATES),
             "failure": _states(FAILURE_STATES),
             "good": _states(GOOD_STATES),

@@ -1,10 +1,21 @@
 """MQTT → validated → batched into PostgreSQL.
 
 Every uplink message (hello, health, event, presence) is validated against its v1 model; a bad
-one is logged with its topic and dropped, and the ingest goes on. Good ones wait in a bounded
-queue; a writer flushes them in one transaction per batch (COPY for health rows). When the
-database is away the writer keeps its batch and retries, the queue fills, and the receive loop
-stops taking messages, so the broker holds them (persistent session) instead of us losing them.
+one is logged with its topic, acknowledged and dropped, and the ingest goes on. Good ones wait
+in a bounded queue; a writer flushes them in one transaction per batch (COPY for the append-only
+tables, one set-based upsert per table for the rest).
+
+Nothing acknowledged is lost. With `ack_after_commit` (the default on an external broker) a
+message is acknowledged to the broker only after the transaction holding it commits, and the
+link asks the broker (MQTT 5 Receive Maximum) for no more unacknowledged messages than the queue
+holds. When the database is away the writer keeps its batch and retries with backoff, nothing is
+acknowledged, the broker stops sending once the window is full and keeps the rest in the
+persistent session; a crash before the commit means the broker sends those messages again. The
+broker must be allowed to queue that much: see `deploy/mosquitto.conf`. Delivery is therefore at
+least once: after a reconnect mid-batch a few messages can be stored twice.
+
+The embedded amqtt broker gives up on a QoS 1 message whose PUBACK takes more than 5 s (and
+drops it), so there the ingest acknowledges on receipt and relies on its in-memory queue.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
@@ -23,7 +35,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from edge_agent.link import Backoff, Link
+from edge_agent.link import Backoff, Link, Receipt, Session
 from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
@@ -42,6 +54,7 @@ INGESTED_KINDS = (topics.Up.HELLO, topics.Up.HEALTH, topics.Up.EVENT, topics.Up.
 class Received:
     received_at: datetime
     message: Message
+    receipt: Receipt | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +64,9 @@ class IngestStats:
     written: int = 0
     batches: int = 0
     write_failures: int = 0
+    # Stored, but the connection that brought them had gone before the acknowledgement: the
+    # broker sends them again and they are stored twice.
+    acks_void: int = 0
 
 
 def _at(ms: int) -> datetime:
@@ -68,8 +84,10 @@ class Ingest:
         flush_s: float = 0.2,
         queue_size: int = 20_000,
         policy: IngestPolicy | None = None,
+        ack_after_commit: bool = True,
     ) -> None:
         self._pool = pool
+        self._ack_after_commit = ack_after_commit
         self._policy = policy or IngestPolicy()
         self._batch_size = batch_size
         self._flush_s = flush_s
@@ -81,6 +99,9 @@ class Ingest:
             client_id=client_id,
             subscriptions=[topics.fleet_uplink_filter(kind) for kind in INGESTED_KINDS],
             on_message=self._on_message,
+            manual_ack=ack_after_commit,
+            # MQTT 5 lets us cap what is in flight to us unacknowledged at what the queue holds.
+            session=Session(mqtt_version="5", receive_maximum=min(queue_size, 65_535)) if ack_after_commit else None,
         )
 
     async def __aenter__(self) -> Self:
@@ -103,6 +124,7 @@ class Ingest:
 
     async def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
+        receipt = self._link.receipt(message) if self._ack_after_commit else None
         self.stats.received += 1
         try:
             parsed = topics.parse(topic)
@@ -115,9 +137,11 @@ class Ingest:
         except MessageError as exc:
             self.stats.rejected += 1
             log.warning("malformed device message dropped", topic=topic, error=str(exc))
+            if receipt is not None:
+                self._link.ack(receipt)
             return
         # Blocks when the queue is full: back-pressure onto the broker, never a drop.
-        await self._queue.put(Received(datetime.now(tz=UTC), model))
+        await self._queue.put(Received(datetime.now(tz=UTC), model, receipt))
 
     async def _next_batch(self) -> list[Received]:
         batch = [await self._queue.get()]
@@ -151,6 +175,9 @@ class Ingest:
                     )
                     await asyncio.sleep(delay)
             backoff.reset()
+            for item in batch:
+                if item.receipt is not None and not self._link.ack(item.receipt):
+                    self.stats.acks_void += 1
             self.stats.written += len(batch)
             self.stats.batches += 1
             for _ in batch:
@@ -208,6 +235,19 @@ class _Day:
     first_at: datetime | None = None
     last_at: datetime | None = None
 
+    def counts(self) -> tuple[object, ...]:
+        """The rollup columns after (device_id, day), in table order."""
+        return (
+            self.messages,
+            self.health_reports,
+            self.fault_events,
+            self.audio_failures,
+            self.reconnects,
+            self.min_rssi_dbm,
+            self.first_at,
+            self.last_at,
+        )
+
     def add(self, item: Received) -> None:
         msg, at = item.message, item.received_at
         self.messages += 1
@@ -240,8 +280,9 @@ class _Rows:
     policy: IngestPolicy
     seen: dict[str, datetime] = field(default_factory=dict)
     first: dict[str, datetime] = field(default_factory=dict)
-    hellos: list[tuple[object, ...]] = field(default_factory=list)
-    presences: list[tuple[object, ...]] = field(default_factory=list)
+    # The latest hello and presence of each device in the batch (arrival order).
+    hellos: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    presences: dict[str, tuple[object, ...]] = field(default_factory=dict)
     events: list[tuple[object, ...]] = field(default_factory=list)
     health: list[tuple[object, ...]] = field(default_factory=list)
     days: dict[tuple[str, date], _Day] = field(default_factory=lambda: defaultdict(_Day))
@@ -256,9 +297,9 @@ class _Rows:
         self.days[msg.device_id, self.policy.local_day(at)].add(item)
         self.observations.extend(observations_of(item))
         if isinstance(msg, Hello):
-            self.hellos.append((msg.serial, msg.model, msg.firmware, msg.boot_id, at, msg.device_id))
+            self.hellos[msg.device_id] = (msg.serial, msg.model, msg.firmware, msg.boot_id, at, msg.device_id)
         elif isinstance(msg, Presence):
-            self.presences.append((msg.online, msg.reason, at, msg.device_id, at))
+            self.presences[msg.device_id] = (msg.online, msg.reason, at, msg.device_id)
         elif isinstance(msg, Event):
             self.events.append((msg.device_id, _at(msg.ts), at, msg.kind, json.dumps(msg.detail)))
         elif isinstance(msg, Health):
@@ -284,8 +325,85 @@ class _Rows:
             entry = self.cells.setdefault((msg.device_id, keys[0]), [keys[1], at, at, 0])
             entry[1], entry[2] = min(entry[1], at), max(entry[2], at)
             entry[3] += 1
-        gps = (msg.gps.lat, msg.gps.lon) if msg.gps else (None, None)
-        self.positions[msg.device_id] = (keys[0] if keys else None, *gps)
+        # The last known of each, as if the reports had been applied one by one.
+        cell, lat, lon = self.positions.get(msg.device_id, (None, None, None))
+        if keys is not None:
+            cell = keys[0]
+        if msg.gps is not None:
+            lat, lon = msg.gps.lat, msg.gps.lon
+        self.positions[msg.device_id] = (cell, lat, lon)
+
+
+def columns(rows: Iterable[Sequence[object]], width: int) -> list[list[object]]:
+    """Rows turned into `width` column lists: the parameters of one `unnest(...)` statement."""
+    out: list[list[object]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(out, row, strict=True):
+            column.append(value)
+    return out
+
+
+async def copy_rows(cur: psycopg.AsyncCursor[Any], statement: str, rows: Iterable[Sequence[object]]) -> None:
+    async with cur.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(row)
+
+
+# Each table gets one statement per batch whatever the batch's size: the rows go in as arrays
+# through unnest() (upserts) or COPY (append-only tables). Device rows are touched in device id
+# order so that ingest processes sharing the stream lock them in the same order and never deadlock.
+_UPSERT_DEVICES = """
+INSERT INTO devices (device_id, first_contact, last_seen, last_cell, last_gps_lat, last_gps_lon)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::float8[], %s::float8[])
+ORDER BY 1
+ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
+    first_contact = LEAST(devices.first_contact, EXCLUDED.first_contact),
+    last_cell = COALESCE(EXCLUDED.last_cell, devices.last_cell),
+    last_gps_lat = COALESCE(EXCLUDED.last_gps_lat, devices.last_gps_lat),
+    last_gps_lon = COALESCE(EXCLUDED.last_gps_lon, devices.last_gps_lon)
+"""
+_HELLOS = """
+UPDATE devices d SET reported_serial = h.serial, model = h.model, firmware = h.firmware, boot_id = h.boot_id,
+    hello_at = h.at
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+    AS h(serial, model, firmware, boot_id, at, device_id)
+WHERE d.device_id = h.device_id
+"""
+# Ordered by arrival at the server: a last will carries the time its device connected, so the
+# device's own clock cannot order it against the "online" that followed.
+_PRESENCES = """
+UPDATE devices d SET online = p.online, presence_reason = p.reason, presence_at = p.at
+FROM unnest(%s::boolean[], %s::text[], %s::timestamptz[], %s::text[]) AS p(online, reason, at, device_id)
+WHERE d.device_id = p.device_id AND (d.presence_at IS NULL OR d.presence_at <= p.at)
+"""
+_COPY_EVENTS = "COPY device_events (device_id, ts, received_at, kind, detail) FROM STDIN"
+_COPY_HEALTH = (
+    "COPY device_health (device_id, ts, received_at, uptime_s, rssi_dbm, volume,"
+    " queue_depth, played_total, mem_rss_kb, payload) FROM STDIN"
+)
+_UPSERT_DAILY = """
+INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, audio_failures,
+    reconnects, min_rssi_dbm, first_at, last_at)
+SELECT * FROM unnest(%s::text[], %s::date[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+    %s::int2[], %s::timestamptz[], %s::timestamptz[])
+ON CONFLICT (device_id, day) DO UPDATE SET messages = t.messages + EXCLUDED.messages,
+    health_reports = t.health_reports + EXCLUDED.health_reports,
+    fault_events = t.fault_events + EXCLUDED.fault_events,
+    audio_failures = t.audio_failures + EXCLUDED.audio_failures,
+    reconnects = t.reconnects + EXCLUDED.reconnects,
+    min_rssi_dbm = LEAST(t.min_rssi_dbm, EXCLUDED.min_rssi_dbm),
+    first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)
+"""
+_UPSERT_CELLS = """
+INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)
+SELECT c.device_id, c.cell, c.area, c.first_seen, c.last_seen, c.reports,
+    c.first_seen <= GREATEST(d.installed_at, d.first_contact) + make_interval(secs => %s)
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int8[])
+    AS c(device_id, cell, area, first_seen, last_seen, reports)
+JOIN devices d USING (device_id)
+ON CONFLICT (device_id, cell) DO UPDATE SET last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),
+    reports = t.reports + EXCLUDED.reports, learned = t.learned OR EXCLUDED.learned
+"""
 
 
 async def write_batch(
@@ -297,89 +415,27 @@ async def write_batch(
     for item in batch:
         rows.add(item)
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO devices (device_id, first_contact, last_seen) VALUES (%s, %s, %s)"
-            " ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),"
-            " first_contact = LEAST(devices.first_contact, EXCLUDED.first_contact)",
-            [(device, rows.first[device], last) for device, last in sorted(rows.seen.items())],
+        no_position = (None, None, None)
+        devices = (
+            (d, rows.first[d], last, *rows.positions.get(d, no_position)) for d, last in sorted(rows.seen.items())
         )
+        await cur.execute(_UPSERT_DEVICES, columns(devices, 6))
         if rows.hellos:
-            await cur.executemany(
-                "UPDATE devices SET reported_serial = %s, model = %s, firmware = %s, boot_id = %s, hello_at = %s"
-                " WHERE device_id = %s",
-                rows.hellos,
-            )
+            await cur.execute(_HELLOS, columns(rows.hellos.values(), 6))
         if rows.presences:
-            # Ordered by arrival at the server: a last will carries the time its device connected,
-            # so the device's own clock cannot order it against the "online" that followed.
-            await cur.executemany(
-                "UPDATE devices SET online = %s, presence_reason = %s, presence_at = %s"
-                " WHERE device_id = %s AND (presence_at IS NULL OR presence_at <= %s)",
-                rows.presences,
-            )
-        if rows.positions:
-            await cur.executemany(
-                "UPDATE devices SET last_cell = COALESCE(%s, last_cell), last_gps_lat = COALESCE(%s, last_gps_lat),"
-                " last_gps_lon = COALESCE(%s, last_gps_lon) WHERE device_id = %s",
-                [(cell, lat, lon, d) for d, (cell, lat, lon) in sorted(rows.positions.items())],
-            )
+            await cur.execute(_PRESENCES, columns(rows.presences.values(), 4))
         if rows.events:
-            await cur.executemany(
-                "INSERT INTO device_events (device_id, ts, received_at, kind, detail) VALUES (%s, %s, %s, %s, %s)",
-                rows.events,
-            )
+            await copy_rows(cur, _COPY_EVENTS, rows.events)
         if rows.health:
-            async with cur.copy(
-                "COPY device_health (device_id, ts, received_at, uptime_s, rssi_dbm, volume,"
-                " queue_depth, played_total, mem_rss_kb, payload) FROM STDIN"
-            ) as copy:
-                for row in rows.health:
-                    await copy.write_row(row)
-        await cur.executemany(
-            "INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, audio_failures,"
-            " reconnects, min_rssi_dbm, first_at, last_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (device_id, day) DO UPDATE SET messages = t.messages + EXCLUDED.messages,"
-            " health_reports = t.health_reports + EXCLUDED.health_reports,"
-            " fault_events = t.fault_events + EXCLUDED.fault_events,"
-            " audio_failures = t.audio_failures + EXCLUDED.audio_failures,"
-            " reconnects = t.reconnects + EXCLUDED.reconnects,"
-            " min_rssi_dbm = LEAST(t.min_rssi_dbm, EXCLUDED.min_rssi_dbm),"
-            " first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)",
-            [
-                (
-                    d,
-                    day,
-                    v.messages,
-                    v.health_reports,
-                    v.fault_events,
-                    v.audio_failures,
-                    v.reconnects,
-                    v.min_rssi_dbm,
-                    v.first_at,
-                    v.last_at,
-                )
-                for (d, day), v in sorted(rows.days.items())
-            ],
+            await copy_rows(cur, _COPY_HEALTH, rows.health)
+        await cur.execute(
+            _UPSERT_DAILY,
+            columns(
+                ((d, day, *v.counts()) for (d, day), v in sorted(rows.days.items())),
+                10,
+            ),
         )
         if rows.cells:
-            await cur.executemany(
-                "INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)"
-                " SELECT %(d)s, %(cell)s, %(area)s, %(first)s, %(last)s, %(n)s,"
-                "  %(first)s <= GREATEST(installed_at, first_contact) + make_interval(secs => %(learn_s)s)"
-                " FROM devices WHERE device_id = %(d)s"
-                " ON CONFLICT (device_id, cell) DO UPDATE SET last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),"
-                " reports = t.reports + EXCLUDED.reports, learned = t.learned OR EXCLUDED.learned",
-                [
-                    {
-                        "d": d,
-                        "cell": cell,
-                        "area": area,
-                        "first": first,
-                        "last": last,
-                        "n": n,
-                        "learn_s": policy.cell_learning_days * 86400,
-                    }
-                    for (d, cell), (area, first, last, n) in sorted(rows.cells.items())
-                ],
-            )
+            cells = columns(((d, cell, *entry) for (d, cell), entry in sorted(rows.cells.items())), 6)
+            await cur.execute(_UPSERT_CELLS, [policy.cell_learning_days * 86400, *cells])
         return await tracker.apply(cur, rows.observations, clean_reports=policy.clean_reports_to_verify)

@@ -57,8 +57,9 @@ def fold(
         signal = obs.signal
         if signal is Signal.HEALTHY:
             # A clean report counts towards verification; the machine sees HEALTHY only once the
-            # streak is long enough, and until then the report is just a sign of life.
-            device.streak += 1
+            # streak is long enough, and until then the report is just a sign of life. Counting
+            # stops there, so a steady healthy device's row is not rewritten on every report.
+            device.streak = min(device.streak + 1, clean_reports)
             if device.streak < clean_reports:
                 signal = Signal.SEEN
         elif signal is Signal.FAULT:
@@ -71,24 +72,38 @@ def fold(
     return out
 
 
-async def apply(
-    cur: AsyncCursor[Any], observations: list[Observation], *, clean_reports: int = CLEAN_REPORTS_TO_VERIFY
-) -> list[Transition]:
-    """Apply a batch of observations in the caller's transaction; returns the transitions made."""
-    if not observations:
-        return []
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A batch of observations run through the machine: the transitions, and for every device
+    whose state or streak changed its new (state, state_since or None if unchanged, streak)."""
+
+    transitions: list[Transition]
+    devices: dict[str, tuple[str | None, datetime | None, int]]
+
+
+async def lock(cur: AsyncCursor[Any], device_ids: list[str]) -> dict[str, DeviceCursor]:
+    """Lock the devices' rows in id order (so concurrent writers never deadlock); their cursors."""
+    await cur.execute(
+        "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+        (sorted(device_ids),),
+    )
+    return {row[0]: DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2]) for row in await cur.fetchall()}
+
+
+def advance(
+    current: dict[str, DeviceCursor],
+    observations: list[Observation],
+    *,
+    clean_reports: int = CLEAN_REPORTS_TO_VERIFY,
+) -> Outcome:
+    """Fold each device's observations (sorted here by time) from its cursor in `current`;
+    a device missing from `current` is skipped."""
     by_device: dict[str, list[Observation]] = defaultdict(list)
     for obs in sorted(observations, key=lambda o: o.at):
         by_device[obs.device_id].append(obs)
-    ids = sorted(by_device)
-    await cur.execute(
-        "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
-        (ids,),
-    )
-    current = {row[0]: DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2]) for row in await cur.fetchall()}
     transitions: list[Transition] = []
-    updates: list[tuple[object, ...]] = []
-    for device_id in ids:
+    devices: dict[str, tuple[str | None, datetime | None, int]] = {}
+    for device_id in sorted(by_device):
         cursor = current.get(device_id)
         if cursor is None:
             continue  # not registered and never seen: ingest inserts the row before applying
@@ -96,27 +111,36 @@ async def apply(
         made = fold(cursor, by_device[device_id], clean_reports=clean_reports)
         transitions.extend(made)
         if made or before != (cursor.state, cursor.streak):
-            since = made[-1].at if made else None
-            updates.append((cursor.state.value if cursor.state else None, since, cursor.streak, device_id))
-    if updates:
-        await cur.executemany(
-            "UPDATE devices SET state = %s, state_since = COALESCE(%s, state_since), healthy_streak = %s"
-            " WHERE device_id = %s",
-            updates,
+            state = cursor.state.value if cursor.state else None
+            devices[device_id] = (state, made[-1].at if made else None, cursor.streak)
+    return Outcome(transitions, devices)
+
+
+async def record(cur: AsyncCursor[Any], transitions: list[Transition]) -> None:
+    """Store transitions with their causes (append-only history)."""
+    if not transitions:
+        return
+    async with cur.copy("COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN") as copy:
+        for t in transitions:
+            previous = t.previous.value if t.previous else None
+            await copy.write_row((t.device_id, t.at, t.state.value, previous, t.cause, json.dumps(t.detail)))
+
+
+async def apply(
+    cur: AsyncCursor[Any], observations: list[Observation], *, clean_reports: int = CLEAN_REPORTS_TO_VERIFY
+) -> list[Transition]:
+    """Apply observations in the caller's transaction; returns the transitions made."""
+    if not observations:
+        return []
+    current = await lock(cur, list({obs.device_id for obs in observations}))
+    outcome = advance(current, observations, clean_reports=clean_reports)
+    if outcome.devices:
+        await cur.execute(
+            "UPDATE devices d SET state = u.state, state_since = COALESCE(u.since, d.state_since),"
+            " healthy_streak = u.streak"
+            " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[]) AS u(state, since, streak, device_id)"
+            " WHERE d.device_id = u.device_id",
+            [list(column) for column in zip(*((*v, d) for d, v in outcome.devices.items()), strict=True)],
         )
-    if transitions:
-        await cur.executemany(
-            "INSERT INTO device_states (device_id, at, state, previous, cause, detail) VALUES (%s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    t.device_id,
-                    t.at,
-                    t.state.value,
-                    t.previous.value if t.previous else None,
-                    t.cause,
-                    json.dumps(t.detail),
-                )
-                for t in transitions
-            ],
-        )
-    return transitions
+    await record(cur, outcome.transitions)
+    return outcome.transitions

@@ -151,6 +151,11 @@ class ServerStack:
                     batch_size=self.settings.ingest_batch_size,
                     flush_s=self.settings.ingest_flush_s,
                     policy=IngestPolicy(utc_offset_min=offset, cell_learning_days=self.settings.cell_learning_days),
+                    ack_after_commit=(
+                        self.settings.ingest_ack_after_commit
+                        if self.settings.ingest_ack_after_commit is not None
+                        else self.settings.mqtt_url is not None
+                    ),
                 )
             )
             self.inspector = await self._stack.enter_async_context(

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     mqtt_client_prefix: str = "haodian"
     ingest_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 500
     ingest_flush_s: Annotated[float, Field(gt=0, le=10)] = 0.2
+    # Acknowledge device messages to the broker only once stored (MQTT 5, manual acks). Unset:
+    # on with an external broker, off with the embedded amqtt one, which drops a QoS 1 message
+    # whose acknowledgement takes more than 5 s.
+    ingest_ack_after_commit: bool | None = None
     # Inspection thresholds, e.g. HAODIAN_INSPECTION__LOST_AFTER_DAYS=3.
     inspection: InspectionThresholds = InspectionThresholds()
     # The fleet's local time for "a day" (power-on rate, daily rollup): China Standard Time.
