@@ -87,7 +87,7 @@ class Ingest:
         ack_after_commit: bool = True,
     ) -> None:
         self._pool = pool
-        self._ack_after_commit = ack_after_commit
+        self.ack_after_commit = ack_after_commit
         self._policy = policy or IngestPolicy()
         self._batch_size = batch_size
         self._flush_s = flush_s
@@ -124,7 +124,7 @@ class Ingest:
 
     async def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
-        receipt = self._link.receipt(message) if self._ack_after_commit else None
+        receipt = self._link.receipt(message) if self.ack_after_commit else None
         self.stats.received += 1
         try:
             parsed = topics.parse(topic)

@@ -200,7 +200,15 @@ class ServerStack:
                 try:
                     await part.wait_connected(30)
                 except TimeoutError:
-                    raise RuntimeError(f"cannot reach the MQTT broker at {self.endpoint.url()} within 30 s") from None
+                    hint = ""
+                    if part is self.ingest and self.ingest.ack_after_commit:
+                        hint = (
+                            " (the ingest connects with MQTT 5 to acknowledge only what it has stored; for an"
+                            " MQTT 3.1.1 broker such as `haodian broker`, set HAODIAN_INGEST_ACK_AFTER_COMMIT=false)"
+                        )
+                    raise RuntimeError(
+                        f"cannot reach the MQTT broker at {self.endpoint.url()} within 30 s{hint}"
+                    ) from None
 
     async def _stop_http(self) -> None:
         if self._http is not None and self._http_task is not None:
