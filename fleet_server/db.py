@@ -1,4 +1,5 @@
-"""PostgreSQL access shared by the server parts: a connection pool and versioned migrations.
+"""PostgreSQL access shared by the server parts: a connection pool, versioned migrations, and
+the two ways batches are written (COPY rows, unnest() columns).
 
 Migrations are the numbered SQL files in `migrations/`, applied in order, each in its own
 transaction, under an advisory lock so that several processes starting at once apply each
@@ -8,9 +9,10 @@ exactly once.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import psycopg
 import structlog
@@ -84,3 +86,19 @@ async def timescaledb_available(pool: AsyncConnectionPool) -> bool:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
         return await cur.fetchone() is not None
+
+
+def columns(rows: Iterable[Sequence[object]], width: int) -> list[list[object]]:
+    """Rows turned into `width` column lists: the parameters of one `unnest(...)` statement."""
+    out: list[list[object]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(out, row, strict=True):
+            column.append(value)
+    return out
+
+
+async def copy_rows(cur: psycopg.AsyncCursor[Any], statement: str, rows: Iterable[Sequence[object]]) -> None:
+    """Stream `rows` into a `COPY ... FROM STDIN` statement (append-only tables)."""
+    async with cur.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(row)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
@@ -42,6 +41,7 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import UP_MODELS, Event, Health, Hello, Message, Presence, parse_payload
 from fleet_server import tracker
+from fleet_server.db import columns, copy_rows
 from fleet_server.states import Signal
 from fleet_server.tracker import Observation
 
@@ -332,21 +332,6 @@ class _Rows:
         if msg.gps is not None:
             lat, lon = msg.gps.lat, msg.gps.lon
         self.positions[msg.device_id] = (cell, lat, lon)
-
-
-def columns(rows: Iterable[Sequence[object]], width: int) -> list[list[object]]:
-    """Rows turned into `width` column lists: the parameters of one `unnest(...)` statement."""
-    out: list[list[object]] = [[] for _ in range(width)]
-    for row in rows:
-        for column, value in zip(out, row, strict=True):
-            column.append(value)
-    return out
-
-
-async def copy_rows(cur: psycopg.AsyncCursor[Any], statement: str, rows: Iterable[Sequence[object]]) -> None:
-    async with cur.copy(statement) as copy:
-        for row in rows:
-            await copy.write_row(row)
 
 
 # Each table gets one statement per batch whatever the batch's size: the rows go in as arrays

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg import AsyncCursor
 
+from fleet_server.db import columns, copy_rows
 from fleet_server.states import DeviceState, Signal, next_state
 
 # A device is verified healthy after this many clean health reports in a row: one clean report
@@ -120,10 +121,14 @@ async def record(cur: AsyncCursor[Any], transitions: list[Transition]) -> None:
     """Store transitions with their causes (append-only history)."""
     if not transitions:
         return
-    async with cur.copy("COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN") as copy:
-        for t in transitions:
-            previous = t.previous.value if t.previous else None
-            await copy.write_row((t.device_id, t.at, t.state.value, previous, t.cause, json.dumps(t.detail)))
+    await copy_rows(
+        cur,
+        "COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN",
+        (
+            (t.device_id, t.at, t.state.value, t.previous.value if t.previous else None, t.cause, json.dumps(t.detail))
+            for t in transitions
+        ),
+    )
 
 
 async def apply(
@@ -140,7 +145,7 @@ async def apply(
             " healthy_streak = u.streak"
             " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[]) AS u(state, since, streak, device_id)"
             " WHERE d.device_id = u.device_id",
-            [list(column) for column in zip(*((*v, d) for d, v in outcome.devices.items()), strict=True)],
+            columns(((*v, d) for d, v in outcome.devices.items()), 4),
         )
     await record(cur, outcome.transitions)
     return outcome.transitions
