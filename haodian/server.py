@@ -38,6 +38,7 @@ from haodian.keys import ServerKeys
 from haodian.settings import Settings
 from payment_bridge import api as bridge_api
 from payment_bridge.bridge import PaymentBridge
+from payment_bridge.keyring import PlatformKeys
 from payment_bridge.store import PaymentStore
 
 log = structlog.get_logger(__name__)
@@ -175,6 +176,11 @@ class ServerStack:
                     client_id=f"{prefix}-bridge",
                     ttl_s=self.settings.announce_ttl_s,
                     ack_timeout_s=self.settings.ack_timeout_s,
+                    platform_keys=PlatformKeys(
+                        alipay_public_key_file=self.settings.alipay_public_key_file,
+                        wechatpay_keys_dir=self.settings.wechatpay_keys_dir,
+                        wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
+                    ),
                 )
             )
             self.app.state.bridge = self.bridge

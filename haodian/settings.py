@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     # The payment backend's RSA public key (PEM) verifying its notifications.
     backend_public_key_file: Path | None = None
+    # Payment platforms' keys, re-read when the files change (rotation without a restart):
+    # the Alipay public key (PEM; several blocks while a new key is rolled in), a folder of
+    # WeChat Pay platform certificates and PUB_KEY_ID_*.pem public keys, and the merchant's
+    # WeChat Pay APIv3 key (32 characters). Unset: that platform's notifications are refused.
+    alipay_public_key_file: Path | None = None
+    wechatpay_keys_dir: Path | None = None
+    wechatpay_apiv3_key_file: Path | None = None
     # A payment older than this is not announced: a merchant hearing a payment minutes late is
     # confusing, and the customer has long gone. Devices enforce it too.
     announce_ttl_s: Annotated[int, Field(ge=5, le=3600)] = 120

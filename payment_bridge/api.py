@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
+from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.store import Binding, DeliverySummary, PaymentStore, PaymentView
@@ -19,6 +21,11 @@ _MESSAGES_ZH = {
     "SIGNATURE_MISSING": "缺少签名",
     "SIGNATURE_INVALID": "签名验证失败",
     "NOTIFICATION_INVALID": "通知格式错误",
+    "CHARSET_UNSUPPORTED": "不支持的字符集",
+    "SERIAL_UNKNOWN": "未知的平台证书序列号",
+    "TIMESTAMP_OUT_OF_WINDOW": "通知时间戳超出允许范围",
+    "DECRYPT_FAILED": "通知内容解密失败",
+    "KEY_NOT_CONFIGURED": "未配置平台密钥",
 }
 
 
@@ -61,6 +68,41 @@ async def backend_notification(request: Request, bridge: BridgeDep) -> Notificat
     return NotificationAccepted(
         payment_id=recorded.payment_id, duplicate=not recorded.is_new, devices=len(recorded.device_ids)
     )
+
+
+@router.post(
+    "/notifications/alipay",
+    summary="Alipay asynchronous notification (form, RSA2); answers the literal `success` once recorded",
+    response_class=PlainTextResponse,
+    responses={code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 503)},
+)
+async def alipay_notification(request: Request, bridge: BridgeDep) -> PlainTextResponse:
+    try:
+        await bridge.accept_alipay(await request.body(), request.headers)
+    except NotificationRejected as exc:
+        # Alipay reads only the body: anything but "success" makes it try again later.
+        return PlainTextResponse(ANSWER_FAILURE, status_code=exc.status)
+    return PlainTextResponse(ANSWER_SUCCESS)
+
+
+class WechatPayError(BaseModel):
+    code: str
+    message: str
+
+
+@router.post(
+    "/notifications/wechatpay",
+    summary="WeChat Pay API v3 notification (signed, AES-256-GCM); 204 once recorded",
+    status_code=204,
+    responses={code: {"model": WechatPayError} for code in (400, 401, 413, 503)},
+)
+async def wechatpay_notification(request: Request, bridge: BridgeDep) -> Response:
+    try:
+        await bridge.accept_wechatpay(await request.body(), request.headers)
+    except NotificationRejected as exc:
+        # WeChat Pay's own error shape, so its console shows why.
+        return JSONResponse(WechatPayError(code="FAIL", message=f"{exc.code}: {exc.reason}").model_dump(), exc.status)
+    return Response(status_code=204)
 
 
 @router.get("/payments/{payment_id}", summary="A payment and its per-device deliveries", responses=NOT_FOUND)

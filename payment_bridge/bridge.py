@@ -1,9 +1,9 @@
 """The bridge service: accept a notification, record it, announce it, follow the acks.
 
-    async with PaymentBridge(store, endpoint, signer, client_id=..., ttl_s=120, ack_timeout_s=10) as bridge:
-        result = await bridge.accept_backend(body, signature, sign_type, headers)
+    async with PaymentBridge(store, endpoint, signer, backend_key, client_id=..., platform_keys=keys) as bridge:
+        recorded = await bridge.accept_backend(body, headers)   # or accept_alipay, accept_wechatpay
 
-`accept_backend` returns only after the payment is durably recorded (and raises
+Each `accept_*` returns only after the payment is durably recorded (and raises
 `NotificationRejected`, after recording the rejection, for anything refused). Announces go out
 right away; a retry loop republishes any without an ack after `ack_timeout_s`, until the
 announce's TTL, after which the delivery is counted as missed.
@@ -12,7 +12,7 @@ announce's TTL, after which the delivery is counted as missed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -29,9 +29,17 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_payload
 from firmware_protocols.signing import Signer
+from payment_bridge.alipay import verify_alipay_notification
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.notifications import SIGN_TYPE_HEADER, SIGNATURE_HEADER, verify_backend_notification
+from payment_bridge.keyring import PlatformKeys
+from payment_bridge.notifications import (
+    SIGN_TYPE_HEADER,
+    SIGNATURE_HEADER,
+    PaymentNotice,
+    verify_backend_notification,
+)
 from payment_bridge.store import PaymentStore, PendingDelivery, Recorded
+from payment_bridge.wechatpay import verify_wechatpay_notification
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +78,10 @@ class PaymentBridge:
         client_id: str,
         ttl_s: int = 120,
         ack_timeout_s: float = 10.0,
+        platform_keys: PlatformKeys | None = None,
     ) -> None:
         self._store = store
+        self._keys = platform_keys or PlatformKeys()
         self._signer = signer
         self._backend_key = backend_key
         self._ttl = timedelta(seconds=ttl_s)
@@ -112,24 +122,63 @@ class PaymentBridge:
     async def accept_backend(
         self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
     ) -> Recorded:
+        """The backend's RSA2-signed JSON; `headers` with lower-case names."""
+        return await self._accept(
+            "backend",
+            lambda: verify_backend_notification(
+                body, headers.get(SIGNATURE_HEADER.lower()), headers.get(SIGN_TYPE_HEADER.lower()), self._backend_key
+            ),
+            body,
+            headers,
+            received_at,
+        )
+
+    async def accept_alipay(
+        self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
+    ) -> Recorded:
+        """Alipay's form-encoded asynchronous notification."""
+        return await self._accept(
+            "alipay", lambda: verify_alipay_notification(body, self._keys.alipay()), body, headers, received_at
+        )
+
+    async def accept_wechatpay(
+        self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
+    ) -> Recorded:
+        """WeChat Pay API v3's signed, encrypted notification; `headers` with lower-case names."""
+        at = received_at or datetime.now(tz=UTC)
+        return await self._accept(
+            "wechatpay",
+            lambda: verify_wechatpay_notification(
+                body, headers, platform_key=self._keys.wechatpay, apiv3_key=self._keys.apiv3_key(), now=at
+            ),
+            body,
+            headers,
+            at,
+        )
+
+    async def _accept(
+        self,
+        source: str,
+        verify: Callable[[], PaymentNotice],
+        body: bytes,
+        headers: Mapping[str, str],
+        received_at: datetime | None,
+    ) -> Recorded:
+        """Verify, record durably, then announce; returns only once the payment is recorded."""
         received_at = received_at or datetime.now(tz=UTC)
         try:
-            notification = verify_backend_notification(
-                body, headers.get(SIGNATURE_HEADER.lower()), headers.get(SIGN_TYPE_HEADER.lower()), self._backend_key
-            )
+            notification = verify()
         except NotificationRejected as exc:
             self.stats.rejected += 1
-            log.warning("notification rejected", source="backend", code=exc.code, reason=exc.reason)
+            log.warning("notification rejected", source=source, code=exc.code, reason=exc.reason)
             await self._store.record_rejected(
-                source="backend", code=exc.code, reason=exc.reason, body=body, headers=headers, received_at=received_at
+                source=source, code=exc.code, reason=exc.reason, body=body, headers=headers, received_at=received_at
             )
             raise
-        recorded = await self._store.record_payment(
-            notification, source="backend", received_at=received_at, ttl=self._ttl
-        )
+        recorded = await self._store.record_payment(notification, source=source, received_at=received_at, ttl=self._ttl)
         if not recorded.is_new:
             self.stats.duplicates += 1
-            log.info("notification repeated; already recorded", payment_id=notification.payment_id)
+            log.info("notification repeated; already recorded", source=source, payment_id=notification.payment_id)
             return recorded
         self.stats.accepted += 1
         if notification.kind is not None:

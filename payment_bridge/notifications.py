@@ -14,6 +14,8 @@ yuan strings, as every platform sends them, turned into integer fen here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -31,13 +33,40 @@ MAX_BODY_BYTES = 64 * 1024
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentNotice:
+    """A verified notification, whatever platform sent it: what the bridge records and announces.
+
+    `payment_id` is the platform's trade id, prefixed with the platform, so that every
+    notification about one trade (a platform's retries, Alipay's TRADE_FINISHED after
+    TRADE_SUCCESS) lands on one payment. `kind` None: recorded, not announced."""
+
+    notify_id: str
+    payment_id: str
+    merchant_id: str
+    amount_fen: int
+    channel: Channel
+    status: str
+    kind: AnnounceKind | None
+    paid_at: datetime
+    raw: str  # JSON: what the platform sent, kept with the payment
+
+
+def parse_yuan(amount: str) -> int:
+    """A decimal yuan string as the platforms send it ("12.50") in integer fen."""
+    return int(Decimal(amount) * 100)
+
+
+AMOUNT_PATTERN = r"^\d{1,10}(\.\d{1,2})?$"
+
+
 class BackendNotification(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     notify_id: Identifier
     payment_id: Identifier
     merchant_id: Identifier
-    amount: Annotated[str, StringConstraints(pattern=r"^\d{1,10}(\.\d{1,2})?$")]
+    amount: Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
     channel: Channel
     # SUCCESS and REFUND are announced; CLOSED (and any later status) is recorded only.
     status: Literal["SUCCESS", "REFUND", "CLOSED"]
@@ -45,17 +74,30 @@ class BackendNotification(BaseModel):
 
     @property
     def amount_fen(self) -> int:
-        return int(Decimal(self.amount) * 100)
+        return parse_yuan(self.amount)
 
     @property
     def kind(self) -> AnnounceKind | None:
         """What to announce, or None when this status is not announced."""
         return {"SUCCESS": AnnounceKind.PAYMENT, "REFUND": AnnounceKind.REFUND}.get(self.status)
 
+    def notice(self) -> PaymentNotice:
+        return PaymentNotice(
+            notify_id=self.notify_id,
+            payment_id=self.payment_id,
+            merchant_id=self.merchant_id,
+            amount_fen=self.amount_fen,
+            channel=self.channel,
+            status=self.status,
+            kind=self.kind,
+            paid_at=self.paid_at,
+            raw=self.model_dump_json(),
+        )
+
 
 def verify_backend_notification(
     body: bytes, signature: str | None, sign_type: str | None, public_key: RSAPublicKey
-) -> BackendNotification:
+) -> PaymentNotice:
     """Check size, signature, then shape; raise `NotificationRejected` for the first problem."""
     if len(body) > MAX_BODY_BYTES:
         raise NotificationRejected(413, "BODY_TOO_LARGE", f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
@@ -71,4 +113,4 @@ def verify_backend_notification(
         raise NotificationRejected(400, "NOTIFICATION_INVALID", describe_errors(exc.errors())) from exc
     if notification.amount_fen > MAX_AMOUNT_FEN:
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"amount {notification.amount} is out of range")
-    return notification
+    return notification.notice()

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from firmware_protocols.messages import Ack, AckStatus
-from payment_bridge.notifications import BackendNotification
+from payment_bridge.notifications import PaymentNotice
 
 # Statuses that mean the merchant heard it (a duplicate ack: the device played it before).
 DELIVERED = (AckStatus.PLAYED.value, AckStatus.DUPLICATE.value, AckStatus.SILENCED.value)
@@ -116,43 +116,50 @@ class PaymentStore:
             )
 
     async def record_payment(
-        self, notification: BackendNotification, *, source: str, received_at: datetime, ttl: timedelta
+        self, notice: PaymentNotice, *, source: str, received_at: datetime, ttl: timedelta
     ) -> Recorded:
-        """Durably record a payment and its deliveries; idempotent by payment id."""
-        announce = notification.kind is not None
+        """Durably record a payment and its deliveries; idempotent by payment id.
+
+        A payment recorded without an announcement (Alipay's WAIT_BUYER_PAY) is taken again by
+        the first notification of the same trade that announces; anything later is a repeat."""
+        announce = notice.kind is not None
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
                 " status, paid_at, received_at, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+                " ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,"
+                " status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,"
+                " received_at = EXCLUDED.received_at, raw = EXCLUDED.raw"
+                " WHERE payments.kind = 'none' AND EXCLUDED.kind <> 'none'"
+                " RETURNING payment_id",
                 (
-                    notification.payment_id,
+                    notice.payment_id,
                     source,
-                    notification.notify_id,
-                    notification.merchant_id,
-                    notification.amount_fen,
-                    notification.channel.value,
-                    (notification.kind.value if notification.kind else "none"),
-                    notification.status,
-                    notification.paid_at,
+                    notice.notify_id,
+                    notice.merchant_id,
+                    notice.amount_fen,
+                    notice.channel.value,
+                    (notice.kind.value if notice.kind else "none"),
+                    notice.status,
+                    notice.paid_at,
                     received_at,
-                    notification.model_dump_json(),
+                    notice.raw,
                 ),
             )
             if await cur.fetchone() is None:
-                return Recorded(notification.payment_id, is_new=False, device_ids=[])
+                return Recorded(notice.payment_id, is_new=False, device_ids=[])
             if not announce:
-                return Recorded(notification.payment_id, is_new=True, device_ids=[])
+                return Recorded(notice.payment_id, is_new=True, device_ids=[])
             # last_published_at starts at the time of receipt: the first publish follows at once,
             # and the retry loop leaves the delivery alone until the ack timeout has passed.
             cur = await conn.execute(
                 "INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at)"
                 " SELECT %s, device_id, %s, %s FROM bindings WHERE merchant_id = %s ORDER BY device_id"
                 " RETURNING device_id",
-                (notification.payment_id, received_at + ttl, received_at, notification.merchant_id),
+                (notice.payment_id, received_at + ttl, received_at, notice.merchant_id),
             )
             devices = [row[0] for row in await cur.fetchall()]
-        return Recorded(notification.payment_id, is_new=True, device_ids=devices)
+        return Recorded(notice.payment_id, is_new=True, device_ids=devices)
 
     async def mark_published(self, payment_id: str, device_id: str, at: datetime) -> None:
         async with self._pool.connection() as conn:

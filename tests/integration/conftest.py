@@ -8,6 +8,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import AgentConfig
+from edge_agent.hardware.modem import SimulatedModem
+from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
 from haodian.keys import ServerKeys
@@ -53,3 +57,14 @@ def signed_announce(
             key_id=signer.key_id,
         )
     )
+
+
+def agent_for(device_id, broker, server_keys, tmp_path, sink):
+    config = AgentConfig(
+        device_id=device_id,
+        broker_url=broker.endpoint.url(),
+        state_dir=tmp_path / device_id,
+        server_keys=[server_keys.server_public_key_b64],
+        health_interval_s=0.5,
+    )
+    return EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), sink), modem=SimulatedModem(seed=1))

@@ -11,17 +11,13 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import AgentConfig
 from edge_agent.hardware.audio import MemorySink
-from edge_agent.hardware.modem import SimulatedModem
-from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Channel
 from haodian.embedded import EmbeddedBroker
 from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import eventually
+from tests.integration.conftest import agent_for, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -41,17 +37,6 @@ async def stack(tmp_path, embedded_database, server_keys, unique):
             )
         )
         yield broker, server, embedded_database
-
-
-def agent_for(device_id, broker, server_keys, tmp_path, sink):
-    config = AgentConfig(
-        device_id=device_id,
-        broker_url=broker.endpoint.url(),
-        state_dir=tmp_path / device_id,
-        server_keys=[server_keys.server_public_key_b64],
-        health_interval_s=0.5,
-    )
-    return EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), sink), modem=SimulatedModem(seed=1))
 
 
 async def test_malformed_device_messages_are_logged_dropped_and_ingest_goes_on(stack, unique):

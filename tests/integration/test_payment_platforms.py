@@ -1,0 +1,142 @@
+"""Alipay and WeChat Pay notifications through the bridge's HTTP API, on the embedded broker and
+database, with real agents: the platform's answer only once the payment is recorded, one
+announcement per speaker, repeats and tampering announced nothing."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import httpx
+import psycopg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from edge_agent.hardware.audio import MemorySink
+from haodian.embedded import EmbeddedBroker
+from haodian.server import Part, ServerStack
+from haodian.settings import Settings
+from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
+from simulators.platforms import AlipayPlatform, WechatPayPlatform
+from tests.integration.conftest import agent_for, eventually
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+APIV3_KEY = b"test-only-apiv3-key-0123456789ab"
+WECHAT_KEY_ID = f"{PUBLIC_KEY_ID_PREFIX}0111200000000000000000000000000009"
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture(scope="module")
+def platform_keys() -> dict[str, rsa.RSAPrivateKey]:
+    """Stand-ins for the platforms' keys: generated per run, test-only."""
+    return {name: rsa.generate_private_key(public_exponent=65537, key_size=2048) for name in ("alipay", "wechat")}
+
+
+@pytest.fixture
+async def stack(tmp_path, embedded_database, server_keys, platform_keys, unique):
+    keys_dir = tmp_path / "platform-keys"
+    (keys_dir / "wechatpay").mkdir(parents=True)
+    (keys_dir / "alipay.pem").write_bytes(_public_pem(platform_keys["alipay"]))
+    (keys_dir / "wechatpay" / f"{WECHAT_KEY_ID}.pem").write_bytes(_public_pem(platform_keys["wechat"]))
+    (keys_dir / "apiv3.key").write_bytes(APIV3_KEY)
+    settings = Settings(
+        data_dir=tmp_path,
+        http_port=0,
+        mqtt_client_prefix=f"p{unique}",
+        ack_timeout_s=1.0,
+        alipay_public_key_file=keys_dir / "alipay.pem",
+        wechatpay_keys_dir=keys_dir / "wechatpay",
+        wechatpay_apiv3_key_file=keys_dir / "apiv3.key",
+    )
+    async with AsyncExitStack() as exits:
+        broker = await exits.enter_async_context(EmbeddedBroker())
+        server = await exits.enter_async_context(
+            ServerStack(
+                settings,
+                parts={Part.FLEET, Part.BRIDGE},
+                endpoint=broker.endpoint,
+                database_url=embedded_database,
+                keys=server_keys,
+            )
+        )
+        yield broker, server, embedded_database
+
+
+async def _speakers(exits, broker, server_keys, tmp_path, names):
+    sinks = {name: MemorySink() for name in names}
+    for name, sink in sinks.items():
+        agent = await exits.enter_async_context(agent_for(name, broker, server_keys, tmp_path, sink))
+        await agent.wait_connected(10)
+    return sinks
+
+
+async def test_alipay_payment_plays_once_on_each_of_a_merchants_three_speakers(
+    stack, server_keys, platform_keys, tmp_path, unique
+):
+    broker, server, database_url = stack
+    merchant = f"M{unique}"
+    async with AsyncExitStack() as exits:
+        sinks = await _speakers(exits, broker, server_keys, tmp_path, [f"S{unique}{i}" for i in range(3)])
+        http = await exits.enter_async_context(httpx.AsyncClient(base_url=server.base_url))
+        for device in sinks:
+            assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
+        alipay = AlipayPlatform(platform_keys["alipay"])
+        trade = f"2026112122001{unique}"
+        body, headers = alipay.notification(trade_no=trade, merchant_id=merchant, amount_fen=5460)
+        answer = await http.post("/api/v1/notifications/alipay", content=body, headers=headers)
+        assert (answer.status_code, answer.text) == (200, "success")
+
+        async def all_played() -> bool:
+            payment = (await http.get(f"/api/v1/payments/alipay:{trade}")).json()
+            return [d["status"] for d in payment["deliveries"]] == ["played"] * 3
+
+        await eventually(all_played, what="the three speakers to play the payment")
+        # Alipay sends it again, then TRADE_FINISHED for the same trade: both answered, neither announced.
+        again = await http.post("/api/v1/notifications/alipay", content=body, headers=headers)
+        finished, finished_headers = alipay.notification(
+            trade_no=trade, merchant_id=merchant, amount_fen=5460, status="TRADE_FINISHED"
+        )
+        later = await http.post("/api/v1/notifications/alipay", content=finished, headers=finished_headers)
+        assert [again.text, later.text] == ["success", "success"]
+        # A forged one (amount raised, signature kept) is refused and recorded, not announced.
+        forged = body.replace(b"total_amount=54.60", b"total_amount=546.00")
+        refused = await http.post("/api/v1/notifications/alipay", content=forged, headers=headers)
+        assert (refused.status_code, refused.text) == (401, "fail")
+    assert [[r.text for r in sink.played] for sink in sinks.values()] == [["支付宝到账五十四点六元"]] * 3
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM payments").fetchone() == (1,)
+        assert conn.execute("SELECT source, code FROM rejected_notifications").fetchall() == [
+            ("alipay", "SIGNATURE_INVALID")
+        ]
+
+
+async def test_wechatpay_payment_is_answered_204_and_played(stack, server_keys, platform_keys, tmp_path, unique):
+    broker, server, _ = stack
+    merchant = f"W{unique}"
+    async with AsyncExitStack() as exits:
+        sinks = await _speakers(exits, broker, server_keys, tmp_path, [f"W{unique}"])
+        http = await exits.enter_async_context(httpx.AsyncClient(base_url=server.base_url))
+        device = next(iter(sinks))
+        assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
+        wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)
+        transaction = f"42000000002026112{unique}"
+        body, headers = wechat.notification(transaction_id=transaction, merchant_id=merchant, amount_fen=1250)
+        answer = await http.post("/api/v1/notifications/wechatpay", content=body, headers=headers)
+        assert answer.status_code == 204
+
+        async def played() -> bool:
+            payment = (await http.get(f"/api/v1/payments/wechat:{transaction}")).json()
+            return [d["status"] for d in payment["deliveries"]] == ["played"]
+
+        await eventually(played, what="the speaker to play the payment")
+        assert (await http.post("/api/v1/notifications/wechatpay", content=body, headers=headers)).status_code == 204
+        tampered = {**headers, "Wechatpay-Nonce": "another"}
+        refused = await http.post("/api/v1/notifications/wechatpay", content=body, headers=tampered)
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "FAIL"
+        assert refused.json()["message"].startswith("SIGNATURE_INVALID")
+    assert [r.text for r in sinks[device].played] == ["微信收款十二点五元"]

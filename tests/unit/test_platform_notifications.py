@@ -1,0 +1,531 @@
+"""Alipay and WeChat Pay notifications: our verification against the platforms' own SDKs.
+
+Every case is a notification signed (and, for WeChat Pay, encrypted) in the test with keys
+generated here, then tampered with or not. Our verifier must accept exactly what the SDK
+accepts (`python-alipay-sdk`, `wechatpayv3`), and each case also states what both must say, so
+two verifiers agreeing on a wrong answer still fail. The intended differences are tested apart:
+Alipay's rule that empty values are not signed (the SDK signs them), and WeChat Pay's 5-minute
+replay window (the SDK has none).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import pytest
+from alipay import AliPay
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
+from wechatpayv3.core import Core
+
+from firmware_protocols.messages import AnnounceKind, Channel
+from payment_bridge.alipay import verify_alipay_notification
+from payment_bridge.errors import NotificationRejected
+from payment_bridge.keyring import PlatformKeys
+from payment_bridge.wechatpay import REPLAY_WINDOW_S, verify_wechatpay_notification
+from simulators.platforms import alipay_sign, wechatpay_headers, wechatpay_resource
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _private_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, rsa.RSAPrivateKey]:
+    """Test-only keys, made for this run: the platforms', an impostor's, and our app's."""
+    return {"platform": _rsa(), "other": _rsa(), "app": _rsa()}
+
+
+# -- Alipay ------------------------------------------------------------------------------------
+
+ALIPAY_BASE = {
+    "notify_time": "2026-11-21 12:00:03",
+    "notify_type": "trade_status_sync",
+    "notify_id": "ac05099524730693a8b330c5ecf72da9786",
+    "app_id": "2021000000000001",
+    "charset": "utf-8",
+    "version": "1.0",
+    "trade_no": "2026112122001400001000000001",
+    "out_trade_no": "HD20261121000001",
+    "trade_status": "TRADE_SUCCESS",
+    "total_amount": "12.50",
+    "receipt_amount": "12.50",
+    "gmt_create": "2026-11-21 11:59:58",
+    "gmt_payment": "2026-11-21 12:00:01",
+    "seller_id": "2088000000000001",
+    "subject": "好店 面馆 & 小吃=2+1",
+    "passback_params": "M0001",
+}
+
+
+_alipay_signed = alipay_sign
+
+
+@dataclass(frozen=True)
+class AlipayCase:
+    name: str
+    make: Callable[[dict[str, rsa.RSAPrivateKey]], list[tuple[str, str]]]
+    valid: bool
+
+
+def _pairs(params: dict[str, str]) -> list[tuple[str, str]]:
+    return list(params.items())
+
+
+ALIPAY_CASES = [
+    AlipayCase("valid", lambda k: _pairs(_alipay_signed(ALIPAY_BASE, k["platform"])), valid=True),
+    AlipayCase(
+        "valid, parameters in another order",
+        lambda k: sorted(_pairs(_alipay_signed(ALIPAY_BASE, k["platform"])), reverse=True),
+        valid=True,
+    ),
+    AlipayCase(
+        "valid, TRADE_FINISHED",
+        lambda k: _pairs(_alipay_signed({**ALIPAY_BASE, "trade_status": "TRADE_FINISHED"}, k["platform"])),
+        valid=True,
+    ),
+    AlipayCase(
+        "amount changed after signing",
+        lambda k: _pairs({**_alipay_signed(ALIPAY_BASE, k["platform"]), "total_amount": "125.00"}),
+        valid=False,
+    ),
+    AlipayCase(
+        "merchant changed after signing",
+        lambda k: _pairs({**_alipay_signed(ALIPAY_BASE, k["platform"]), "passback_params": "M0002"}),
+        valid=False,
+    ),
+    AlipayCase(
+        "a signed parameter missing",
+        lambda k: [(n, v) for n, v in _alipay_signed(ALIPAY_BASE, k["platform"]).items() if n != "gmt_payment"],
+        valid=False,
+    ),
+    AlipayCase(
+        "a parameter added after signing",
+        lambda k: [*_pairs(_alipay_signed(ALIPAY_BASE, k["platform"])), ("refund_fee", "1.00")],
+        valid=False,
+    ),
+    AlipayCase("signed with another key", lambda k: _pairs(_alipay_signed(ALIPAY_BASE, k["other"])), valid=False),
+    AlipayCase(
+        "signature of another notification",
+        lambda k: _pairs(
+            {
+                **ALIPAY_BASE,
+                "sign_type": "RSA2",
+                "sign": _alipay_signed({**ALIPAY_BASE, "trade_no": "2026112122001400001000000002"}, k["platform"])[
+                    "sign"
+                ],
+            }
+        ),
+        valid=False,
+    ),
+    AlipayCase(
+        "signature not base64",
+        lambda k: _pairs({**_alipay_signed(ALIPAY_BASE, k["platform"]), "sign": "not*base64"}),
+        valid=False,
+    ),
+    AlipayCase(
+        "sign_type RSA (SHA1)",
+        lambda k: _pairs({**_alipay_signed(ALIPAY_BASE, k["platform"]), "sign_type": "RSA"}),
+        valid=False,
+    ),
+]
+
+
+def _sdk_accepts_alipay(pairs: list[tuple[str, str]], keys: dict[str, rsa.RSAPrivateKey]) -> bool:
+    sdk = AliPay(
+        appid=ALIPAY_BASE["app_id"],
+        app_private_key_string=_private_pem(keys["app"]),
+        alipay_public_key_string=_public_pem(keys["platform"]),
+        sign_type="RSA2",
+    )
+    data = dict(pairs)
+    signature = data.pop("sign", "")
+    try:
+        return bool(sdk.verify(data, signature))
+    except Exception:  # noqa: BLE001 - the SDK raises for what it refuses (an unknown sign type, bad base64).
+        return False
+
+
+def _we_accept_alipay(pairs: list[tuple[str, str]], keys: dict[str, rsa.RSAPrivateKey]) -> bool:
+    try:
+        verify_alipay_notification(urlencode(pairs).encode(), [keys["platform"].public_key()])
+    except NotificationRejected:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("case", ALIPAY_CASES, ids=lambda c: c.name)
+def test_alipay_we_accept_exactly_what_the_sdk_accepts(case, keys):
+    pairs = case.make(keys)
+    assert _sdk_accepts_alipay(pairs, keys) is case.valid
+    assert _we_accept_alipay(pairs, keys) is case.valid
+
+
+def test_alipay_notice_carries_the_trade_the_merchant_and_the_amount(keys):
+    notice = verify_alipay_notification(
+        urlencode(_alipay_signed(ALIPAY_BASE, keys["platform"])).encode(), [keys["platform"].public_key()]
+    )
+    assert (notice.payment_id, notice.merchant_id, notice.amount_fen) == (
+        "alipay:2026112122001400001000000001",
+        "M0001",
+        1250,
+    )
+    assert (notice.channel, notice.kind, notice.notify_id) == (
+        Channel.ALIPAY,
+        AnnounceKind.PAYMENT,
+        ALIPAY_BASE["notify_id"],
+    )
+    assert notice.paid_at == dt.datetime(2026, 11, 21, 4, 0, 1, tzinfo=dt.UTC)
+
+
+def test_alipay_wait_buyer_pay_is_recorded_but_not_announced(keys):
+    params = {k: v for k, v in ALIPAY_BASE.items() if k != "gmt_payment"} | {"trade_status": "WAIT_BUYER_PAY"}
+    notice = verify_alipay_notification(
+        urlencode(_alipay_signed(params, keys["platform"])).encode(), [keys["platform"].public_key()]
+    )
+    assert notice.kind is None
+
+
+def test_alipay_empty_values_are_not_signed_which_the_sdk_gets_wrong(keys):
+    # Alipay leaves empty parameters out of what it signs; the SDK puts them in ("body="), so it
+    # refuses a genuine notification that has one. This is the one intended Alipay difference.
+    params = {**ALIPAY_BASE, "body": ""}
+    pairs = _pairs(_alipay_signed(params, keys["platform"]))
+    assert _we_accept_alipay(pairs, keys)
+    assert not _sdk_accepts_alipay(pairs, keys)
+
+
+def test_alipay_any_of_the_configured_keys_verifies_during_a_rotation(keys, tmp_path):
+    key_file = tmp_path / "alipay.pem"
+    key_file.write_text(_public_pem(keys["platform"]))
+    ring = PlatformKeys(alipay_public_key_file=key_file, check_interval_s=0)
+    signed_by_next = urlencode(_alipay_signed(ALIPAY_BASE, keys["other"])).encode()
+    with pytest.raises(NotificationRejected):
+        verify_alipay_notification(signed_by_next, ring.alipay())
+    # The next key is added beside the current one, without a restart ...
+    key_file.write_text(_public_pem(keys["platform"]) + _public_pem(keys["other"]))
+    assert verify_alipay_notification(signed_by_next, ring.alipay()).merchant_id == "M0001"
+    # ... and a broken file keeps the keys in force.
+    key_file.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    assert len(ring.alipay()) == 2
+
+
+# -- WeChat Pay --------------------------------------------------------------------------------
+
+APIV3_KEY = "0123456789abcdef0123456789ABCDEF"  # test-only
+PUBLIC_KEY_ID = "PUB_KEY_ID_0111200000000000000000000000000001"
+TRANSACTION = {
+    "mchid": "1900000001",
+    "appid": "wx0000000000000001",
+    "out_trade_no": "HD20261121000002",
+    "transaction_id": "4200000000202611210000000001",
+    "trade_type": "NATIVE",
+    "trade_state": "SUCCESS",
+    "trade_state_desc": "支付成功",
+    "bank_type": "OTHERS",
+    "attach": "M0001",
+    "success_time": "2026-11-21T12:00:01+08:00",
+    "payer": {"openid": "o0000000000000000000000001"},
+    "amount": {"total": 1250, "payer_total": 1250, "currency": "CNY", "payer_currency": "CNY"},
+}
+
+
+def _certificate(key: rsa.RSAPrivateKey, serial: int) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (test only)")])
+    now = dt.datetime.now(tz=dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+
+
+SERIAL = 0x5157F09EFDC096DE15EBE81A47057A7232F1B8E1
+
+
+@dataclass(frozen=True)
+class Signed:
+    headers: dict[str, str]
+    body: str
+
+
+def _encrypt(plaintext: dict, *, nonce: str = "fdasflkja484", aad: str = "transaction") -> dict[str, str]:
+    return wechatpay_resource(json.dumps(plaintext).encode(), APIV3_KEY.encode(), nonce=nonce, associated_data=aad)
+
+
+def _envelope(resource: dict[str, str], **over: object) -> dict[str, object]:
+    return {
+        "id": "EV-2018022511223320873",
+        "create_time": "2026-11-21T12:00:03+08:00",
+        "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS",
+        "summary": "支付成功",
+        "resource": resource,
+        **over,
+    }
+
+
+def _wechat_signed(
+    body: str, key: rsa.RSAPrivateKey, *, serial: str = f"{SERIAL:X}", timestamp: int | None = None, nonce: str = "N1"
+) -> Signed:
+    ts = int(dt.datetime.now(tz=dt.UTC).timestamp()) if timestamp is None else timestamp
+    return Signed(wechatpay_headers(body.encode(), key, serial=serial, timestamp=ts, nonce=nonce), body)
+
+
+def _tamper_ciphertext(resource: dict[str, str]) -> dict[str, str]:
+    raw = bytearray(base64.b64decode(resource["ciphertext"]))
+    raw[-1] ^= 0x01  # the last byte belongs to the GCM tag
+    return {**resource, "ciphertext": base64.b64encode(bytes(raw)).decode()}
+
+
+@dataclass(frozen=True)
+class WechatCase:
+    name: str
+    make: Callable[[dict[str, rsa.RSAPrivateKey]], Signed]
+    valid: bool
+
+
+def _body(resource: dict[str, str] | None = None, **over: object) -> str:
+    return json.dumps(_envelope(resource or _encrypt(TRANSACTION), **over), ensure_ascii=False)
+
+
+def _replace_header(signed: Signed, name: str, value: str) -> Signed:
+    return Signed({**signed.headers, name: value}, signed.body)
+
+
+WECHAT_CASES = [
+    WechatCase("valid, platform certificate", lambda k: _wechat_signed(_body(), k["platform"]), valid=True),
+    WechatCase(
+        "valid, platform public key id",
+        lambda k: _wechat_signed(_body(), k["platform"], serial=PUBLIC_KEY_ID),
+        valid=True,
+    ),
+    WechatCase(
+        "valid, serial in lower case",
+        lambda k: _wechat_signed(_body(), k["platform"], serial=f"{SERIAL:x}"),
+        valid=True,
+    ),
+    WechatCase(
+        "valid, body keys in another order",
+        lambda k: _wechat_signed(json.dumps(dict(reversed(_envelope(_encrypt(TRANSACTION)).items()))), k["platform"]),
+        valid=True,
+    ),
+    WechatCase(
+        "amount changed after signing",
+        lambda k: Signed(
+            _wechat_signed(_body(), k["platform"]).headers,
+            _body(_encrypt({**TRANSACTION, "amount": {**TRANSACTION["amount"], "total": 125000}})),
+        ),
+        valid=False,
+    ),
+    WechatCase(
+        "body field changed after signing",
+        lambda k: Signed(_wechat_signed(_body(), k["platform"]).headers, _body(event_type="TRANSACTION.SUCCES5")),
+        valid=False,
+    ),
+    WechatCase("signed with another key", lambda k: _wechat_signed(_body(), k["other"]), valid=False),
+    WechatCase(
+        "unknown serial",
+        lambda k: _wechat_signed(_body(), k["platform"], serial="5157F09EFDC096DE15EBE81A47057A7232F1B8E2"),
+        valid=False,
+    ),
+    WechatCase(
+        "certificate serial, but signed by the public-key-id key's impostor",
+        lambda k: _wechat_signed(_body(), k["other"], serial=PUBLIC_KEY_ID),
+        valid=False,
+    ),
+    WechatCase(
+        "nonce header changed after signing",
+        lambda k: _replace_header(_wechat_signed(_body(), k["platform"]), "Wechatpay-Nonce", "N2"),
+        valid=False,
+    ),
+    WechatCase(
+        "bad GCM tag (re-signed)",
+        lambda k: _wechat_signed(_body(_tamper_ciphertext(_encrypt(TRANSACTION))), k["platform"]),
+        valid=False,
+    ),
+    WechatCase(
+        "wrong GCM nonce (re-signed)",
+        lambda k: _wechat_signed(_body({**_encrypt(TRANSACTION), "nonce": "fdasflkja485"}), k["platform"]),
+        valid=False,
+    ),
+    WechatCase(
+        "wrong associated data (re-signed)",
+        lambda k: _wechat_signed(_body({**_encrypt(TRANSACTION), "associated_data": "refund"}), k["platform"]),
+        valid=False,
+    ),
+    WechatCase(
+        "encrypted with another APIv3 key (re-signed)",
+        lambda k: _wechat_signed(
+            _body(
+                {
+                    **_encrypt(TRANSACTION),
+                    "ciphertext": base64.b64encode(
+                        AESGCM(b"x" * 32).encrypt(b"fdasflkja484", json.dumps(TRANSACTION).encode(), b"transaction")
+                    ).decode(),
+                }
+            ),
+            k["platform"],
+        ),
+        valid=False,
+    ),
+    WechatCase(
+        "signature missing",
+        lambda k: _replace_header(_wechat_signed(_body(), k["platform"]), "Wechatpay-Signature", ""),
+        valid=False,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def wechat_sdk(keys, tmp_path_factory) -> Callable[[str | None], Core]:
+    """The SDK configured with our test platform certificate, or with the platform public key."""
+    cert_dir = tmp_path_factory.mktemp("wechatpay-certs")
+    certificate = _certificate(keys["platform"], SERIAL)
+    (cert_dir / f"{SERIAL:X}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    merchant = _private_pem(keys["app"])
+
+    def make(public_key_id: str | None) -> Core:
+        if public_key_id is None:
+            core = Core("1900000001", "M-SERIAL", merchant, APIV3_KEY, cert_dir=str(cert_dir))
+        else:
+            core = Core(
+                "1900000001",
+                "M-SERIAL",
+                merchant,
+                APIV3_KEY,
+                public_key=_public_pem(keys["platform"]),
+                public_key_id=public_key_id,
+            )
+        # The SDK downloads certificates for a serial it does not know; there is no network
+        # here, and an unknown serial must simply fail.
+        core._update_certificates = lambda: None
+        return core
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def platform_keys(keys, tmp_path_factory) -> PlatformKeys:
+    folder = tmp_path_factory.mktemp("wechatpay-keys")
+    (folder / "platform.pem").write_bytes(
+        _certificate(keys["platform"], SERIAL).public_bytes(serialization.Encoding.PEM)
+    )
+    (folder / f"{PUBLIC_KEY_ID}.pem").write_text(_public_pem(keys["platform"]))
+    apiv3 = folder.parent / f"{folder.name}-apiv3.key"
+    apiv3.write_text(APIV3_KEY)
+    return PlatformKeys(wechatpay_keys_dir=folder, wechatpay_apiv3_key_file=apiv3)
+
+
+def _sdk_accepts_wechat(signed: Signed, sdk: Callable[[str | None], Core]) -> bool:
+    core = sdk(PUBLIC_KEY_ID if signed.headers["Wechatpay-Serial"] == PUBLIC_KEY_ID else None)
+    try:
+        return core.callback(signed.headers, signed.body) is not None
+    except Exception:  # noqa: BLE001 - the SDK raises for some of what it refuses.
+        return False
+
+
+def _we_accept_wechat(signed: Signed, ring: PlatformKeys, *, now: dt.datetime | None = None) -> bool:
+    try:
+        verify_wechatpay_notification(
+            signed.body.encode(),
+            {name.lower(): value for name, value in signed.headers.items()},
+            platform_key=ring.wechatpay,
+            apiv3_key=ring.apiv3_key(),
+            now=now or dt.datetime.now(tz=dt.UTC),
+        )
+    except NotificationRejected:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("case", WECHAT_CASES, ids=lambda c: c.name)
+def test_wechatpay_we_accept_exactly_what_the_sdk_accepts(case, keys, wechat_sdk, platform_keys):
+    signed = case.make(keys)
+    assert _sdk_accepts_wechat(signed, wechat_sdk) is case.valid
+    assert _we_accept_wechat(signed, platform_keys) is case.valid
+
+
+def test_wechatpay_stale_timestamp_is_refused_by_us_though_the_sdk_takes_it(keys, wechat_sdk, platform_keys):
+    # The one intended WeChat Pay difference: a notification replayed after the 5-minute window.
+    now = dt.datetime.now(tz=dt.UTC)
+    stale = _wechat_signed(_body(), keys["platform"], timestamp=int(now.timestamp()) - REPLAY_WINDOW_S - 60)
+    assert _sdk_accepts_wechat(stale, wechat_sdk)
+    assert not _we_accept_wechat(stale, platform_keys, now=now)
+    fresh = _wechat_signed(_body(), keys["platform"], timestamp=int(now.timestamp()) - REPLAY_WINDOW_S + 5)
+    assert _we_accept_wechat(fresh, platform_keys, now=now)
+
+
+def test_wechatpay_notice_carries_the_transaction(keys, platform_keys):
+    signed = _wechat_signed(_body(), keys["platform"])
+    notice = verify_wechatpay_notification(
+        signed.body.encode(),
+        {n.lower(): v for n, v in signed.headers.items()},
+        platform_key=platform_keys.wechatpay,
+        apiv3_key=platform_keys.apiv3_key(),
+        now=dt.datetime.now(tz=dt.UTC),
+    )
+    assert (notice.payment_id, notice.merchant_id, notice.amount_fen, notice.kind) == (
+        "wechat:4200000000202611210000000001",
+        "M0001",
+        1250,
+        AnnounceKind.PAYMENT,
+    )
+    assert notice.notify_id == "EV-2018022511223320873"
+
+
+def test_wechatpay_new_platform_key_is_used_without_a_restart(keys, tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    apiv3 = tmp_path / "apiv3.key"
+    apiv3.write_text(APIV3_KEY)
+    ring = PlatformKeys(wechatpay_keys_dir=folder, wechatpay_apiv3_key_file=apiv3, check_interval_s=0)
+    new_serial = SERIAL + 1
+    signed = _wechat_signed(_body(), keys["other"], serial=f"{new_serial:X}")
+    assert not _we_accept_wechat(signed, ring)
+    staged = folder / "next.pem.tmp"
+    staged.write_bytes(_certificate(keys["other"], new_serial).public_bytes(serialization.Encoding.PEM))
+    staged.replace(folder / "next.pem")  # written, then renamed into place, as deployment tools do
+    assert _we_accept_wechat(signed, ring)
+    (folder / "next.pem").unlink()
+    assert not _we_accept_wechat(signed, ring)
+
+
+def test_wechatpay_without_an_apiv3_key_refuses_with_a_clear_code(keys, platform_keys):
+    signed = _wechat_signed(_body(), keys["platform"])
+    with pytest.raises(NotificationRejected) as caught:
+        verify_wechatpay_notification(
+            signed.body.encode(),
+            {n.lower(): v for n, v in signed.headers.items()},
+            platform_key=platform_keys.wechatpay,
+            apiv3_key=None,
+            now=dt.datetime.now(tz=dt.UTC),
+        )
+    assert (caught.value.status, caught.value.code) == (503, "KEY_NOT_CONFIGURED")
