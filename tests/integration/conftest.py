@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -14,7 +15,10 @@ from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
+from haodian.embedded import EmbeddedBroker
 from haodian.keys import ServerKeys
+from haodian.server import Part, ServerStack
+from haodian.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +72,20 @@ def agent_for(device_id, broker, server_keys, tmp_path, sink):
         health_interval_s=0.5,
     )
     return EdgeAgent(config, speaker=ClipSpeaker(VoicePack.builtin(), sink), modem=SimulatedModem(seed=1))
+
+
+@asynccontextmanager
+async def in_process_stack(settings: Settings, database_url: str, server_keys: ServerKeys) -> AsyncIterator[tuple]:
+    """The embedded broker, and the fleet server and bridge in this process; yields (broker, server)."""
+    async with AsyncExitStack() as exits:
+        broker = await exits.enter_async_context(EmbeddedBroker())
+        server = await exits.enter_async_context(
+            ServerStack(
+                settings,
+                parts={Part.FLEET, Part.BRIDGE},
+                endpoint=broker.endpoint,
+                database_url=database_url,
+                keys=server_keys,
+            )
+        )
+        yield broker, server

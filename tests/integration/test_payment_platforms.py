@@ -13,12 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge_agent.hardware.audio import MemorySink
-from haodian.embedded import EmbeddedBroker
-from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
 from simulators.platforms import AlipayPlatform, WechatPayPlatform
-from tests.integration.conftest import agent_for, eventually
+from tests.integration.conftest import agent_for, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -52,17 +50,7 @@ async def stack(tmp_path, embedded_database, server_keys, platform_keys, unique)
         wechatpay_keys_dir=keys_dir / "wechatpay",
         wechatpay_apiv3_key_file=keys_dir / "apiv3.key",
     )
-    async with AsyncExitStack() as exits:
-        broker = await exits.enter_async_context(EmbeddedBroker())
-        server = await exits.enter_async_context(
-            ServerStack(
-                settings,
-                parts={Part.FLEET, Part.BRIDGE},
-                endpoint=broker.endpoint,
-                database_url=embedded_database,
-                keys=server_keys,
-            )
-        )
+    async with in_process_stack(settings, embedded_database, server_keys) as (broker, server):
         yield broker, server, embedded_database
 
 

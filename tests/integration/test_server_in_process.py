@@ -13,11 +13,9 @@ from structlog.testing import capture_logs
 
 from edge_agent.hardware.audio import MemorySink
 from firmware_protocols.messages import Channel
-from haodian.embedded import EmbeddedBroker
-from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import agent_for, eventually
+from tests.integration.conftest import agent_for, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -25,17 +23,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 @pytest.fixture
 async def stack(tmp_path, embedded_database, server_keys, unique):
     settings = Settings(data_dir=tmp_path, http_port=0, mqtt_client_prefix=f"t{unique}", ack_timeout_s=1.0)
-    async with AsyncExitStack() as exits:
-        broker = await exits.enter_async_context(EmbeddedBroker())
-        server = await exits.enter_async_context(
-            ServerStack(
-                settings,
-                parts={Part.FLEET, Part.BRIDGE},
-                endpoint=broker.endpoint,
-                database_url=embedded_database,
-                keys=server_keys,
-            )
-        )
+    async with in_process_stack(settings, embedded_database, server_keys) as (broker, server):
         yield broker, server, embedded_database
 
 
