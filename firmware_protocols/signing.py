@@ -66,6 +66,10 @@ class Signer:
         self._key = private_key
         self.key_id = key_id_of(private_key.public_key())
 
+    def signature_of(self, data: bytes) -> str:
+        """A base64 Ed25519 signature of raw bytes (webhooks to the backend, not device messages)."""
+        return base64.b64encode(self._key.sign(data)).decode()
+
     def sign(self, message: S) -> S:
         """Return `message` with this signer's `key_id` and a fresh `sig`."""
         fields = signed_fields(message)

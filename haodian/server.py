@@ -40,6 +40,7 @@ from payment_bridge import api as bridge_api
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.keyring import PlatformKeys
 from payment_bridge.store import PaymentStore
+from payment_bridge.webhook import WebhookSender
 
 log = structlog.get_logger(__name__)
 
@@ -184,6 +185,10 @@ class ServerStack:
                 )
             )
             self.app.state.bridge = self.bridge
+            if self.settings.backend_webhook_url:
+                await self._stack.enter_async_context(
+                    WebhookSender(pool, self.settings.backend_webhook_url, Signer(self.keys.signing_key))
+                )
         await self._wait_broker()
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -13,7 +14,7 @@ from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.store import Binding, DeliverySummary, PaymentStore, PaymentView
+from payment_bridge.store import Binding, DeliverySummary, NotAnnounced, PaymentStore, PaymentView
 
 _MESSAGES_ZH = {
     "BODY_TOO_LARGE": "通知内容过大",
@@ -103,6 +104,21 @@ async def wechatpay_notification(request: Request, bridge: BridgeDep) -> Respons
         # WeChat Pay's own error shape, so its console shows why.
         return JSONResponse(WechatPayError(code="FAIL", message=f"{exc.code}: {exc.reason}").model_dump(), exc.status)
     return Response(status_code=204)
+
+
+@router.get(
+    "/payments/not-announced",
+    summary="Payments no device played (no bound device, missed TTL, expired, refused, failed), newest first",
+)
+async def not_announced(
+    store: StoreDep,
+    merchant_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[datetime | None, Query(description="received at or after (ISO 8601 with zone)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[NotAnnounced]:
+    if since is not None and since.tzinfo is None:
+        raise ApiError(400, "TIME_WITHOUT_ZONE", "since needs a time zone", "since 需要带时区")
+    return await store.not_announced(merchant_id=merchant_id, since=since, limit=limit)
 
 
 @router.get("/payments/{payment_id}", summary="A payment and its per-device deliveries", responses=NOT_FOUND)

@@ -11,7 +11,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
@@ -88,6 +90,19 @@ class PaymentView(BaseModel):
     deliveries: list[DeliveryView]
 
 
+class NotAnnounced(BaseModel):
+    payment_id: str
+    merchant_id: str
+    amount_fen: int
+    channel: str
+    paid_at: datetime
+    received_at: datetime
+    reason: str
+    concluded_at: datetime
+    # When the backend acknowledged the webhook; None while it is still being told.
+    backend_told_at: datetime | None
+
+
 class Binding(BaseModel):
     device_id: str
     merchant_id: str
@@ -159,6 +174,8 @@ class PaymentStore:
                 (notice.payment_id, received_at + ttl, received_at, notice.merchant_id),
             )
             devices = [row[0] for row in await cur.fetchall()]
+            if not devices:
+                await _flag_not_announced(conn, [notice.payment_id], reason="no_bound_device")
         return Recorded(notice.payment_id, is_new=True, device_ids=devices)
 
     async def mark_published(self, payment_id: str, device_id: str, at: datetime) -> None:
@@ -195,6 +212,8 @@ class PaymentStore:
                     "device_id": ack.device_id,
                 },
             )
+            if cur.rowcount == 1 and ack.status.value not in DELIVERED:
+                await _flag_not_announced(conn, [ack.payment_id], reason=ack.status.value)
             return cur.rowcount == 1
 
     async def due_for_retry(self, *, now: datetime, ack_timeout: timedelta, limit: int = 500) -> list[PendingDelivery]:
@@ -210,13 +229,17 @@ class PaymentStore:
             return [PendingDelivery(**row) for row in await cur.fetchall()]
 
     async def mark_missed(self, *, now: datetime, grace: timedelta) -> int:
-        """Pending deliveries whose TTL (plus time for a last ack) has passed become 'missed'."""
-        async with self._pool.connection() as conn:
+        """Pending deliveries whose TTL (plus time for a last ack) has passed become 'missed';
+        a payment none of whose devices played it is flagged as not announced."""
+        async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "UPDATE deliveries SET status = 'missed' WHERE status = 'pending' AND expires_at < %s",
+                "UPDATE deliveries SET status = 'missed' WHERE status = 'pending' AND expires_at < %s"
+                " RETURNING payment_id",
                 (now - grace,),
             )
-            return cur.rowcount
+            missed = cur.rowcount
+            await _flag_not_announced(conn, sorted({row[0] for row in await cur.fetchall()}), reason="missed")
+            return missed
 
     async def summary(self, *, since: datetime | None = None) -> DeliverySummary:
         since_clause = "p.received_at >= %(since)s" if since else "TRUE"
@@ -316,3 +339,35 @@ class PaymentStore:
                 {"m": merchant_id, "d": device_id},
             )
             return [Binding.model_validate(row) for row in await cur.fetchall()]
+
+    async def not_announced(
+        self, *, merchant_id: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[NotAnnounced]:
+        """Payments that should have been announced and were heard on no device, newest first."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT p.payment_id, p.merchant_id, p.amount_fen, p.channel, p.paid_at, p.received_at, e.reason,"
+                " e.created_at AS concluded_at, e.delivered_at AS backend_told_at"
+                " FROM payment_events e JOIN payments p USING (payment_id)"
+                " WHERE e.event = 'not_announced' AND (%(m)s::text IS NULL OR p.merchant_id = %(m)s)"
+                " AND (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
+                " ORDER BY p.received_at DESC LIMIT %(limit)s",
+                {"m": merchant_id, "since": since, "limit": limit},
+            )
+            return [NotAnnounced.model_validate(row) for row in await cur.fetchall()]
+
+
+async def _flag_not_announced(conn: AsyncConnection[Any], payment_ids: list[str], *, reason: str) -> None:
+    """Queue a `not_announced` event for each payment with no device left that played it or may
+    still play it (in the caller's transaction)."""
+    if not payment_ids:
+        return
+    await conn.execute(
+        "INSERT INTO payment_events (payment_id, event, reason)"
+        " SELECT p.payment_id, 'not_announced', %(reason)s FROM payments p"
+        " WHERE p.payment_id = ANY(%(ids)s) AND p.kind <> 'none' AND NOT EXISTS ("
+        "   SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id"
+        "   AND (d.status = 'pending' OR d.status = ANY(%(delivered)s)))"
+        " ON CONFLICT (payment_id, event) DO NOTHING",
+        {"ids": payment_ids, "reason": reason, "delivered": list(DELIVERED)},
+    )

@@ -1,0 +1,147 @@
+"""Telling the payment backend about payments its merchant did not hear.
+
+    async with WebhookSender(pool, url, signer) as sender: ...
+
+The store queues a `not_announced` event (table `payment_events`) in the same transaction that
+concludes it: a payment with no bound device, or one whose every delivery ended without being
+played (missed its TTL, expired, refused, failed). This loop posts each event to the backend:
+
+    POST {url}
+    Content-Type: application/json
+    X-Haodian-Key-Id: <the server key's id>
+    X-Haodian-Signature: base64(Ed25519(body))
+
+    {"event": "payment.not_announced", "payment_id": "...", "merchant_id": "...",
+     "amount_fen": 1250, "channel": "wechat", "paid_at": "...", "reason": "missed"}
+
+until the backend answers 2xx, with a growing delay between tries (capped at 5 minutes). Rows
+are claimed with `FOR UPDATE SKIP LOCKED`, so several bridge processes share the outbox and
+each event is sent by one of them at a time; delivery is at least once (the backend dedups by
+`payment_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+import httpx
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from edge_agent.tasks import cancel_and_wait
+from firmware_protocols.signing import Signer
+
+log = structlog.get_logger(__name__)
+
+SCAN_S = 1.0
+BATCH = 50
+MAX_DELAY_S = 300.0
+REQUEST_TIMEOUT_S = 10.0
+KEY_ID_HEADER = "X-Haodian-Key-Id"
+SIGNATURE_HEADER = "X-Haodian-Signature"
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """2 s after the first failure, doubling, at most 5 minutes."""
+    return timedelta(seconds=min(MAX_DELAY_S, 2.0 * 2 ** max(0, attempts - 1)))
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        url: str,
+        signer: Signer,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        scan_s: float = SCAN_S,
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self._signer = signer
+        self._scan_s = scan_s
+        self._client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, transport=transport)
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.failures = 0
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._loop(), name="bridge-webhook")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        await self._client.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                while await self.send_due() == BATCH:
+                    pass  # a full batch: there may be more waiting
+            except Exception:
+                # A database blip must not end the webhook for good; the next scan tries again.
+                log.exception("webhook scan failed")
+            await asyncio.sleep(self._scan_s)
+
+    async def send_due(self) -> int:
+        """Send the events that are due (one batch); returns how many were tried."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.amount_fen, p.channel,"
+                " p.paid_at FROM payment_events e JOIN payments p USING (payment_id)"
+                " WHERE e.delivered_at IS NULL AND e.next_attempt_at <= now()"
+                " ORDER BY e.next_attempt_at LIMIT %s FOR UPDATE OF e SKIP LOCKED",
+                (BATCH,),
+            )
+            rows = await cur.fetchall()
+            for event_id, event, reason, attempts, payment_id, merchant_id, amount_fen, channel, paid_at in rows:
+                body = json.dumps(
+                    {
+                        "event": f"payment.{event}",
+                        "payment_id": payment_id,
+                        "merchant_id": merchant_id,
+                        "amount_fen": amount_fen,
+                        "channel": channel,
+                        "paid_at": paid_at.isoformat(),
+                        "reason": reason,
+                    },
+                    ensure_ascii=False,
+                ).encode()
+                error = await self._post(body)
+                if error is None:
+                    self.sent += 1
+                    await conn.execute("UPDATE payment_events SET delivered_at = now() WHERE id = %s", (event_id,))
+                    continue
+                self.failures += 1
+                delay = retry_delay(attempts + 1)
+                log.warning(
+                    "webhook not delivered; will retry", payment_id=payment_id, error=error, retry_in=str(delay)
+                )
+                await conn.execute(
+                    "UPDATE payment_events SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s"
+                    " WHERE id = %s",
+                    (error[:500], datetime.now(tz=UTC) + delay, event_id),
+                )
+        return len(rows)
+
+    async def _post(self, body: bytes) -> str | None:
+        """POST one event; None when the backend took it, else why not."""
+        headers = {
+            "content-type": "application/json",
+            KEY_ID_HEADER: self._signer.key_id,
+            SIGNATURE_HEADER: self._signer.signature_of(body),
+        }
+        try:
+            response = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.is_success:
+            return None
+        return f"HTTP {response.status_code}: {response.text[:200]}"
