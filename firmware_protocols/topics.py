@@ -84,6 +84,18 @@ def fleet_uplink_filter(kind: Up) -> str:
     return f"{ROOT}/{VERSION}/+/{Direction.UP}/{kind}"
 
 
+def shared(topic_filter: str, group: str | None) -> str:
+    """`topic_filter` as a shared subscription of `group` (MQTT 5 `$share`, which Mosquitto 2 and
+    EMQX also give 3.1.1 clients): each message goes to one member of the group, so processes
+    of one kind split the stream. None: a plain subscription (the embedded amqtt broker has no
+    shared subscriptions)."""
+    if group is None:
+        return topic_filter
+    if not group or any(c in group for c in "/+#"):
+        raise ValueError(f"share group {group!r} must be a non-empty name without '/', '+' or '#'")
+    return f"$share/{group}/{topic_filter}"
+
+
 def parse(topic: str) -> Topic:
     """Split a v1 topic into its parts, or raise `MessageError` saying what is wrong."""
     parts = topic.split("/")

@@ -85,6 +85,7 @@ class Ingest:
         queue_size: int = 20_000,
         policy: IngestPolicy | None = None,
         ack_after_commit: bool = True,
+        share_group: str | None = None,
     ) -> None:
         self._pool = pool
         self.ack_after_commit = ack_after_commit
@@ -97,7 +98,7 @@ class Ingest:
         self._link = Link(
             endpoint,
             client_id=client_id,
-            subscriptions=[topics.fleet_uplink_filter(kind) for kind in INGESTED_KINDS],
+            subscriptions=[topics.shared(topics.fleet_uplink_filter(kind), share_group) for kind in INGESTED_KINDS],
             on_message=self._on_message,
             manual_ack=ack_after_commit,
             # MQTT 5 lets us cap what is in flight to us unacknowledged at what the queue holds.

@@ -158,6 +158,7 @@ class ServerStack:
                         if self.settings.ingest_ack_after_commit is not None
                         else self.settings.mqtt_url is not None
                     ),
+                    share_group=_share(self.settings.mqtt_share_group, "ingest"),
                 )
             )
             self.inspector = await self._stack.enter_async_context(
@@ -182,6 +183,7 @@ class ServerStack:
                         wechatpay_keys_dir=self.settings.wechatpay_keys_dir,
                         wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
                     ),
+                    share_group=_share(self.settings.mqtt_share_group, "bridge"),
                 )
             )
             self.app.state.bridge = self.bridge
@@ -231,3 +233,8 @@ class ServerStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.aclose()
+
+
+def _share(group: str | None, part: str) -> str | None:
+    """The shared-subscription group of one part: ingest and bridge each get the whole stream."""
+    return None if group is None else f"{group}-{part}"

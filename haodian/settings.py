@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # on with an external broker, off with the embedded amqtt one, which drops a QoS 1 message
     # whose acknowledgement takes more than 5 s.
     ingest_ack_after_commit: bool | None = None
+    # Several fleet-server or bridge processes split the device streams with shared
+    # subscriptions: `$share/<group>-ingest/...` and `$share/<group>-bridge/...` (each process
+    # needs its own HAODIAN_MQTT_CLIENT_PREFIX). Unset: plain subscriptions, as the embedded
+    # amqtt broker needs (it has no shared subscriptions and would silently match nothing).
+    mqtt_share_group: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = None
     # Inspection thresholds, e.g. HAODIAN_INSPECTION__LOST_AFTER_DAYS=3.
     inspection: InspectionThresholds = InspectionThresholds()
     # The fleet's local time for "a day" (power-on rate, daily rollup): China Standard Time.

@@ -79,6 +79,7 @@ class PaymentBridge:
         ttl_s: int = 120,
         ack_timeout_s: float = 10.0,
         platform_keys: PlatformKeys | None = None,
+        share_group: str | None = None,
     ) -> None:
         self._store = store
         self._keys = platform_keys or PlatformKeys()
@@ -92,7 +93,8 @@ class PaymentBridge:
         self._link = Link(
             endpoint,
             client_id=client_id,
-            subscriptions=[topics.fleet_uplink_filter(topics.Up.ACK)],
+            # Acks change only the database, so any bridge of a shared group may take any ack.
+            subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.ACK), share_group)],
             on_message=self._on_ack,
         )
 
