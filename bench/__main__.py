@@ -3,12 +3,16 @@
     python -m bench announce [--devices 20] [--tps 5] [--duration 20] [--json]
     python -m bench codecs [--frames 20000] [--repeats 5] [--json]
     python -m bench footprint [--warmup 15] [--window 60] [--json]
+    python -m bench bridge [--rate 1000] [--duration 60] [--devices 1000] [--bridges 1] [--json]
     python -m bench ingest [--devices 10000] [--reports 10] [--json]
     python -m bench query [--devices 100000] [--days 30] [--repeats 3] [--json]
 
 `announce`: payment notification received at the bridge → speaker starts playing, through the
 whole embedded stack (amqtt broker, PostgreSQL, fleet server, bridge, N real edge agents with
 WAV speakers), at a steady rate. It is the demo's measurement, run for its figures.
+
+`bridge`: the payment bridge alone under a steady notification rate, with a device farm that
+acks every announce (bench/bridge.py says exactly what is measured).
 
 `footprint`: one agent process at rest: resident memory (RSS, PSS, peak) and CPU share over a
 window, connected to a broker.
@@ -29,7 +33,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import codecs, fleet, footprint
+from bench import bridge, codecs, fleet, footprint
 from haodian import logs
 from haodian.demo import DemoOptions, machine, run_demo
 from haodian.settings import Settings
@@ -39,12 +43,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=["announce", "codecs", "footprint", "ingest", "query"])
-    parser.add_argument("--devices", type=int, help="announce: 20; ingest: 10,000; query: 100,000")
+    parser.add_argument("scenario", choices=["announce", "bridge", "codecs", "footprint", "ingest", "query"])
+    parser.add_argument("--rate", type=float, default=1000.0, help="bridge: notifications per second")
+    parser.add_argument("--bridges", type=int, default=1, help="bridge: bridge processes")
+    parser.add_argument("--devices", type=int, help="announce: 20; bridge: 1,000; ingest: 10,000; query: 100,000")
     parser.add_argument("--reports", type=int, default=10, help="ingest: health reports per device")
     parser.add_argument("--days", type=int, default=30, help="query: days of history")
     parser.add_argument("--tps", type=float, default=5.0)
-    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--duration", type=float, help="seconds; announce: 20, bridge: 60")
     parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
     parser.add_argument("--repeats", type=int, default=5, help="codecs: runs per codec (best and median shown)")
     parser.add_argument("--warmup", type=float, default=15.0, help="footprint: seconds before measuring")
@@ -54,6 +60,10 @@ def main() -> None:
     if args.scenario in ("ingest", "query"):
         _fleet(args)
         return
+    if args.scenario == "bridge":
+        _bridge(args)
+        return
+    args.duration = args.duration or 20.0
     args.devices = args.devices or 20
     if args.scenario == "codecs":
         _codecs(args)
@@ -122,6 +132,27 @@ def _fleet(args: argparse.Namespace) -> None:
         return
     print(f"machine: {machine()}")
     print("database: the machine's PostgreSQL 127.0.0.1:5432 (native partitions, no TimescaleDB)")
+    for line in result.lines():
+        print(line)
+
+
+def _bridge(args: argparse.Namespace) -> None:
+    logs.configure(json=True, level="WARNING", file=Path(tempfile.gettempdir()) / "haodian-bench-bridge.log")
+    try:
+        result = asyncio.run(
+            bridge.measure_bridge(
+                rate=args.rate, duration_s=args.duration or 60.0, devices=args.devices or 1000, bridges=args.bridges
+            )
+        )
+    except fleet.BenchError as exc:
+        raise SystemExit(f"bench bridge: {exc}") from exc
+    if args.json:
+        print(json.dumps({"machine": machine(), "bridge": asdict(result)}, indent=2))
+        return
+    print(f"machine: {machine()}")
+    print(
+        "database: the machine's PostgreSQL 127.0.0.1:5432; broker: a private Mosquitto (deploy/mosquitto.conf limits)"
+    )
     for line in result.lines():
         print(line)
 

@@ -192,7 +192,10 @@ class ServerStack:
                     WebhookSender(pool, self.settings.backend_webhook_url, Signer(self.keys.signing_key))
                 )
         await self._wait_broker()
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they
+        # are TCP. Without it every keep-alive response waited for the client's delayed ACK
+        # (Nagle): 40-45 ms on each API answer, 5 ms with it (bench bridge, issue 6).
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((self.settings.http_host, self.settings.http_port))
         self._stack.callback(self._socket.close)

@@ -1,0 +1,310 @@
+"""Payment bridge under load: signed notifications in over HTTP at a steady rate, announces out
+to simulated devices, acks back, on a private Mosquitto (deploy/mosquitto.conf limits) and the
+machine's PostgreSQL.
+
+Processes, as in production: `bridges` x `haodian server --parts bridge` (sharing the ack
+stream with a shared subscription when more than one; the load generator spreads requests over
+them as a load balancer would); a device farm, one MQTT client that stands in for `devices`
+speakers (it subscribes to every device's announce topic, verifies each announce's Ed25519
+signature and acks it `played` at once, so what is measured is the bridge, broker and database,
+not audio); and this process, which sends the backend's RSA2-signed notifications (signed before
+the timed run: signing is the backend's cost, not ours).
+
+Figures: notifications answered per second (achieved against offered), the backend's answer
+time, and notification received → playback start (the farm's ack time) p50/p95/p99/max, from
+the database; deliveries played / missed / still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import psycopg
+
+from bench.fleet import BenchError, fresh_database, private_mosquitto
+from firmware_protocols import topics
+from firmware_protocols.messages import Ack, AckStatus, Announce
+from firmware_protocols.signing import Verifier, decode_public_key, encode_public_key
+from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
+from simulators.backend import PaymentBackend
+
+START_TIMEOUT_S = 60.0
+SETTLE_S = 30.0
+MAX_IN_FLIGHT = 512
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
+
+
+def _farm_process(port: int, server_key_b64: str, ready: Event) -> None:
+    """Every device at once: verify each announce and ack it as played."""
+    quiet = logging.getLogger("bench.farm")
+    quiet.setLevel(logging.ERROR)
+    verifier = Verifier([decode_public_key(server_key_b64)])
+
+    async def run() -> None:
+        pending: set[asyncio.Task[None]] = set()
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier="bench-farm", max_inflight_messages=1000, logger=quiet
+        ) as client:
+            await client.subscribe(
+                f"{topics.ROOT}/{topics.VERSION}/+/{topics.Direction.DOWN}/{topics.Down.ANNOUNCE}", qos=1
+            )
+            ready.set()
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+                announce = Announce.model_validate_json(payload)
+                verifier.verify(announce)  # a speaker's work; a bad one would raise and end the farm
+                now = int(time.time() * 1000)
+                ack = Ack(
+                    device_id=announce.device_id,
+                    ts=now,
+                    payment_id=announce.payment_id,
+                    status=AckStatus.PLAYED,
+                    received_at=now,
+                    play_started_at=now,
+                )
+                task = asyncio.create_task(
+                    client.publish(topics.up(announce.device_id, topics.Up.ACK), ack.model_dump_json(), qos=1)
+                )
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+    asyncio.run(run())
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeFigures:
+    bridges: int
+    devices: int
+    offered_per_s: float
+    duration_s: float
+    sent: int
+    answered_ok: int
+    answer_errors: int
+    achieved_per_s: float
+    answer_ms: dict[str, float | None]
+    latency_ms: dict[str, float | None]
+    delivered: int
+    missed: int
+    pending: int
+
+    def lines(self) -> list[str]:
+        def fmt(p: dict[str, float | None]) -> str:
+            return "  ".join(f"{k} {v:.1f}" for k, v in p.items() if v is not None)
+
+        return [
+            f"bridges {self.bridges}, devices {self.devices},"
+            f" offered {self.offered_per_s:,.0f}/s for {self.duration_s:.0f} s",
+            f"notifications sent {self.sent:,}, answered 200 {self.answered_ok:,}, errors {self.answer_errors:,};"
+            f" achieved {self.achieved_per_s:,.0f}/s",
+            f"backend's answer time (ms): {fmt(self.answer_ms)}",
+            f"notification received -> playback start (ms): {fmt(self.latency_ms)}",
+            f"deliveries played {self.delivered:,}, missed {self.missed:,}, still pending {self.pending:,}",
+        ]
+
+
+async def measure_bridge(*, rate: float, duration_s: float, devices: int = 1000, bridges: int = 1) -> BridgeFigures:
+    total = int(rate * duration_s)
+    with tempfile.TemporaryDirectory(prefix="haodian-bench-bridge-") as folder:
+        data_dir = Path(folder)
+        ensure_dev_keys(data_dir)
+        signing_path, backend_private_path, backend_public_path = dev_key_paths(data_dir)
+        server_key_b64 = encode_public_key(read_signing_key(signing_path).public_key())
+        merchants = [f"BM{i:05d}" for i in range(devices)]
+        backend = PaymentBackend(read_rsa_private_key(backend_private_path), "http://unused", merchants)
+        print(f"signing {total:,} notifications (the backend's work, before the timed run)", flush=True)
+        notes = [backend.notification(merchant_id=merchants[i % devices]) for i in range(total)]
+        async with private_mosquitto() as (mqtt_port, _), fresh_database() as database_url:
+            ports = [_free_port() for _ in range(bridges)]
+            env = {
+                **os.environ,
+                "HAODIAN_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
+                "HAODIAN_DATABASE_URL": database_url,
+                "HAODIAN_DATA_DIR": str(data_dir),
+                "HAODIAN_SIGNING_KEY_FILE": str(signing_path),
+                "HAODIAN_BACKEND_PUBLIC_KEY_FILE": str(backend_public_path),
+                "HAODIAN_LOG_LEVEL": "WARNING",
+            }
+            if bridges > 1:
+                env["HAODIAN_MQTT_SHARE_GROUP"] = "bench"
+            procs = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "haodian.cli",
+                    "server",
+                    "--parts",
+                    "bridge",
+                    "--port",
+                    str(port),
+                    env={**env, "HAODIAN_MQTT_CLIENT_PREFIX": f"bench-b{n}"},
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=(data_dir / f"bridge{n}.log").open("wb"),
+                )
+                for n, port in enumerate(ports)
+            ]
+            ready = multiprocessing.get_context("spawn").Event()
+            farm = multiprocessing.get_context("spawn").Process(
+                target=_farm_process, args=(mqtt_port, server_key_b64, ready), name="farm"
+            )
+            farm.start()
+            try:
+                return await _run(ports, notes, rate, duration_s, devices, database_url, ready)
+            finally:
+                farm.terminate()
+                farm.join(10)
+                for proc in procs:
+                    proc.terminate()
+                    await proc.wait()
+
+
+async def _wait_up(clients: list[httpx.AsyncClient], ready: Event) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for client in clients:
+        while True:
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError("a bridge did not start; see its log in the data folder")
+            await asyncio.sleep(0.2)
+    if not await asyncio.to_thread(ready.wait, START_TIMEOUT_S):
+        raise BenchError("the device farm did not connect")
+
+
+async def _send_all(
+    clients: list[httpx.AsyncClient], notes: list[tuple[bytes, dict[str, str]]], rate: float
+) -> tuple[list[float], int, float]:
+    """Send at `rate` (spread over the bridges); (answer times in ms, errors, seconds taken)."""
+    answers: list[float] = []
+    errors = 0
+    in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def send(client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> None:
+        nonlocal errors
+        async with in_flight:
+            started = time.perf_counter()
+            try:
+                response = await client.post("/api/v1/notifications/backend", content=body, headers=headers)
+            except httpx.HTTPError:
+                errors += 1
+                return
+            if response.status_code == 200:
+                answers.append((time.perf_counter() - started) * 1000)
+            else:
+                errors += 1
+
+    tasks = []
+    started = time.monotonic()
+    for i, (body, headers) in enumerate(notes):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(clients[i % len(clients)], body, headers)))
+    await asyncio.gather(*tasks)
+    return answers, errors, time.monotonic() - started
+
+
+async def _results(database_url: str) -> tuple[int, int, int, float, list[float]]:
+    """After the acks settle: (played, missed, pending, seconds between first and last payment,
+    latencies in ms)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        settle_deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < settle_deadline:
+            cur = await conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'")
+            if (await cur.fetchone()) == (0,):
+                break
+            await asyncio.sleep(0.5)
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE d.status = 'played'), count(*) FILTER (WHERE d.status = 'missed'),"
+            " count(*) FILTER (WHERE d.status = 'pending'),"
+            " date_part('epoch', max(p.received_at) - min(p.received_at))"
+            " FROM deliveries d JOIN payments p USING (payment_id)"
+        )
+        delivered, missed, pending, span = (await cur.fetchone()) or (0, 0, 0, 0.0)
+        cur = await conn.execute(
+            "SELECT date_part('epoch', d.play_started_at - p.received_at) * 1000"
+            " FROM deliveries d JOIN payments p USING (payment_id) WHERE d.status = 'played'"
+        )
+        latencies = [float(row[0]) for row in await cur.fetchall()]
+    return delivered, missed, pending, float(span or 0.0), latencies
+
+
+async def _run(
+    ports: list[int],
+    notes: list[tuple[bytes, dict[str, str]]],
+    rate: float,
+    duration_s: float,
+    devices: int,
+    database_url: str,
+    ready: Event,
+) -> BridgeFigures:
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    # Nagle's algorithm on the client would hold a request's body behind the server's delayed
+    # ACK of its headers (40 ms on Linux): a backend worth the name sends with TCP_NODELAY.
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    clients = [
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=nodelay),
+            timeout=30,
+        )
+        for port in ports
+    ]
+    try:
+        await _wait_up(clients, ready)
+        for i in range(devices):
+            await clients[0].post("/api/v1/bindings", json={"device_id": f"BD{i:05d}", "merchant_id": f"BM{i:05d}"})
+        print(
+            f"{len(ports)} bridge(s) up, {devices:,} devices bound; sending {len(notes):,} at {rate:,.0f}/s", flush=True
+        )
+        answers, errors, sending_s = await _send_all(clients, notes, rate)
+        print(f"sent in {sending_s:.1f} s; waiting up to {SETTLE_S:.0f} s for the acks", flush=True)
+        delivered, missed, pending, span, latencies = await _results(database_url)
+    finally:
+        for client in clients:
+            await client.aclose()
+    return BridgeFigures(
+        bridges=len(ports),
+        devices=devices,
+        offered_per_s=rate,
+        duration_s=duration_s,
+        sent=len(notes),
+        answered_ok=len(answers),
+        answer_errors=errors,
+        achieved_per_s=len(answers) / max(span, sending_s, 1e-9),
+        answer_ms=_percentiles(answers),
+        latency_ms=_percentiles(latencies),
+        delivered=delivered,
+        missed=missed,
+        pending=pending,
+    )
