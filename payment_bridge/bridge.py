@@ -253,10 +253,11 @@ class PaymentBridge:
                 error=str(exc),
             )
             return
-        if retry:
-            self.stats.republished += 1
-        else:
+        if not retry:
+            # Counted as the first attempt when the delivery was recorded.
             self.stats.published += 1
+            return
+        self.stats.republished += 1
         await self._store.mark_published(delivery.payment_id, delivery.device_id, now)
 
     async def _retry_loop(self) -> None:

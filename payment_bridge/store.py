@@ -136,47 +136,31 @@ class PaymentStore:
         """Durably record a payment and its deliveries; idempotent by payment id.
 
         A payment recorded without an announcement (Alipay's WAIT_BUYER_PAY) is taken again by
-        the first notification of the same trade that announces; anything later is a repeat."""
-        announce = notice.kind is not None
-        async with self._pool.connection() as conn, conn.transaction():
+        the first notification of the same trade that announces; anything later is a repeat.
+        One statement, so one round trip and one commit on the notification's path."""
+        kind = notice.kind.value if notice.kind else "none"
+        async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
-                " status, paid_at, received_at, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,"
-                " status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,"
-                " received_at = EXCLUDED.received_at, raw = EXCLUDED.raw"
-                " WHERE payments.kind = 'none' AND EXCLUDED.kind <> 'none'"
-                " RETURNING payment_id",
-                (
-                    notice.payment_id,
-                    source,
-                    notice.notify_id,
-                    notice.merchant_id,
-                    notice.amount_fen,
-                    notice.channel.value,
-                    (notice.kind.value if notice.kind else "none"),
-                    notice.status,
-                    notice.paid_at,
-                    received_at,
-                    notice.raw,
-                ),
+                _RECORD_PAYMENT,
+                {
+                    "payment_id": notice.payment_id,
+                    "source": source,
+                    "notify_id": notice.notify_id,
+                    "merchant_id": notice.merchant_id,
+                    "amount_fen": notice.amount_fen,
+                    "channel": notice.channel.value,
+                    "kind": kind,
+                    "status": notice.status,
+                    "paid_at": notice.paid_at,
+                    "received_at": received_at,
+                    "raw": notice.raw,
+                    "expires_at": received_at + ttl,
+                },
             )
-            if await cur.fetchone() is None:
-                return Recorded(notice.payment_id, is_new=False, device_ids=[])
-            if not announce:
-                return Recorded(notice.payment_id, is_new=True, device_ids=[])
-            # last_published_at starts at the time of receipt: the first publish follows at once,
-            # and the retry loop leaves the delivery alone until the ack timeout has passed.
-            cur = await conn.execute(
-                "INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at)"
-                " SELECT %s, device_id, %s, %s FROM bindings WHERE merchant_id = %s ORDER BY device_id"
-                " RETURNING device_id",
-                (notice.payment_id, received_at + ttl, received_at, notice.merchant_id),
-            )
-            devices = [row[0] for row in await cur.fetchall()]
-            if not devices:
-                await _flag_not_announced(conn, [notice.payment_id], reason="no_bound_device")
-        return Recorded(notice.payment_id, is_new=True, device_ids=devices)
+            row = await cur.fetchone()
+        if row is None or not row[0]:
+            return Recorded(notice.payment_id, is_new=False, device_ids=[])
+        return Recorded(notice.payment_id, is_new=True, device_ids=list(row[1] or []))
 
     async def mark_published(self, payment_id: str, device_id: str, at: datetime) -> None:
         async with self._pool.connection() as conn:
@@ -355,6 +339,40 @@ class PaymentStore:
                 {"m": merchant_id, "since": since, "limit": limit},
             )
             return [NotAnnounced.model_validate(row) for row in await cur.fetchall()]
+
+
+# A new payment (or one taken again, see record_payment), its deliveries to the devices bound to
+# its merchant if it announces, and the not-announced event if it announces to nobody, in one
+# statement. The first publish follows at once: attempts starts at 1 and last_published_at at the
+# time of receipt, so the retry loop leaves the delivery alone until the ack timeout has passed.
+_RECORD_PAYMENT = """
+WITH p AS (
+    INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at,
+                          received_at, raw)
+    VALUES (%(payment_id)s, %(source)s, %(notify_id)s, %(merchant_id)s, %(amount_fen)s, %(channel)s, %(kind)s,
+            %(status)s, %(paid_at)s, %(received_at)s, %(raw)s)
+    ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,
+        status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,
+        received_at = EXCLUDED.received_at, raw = EXCLUDED.raw
+    WHERE payments.kind = 'none' AND EXCLUDED.kind <> 'none'
+    RETURNING payment_id, kind
+),
+d AS (
+    INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at, attempts)
+    SELECT p.payment_id, b.device_id, %(expires_at)s, %(received_at)s, 1
+    FROM p JOIN bindings b ON b.merchant_id = %(merchant_id)s
+    WHERE p.kind <> 'none'
+    ORDER BY b.device_id
+    RETURNING device_id
+),
+e AS (
+    INSERT INTO payment_events (payment_id, event, reason)
+    SELECT p.payment_id, 'not_announced', 'no_bound_device' FROM p
+    WHERE p.kind <> 'none' AND NOT EXISTS (SELECT 1 FROM d)
+    ON CONFLICT (payment_id, event) DO NOTHING
+)
+SELECT EXISTS (SELECT 1 FROM p), (SELECT array_agg(device_id ORDER BY device_id) FROM d)
+"""
 
 
 async def _flag_not_announced(conn: AsyncConnection[Any], payment_ids: list[str], *, reason: str) -> None:

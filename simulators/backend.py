@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import random
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,9 @@ class PaymentBackend:
         self._url = bridge_url.rstrip("/") + "/api/v1/notifications/backend"
         self._merchants = list(merchants)
         self._random = random.Random(seed)  # noqa: S311 - simulated traffic, not security.
-        self._run_id = run_id or datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S")
+        # The second, plus a random part: two backends started in the same second (tests, several
+        # load generators) must not issue the same payment ids.
+        self._run_id = run_id or datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2).upper()
         self._seq = itertools.count(1)
         self.stats = BackendStats()
 

@@ -122,9 +122,7 @@ async def test_device_offline_past_the_ttl_plays_nothing_late_and_the_backend_is
         payment_id = json.loads(body)["payment_id"]
         assert (await http.post("/api/v1/notifications/backend", content=body, headers=headers)).is_success
         # A merchant with no speaker at all: not announced from the start.
-        lonely_body, lonely_headers = PaymentBackend(backend_key, server.base_url, [lonely]).notification(
-            amount_fen=100
-        )
+        lonely_body, lonely_headers = backend.notification(merchant_id=lonely, amount_fen=100)
         lonely_id = json.loads(lonely_body)["payment_id"]
         assert (
             await http.post("/api/v1/notifications/backend", content=lonely_body, headers=lonely_headers)
