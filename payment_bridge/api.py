@@ -150,10 +150,11 @@ async def unbind(store: StoreDep, device_id: Annotated[str, Path(pattern=DEVICE_
         raise ApiError(404, "BINDING_NOT_FOUND", f"device {device_id} is not bound", f"设备 {device_id} 未绑定")
 
 
-@router.get("/bindings", summary="Bindings, by merchant or device")
+@router.get("/bindings", summary="Bindings, by merchant, device id or device serial number")
 async def bindings(
     store: StoreDep,
     merchant_id: Annotated[str | None, Query(max_length=64)] = None,
     device_id: Annotated[str | None, Query(max_length=64)] = None,
+    serial: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[Binding]:
-    return await store.bindings(merchant_id=merchant_id, device_id=device_id)
+    return await store.bindings(merchant_id=merchant_id, device_id=device_id, serial=serial)

@@ -314,13 +314,19 @@ class PaymentStore:
             cur = await conn.execute("DELETE FROM bindings WHERE device_id = %s", (device_id,))
             return cur.rowcount == 1
 
-    async def bindings(self, *, merchant_id: str | None = None, device_id: str | None = None) -> list[Binding]:
+    async def bindings(
+        self, *, merchant_id: str | None = None, device_id: str | None = None, serial: str | None = None
+    ) -> list[Binding]:
+        """Bindings by merchant, device id or the serial number printed on the device (the one in
+        the registry, or the one the device reported)."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "SELECT device_id, merchant_id, bound_at FROM bindings"
                 " WHERE (%(m)s::text IS NULL OR merchant_id = %(m)s) AND (%(d)s::text IS NULL OR device_id = %(d)s)"
+                " AND (%(s)s::text IS NULL OR device_id IN"
+                "   (SELECT device_id FROM devices WHERE serial = %(s)s OR reported_serial = %(s)s))"
                 " ORDER BY merchant_id, device_id",
-                {"m": merchant_id, "d": device_id},
+                {"m": merchant_id, "d": device_id, "s": serial},
             )
             return [Binding.model_validate(row) for row in await cur.fetchall()]
 

@@ -127,4 +127,12 @@ async def test_wechatpay_payment_is_answered_204_and_played(stack, server_keys, 
         assert refused.status_code == 401
         assert refused.json()["code"] == "FAIL"
         assert refused.json()["message"].startswith("SIGNATURE_INVALID")
+
+        # The backend finds the binding by the serial number on the device (reported in its hello).
+        async def by_serial() -> bool:
+            found = (await http.get("/api/v1/bindings", params={"serial": device})).json()
+            return [(b["device_id"], b["merchant_id"]) for b in found] == [(device, merchant)]
+
+        await eventually(by_serial, what="the binding to be found by the device's serial")
+        assert (await http.get("/api/v1/bindings", params={"serial": "NO-SUCH-SERIAL"})).json() == []
     assert [r.text for r in sinks[device].played] == ["微信收款十二点五元"]
