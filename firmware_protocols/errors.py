@@ -4,6 +4,7 @@
      ├── MessageError             a topic or payload that is not a valid v1 message
      ├── SignatureError           a signature that is missing, malformed, from an unknown key,
      │                            or does not verify
+     ├── ManifestError            a release manifest or artifact that must not be installed
      └── CodecError               bytes from a serial line (TTS chip, modem, printer) that do not
                                   decode; carries the stream offset and the reason
 
@@ -21,6 +22,10 @@ class MessageError(ProtocolError):
 
 class SignatureError(ProtocolError):
     """A signed message whose signature cannot be trusted."""
+
+
+class ManifestError(ProtocolError):
+    """A release manifest or artifact that must not be installed, and why."""
 
 
 class CodecError(ProtocolError):
