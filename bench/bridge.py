@@ -22,7 +22,6 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from bench.fleet import BenchError, fresh_database, private_mosquitto
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce
 from firmware_protocols.signing import Verifier, decode_public_key, encode_public_key
+from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
 
@@ -45,12 +45,6 @@ START_TIMEOUT_S = 60.0
 SETTLE_S = 30.0
 # Keep-alive connections per bridge, as a backend's HTTP client pool would hold.
 CONNECTIONS = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -144,7 +138,7 @@ async def measure_bridge(*, rate: float, duration_s: float, devices: int = 1000,
         print(f"signing {total:,} notifications (the backend's work, before the timed run)", flush=True)
         notes = [backend.notification(merchant_id=merchants[i % devices]) for i in range(total)]
         async with private_mosquitto() as (mqtt_port, _), fresh_database() as database_url:
-            ports = [_free_port() for _ in range(bridges)]
+            ports = [free_port() for _ in range(bridges)]
             env = {
                 **os.environ,
                 "HAODIAN_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",

@@ -4,11 +4,10 @@
 by a few publisher connections, in a process of their own, into the real ingest (validation,
 batching, COPY, daily rollup, cells, state machine, acknowledgement after commit). The broker is
 a private Mosquitto started with the queue limits of deploy/mosquitto.conf (the machine's own
-runs at Mosquitto's defaults, which drop a session's messages past 1000 queued). Figures: the offered
-rate (publishing), the
-sustained ingest rate = rows stored / time from the first publish to the last row written, and
-the loss (published - stored). The ceiling on the same run: the same rows COPYed straight into
-`device_health` by one connection.
+runs at Mosquitto's defaults, which drop a session's messages past 1000 queued). Figures: the
+offered rate (publishing), the sustained ingest rate = rows stored / time from the first publish
+to the last row written, and the loss (published - stored). The ceiling on the same run: the
+same rows COPYed straight into `device_health` by one connection.
 
 `query`: a simulated history of `devices` x `days` (simulators.history) loaded into a fresh
 database, then the fleet summary (every figure over the whole window) and a per-model slice,
@@ -20,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -43,6 +40,7 @@ from fleet_server.db import migrate, open_pool
 from fleet_server.figures import FleetFigures, Level
 from fleet_server.ingest import Ingest
 from simulators.history import FleetHistory, HistoryParameters
+from simulators.mosquitto import MosquittoError, PrivateMosquitto
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
@@ -69,34 +67,18 @@ async def fresh_database(admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
 async def private_mosquitto(config: Path = DEPLOY_CONF) -> AsyncIterator[tuple[int, str]]:
     """A Mosquitto on a free local port with the queue and in-flight limits of `config`;
     yields (port, the limits applied)."""
-    binary = shutil.which("mosquitto")
-    if binary is None:
-        raise BenchError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     text = await asyncio.to_thread(config.read_text, encoding="utf-8")
     limits = [line.strip() for line in text.splitlines() if line.startswith("max_")]
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        port = probe_socket.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="haodian-bench-mqtt-") as folder:
-        conf = Path(folder) / "mosquitto.conf"
-        conf.write_text("\n".join([f"listener {port} 127.0.0.1", "allow_anonymous true", *limits, ""]), "utf-8")
-        process = await asyncio.create_subprocess_exec(
-            binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
         try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        _, writer = await asyncio.open_connection("127.0.0.1", port)
-                    except OSError:
-                        await asyncio.sleep(0.05)
-                        continue
-                    writer.close()
-                    break
-            yield port, ", ".join(limits)
+            broker = PrivateMosquitto(Path(folder), config_lines=limits, persistence=False)
+            await asyncio.to_thread(broker.start)
+        except MosquittoError as exc:
+            raise BenchError(str(exc)) from exc
+        try:
+            yield broker.port, ", ".join(limits)
         finally:
-            process.terminate()
-            await process.wait()
+            await asyncio.to_thread(broker.stop)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_protocols.signing import encode_public_key
+from haodian.embedded import free_port
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -45,12 +46,6 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -101,7 +96,7 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
         if _port_open(1883):
             broker, port = "mosquitto 127.0.0.1:1883", 1883
         else:
-            port = _free_port()
+            port = free_port()
             processes.append(
                 subprocess.Popen(  # noqa: S603 - our own command
                     [sys.executable, "-m", "haodian", "broker", "--port", str(port)], stdout=subprocess.DEVNULL

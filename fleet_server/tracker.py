@@ -73,38 +73,24 @@ def fold(
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A batch of observations run through the machine: the transitions, and for every device
-    whose state or streak changed its new (state, state_since or None if unchanged, streak)."""
-
-    transitions: list[Transition]
-    devices: dict[str, tuple[str | None, datetime | None, int]]
-
-
-async def lock(cur: AsyncCursor[Any], device_ids: list[str]) -> dict[str, DeviceCursor]:
-    """Lock the devices' rows in id order (so concurrent writers never deadlock); their cursors."""
-    await cur.execute(
-        "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
-        (sorted(device_ids),),
-    )
-    return {row[0]: DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2]) for row in await cur.fetchall()}
-
-
-def advance(
-    current: dict[str, DeviceCursor],
-    observations: list[Observation],
-    *,
-    clean_reports: int = CLEAN_REPORTS_TO_VERIFY,
-) -> Outcome:
-    """Fold each device's observations (sorted here by time) from its cursor in `current`;
-    a device missing from `current` is skipped."""
+async def apply(
+    cur: AsyncCursor[Any], observations: list[Observation], *, clean_reports: int = CLEAN_REPORTS_TO_VERIFY
+) -> list[Transition]:
+    """Apply a batch of observations in the caller's transaction; returns the transitions made."""
+    if not observations:
+        return []
     by_device: dict[str, list[Observation]] = defaultdict(list)
     for obs in sorted(observations, key=lambda o: o.at):
         by_device[obs.device_id].append(obs)
+    ids = sorted(by_device)
+    await cur.execute(
+        "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+        (ids,),
+    )
+    current = {row[0]: DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2]) for row in await cur.fetchall()}
     transitions: list[Transition] = []
-    devices: dict[str, tuple[str | None, datetime | None, int]] = {}
-    for device_id in sorted(by_device):
+    updates: list[tuple[object, ...]] = []
+    for device_id in ids:
         cursor = current.get(device_id)
         if cursor is None:
             continue  # not registered and never seen: ingest inserts the row before applying
@@ -112,40 +98,30 @@ def advance(
         made = fold(cursor, by_device[device_id], clean_reports=clean_reports)
         transitions.extend(made)
         if made or before != (cursor.state, cursor.streak):
-            state = cursor.state.value if cursor.state else None
-            devices[device_id] = (state, made[-1].at if made else None, cursor.streak)
-    return Outcome(transitions, devices)
-
-
-async def record(cur: AsyncCursor[Any], transitions: list[Transition]) -> None:
-    """Store transitions with their causes (append-only history)."""
-    if not transitions:
-        return
-    await copy_rows(
-        cur,
-        "COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN",
-        (
-            (t.device_id, t.at, t.state.value, t.previous.value if t.previous else None, t.cause, json.dumps(t.detail))
-            for t in transitions
-        ),
-    )
-
-
-async def apply(
-    cur: AsyncCursor[Any], observations: list[Observation], *, clean_reports: int = CLEAN_REPORTS_TO_VERIFY
-) -> list[Transition]:
-    """Apply observations in the caller's transaction; returns the transitions made."""
-    if not observations:
-        return []
-    current = await lock(cur, list({obs.device_id for obs in observations}))
-    outcome = advance(current, observations, clean_reports=clean_reports)
-    if outcome.devices:
+            since = made[-1].at if made else None
+            updates.append((cursor.state.value if cursor.state else None, since, cursor.streak, device_id))
+    if updates:
         await cur.execute(
             "UPDATE devices d SET state = u.state, state_since = COALESCE(u.since, d.state_since),"
             " healthy_streak = u.streak"
             " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[]) AS u(state, since, streak, device_id)"
             " WHERE d.device_id = u.device_id",
-            columns(((*v, d) for d, v in outcome.devices.items()), 4),
+            columns(updates, 4),
         )
-    await record(cur, outcome.transitions)
-    return outcome.transitions
+    if transitions:
+        await copy_rows(
+            cur,
+            "COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN",
+            (
+                (
+                    t.device_id,
+                    t.at,
+                    t.state.value,
+                    t.previous.value if t.previous else None,
+                    t.cause,
+                    json.dumps(t.detail),
+                )
+                for t in transitions
+            ),
+        )
+    return transitions

@@ -37,13 +37,13 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     # The payment backend's RSA public key (PEM) verifying its notifications.
     backend_public_key_file: Path | None = None
+    # Where the bridge tells the backend about payments no device played (JSON, Ed25519-signed
+    # with the server key); unset: not told, only listed at /api/v1/payments/not-announced.
+    backend_webhook_url: str | None = None
     # Payment platforms' keys, re-read when the files change (rotation without a restart):
     # the Alipay public key (PEM; several blocks while a new key is rolled in), a folder of
     # WeChat Pay platform certificates and PUB_KEY_ID_*.pem public keys, and the merchant's
     # WeChat Pay APIv3 key (32 characters). Unset: that platform's notifications are refused.
-    # Where the bridge tells the backend about payments no device played (JSON, Ed25519-signed
-    # with the server key); unset: not told, only listed at /api/v1/payments/not-announced.
-    backend_webhook_url: str | None = None
     alipay_public_key_file: Path | None = None
     wechatpay_keys_dir: Path | None = None
     wechatpay_apiv3_key_file: Path | None = None

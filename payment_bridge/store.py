@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -175,7 +176,10 @@ class PaymentStore:
         play_started = (
             datetime.fromtimestamp(ack.play_started_at / 1000, tz=acked_at.tzinfo) if ack.play_started_at else None
         )
-        async with self._pool.connection() as conn:
+        unheard = ack.status.value not in DELIVERED
+        async with self._pool.connection() as conn, conn.transaction() if unheard else nullcontext():
+            # An ack that may conclude "not announced" commits its event with it; a played one
+            # (nearly all of them) stays one statement.
             # The first answer sets the status, except that "played" always wins: a late played
             # ack (flushed from a device's outbox) beats the "missed" we concluded meanwhile.
             takes = "(status IN ('pending', 'missed') OR (%(status)s = 'played' AND status <> 'played'))"
@@ -196,7 +200,7 @@ class PaymentStore:
                     "device_id": ack.device_id,
                 },
             )
-            if cur.rowcount == 1 and ack.status.value not in DELIVERED:
+            if cur.rowcount == 1 and unheard:
                 await _flag_not_announced(conn, [ack.payment_id], reason=ack.status.value)
             return cur.rowcount == 1
 

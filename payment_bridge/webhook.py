@@ -14,9 +14,10 @@ played (missed its TTL, expired, refused, failed). This loop posts each event to
     {"event": "payment.not_announced", "payment_id": "...", "merchant_id": "...",
      "amount_fen": 1250, "channel": "wechat", "paid_at": "...", "reason": "missed"}
 
-until the backend answers 2xx, with a growing delay between tries (capped at 5 minutes). Rows
-are claimed with `FOR UPDATE SKIP LOCKED`, so several bridge processes share the outbox and
-each event is sent by one of them at a time; delivery is at least once (the backend dedups by
+until the backend answers 2xx, with a growing delay between tries (capped at 5 minutes). A batch
+is claimed with `FOR UPDATE SKIP LOCKED` and a lease on its next attempt, so several bridge
+processes share the outbox and each event is sent by one of them at a time, and no database
+connection is held while the backend answers; delivery is at least once (the backend dedups by
 `payment_id`).
 """
 
@@ -26,10 +27,11 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 import structlog
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from edge_agent.tasks import cancel_and_wait
@@ -41,6 +43,8 @@ SCAN_S = 1.0
 BATCH = 50
 MAX_DELAY_S = 300.0
 REQUEST_TIMEOUT_S = 10.0
+# A claimed batch is not claimed again for this long: longer than its requests can take.
+LEASE_S = 3 * REQUEST_TIMEOUT_S
 KEY_ID_HEADER = "X-Haodian-Key-Id"
 SIGNATURE_HEADER = "X-Haodian-Signature"
 
@@ -91,45 +95,55 @@ class WebhookSender:
             await asyncio.sleep(self._scan_s)
 
     async def send_due(self) -> int:
-        """Send the events that are due (one batch); returns how many were tried."""
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.amount_fen, p.channel,"
-                " p.paid_at FROM payment_events e JOIN payments p USING (payment_id)"
-                " WHERE e.delivered_at IS NULL AND e.next_attempt_at <= now()"
-                " ORDER BY e.next_attempt_at LIMIT %s FOR UPDATE OF e SKIP LOCKED",
-                (BATCH,),
+        """Send the events that are due (one batch, concurrently); returns how many were tried.
+
+        The batch is claimed in a short transaction that pushes its next attempt a lease ahead
+        (another bridge skips it meanwhile), then sent with no database connection held, then
+        each outcome written back."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "UPDATE payment_events e SET next_attempt_at = now() + make_interval(secs => %s)"
+                " FROM payments p WHERE p.payment_id = e.payment_id AND e.id IN ("
+                "   SELECT id FROM payment_events WHERE delivered_at IS NULL AND next_attempt_at <= now()"
+                "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " RETURNING e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.amount_fen,"
+                " p.channel, p.paid_at",
+                (LEASE_S, BATCH),
             )
-            rows = await cur.fetchall()
-            for event_id, event, reason, attempts, payment_id, merchant_id, amount_fen, channel, paid_at in rows:
-                body = json.dumps(
-                    {
-                        "event": f"payment.{event}",
-                        "payment_id": payment_id,
-                        "merchant_id": merchant_id,
-                        "amount_fen": amount_fen,
-                        "channel": channel,
-                        "paid_at": paid_at.isoformat(),
-                        "reason": reason,
-                    },
-                    ensure_ascii=False,
-                ).encode()
-                error = await self._post(body)
-                if error is None:
-                    self.sent += 1
-                    await conn.execute("UPDATE payment_events SET delivered_at = now() WHERE id = %s", (event_id,))
-                    continue
-                self.failures += 1
-                delay = retry_delay(attempts + 1)
-                log.warning(
-                    "webhook not delivered; will retry", payment_id=payment_id, error=error, retry_in=str(delay)
-                )
-                await conn.execute(
-                    "UPDATE payment_events SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s"
-                    " WHERE id = %s",
-                    (error[:500], datetime.now(tz=UTC) + delay, event_id),
-                )
-        return len(rows)
+            claimed = await cur.fetchall()
+        await asyncio.gather(*(self._send(event) for event in claimed))
+        return len(claimed)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        """Post one claimed event and write back how it went."""
+        body = json.dumps(
+            {
+                "event": f"payment.{event['event']}",
+                "payment_id": event["payment_id"],
+                "merchant_id": event["merchant_id"],
+                "amount_fen": event["amount_fen"],
+                "channel": event["channel"],
+                "paid_at": event["paid_at"].isoformat(),
+                "reason": event["reason"],
+            },
+            ensure_ascii=False,
+        ).encode()
+        error = await self._post(body)
+        async with self._pool.connection() as conn:
+            if error is None:
+                self.sent += 1
+                await conn.execute("UPDATE payment_events SET delivered_at = now() WHERE id = %s", (event["id"],))
+                return
+            self.failures += 1
+            delay = retry_delay(event["attempts"] + 1)
+            log.warning(
+                "webhook not delivered; will retry", payment_id=event["payment_id"], error=error, retry_in=str(delay)
+            )
+            await conn.execute(
+                "UPDATE payment_events SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s"
+                " WHERE id = %s",
+                (error[:500], datetime.now(tz=UTC) + delay, event["id"]),
+            )
 
     async def _post(self, body: bytes) -> str | None:
         """POST one event; None when the backend took it, else why not."""

@@ -6,10 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,51 +19,20 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
+from simulators import mosquitto
 from tests.integration.conftest import signed_announce
 
 FINAL_STATUSES = {"played", "duplicate", "expired", "refused", "failed", "silenced"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateMosquitto:
+class PrivateMosquitto(mosquitto.PrivateMosquitto):
     """A Mosquitto of the test's own, with persistence, that the test may kill -9 and start again."""
 
     def __init__(self, folder: Path) -> None:
-        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-        if binary is None:
-            pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-        self.binary = binary
-        self.port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nautosave_interval 1\nlog_dest none\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"private mosquitto did not listen on {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        try:
+            super().__init__(folder)
+        except mosquitto.MosquittoError as exc:
+            pytest.skip(str(exc))
 
 
 class RetryingPublisher:

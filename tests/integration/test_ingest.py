@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiomqtt
@@ -19,6 +19,7 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Health
 from fleet_server.db import migrate, open_pool
 from fleet_server.ingest import Ingest
+from tests.integration.conftest import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -79,12 +80,6 @@ async def _stored_when_complete(pool, unique: str, sent: set[tuple[str, int]], t
     return stored
 
 
-async def _until(predicate, timeout_s: float) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - polls the ingest's counters, which have no event.
-            await asyncio.sleep(0.1)
-
-
 @pytest.fixture
 async def setup(machine_database, machine_mosquitto, unique):
     host, port = machine_mosquitto
@@ -106,7 +101,7 @@ async def test_database_away_then_back_loses_nothing(setup, unique):
         await ingest.wait_connected(10)
         async with _database_away(admin, name):
             sent = await _publish_all(endpoint.host, endpoint.port, unique)
-            await _until(lambda: ingest.stats.write_failures >= 1, 30)
+            await eventually(_now(lambda: ingest.stats.write_failures >= 1), timeout_s=30, what="a failed write")
             assert ingest.stats.written == 0
         stored = await _stored_when_complete(pool, unique, sent)
     assert stored == sent
@@ -121,7 +116,19 @@ async def test_what_a_dead_ingest_had_not_stored_is_delivered_again(setup, uniqu
         async with Ingest(pool, endpoint, client_id=client_id, batch_size=50, flush_s=0.05) as first:
             await first.wait_connected(10)
             sent = await _publish_all(endpoint.host, endpoint.port, unique)
-            await _until(lambda: first.stats.received >= len(sent), 30)  # others' retained presence too
+            # (its count includes other tests' retained presence too)
+            await eventually(
+                _now(lambda: first.stats.received >= len(sent)), timeout_s=30, what="every report received"
+            )
         assert first.stats.written == 0
     async with Ingest(pool, endpoint, client_id=client_id, batch_size=50, flush_s=0.05):
         assert await _stored_when_complete(pool, unique, sent) == sent
+
+
+def _now(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """A counter check as the awaitable `eventually` polls."""
+
+    async def check() -> bool:
+        return predicate()
+
+    return check

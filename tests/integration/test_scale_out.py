@@ -20,6 +20,7 @@ from fleet_server.ingest import Ingest
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.notifications import PaymentNotice
 from payment_bridge.store import PaymentStore
+from tests.integration.conftest import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -36,12 +37,6 @@ async def pool(machine_database):
 @pytest.fixture
 async def endpoint(machine_mosquitto):
     return BrokerEndpoint(host=machine_mosquitto[0], port=machine_mosquitto[1])
-
-
-async def _until(check, timeout_s: float = 30) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - polls the database, which has no event.
-            await asyncio.sleep(0.2)
 
 
 async def test_two_ingests_in_a_share_group_store_each_message_once(pool, endpoint, unique):
@@ -71,7 +66,7 @@ async def test_two_ingests_in_a_share_group_store_each_message_once(pool, endpoi
                     )
                     return (await cur.fetchone()) == (MESSAGES,)
 
-            await _until(all_stored)
+            await eventually(all_stored, timeout_s=30, what="every report stored")
             await asyncio.sleep(0.5)  # a duplicate would arrive now
             assert await all_stored()
             # Each took a share of ours. (Their counters also include retained presence of other
@@ -132,7 +127,7 @@ async def test_two_bridges_in_a_share_group_record_each_ack_once(pool, endpoint,
                     )
                     return (await cur.fetchone()) == (len(payments),)
 
-            await _until(all_played)
+            await eventually(all_played, timeout_s=30, what="every ack recorded once")
             await asyncio.sleep(0.5)
             assert await all_played()
             assert all(bridge.stats.acks > 0 for bridge in bridges), [b.stats for b in bridges]
