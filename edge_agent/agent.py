@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiomqtt
+import httpx
 import structlog
 from pydantic import ValidationError
 
@@ -45,6 +46,8 @@ from edge_agent.hardware.ports import Modem, Printer, SystemInfo
 from edge_agent.health import PartWatch, health_report, part_states, read_parts
 from edge_agent.link import Backoff, Link, LinkDown, Session
 from edge_agent.merchant_settings import MerchantSettings
+from edge_agent.ota.slots import BootControl
+from edge_agent.ota.updater import UpdatePolicy, Updater
 from edge_agent.outbox import Outbox
 from edge_agent.receipt import receipt_for
 from edge_agent.speech import ALERT_WORDS, repeated, spoken_text
@@ -66,16 +69,25 @@ from firmware_protocols.messages import (
     Health,
     Hello,
     Message,
+    OtaOffer,
+    OtaStatus,
     Presence,
     Settings,
     Signed,
     parse_payload,
 )
-from firmware_protocols.signing import Verifier, decode_public_key
+from firmware_protocols.signing import Verifier, decode_public_key, key_id_of
 
 log = structlog.get_logger(__name__)
 
-CAPABILITIES = ["announce.v1", "voice.zh_cn", "alert.v1", "settings.v1", *(f"command.{n}" for n in commands.COMMANDS)]
+CAPABILITIES = [
+    "announce.v1",
+    "voice.zh_cn",
+    "alert.v1",
+    "settings.v1",
+    "ota.v1",
+    *(f"command.{n}" for n in commands.COMMANDS),
+]
 # Parts are read this often (or at the health interval, if shorter) so that a fault is an event
 # within seconds; reading a modem's five AT answers and /proc costs milliseconds.
 WATCH_INTERVAL_S = 10.0
@@ -118,7 +130,9 @@ class EdgeAgent:
         printer: Printer | None = None,
         system: SystemInfo | None = None,
         clock: Clock | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`http_transport`: how update downloads reach the network (default: httpx's own)."""
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         self.config = _with_overrides(config, state / CONFIG_OVERRIDES_FILE)
@@ -138,6 +152,10 @@ class EdgeAgent:
         self._queue: asyncio.Queue[_Playback] = asyncio.Queue()
         self._watch = PartWatch()
         self._lock = StateLock(state)
+        self._http_transport = http_transport
+        self.boot_control = BootControl(state, factory_version=config.firmware, factory_slot=config.slot)
+        self.ota: Updater | None = None
+        self._halted = False
         self.boot: Boot | None = None
         self._boot_record: BootRecord | None = None
         self._started_ms = self._clock.now_ms()
@@ -169,8 +187,32 @@ class EdgeAgent:
 
     async def __aenter__(self) -> Self:
         self._lock.acquire()
-        self._boot_record = BootRecord(self.config.state_dir, self._clock.now_ms())
+        # The bootloader's step: which slot runs, and whether a trial slot was just dropped.
+        booted = self.boot_control.boot()
+        self.config = self.config.model_copy(update={"firmware": booted.version, "slot": booted.slot})
+        self._boot_record = BootRecord(
+            self.config.state_dir, self._clock.now_ms(), reason="rollback" if booted.rolled_back else None
+        )
         self.boot = self._boot_record.boot
+        release_keys = [decode_public_key(k) for k in self.config.release_keys]
+        self.ota = Updater(
+            device_id=self.device_id,
+            model=self.config.model,
+            state_dir=self.config.state_dir,
+            boot_control=self.boot_control,
+            booted=booted,
+            release_keys={key_id_of(k): k for k in release_keys},
+            host=self,
+            clock=self._clock,
+            policy=UpdatePolicy(
+                download_attempts=self.config.ota_download_attempts,
+                retry_initial_s=self.config.ota_retry_initial_s,
+                max_rate_bps=self.config.ota_max_rate_bps,
+                trial_boots=self.config.ota_trial_boots,
+                health_timeout_s=self.config.ota_health_timeout_s,
+            ),
+            transport=self._http_transport,
+        )
         self._log.info(
             "agent starting", boot_id=self.boot.boot_id, boot_reason=self.boot.reason, outbox=len(self._outbox)
         )
@@ -181,6 +223,7 @@ class EdgeAgent:
             asyncio.create_task(self._watch_loop(), name=f"health:{self.device_id}"),
             asyncio.create_task(self._flush_loop(), name=f"outbox:{self.device_id}"),
         ]
+        self.ota.start()
         return self
 
     def _requeue_unplayed(self) -> None:
@@ -197,6 +240,8 @@ class EdgeAgent:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._halted:
+            return
         # Say goodbye so the fleet sees a shutdown, not a lost device.
         with contextlib.suppress(LinkDown, TimeoutError):
             await asyncio.wait_for(
@@ -207,14 +252,26 @@ class EdgeAgent:
                 ),
                 timeout=2.0,
             )
+        await self._stop()
+        if self._boot_record is not None and not self._reboot_pending:
+            self._boot_record.stopped_cleanly()
+        self._lock.release()
+
+    async def _stop(self) -> None:
+        if self.ota is not None:
+            await self.ota.close()
         for task in [*self._tasks, *self._command_tasks]:
             await cancel_and_wait(task)
         await self._link.close()
         self._seen.close()
         self._seen_commands.close()
         self._outbox.close()
-        if self._boot_record is not None and not self._reboot_pending:
-            self._boot_record.stopped_cleanly()
+
+    async def halt(self) -> None:
+        """Stop dead, as a power cut would: no goodbye, no clean-stop record, work left where it
+        was. For simulators and tests; on a board the power does this."""
+        self._halted = True
+        await self._stop()
         self._lock.release()
 
     async def wait_connected(self, timeout_s: float) -> None:
@@ -388,6 +445,8 @@ class EdgeAgent:
             await self.handle_command(payload, topic=topic)
         elif parsed.kind is topics.Down.SETTINGS:
             await self.handle_settings(payload, topic=topic)
+        elif parsed.kind is topics.Down.OTA:
+            await self.handle_ota(payload, topic=topic)
 
     async def _bad_message(self, topic: str, exc: MessageError) -> None:
         self.stats.bad_messages += 1
@@ -452,6 +511,25 @@ class EdgeAgent:
         self._log.info("settings applied", version=settings.version, volume=settings.volume, repeat=settings.repeat)
         await self._report("settings_applied", version=settings.version, voice_ok=voice_ok)
 
+    async def handle_ota(self, payload: bytes | bytearray, *, topic: str = "") -> None:
+        """Hand a signed, current update offer to the updater; never raises for bad input."""
+        try:
+            offer = parse_payload(OtaOffer, payload, topic=topic)
+        except MessageError as exc:
+            await self._bad_message(topic, exc)
+            return
+        try:
+            self._check_signed(offer)
+            if self._clock.now_ms() > offer.expires_at():
+                raise SignatureError(f"{offer.describe()}: expired")
+        except SignatureError as exc:
+            self.stats.refused += 1
+            self._log.warning("ota offer refused", reason=str(exc))
+            await self._report("ota_refused", campaign_id=offer.campaign_id, reason=str(exc)[:200])
+            return
+        if self.ota is not None:
+            await self.ota.offer(offer)
+
     async def handle_command(self, payload: bytes | bytearray, *, topic: str = "") -> None:
         """Check one command, answer at once, and run it in the background; never raises for bad input."""
         received_at = self._clock.now_ms()
@@ -511,6 +589,38 @@ class EdgeAgent:
             result=result or {},
         )
         await self._send(topics.Up.RESULT, message)
+
+    # -- what the updater needs (ota.updater.UpdateHost) --------------------------------------
+
+    async def send_ota_status(self, status: OtaStatus) -> None:
+        await self._send(topics.Up.OTA, status)
+
+    def request_restart(self, reason: str) -> None:
+        if self._boot_record is not None:
+            self._boot_record.request_restart("rollback" if reason == "rollback" else "ota")
+        self._reboot_pending = True
+        self.restart_requested.set()
+
+    async def health_problems(self) -> list[str]:
+        """The new version's health check: the broker is reached, the speaker passes its self
+        test, and the announce path works up to the speaker (a payment's words are read and
+        spoken text rendered by the voice or taken by the chip)."""
+        problems: list[str] = []
+        try:
+            await self._link.wait_connected(self.config.ota_health_timeout_s)
+        except TimeoutError:
+            problems.append(f"broker not reached in {self.config.ota_health_timeout_s:.0f} s")
+        try:
+            await self._speaker.self_test()
+        except HardwareError as exc:
+            problems.append(f"audio self-test: {exc}")
+        try:
+            text = spoken_text(_REHEARSAL.model_copy(update={"device_id": self.device_id}))
+            if not text:
+                problems.append("announce path: no words for a payment")
+        except (ValueError, KeyError) as exc:
+            problems.append(f"announce path: {exc}")
+        return problems
 
     # -- what commands act on (commands.CommandHost) -----------------------------------------
 
@@ -639,6 +749,20 @@ class EdgeAgent:
             await self._report("receipt_failed", payment_id=announce.payment_id, error=str(exc)[:200])
             return
         self.stats.receipts_printed += 1
+
+
+# A payment as the announce path reads it, for the update health check (never played).
+_REHEARSAL = Announce(
+    device_id="rehearsal",
+    ts=0,
+    key_id="local",
+    issued_at=0,
+    ttl_s=60,
+    payment_id="ota-health-check",
+    amount_fen=1250,
+    channel="wechat",
+    paid_at=0,
+)
 
 
 def _with_overrides(config: AgentConfig, path: Path) -> AgentConfig:

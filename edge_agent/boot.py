@@ -43,18 +43,19 @@ class Boot:
 class BootRecord:
     """Reads the previous run's record at start and keeps this run's up to date."""
 
-    def __init__(self, state_dir: Path, now_ms: int) -> None:
+    def __init__(self, state_dir: Path, now_ms: int, *, reason: BootReason | None = None) -> None:
+        """`reason`: what is already known of this boot (the boot control rolled back a slot)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "boot.json"
         previous = self._read()
-        reason: BootReason = "unclean"
+        found: BootReason = "unclean"
         if previous is None:
-            reason = "first_boot"
+            found = "first_boot"
         elif previous.get("requested") in _REQUESTABLE:
-            reason = previous["requested"]
+            found = previous["requested"]
         elif previous.get("clean"):
-            reason = "clean"
-        self.boot = Boot(uuid.uuid4().hex[:12], reason, now_ms)
+            found = "clean"
+        self.boot = Boot(uuid.uuid4().hex[:12], reason or found, now_ms)
         boots = previous.get("boots", 0) if previous else 0
         self.boots = (boots if isinstance(boots, int) else 0) + 1
         self._write(clean=False, requested=None)

@@ -53,8 +53,22 @@ class AgentConfig(BaseModel):
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    # Which A/B slot this firmware runs from (OTA switches it).
+    # The slot the factory image is in and its version is `firmware`; from the first update on,
+    # the boot control (state folder, `bootctl.json`) says which slot runs and its version.
     slot: Literal["a", "b"] = "a"
+    # Base64 raw Ed25519 public keys of the release keys this device installs updates from. They
+    # are not the server keys: a compromised server can announce but cannot push firmware.
+    # None provisioned: every update is refused.
+    release_keys: list[str] = Field(default_factory=list)
+    # OTA: download attempts before the update is reported failed (each resumes the last), the
+    # first pause between them (doubling up to a minute), the device's own download rate cap,
+    # the trial boots a new slot gets to commit in (1: any reboot before commit rolls back), and
+    # how long the new version may take to reach the broker in its health check.
+    ota_download_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    ota_retry_initial_s: Annotated[float, Field(gt=0)] = 2.0
+    ota_max_rate_bps: Annotated[int, Field(ge=1024)] | None = 256 * 1024
+    ota_trial_boots: Annotated[int, Field(ge=1, le=5)] = 1
+    ota_health_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # Uplink messages kept on disk while offline: acks always, telemetry up to this many (five
     # hours of health at the default interval, plus the events around an outage).
     outbox_max_telemetry: Annotated[int, Field(ge=10, le=100_000)] = 500

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Literal
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one step (write a neighbour, then rename); OSError if it cannot."""
+def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace `path` with `data` in one step (write a neighbour, then rename); OSError if it cannot.
+
+    `durable`: the new content is on the flash before this returns (fsync of the file and of the
+    folder's entry), for what a power cut must not undo, such as the boot environment."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     tmp.replace(path)
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomically(path, json.dumps(data, ensure_ascii=False).encode())
+def write_json(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:
+    write_atomically(path, json.dumps(data, ensure_ascii=False).encode(), durable=durable)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

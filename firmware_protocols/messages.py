@@ -16,7 +16,17 @@ from typing import Annotated, Any, Final, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from firmware_protocols.errors import MessageError
-from firmware_protocols.topics import DEVICE_ID_PATTERN, Down, Up
+
+# The field types live in `fields` (release manifests use them too); they are named here as well,
+# where readers of the messages look for them: `X as X` is the explicit re-export mypy asks for.
+from firmware_protocols.fields import HHMM as HHMM  # noqa: PLC0414
+from firmware_protocols.fields import DeviceId as DeviceId  # noqa: PLC0414
+from firmware_protocols.fields import EpochMs as EpochMs  # noqa: PLC0414
+from firmware_protocols.fields import Identifier as Identifier  # noqa: PLC0414
+from firmware_protocols.fields import PaymentId as PaymentId  # noqa: PLC0414
+from firmware_protocols.fields import ShortText as ShortText  # noqa: PLC0414
+from firmware_protocols.ota import ReleaseManifest, VersionText
+from firmware_protocols.topics import Down, Up
 
 SCHEMA_VERSION: Final = 1
 
@@ -26,11 +36,6 @@ MAX_PAYLOAD_BYTES = 16 * 1024
 
 # 10 billion yuan: far above any single retail payment, and still read correctly.
 MAX_AMOUNT_FEN = 10**12
-
-DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN.pattern)]
-PaymentId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-EpochMs = Annotated[int, Field(ge=0, lt=10**14)]
-ShortText = Annotated[str, StringConstraints(max_length=128)]
 
 
 class Channel(StrEnum):
@@ -237,7 +242,7 @@ class Command(Expiring):
     reason, rather than the message failing to parse."""
 
     type: Literal["command"] = "command"
-    command_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+    command_id: Identifier
     name: ShortText
     args: dict[str, Any] = Field(default_factory=dict)
 
@@ -264,19 +269,21 @@ class CommandResult(Message):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
-HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-
-
-class QuietHours(BaseModel):
-    """A daily span of local time when the speaker stays silent; it may cross midnight."""
+class DailySpan(BaseModel):
+    """A daily span of local time (quiet hours, an install window); it may cross midnight. A span
+    that starts where it ends is empty."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     start: HHMM
     end: HHMM
 
-    def contains(self, minute_of_day: int) -> bool:
+    def minutes(self) -> tuple[int, int]:
         start, end = (int(t[:2]) * 60 + int(t[3:]) for t in (self.start, self.end))
+        return start, end
+
+    def contains(self, minute_of_day: int) -> bool:
+        start, end = self.minutes()
         if start <= end:
             return start <= minute_of_day < end
         return minute_of_day >= start or minute_of_day < end
@@ -292,7 +299,7 @@ class Settings(Signed):
     version: EpochMs
     volume: Annotated[int, Field(ge=0, le=10)] = 7
     repeat: Annotated[int, Field(ge=1, le=3)] = 1
-    quiet_hours: QuietHours | None = None
+    quiet_hours: DailySpan | None = None
     voice: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] = "zh_cn"
     # Quiet hours are local time; China is on UTC+8 everywhere and boards often run in UTC.
     utc_offset_min: Annotated[int, Field(ge=-720, le=840)] = 480
@@ -303,8 +310,84 @@ class Settings(Signed):
     def is_quiet(self, now_ms: int) -> bool:
         if self.quiet_hours is None:
             return False
-        minute_of_day = (now_ms // 60_000 + self.utc_offset_min) % (24 * 60)
-        return self.quiet_hours.contains(minute_of_day)
+        return self.quiet_hours.contains(local_minute(now_ms, self.utc_offset_min))
+
+
+def local_minute(now_ms: int, utc_offset_min: int) -> int:
+    """The minute of the local day at `now_ms`."""
+    return (now_ms // 60_000 + utc_offset_min) % (24 * 60)
+
+
+class OtaState(StrEnum):
+    """Where one device is in one update, reported on every change (`up/ota`)."""
+
+    QUEUED = "queued"  # offer taken, nothing fetched yet
+    DOWNLOADING = "downloading"  # resumable; progress in bytes_done
+    VERIFYING = "verifying"  # size, SHA-256 and release signature
+    WAITING_WINDOW = "waiting_window"  # verified, waiting for the install window
+    INSTALLING = "installing"  # writing the inactive slot
+    REBOOTING = "rebooting"  # switching to the new slot for a trial boot
+    HEALTH_CHECK = "health_check"  # running the new slot, not yet committed
+    COMMITTED = "committed"  # the new slot is the one that boots from now on
+    ROLLED_BACK = "rolled_back"  # back on the previous slot, which works
+    FAILED = "failed"  # not installed; the running slot was never touched
+
+    @property
+    def terminal(self) -> bool:
+        return self in (OtaState.COMMITTED, OtaState.ROLLED_BACK, OtaState.FAILED)
+
+
+class OtaFailure(StrEnum):
+    """Why an update did not commit."""
+
+    REFUSED = "refused"  # offer or manifest refused: signature, model, rollback, expiry
+    DOWNLOAD = "download"  # the artifact could not be fetched within the attempts allowed
+    VERIFY = "verify"  # the artifact is not what the manifest says
+    INSTALL = "install"  # the inactive slot could not be written (storage)
+    HEALTH_CHECK = "health_check"  # the new version runs but fails its health check
+    BOOT = "boot"  # the new slot rebooted before it committed (boot counter ran out)
+    SUPERSEDED = "superseded"  # a newer offer replaced this one before it installed
+
+    @property
+    def blames_release(self) -> bool:
+        """A failure the release itself causes (not the network, the power or a full disk):
+        what pauses a campaign."""
+        return self in (OtaFailure.VERIFY, OtaFailure.HEALTH_CHECK, OtaFailure.BOOT)
+
+
+class OtaOffer(Expiring):
+    """Install this release (`down/ota`). Signed by the server like every command; the manifest
+    inside is signed again by a release key, which the server does not hold. `ttl_s` bounds how
+    late the offer may be taken, not how long the install may take."""
+
+    type: Literal["ota"] = "ota"
+    campaign_id: Identifier
+    manifest: ReleaseManifest
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[\x21-\x7e]{1,500}$")]
+    # Install (and reboot) only inside this span of local time; None: at once.
+    window: DailySpan | None = None
+    utc_offset_min: Annotated[int, Field(ge=-720, le=840)] = 480
+    # Download at most this fast, so an update never starves announcements on a thin 4G link.
+    max_rate_bps: Annotated[int, Field(ge=1024)] | None = None
+
+    def describe(self) -> str:
+        return f"ota offer {self.campaign_id} ({self.manifest.version}) for {self.device_id}"
+
+
+class OtaStatus(Message):
+    """The device's report of one update (`up/ota`), sent on every state change."""
+
+    type: Literal["ota_status"] = "ota_status"
+    campaign_id: Identifier
+    version: VersionText
+    state: OtaState
+    running: ShortText  # the version running now
+    slot: Literal["a", "b"] | None = None
+    bytes_done: Annotated[int, Field(ge=0)] = 0
+    bytes_total: Annotated[int, Field(ge=0)] = 0
+    attempt: Annotated[int, Field(ge=0)] = 0
+    failure: OtaFailure | None = None
+    reason: ShortText | None = None
 
 
 M = TypeVar("M", bound=Message)
@@ -317,11 +400,13 @@ UP_MODELS: dict[Up, type[Message]] = {
     Up.ACK: Ack,
     Up.PRESENCE: Presence,
     Up.RESULT: CommandResult,
+    Up.OTA: OtaStatus,
 }
 DOWN_MODELS: dict[Down, type[Message]] = {
     Down.ANNOUNCE: Announce,
     Down.COMMAND: Command,
     Down.SETTINGS: Settings,
+    Down.OTA: OtaOffer,
 }
 
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from firmware_protocols.errors import ManifestError
-from firmware_protocols.messages import EpochMs
+from firmware_protocols.fields import EpochMs
 from firmware_protocols.signing import canonical_bytes, key_id_of
 
 _VERSION = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")

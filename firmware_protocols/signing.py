@@ -16,14 +16,16 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from firmware_protocols.errors import SignatureError
-from firmware_protocols.messages import S, Signed
+
+if TYPE_CHECKING:  # messages carry release manifests, which use the canonical form below
+    from firmware_protocols.messages import S, Signed
 
 
 def signed_fields(message: Signed) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 One subtree per device, so that a broker ACL is one rule per device:
 
-    hd/v1/{device_id}/up/{kind}      device → servers   (hello, health, event, ack, presence, result)
-    hd/v1/{device_id}/down/{kind}    servers → device   (announce, command, settings)
+    hd/v1/{device_id}/up/{kind}      device → servers   (hello, health, event, ack, presence, result, ota)
+    hd/v1/{device_id}/down/{kind}    servers → device   (announce, command, settings, ota)
 
 `up/presence` is retained and is also the device's last will, so a subscriber always finds the
 latest online/offline state of every device.
@@ -39,6 +39,7 @@ class Up(StrEnum):
     ACK = "ack"
     PRESENCE = "presence"
     RESULT = "result"  # answers to commands
+    OTA = "ota"  # progress of an update
 
 
 class Down(StrEnum):
@@ -47,6 +48,7 @@ class Down(StrEnum):
     ANNOUNCE = "announce"
     COMMAND = "command"
     SETTINGS = "settings"
+    OTA = "ota"  # an update offer
 
 
 @dataclass(frozen=True, slots=True)

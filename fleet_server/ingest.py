@@ -298,7 +298,7 @@ class _Rows:
         self.days[msg.device_id, self.policy.local_day(at)].add(item)
         self.observations.extend(observations_of(item))
         if isinstance(msg, Hello):
-            self.hellos[msg.device_id] = (msg.serial, msg.model, msg.firmware, msg.boot_id, at, msg.device_id)
+            self.hellos[msg.device_id] = (msg.serial, msg.model, msg.firmware, msg.boot_id, msg.slot, at, msg.device_id)
         elif isinstance(msg, Presence):
             self.presences[msg.device_id] = (msg.online, msg.reason, at, msg.device_id)
         elif isinstance(msg, Event):
@@ -350,9 +350,9 @@ ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EX
 """
 _HELLOS = """
 UPDATE devices d SET reported_serial = h.serial, model = h.model, firmware = h.firmware, boot_id = h.boot_id,
-    hello_at = h.at
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
-    AS h(serial, model, firmware, boot_id, at, device_id)
+    slot = h.slot, hello_at = h.at
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+    AS h(serial, model, firmware, boot_id, slot, at, device_id)
 WHERE d.device_id = h.device_id
 """
 # Ordered by arrival at the server: a last will carries the time its device connected, so the
@@ -407,7 +407,7 @@ async def write_batch(
         )
         await cur.execute(_UPSERT_DEVICES, columns(devices, 6))
         if rows.hellos:
-            await cur.execute(_HELLOS, columns(rows.hellos.values(), 6))
+            await cur.execute(_HELLOS, columns(rows.hellos.values(), 7))
         if rows.presences:
             await cur.execute(_PRESENCES, columns(rows.presences.values(), 4))
         if rows.events:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError
-from haodian import fleet_cli
+from haodian import fleet_cli, ota_cli
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -32,6 +32,8 @@ examples / 示例:
   haodian keys                                        # show the server public key to provision agents with
   haodian agent run --device-id SPK0001 --broker-url mqtt://127.0.0.1:1883 --server-key <base64>
   haodian agent diagnose --device-id SPK0001 --server-key <base64>   # field agent's checklist / 设备自检
+  haodian sim ota                                     # a 1,000-device OTA campaign with faults / OTA 升级模拟
+  haodian ota campaigns                               # OTA campaigns and their progress / 升级进度
 """
 
 
@@ -126,6 +128,46 @@ def _add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     diag.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
+_OTA_FROM, _OTA_TO = "1.4.2", "1.5.0"  # simulators.ota_campaign's, named here to keep --help light
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _add_sim_ota_parser(sim: argparse.ArgumentParser) -> None:
+    scenario = sim.add_subparsers(dest="scenario", metavar="SCENARIO")
+    ota = scenario.add_parser(
+        "ota",
+        help="a whole OTA campaign with injected faults, checked device by device / 模拟 OTA 升级",
+        description="Start a fleet server (its own broker and embedded database unless given), N simulated devices "
+        f"on {_OTA_FROM} of three models, and roll {_OTA_TO} out in waves while downloads are cut, power "
+        "fails during installs and one model's new version fails its health check. Prints the final "
+        "table; exit status 1 if any device ends without a working slot or off both versions.",
+    )
+    ota.add_argument("--devices", type=_positive_int, default=1000, help="devices (default 1000)")
+    ota.add_argument("--flaky", type=_fraction, default=0.10, help="share of downloads cut mid-way (default 0.10)")
+    ota.add_argument("--power-cuts", type=_fraction, default=0.02, help="share of installs cut by power (0.02)")
+    ota.add_argument("--bad-health", type=_fraction, default=0.01, help="share of the fleet failing health (0.01)")
+    ota.add_argument("--bad-model", default="HD-S2", help="the model whose new version fails (default HD-S2)")
+    ota.add_argument("--artifact-kib", type=_positive_int, default=256, help="artifact size (default 256 KiB)")
+    ota.add_argument("--seed", type=int, default=7, help="fault draw seed (default 7)")
+    ota.add_argument("--timeout", type=_positive_float, default=1200.0, help="seconds to wait (default 1200)")
+    ota.add_argument("--data-dir", type=Path, default=Path(".haodian"), help="data folder (default .haodian)")
+    ota.add_argument(
+        "--broker",
+        default="auto",
+        help="auto (a private Mosquitto if installed, else the embedded amqtt), embedded, or mqtt://host:port",
+    )
+    ota.add_argument("--database-url", default=None, help="an empty PostgreSQL database (default: embedded, fresh)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="haodian",
@@ -210,11 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-key",
         type=_server_key,
         action="append",
-        required=True,
-        help="trusted server Ed25519 public key, base64 or @FILE",
+        help="trusted server Ed25519 public key, base64 or @FILE (required without a scenario)",
     )
     sim.add_argument("--base-dir", type=Path, default=Path(".haodian/sim"), help="state and audio folder")
     sim.add_argument("--health-interval", type=_positive_float, default=60.0, help="seconds (default 60)")
+    _add_sim_ota_parser(sim)
 
     pay = sub.add_parser(
         "pay",
@@ -235,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.add_argument("--data-dir", type=Path, default=Path(".haodian"))
     fleet_cli.add_parser(sub)
+    ota_cli.add_parser(sub)
     return parser
 
 
@@ -392,6 +435,10 @@ async def _run_peers(args: argparse.Namespace) -> int:
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
+    if args.scenario == "ota":
+        return await _run_sim_ota(args)
+    if not args.server_key:
+        raise SystemExit("haodian sim: --server-key is required (the server's public key; see `haodian keys`)")
     from simulators.fleet import SimulatedFleet  # noqa: PLC0415
 
     async with SimulatedFleet(
@@ -405,6 +452,49 @@ async def _run_sim(args: argparse.Namespace) -> int:
         print(f"{args.devices} simulated devices ({fleet.device_ids[0]}…) on {args.broker_url}", flush=True)
         await asyncio.Event().wait()
     return 0
+
+
+async def _run_sim_ota(args: argparse.Namespace) -> int:
+    from haodian.settings import Settings  # noqa: PLC0415
+    from simulators.ota_campaign import OtaSimOptions, run_ota_simulation  # noqa: PLC0415
+
+    options = OtaSimOptions(
+        data_dir=args.data_dir,
+        devices=args.devices,
+        flaky=args.flaky,
+        power_cuts=args.power_cuts,
+        bad_health=args.bad_health,
+        bad_model=args.bad_model,
+        artifact_kib=args.artifact_kib,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        broker=args.broker,
+        database_url=args.database_url,
+        progress=lambda line: print(line, flush=True),
+    )
+    print(f"好店 OTA 模拟 simulation: {args.devices} devices, {_OTA_FROM} → {_OTA_TO}", flush=True)
+    report = await run_ota_simulation(options, Settings())
+    campaign = report.campaign
+    print()
+    print(report.table())
+    print()
+    print(
+        f"活动 campaign {campaign['campaign_id']}: {campaign['status']}"
+        + (f" — {campaign['status_reason']}" if campaign["status_reason"] else "")
+    )
+    print(f"失败原因 failures by reason: {campaign['failures'] or '-'}")
+    print(
+        f"设备核对 device check: {report.on_new} on {_OTA_TO}, {report.on_old_working} on {_OTA_FROM} (working slot), "
+        f"{report.without_working_slot} without a working slot, {len(report.mismatched)} on neither"
+    )
+    print(
+        f"注入故障 faults: {report.faults['download_cuts']} download cuts on {report.faults['flaky_devices']} devices, "
+        f"{report.faults['power_cuts']} power cuts during install, {report.faults['bad_health_devices']} devices "
+        f"failing health on {_OTA_TO}; paused lanes: {', '.join(report.paused_models) or 'none'}"
+    )
+    print(f"用时 elapsed {report.elapsed_s:.0f} s")
+    ok = report.without_working_slot == 0 and not report.mismatched
+    return 0 if ok else 1
 
 
 async def _run_pay(args: argparse.Namespace) -> int:
@@ -445,6 +535,10 @@ async def _run_fleet(args: argparse.Namespace) -> int:
     return await asyncio.to_thread(fleet_cli.run, args)
 
 
+async def _run_ota(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(ota_cli.run, args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "demo": _run_demo,
     "server": _run_server,
@@ -455,6 +549,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "pay": _run_pay,
     "keys": _run_keys,
     "fleet": _run_fleet,
+    "ota": _run_ota,
 }
 
 

@@ -25,13 +25,16 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.signing import Signer
+from firmware_protocols.signing import Signer, decode_public_key, key_id_of
 from fleet_server import api as fleet_api
 from fleet_server.api_errors import install_error_handlers
 from fleet_server.db import migrate, open_pool, timescaledb_available
 from fleet_server.figures import FleetFigures
 from fleet_server.ingest import Ingest, IngestPolicy
 from fleet_server.inspector import Inspector
+from fleet_server.ota import api as ota_api
+from fleet_server.ota.conductor import OtaConductor
+from fleet_server.ota.store import OtaStore
 from fleet_server.registry import DeviceRegistry
 from fleet_server.telemetry import TelemetryStore
 from haodian.keys import ServerKeys
@@ -72,6 +75,8 @@ def create_app(parts: set[Part]) -> FastAPI:
         app.include_router(fleet_api.tasks_router)
         app.include_router(fleet_api.registry_router)
         app.include_router(fleet_api.metrics_router)
+        app.include_router(ota_api.router)
+        app.include_router(ota_api.artifacts_router)
     if Part.BRIDGE in parts:
         app.include_router(bridge_api.router)
 
@@ -108,6 +113,7 @@ class ServerStack:
         self.ingest: Ingest | None = None
         self.inspector: Inspector | None = None
         self.bridge: PaymentBridge | None = None
+        self.ota: OtaConductor | None = None
         self._stack = AsyncExitStack()
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -166,6 +172,11 @@ class ServerStack:
             )
             self.app.state.inspector = self.inspector
             self.app.state.ingest_stats = self.ingest.stats
+            self.app.state.ota_store = OtaStore(
+                pool, self.settings.ota_artifacts_dir or self.settings.data_dir / "ota-artifacts"
+            )
+            release_keys = [decode_public_key(k) for k in self.settings.ota_release_keys]
+            self.app.state.ota_release_keys = {key_id_of(k): k for k in release_keys}
         if Part.BRIDGE in self.parts:
             store = PaymentStore(pool)
             self.app.state.payment_store = store
@@ -208,6 +219,21 @@ class ServerStack:
                 self._http_task.result()
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
+        if Part.FLEET in self.parts:
+            # After the HTTP server: offers name it as the place to download artifacts from.
+            self.ota = await self._stack.enter_async_context(
+                OtaConductor(
+                    self.app.state.ota_store,
+                    self.endpoint,
+                    Signer(self.keys.signing_key),
+                    artifact_base_url=self.settings.ota_artifact_base_url or self.base_url,
+                    client_id=f"{prefix}-ota",
+                    round_s=self.settings.ota_round_s,
+                    share_group=_share(self.settings.mqtt_share_group, "ota"),
+                )
+            )
+            self.app.state.ota_conductor = self.ota
+            await self.ota.wait_connected(30)
         log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
 
     async def _wait_broker(self) -> None:

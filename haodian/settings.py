@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     # needs its own HAODIAN_MQTT_CLIENT_PREFIX). Unset: plain subscriptions, as the embedded
     # amqtt broker needs (it has no shared subscriptions and would silently match nothing).
     mqtt_share_group: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = None
+    # OTA: the release public keys (base64 raw Ed25519; the private keys stay offline with the
+    # release team) that uploaded manifests must verify with; where artifacts are kept (default
+    # data_dir/ota-artifacts); the base URL devices download them from (default: this server's
+    # own address); and how often the conductor runs a round of every campaign.
+    ota_release_keys: list[str] = Field(default_factory=list)
+    ota_artifacts_dir: Path | None = None
+    ota_artifact_base_url: Annotated[str | None, Field(pattern=r"^https?://[\x21-\x7e]{1,400}$")] = None
+    ota_round_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     # Inspection thresholds, e.g. HAODIAN_INSPECTION__LOST_AFTER_DAYS=3.
     inspection: InspectionThresholds = InspectionThresholds()
     # The fleet's local time for "a day" (power-on rate, daily rollup): China Standard Time.

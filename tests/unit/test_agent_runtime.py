@@ -11,7 +11,7 @@ from edge_agent.boot import BootRecord, StateFolderBusy, StateLock
 from edge_agent.hardware.audio import MemorySink
 from edge_agent.hardware.ports import SystemStatus
 from edge_agent.hardware.system import FakeSystemInfo
-from firmware_protocols.messages import QuietHours
+from firmware_protocols.messages import DailySpan
 from firmware_protocols.signing import Signer
 from tests.unit.agent_kit import announce, command, make_agent, make_config, play_all, settings, uplinks
 
@@ -74,7 +74,7 @@ async def test_forged_settings_are_refused_and_reported(tmp_path, clock, forge):
 async def test_quiet_hours_silence_an_announcement_but_still_ack_it(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    quiet = QuietHours(start="22:00", end="07:00")  # 06:13 in Beijing is inside
+    quiet = DailySpan(start="22:00", end="07:00")  # 06:13 in Beijing is inside
     await agent.handle_settings(settings(clock, quiet_hours=quiet.model_dump()).to_json())
     await agent.handle_announce(announce(clock).to_json())
     await play_all(agent)
@@ -98,7 +98,7 @@ async def test_quiet_hours_silence_an_announcement_but_still_ack_it(tmp_path, cl
     ],
 )
 def test_quiet_hours_cross_midnight(start, end, minute, quiet):
-    assert QuietHours(start=start, end=end).contains(minute) is quiet
+    assert DailySpan(start=start, end=end).contains(minute) is quiet
 
 
 async def test_alerts_speak_a_fixed_phrase_and_no_alert_code_means_no_alert(tmp_path, clock):

@@ -1,0 +1,1 @@
+"""OTA campaigns on the server: releases and artifacts, campaigns with waves, the conductor."""

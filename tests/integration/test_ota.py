@@ -1,0 +1,147 @@
+"""OTA end to end: releases and artifacts through the real server (Range, ETag, refusals), and a
+whole campaign over simulated devices with injected faults, checked device by device."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from firmware_protocols.ota import ReleaseManifest, sign_manifest
+from firmware_protocols.signing import encode_public_key
+from haodian.settings import Settings
+from simulators.ota_campaign import OtaSimOptions, run_ota_simulation
+from tests.integration.conftest import in_process_stack
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+ARTIFACT = random.Random(11).randbytes(100_000)
+SHA = hashlib.sha256(ARTIFACT).hexdigest()
+
+
+def manifest_json(key: Ed25519PrivateKey, version: str = "2.0.0", artifact: bytes = ARTIFACT) -> dict:
+    now_ms = time.time_ns() // 1_000_000
+    manifest = ReleaseManifest(
+        name="haodian-speaker",
+        version=version,
+        models=["HD-S1"],
+        size=len(artifact),
+        sha256=hashlib.sha256(artifact).hexdigest(),
+        issued_at=now_ms,
+        expires_at=now_ms + 86_400_000,
+    )
+    return sign_manifest(manifest, key).model_dump(mode="json", exclude_none=True)
+
+
+@pytest.fixture(scope="module")
+def release_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()  # made for this run: test-only
+
+
+@pytest.fixture
+async def api(tmp_path, embedded_database, server_keys, unique, release_key):
+    settings = Settings(
+        data_dir=tmp_path,
+        http_port=0,
+        mqtt_client_prefix=f"t{unique}",
+        ota_release_keys=[encode_public_key(release_key.public_key())],
+    )
+    async with (
+        in_process_stack(settings, embedded_database, server_keys) as (_, server),
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
+        yield client
+
+
+async def test_releases_are_checked_and_artifacts_served_resumable_with_etags(api, release_key):
+    forged = await api.post("/api/v1/ota/releases", json=manifest_json(Ed25519PrivateKey.generate()))
+    assert forged.status_code == 422
+    assert forged.json()["error"]["code"] == "MANIFEST_SIGNATURE"
+
+    assert (await api.post("/api/v1/ota/releases", json=manifest_json(release_key))).status_code == 201
+    other = manifest_json(release_key, artifact=b"another build")
+    clash = await api.post("/api/v1/ota/releases", json=other)
+    assert (clash.status_code, clash.json()["error"]["code"]) == (409, "RELEASE_EXISTS")
+
+    url = "/api/v1/ota/releases/haodian-speaker/2.0.0/artifact"
+    wrong = await api.put(url, content=ARTIFACT[:-1] + b"\x00")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "ARTIFACT_MISMATCH")
+    assert (await api.get(f"/ota/artifacts/{SHA}")).status_code == 404  # nothing kept from the bad upload
+    uploaded = await api.put(url, content=ARTIFACT)
+    assert uploaded.status_code == 200
+    assert uploaded.json()["uploaded_at"]
+
+    whole = await api.get(f"/ota/artifacts/{SHA}")
+    assert (whole.status_code, whole.content, whole.headers["etag"]) == (200, ARTIFACT, f'"{SHA}"')
+    assert whole.headers["accept-ranges"] == "bytes"
+    rest = await api.get(f"/ota/artifacts/{SHA}", headers={"range": "bytes=40000-", "if-range": f'"{SHA}"'})
+    assert (rest.status_code, rest.content) == (206, ARTIFACT[40000:])
+    assert rest.headers["content-range"] == f"bytes 40000-{len(ARTIFACT) - 1}/{len(ARTIFACT)}"
+    changed = await api.get(f"/ota/artifacts/{SHA}", headers={"range": "bytes=40000-", "if-range": '"other"'})
+    assert (changed.status_code, changed.content) == (200, ARTIFACT)  # not the same artifact: all of it
+    cached = await api.get(f"/ota/artifacts/{SHA}", headers={"if-none-match": f'"{SHA}"'})
+    assert cached.status_code == 304
+    beyond = await api.get(f"/ota/artifacts/{SHA}", headers={"range": f"bytes={len(ARTIFACT) + 5}-"})
+    assert beyond.status_code == 416
+    assert (await api.get("/ota/artifacts/" + "0" * 64)).status_code == 404
+    assert (await api.get("/ota/artifacts/not-a-hash")).status_code == 422
+
+
+async def test_campaign_requests_get_clear_errors(api, release_key):
+    missing = await api.post("/api/v1/ota/campaigns", json={"release_name": "nope", "version": "1.0.0"})
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "RELEASE_NOT_FOUND")
+    assert (await api.post("/api/v1/ota/releases", json=manifest_json(release_key))).status_code == 201
+    early = await api.post("/api/v1/ota/campaigns", json={"release_name": "haodian-speaker", "version": "2.0.0"})
+    assert (early.status_code, early.json()["error"]["code"]) == (409, "ARTIFACT_MISSING")
+    await api.put("/api/v1/ota/releases/haodian-speaker/2.0.0/artifact", content=ARTIFACT)
+    nobody = await api.post("/api/v1/ota/campaigns", json={"release_name": "haodian-speaker", "version": "2.0.0"})
+    assert (nobody.status_code, nobody.json()["error"]["code"]) == (422, "NO_TARGETS")
+    bad_waves = await api.post(
+        "/api/v1/ota/campaigns",
+        json={"release_name": "haodian-speaker", "version": "2.0.0", "policy": {"waves": [0.5, 0.2]}},
+    )
+    assert (bad_waves.status_code, bad_waves.json()["error"]["code"]) == (422, "INVALID_REQUEST")
+    assert (await api.post("/api/v1/ota/campaigns/none/pause")).status_code == 404
+    assert (await api.post("/api/v1/ota/campaigns/none/explode")).status_code == 422
+
+
+async def test_a_campaign_with_faults_ends_with_every_device_on_a_working_slot(
+    tmp_path, machine_mosquitto, machine_database, unique
+):
+    """60 devices of three models; a fifth of the downloads cut, a tenth of the installs hit by a
+    power cut, a tenth of the fleet (all HD-S2) failing health on the new version."""
+    lines: list[str] = []
+    options = OtaSimOptions(
+        data_dir=tmp_path,
+        devices=60,
+        flaky=0.2,
+        power_cuts=0.1,
+        bad_health=0.1,
+        bad_model="HD-S2",
+        artifact_kib=64,
+        seed=3,
+        timeout_s=240,
+        broker=f"mqtt://{machine_mosquitto[0]}:{machine_mosquitto[1]}",
+        database_url=machine_database,
+        progress=lines.append,
+        prefix=f"O{unique}",
+        pause_min_devices=5,
+    )
+    report = await run_ota_simulation(options, Settings(mqtt_client_prefix=f"t{unique}"))
+    progress = "\n".join(lines)
+    assert report.without_working_slot == 0, progress
+    assert report.mismatched == [], progress
+    assert report.paused_models == ["HD-S2"], progress
+    lanes = {row["model"]: row for row in report.rows}
+    for model in ("HD-S1", "HD-P2"):
+        assert lanes[model]["lane"] == "completed", progress
+        assert lanes[model]["committed"] == lanes[model]["targeted"], progress
+    assert lanes["HD-S2"]["rolled_back"] >= 1
+    assert report.campaign["failures"].keys() <= {"health_check", "boot"}, report.campaign["failures"]
+    assert report.faults["download_cuts"] > 0
+    assert report.faults["power_cuts"] > 0
+    assert report.on_new == sum(row["committed"] for row in report.rows)
