@@ -3,6 +3,7 @@ whole campaign over simulated devices with injected faults, checked device by de
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import time
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
+from haodian.cli import build_parser
+from haodian.ota_cli import run
 from haodian.settings import Settings
 from simulators.ota_campaign import OtaSimOptions, run_ota_simulation
 from tests.integration.conftest import in_process_stack
@@ -145,3 +148,28 @@ async def test_a_campaign_with_faults_ends_with_every_device_on_a_working_slot(
     assert report.faults["download_cuts"] > 0
     assert report.faults["power_cuts"] > 0
     assert report.on_new == sum(row["committed"] for row in report.rows)
+
+
+async def test_the_ota_command_signs_offline_and_uploads(tmp_path, embedded_database, server_keys, unique, capsys):
+    def ota(*argv: str) -> int:
+        return run(build_parser().parse_args(["ota", *argv]))
+
+    keys, artifact = tmp_path / "keys", tmp_path / "fw.bin"
+    artifact.write_bytes(ARTIFACT)
+    assert ota("release-key", "--out", str(keys)) == 0
+    public = (keys / "release.pub").read_text().strip()
+    with pytest.raises(SystemExit, match="not overwriting"):
+        ota("release-key", "--out", str(keys))
+    capsys.readouterr()
+    sign = ("sign", "--key", str(keys / "release.key"), "--artifact", str(artifact), "--name", "haodian-speaker")
+    assert ota(*sign, "--version", "3.1.0", "--models", "HD-S1,HD-S2") == 0
+    (tmp_path / "fw.manifest.json").write_text(capsys.readouterr().out)
+    settings = Settings(data_dir=tmp_path, http_port=0, mqtt_client_prefix=f"t{unique}", ota_release_keys=[public])
+    async with in_process_stack(settings, embedded_database, server_keys) as (_, server):
+        upload = ("--server", server.base_url, "upload", "--manifest", str(tmp_path / "fw.manifest.json"))
+        assert await asyncio.to_thread(ota, *upload, "--artifact", str(artifact)) == 0
+        assert "uploaded haodian-speaker 3.1.0" in capsys.readouterr().out
+        assert await asyncio.to_thread(ota, "--server", server.base_url, "campaigns") == 0
+        assert "no campaigns" in capsys.readouterr().out
+        with pytest.raises(SystemExit, match="404"):
+            await asyncio.to_thread(ota, "--server", server.base_url, "show", "nope")

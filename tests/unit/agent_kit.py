@@ -29,12 +29,13 @@ def make_config(tmp_path, **changes):
     )
 
 
-def make_agent(tmp_path, clock, sink, **changes):
+def make_agent(tmp_path, clock, sink, http_transport=None, **changes):
     return EdgeAgent(
         make_config(tmp_path, **changes),
         speaker=ClipSpeaker(VoicePack.builtin(), sink),
         modem=SimulatedModem(seed=1),
         clock=clock,
+        http_transport=http_transport,
     )
 
 

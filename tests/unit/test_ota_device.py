@@ -256,6 +256,29 @@ async def test_an_update_goes_through_every_step_and_commits_after_the_restart(t
     assert BootControl(tmp_path, factory_version="1.4.2").boot().slot == "b"
 
 
+async def test_a_download_cut_then_a_restart_resumes_where_it_was_cut(tmp_path, release_key):
+    asked: list[str | None] = []
+    served = artifact_server(cut_at=[123_457])
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("range"))
+        return await served.handle_async_request(request)
+
+    transport = httpx.MockTransport(recording)
+    host = Host()
+    first = updater(tmp_path, release_key, host, transport=transport)
+    first.policy = UpdatePolicy(retry_initial_s=60)  # the retry would come a minute later ...
+    await first.offer(offer_of(release_key))
+    await asyncio.wait_for(_until(lambda: len(asked) == 1), 10)
+    await asyncio.sleep(0.05)
+    await first.close()  # ... but the device restarts first
+    assert (tmp_path / "ota" / "artifact.part").stat().st_size == 123_457
+    again = Host()
+    await run_until_restart(updater(tmp_path, release_key, again, transport=transport), again)
+    assert asked == ["bytes=0-", "bytes=123457-"]
+    assert again.states()[:2] == [OtaState.DOWNLOADING, OtaState.VERIFYING]
+
+
 async def test_a_failed_health_check_rolls_back_to_the_old_slot(tmp_path, release_key):
     host = Host()
     await run_until_restart(updater(tmp_path, release_key, host), host, offer_of(release_key))
