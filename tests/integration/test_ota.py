@@ -14,6 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
+from fleet_server.db import migrate, open_pool
+from fleet_server.ota.policy import CampaignPolicy, TargetSelector
+from fleet_server.ota.store import OtaStore
 from haodian.cli import build_parser
 from haodian.ota_cli import run
 from haodian.settings import Settings
@@ -173,3 +176,57 @@ async def test_the_ota_command_signs_offline_and_uploads(tmp_path, embedded_data
         assert "no campaigns" in capsys.readouterr().out
         with pytest.raises(SystemExit, match="404"):
             await asyncio.to_thread(ota, "--server", server.base_url, "show", "nope")
+
+
+async def test_the_hello_version_is_the_truth_and_offline_devices_are_reported_apart(
+    tmp_path, embedded_database, release_key
+):
+    """No reports at all: the conductor's rounds go by what devices say in their hellos, and by
+    whether they are online."""
+    async with open_pool(embedded_database) as pool:
+        await migrate(pool)
+        store = OtaStore(pool, tmp_path / "artifacts")
+        await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
+
+        async def chunks():
+            yield ARTIFACT
+
+        await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+        async with pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO devices (device_id, model, firmware, online, hello_at) VALUES"
+                " ('R1', 'HD-S1', '1.0.0', true, now()), ('R2', 'HD-S1', '1.0.0', true, now()),"
+                " ('R3', 'HD-S1', '1.0.0', false, now()), ('R4', 'HD-S1', '2.0.0', true, now())"
+            )
+        policy = CampaignPolicy(waves=[1.0], window=None, device_timeout_s=10, pause_failure_rate=1.0)
+        created = await store.create_campaign(
+            release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(), policy=policy, campaign_id="c"
+        )
+        assert created.targeted == 3  # R4 already runs 2.0.0
+        offers = await store.plan_round()
+        assert sorted(o.device_id for o in offers or []) == ["R1", "R2", "R3"]
+
+        async with pool.connection() as conn:
+            # R1 says hello on 2.0.0 (its reports were lost); R3 stays offline past the timeout.
+            await conn.execute("UPDATE devices SET firmware = '2.0.0', hello_at = now() WHERE device_id = 'R1'")
+            await conn.execute("UPDATE ota_targets SET updated_at = now() - interval '1 minute' WHERE device_id = 'R3'")
+        assert await store.plan_round() == []
+        progress = await store.progress("c")
+        assert progress.by_state == {"committed": 1, "offered": 1, "unreachable": 1}
+        assert progress.success_rate == 0.5  # unreachable devices apart
+
+        async with pool.connection() as conn:
+            # R1 comes back on 1.0.0 (rolled back later); R3 comes back online.
+            await conn.execute(
+                "UPDATE devices SET firmware = '1.0.0', hello_at = now() + interval '1 second' WHERE device_id = 'R1'"
+            )
+            await conn.execute("UPDATE devices SET online = true, hello_at = now() + interval '1 second'"
+                               " WHERE device_id = 'R3'")  # fmt: skip
+        offers = await store.plan_round()
+        assert [o.device_id for o in offers or []] == ["R3"]
+        progress = await store.progress("c")
+        assert progress.by_state == {"rolled_back": 1, "offered": 2}
+        assert progress.failures == {"boot": 1}
+        retried = await store.act("c", "retry")
+        assert retried.by_state == {"pending": 1, "offered": 2}
+        assert [o.device_id for o in await store.plan_round() or []] == ["R1"]
