@@ -45,6 +45,7 @@ COLUMNS: Final = (
     "install_address",
     "install_lat",
     "install_lon",
+    "tags",  # for OTA targeting, separated by ';' (e.g. pilot;night-shop); empty keeps the device's
 )
 REQUIRED: Final = ("city_id", "district_id", "store_id", "merchant_id", "device_id", "serial", "model")
 _ID: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -101,6 +102,10 @@ def _coordinate(value: str, limit: float, name: str, errors: list[str]) -> float
     return number
 
 
+def tags_of(values: dict[str, str]) -> list[str]:
+    return [t.strip() for t in (values.get("tags") or "").split(";") if t.strip()]
+
+
 def check_row(line: int, values: dict[str, str]) -> tuple[DeviceRow | None, list[str]]:
     """Check one row on its own."""
     errors = [f"{name} is required" for name in REQUIRED if not values.get(name)]
@@ -108,6 +113,11 @@ def check_row(line: int, values: dict[str, str]) -> tuple[DeviceRow | None, list
         f"{name} {values[name]!r} may only hold letters, digits, '_', '.', '-' (1-64)"
         for name in ("city_id", "district_id", "store_id", "merchant_id", "agent_id", "serial")
         if values.get(name) and not _ID.match(values[name])
+    )
+    errors.extend(
+        f"tag {tag!r} may only hold letters, digits, '_', '.', '-' (1-64)"
+        for tag in tags_of(values)
+        if not _ID.match(tag)
     )
     if values.get("device_id") and not DEVICE_ID_PATTERN.match(values["device_id"]):
         errors.append(f"device_id {values['device_id']!r} is not a valid device id")
@@ -277,13 +287,14 @@ async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow]) -> None:
         )
         await cur.executemany(
             "INSERT INTO devices (device_id, serial, model, store_id, agent_id, installed_at, install_address,"
-            " install_lat, install_lon) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " install_lat, install_lon, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, COALESCE(%s::text[], '{}'))"
             " ON CONFLICT (device_id) DO UPDATE SET serial = EXCLUDED.serial, model = EXCLUDED.model,"
             " store_id = EXCLUDED.store_id, agent_id = EXCLUDED.agent_id,"
             " installed_at = COALESCE(EXCLUDED.installed_at, devices.installed_at),"
             " install_address = COALESCE(EXCLUDED.install_address, devices.install_address),"
             " install_lat = COALESCE(EXCLUDED.install_lat, devices.install_lat),"
-            " install_lon = COALESCE(EXCLUDED.install_lon, devices.install_lon)",
+            " install_lon = COALESCE(EXCLUDED.install_lon, devices.install_lon),"
+            " tags = CASE WHEN %s::text[] IS NULL THEN devices.tags ELSE EXCLUDED.tags END",
             sorted(
                 (
                     r.values["device_id"],
@@ -295,6 +306,8 @@ async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow]) -> None:
                     r.values.get("install_address") or None,
                     r.lat,
                     r.lon,
+                    tags_of(r.values) or None,
+                    tags_of(r.values) or None,
                 )
                 for r in rows
             ),

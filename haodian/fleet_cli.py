@@ -92,17 +92,19 @@ def fmt(name: str, value: float | None) -> str:
 
 def _get(client: httpx.Client, path: str, **params: Any) -> Any:
     response = client.get(path, params={k: v for k, v in params.items() if v is not None})
-    return _checked(response)
+    return checked(response, "haodian fleet")
 
 
-def _checked(response: httpx.Response) -> Any:
+def checked(response: httpx.Response, command: str) -> Any:
+    """The body of a successful API answer (JSON or text); otherwise exit with the server's error,
+    in Chinese and English, after `command`'s name."""
     if response.status_code >= 400:
         try:
             error = response.json()["error"]
             message = f"{error['message_zh']} / {error['message']}"
         except (ValueError, KeyError, TypeError):
             message = response.text[:300]
-        raise SystemExit(f"haodian fleet: {response.status_code} {message}")
+        raise SystemExit(f"{command}: {response.status_code} {message}")
     return response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
 
 
@@ -212,7 +214,7 @@ def _import(client: httpx.Client, args: argparse.Namespace) -> int:
         content=text.encode(),
         headers={"content-type": "text/csv"},
     )
-    report = _checked(response)
+    report = checked(response, "haodian fleet")
     verb = "试运行 dry run" if report["dry_run"] else "已导入 imported"
     print(
         f"{verb}: {report['rows']} 行 rows, {report['valid']} 有效 valid ({report['creates']} new,"

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
-from haodian.fleet_cli import table
+from haodian.fleet_cli import checked, table
 
 STATES_ZH = {
     "pending": "未下发 pending",
@@ -135,14 +135,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _checked(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            message = f"{error['message_zh']} / {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        raise SystemExit(f"haodian ota: {response.status_code} {message}")
-    return response.json()
+    return checked(response, "haodian ota")
 
 
 def _online(client: httpx.Client, args: argparse.Namespace) -> int:

@@ -170,13 +170,7 @@ class Updater:
             await self._new_job(offer, OtaState.COMMITTED)  # already there (an earlier campaign)
             return
         try:
-            check_manifest(
-                offer.manifest,
-                trusted=self.release_keys,
-                model=self.model,
-                current=self.running,
-                now_ms=self._clock.now_ms(),
-            )
+            self._check_manifest(offer)
         except ManifestError as exc:
             self._log.warning("ota offer refused", campaign_id=offer.campaign_id, reason=str(exc))
             await self._report(offer, OtaState.FAILED, failure=OtaFailure.REFUSED, reason=str(exc), attempt=0)
@@ -187,6 +181,15 @@ class Updater:
         (self.folder / PART_FILE).unlink(missing_ok=True)
         await self._new_job(offer, OtaState.QUEUED)
         self._spawn(offer)
+
+    def _check_manifest(self, offer: OtaOffer) -> None:
+        check_manifest(
+            offer.manifest,
+            trusted=self.release_keys,
+            model=self.model,
+            current=self.running,
+            now_ms=self._clock.now_ms(),
+        )
 
     async def _new_job(self, offer: OtaOffer, state: OtaState) -> None:
         self._job = {"offer": offer.model_dump(mode="json"), "state": state.value, "attempt": 0}
@@ -290,13 +293,7 @@ class Updater:
         while window is not None and not window.contains(local_minute(self._clock.now_ms(), offer.utc_offset_min)):  # noqa: ASYNC110
             await asyncio.sleep(self.policy.window_poll_s)
         try:
-            check_manifest(
-                offer.manifest,
-                trusted=self.release_keys,
-                model=self.model,
-                current=self.running,
-                now_ms=self._clock.now_ms(),
-            )
+            self._check_manifest(offer)  # again: it may have expired while waiting
         except ManifestError as exc:
             raise _Failed(OtaFailure.REFUSED, str(exc)) from exc
 

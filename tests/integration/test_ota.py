@@ -17,6 +17,7 @@ from firmware_protocols.signing import encode_public_key
 from fleet_server.db import migrate, open_pool
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import OtaStore
+from fleet_server.registry_import import import_registry
 from haodian.cli import build_parser
 from haodian.ota_cli import run
 from haodian.settings import Settings
@@ -230,3 +231,32 @@ async def test_the_hello_version_is_the_truth_and_offline_devices_are_reported_a
         retried = await store.act("c", "retry")
         assert retried.by_state == {"pending": 1, "offered": 2}
         assert [o.device_id for o in await store.plan_round() or []] == ["R1"]
+
+
+async def test_a_campaign_targets_by_tag_and_place_from_the_imported_registry(tmp_path, embedded_database, release_key):
+    header = "city_id,district_id,store_id,merchant_id,device_id,serial,model,tags\n"
+    rows = ["BJ,WJ,S1,M1,T1,SN1,HD-S1,pilot;night", "BJ,WJ,S1,M2,T2,SN2,HD-S1,", "SH,PD,S2,M3,T3,SN3,HD-S1,pilot"]
+    async with open_pool(embedded_database) as pool:
+        await migrate(pool)
+        bad = await import_registry(pool, header + "BJ,WJ,S1,M1,T9,SN9,HD-S1,bad tag\n", dry_run=True)
+        assert "tag 'bad tag'" in bad.problems[0].errors[0]
+        assert (await import_registry(pool, header + "\n".join(rows) + "\n", dry_run=False)).applied == 3
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE devices SET firmware = '1.0.0'")
+        store = OtaStore(pool, tmp_path / "artifacts")
+        await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
+
+        async def chunks():
+            yield ARTIFACT
+
+        await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+        pilot = await store.create_campaign(
+            release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(tags=["pilot"]),
+            policy=CampaignPolicy(), campaign_id="pilot",
+        )  # fmt: skip
+        assert pilot.targeted == 2
+        beijing_pilot = await store.create_campaign(
+            release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(tags=["pilot"], cities=["BJ"]),
+            policy=CampaignPolicy(), campaign_id="bj-pilot",
+        )  # fmt: skip
+        assert beijing_pilot.targeted == 1
