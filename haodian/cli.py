@@ -128,9 +128,6 @@ def _add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     diag.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
-_OTA_FROM, _OTA_TO = "1.4.2", "1.5.0"  # simulators.ota_campaign's, named here to keep --help light
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -147,7 +144,7 @@ def _add_sim_ota_parser(sim: argparse.ArgumentParser) -> None:
         "ota",
         help="a whole OTA campaign with injected faults, checked device by device / 模拟 OTA 升级",
         description="Start a fleet server (its own broker and embedded database unless given), N simulated devices "
-        f"on {_OTA_FROM} of three models, and roll {_OTA_TO} out in waves while downloads are cut, power "
+        "on an old version, of three models, and roll a new one out in waves while downloads are cut, power "
         "fails during installs and one model's new version fails its health check. Prints the final "
         "table; exit status 1 if any device ends without a working slot or off both versions.",
     )
@@ -456,7 +453,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
 
 async def _run_sim_ota(args: argparse.Namespace) -> int:
     from haodian.settings import Settings  # noqa: PLC0415
-    from simulators.ota_campaign import OtaSimOptions, run_ota_simulation  # noqa: PLC0415
+    from simulators.ota_campaign import FROM_VERSION, TO_VERSION, OtaSimOptions, run_ota_simulation  # noqa: PLC0415
 
     options = OtaSimOptions(
         data_dir=args.data_dir,
@@ -472,7 +469,7 @@ async def _run_sim_ota(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         progress=lambda line: print(line, flush=True),
     )
-    print(f"好店 OTA 模拟 simulation: {args.devices} devices, {_OTA_FROM} → {_OTA_TO}", flush=True)
+    print(f"好店 OTA 模拟 simulation: {args.devices} devices, {FROM_VERSION} → {TO_VERSION}", flush=True)
     report = await run_ota_simulation(options, Settings())
     campaign = report.campaign
     print()
@@ -484,13 +481,14 @@ async def _run_sim_ota(args: argparse.Namespace) -> int:
     )
     print(f"失败原因 failures by reason: {campaign['failures'] or '-'}")
     print(
-        f"设备核对 device check: {report.on_new} on {_OTA_TO}, {report.on_old_working} on {_OTA_FROM} (working slot), "
+        f"设备核对 device check: {report.on_new} on {TO_VERSION}, "
+        f"{report.on_old_working} on {FROM_VERSION} (working slot), "
         f"{report.without_working_slot} without a working slot, {len(report.mismatched)} on neither"
     )
     print(
         f"注入故障 faults: {report.faults['download_cuts']} download cuts on {report.faults['flaky_devices']} devices, "
         f"{report.faults['power_cuts']} power cuts during install, {report.faults['bad_health_devices']} devices "
-        f"failing health on {_OTA_TO}; paused lanes: {', '.join(report.paused_models) or 'none'}"
+        f"failing health on {TO_VERSION}; paused lanes: {', '.join(report.paused_models) or 'none'}"
     )
     print(f"用时 elapsed {report.elapsed_s:.0f} s")
     ok = report.without_working_slot == 0 and not report.mismatched

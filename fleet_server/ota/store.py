@@ -155,17 +155,6 @@ class OtaStore:
             )
             return [ReleaseView.model_validate(r) for r in await cur.fetchall()]
 
-    async def manifest(self, name: str, version: str) -> ReleaseManifest:
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT manifest FROM ota_releases WHERE name = %s AND version = %s", (name, version)
-                )
-            ).fetchone()
-        if row is None:
-            raise OtaError("RELEASE_NOT_FOUND", f"release {name} {version} not found", f"版本 {name} {version} 不存在")
-        return ReleaseManifest.model_validate(row[0])
-
     async def store_artifact(self, name: str, version: str, chunks: AsyncIterator[bytes]) -> ReleaseView:
         """Take the artifact of a release, streamed; keep it only if it is exactly what the
         manifest says (size and SHA-256)."""
@@ -334,9 +323,7 @@ class OtaStore:
             await cur.execute("SELECT * FROM ota_campaigns WHERE campaign_id = %s", (campaign_id,))
             campaign = await cur.fetchone()
             if campaign is None:
-                raise OtaError(
-                    "CAMPAIGN_NOT_FOUND", f"campaign {campaign_id} not found", f"升级活动 {campaign_id} 不存在"
-                )
+                raise _campaign_not_found(campaign_id)
             await cur.execute(
                 "SELECT model, state, count(*) AS n FROM ota_targets WHERE campaign_id = %s GROUP BY model, state",
                 (campaign_id,),
@@ -407,15 +394,14 @@ class OtaStore:
 
     async def act(self, campaign_id: str, action: str) -> CampaignProgress:
         """pause | resume | abort | retry (offer again the devices that rolled back or failed)."""
-        await self.progress(campaign_id)  # exists?
         async with self.pool.connection() as conn, conn.transaction():
-            status = (
-                await (
-                    await conn.execute(
-                        "SELECT status FROM ota_campaigns WHERE campaign_id = %s FOR UPDATE", (campaign_id,)
-                    )
-                ).fetchone()
-            )[0]  # type: ignore[index]
+            cur = await conn.execute(
+                "SELECT status FROM ota_campaigns WHERE campaign_id = %s FOR UPDATE", (campaign_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise _campaign_not_found(campaign_id)
+            status = row[0]
             if status == "aborted" or (status == "completed" and action != "retry"):
                 raise OtaError(
                     "CAMPAIGN_ENDED",
@@ -560,6 +546,10 @@ class OtaStore:
                     " WHERE campaign_id = %s AND model = %s",
                     (status, decision.reason, row["campaign_id"], row["model"]),
                 )
+
+
+def _campaign_not_found(campaign_id: str) -> OtaError:
+    return OtaError("CAMPAIGN_NOT_FOUND", f"campaign {campaign_id} not found", f"升级活动 {campaign_id} 不存在")
 
 
 def _at_least(firmware: str | None, target: Version) -> bool:
