@@ -571,9 +571,9 @@ WHERE t.campaign_id = r.campaign_id AND t.device_id = r.device_id AND c.campaign
   AND t.state <> 'pending' AND NOT (t.state = 'committed' AND r.state <> 'committed')
 """
 
-# The version a device says it runs in its hello is the truth: a target whose device runs the
-# new version (outside a trial) is committed, and a committed one whose device came back on another version
-# (it rolled back later) is rolled back, so it can be offered again.
+# The version a device says it runs in its hello is the truth where its reports are missing: a
+# target whose device runs the new version is committed, and a committed one whose device came
+# back on another version (it rolled back later) is rolled back, so it can be offered again.
 _RECONCILE = """
 WITH done AS (
     UPDATE ota_targets t SET state = 'committed', failure = NULL, reason = NULL, finished_at = now(),
@@ -581,8 +581,11 @@ WITH done AS (
     FROM devices d, ota_campaigns c
     WHERE d.device_id = t.device_id AND c.campaign_id = t.campaign_id AND c.status IN ('running', 'paused')
       AND t.state <> 'committed' AND d.firmware = t.target_version
-      -- a trial boot says hello with the new version before its health check decides
-      AND (t.state NOT IN ('rebooting', 'health_check')
+      -- Only where the device's own reports are missing: none yet, or none within the timeout.
+      -- A device that is reporting is followed by its reports, not its hello: a trial boot says
+      -- hello with the new version before its health check decides, and its reports may be
+      -- stored a moment after its hello.
+      AND (t.state IN ('pending', 'offered', 'unreachable')
            OR t.updated_at < now() - make_interval(secs => (c.policy->>'device_timeout_s')::int))
     RETURNING 1
 )
