@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -15,6 +15,19 @@ from pydantic import BaseModel, Field
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError
+from fleet_server.auth.deps import (
+    AUTH_ERRORS,
+    AuthDep,
+    DeviceReader,
+    FleetReader,
+    ReachDep,
+    RegistryWriter,
+    TaskAssigner,
+    TaskReader,
+    TaskWorker,
+    client_ip,
+)
+from fleet_server.auth.roles import Principal, Role
 from fleet_server.figures import TARGETS, Figures, FiguresError, FleetFigures, Level, StateCounts, rating, state_counts
 from fleet_server.inspector import Inspector
 from fleet_server.registry import DeviceDetail, DeviceRegistry, DeviceView, Timeline
@@ -44,8 +57,8 @@ DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern, descriptio
 Start = Annotated[datetime | None, Query(description="Window start (ISO 8601 with zone); default: end - 24 h")]
 End = Annotated[datetime | None, Query(description="Window end (ISO 8601 with zone); default: now")]
 
-router = APIRouter(prefix="/api/v1", tags=["devices"])
-metrics_router = APIRouter(tags=["ops"])
+router = APIRouter(prefix="/api/v1", tags=["devices"], responses=AUTH_ERRORS)
+metrics_router = APIRouter(tags=["ops"], responses=AUTH_ERRORS)
 
 
 def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -66,21 +79,34 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     return start, end
 
 
-@router.get("/devices", summary="List devices with state; filter by state or serial number")
+@router.get("/devices", summary="Devices within the caller's reach, with state; filter by state, serial or a search")
 async def list_devices(
+    principal: DeviceReader,
     registry: RegistryDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
     state: Annotated[str | None, Query(max_length=32)] = None,
     serial: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=64, description="A device id or serial number, or its start")] = None,
 ) -> list[DeviceView]:
-    return await registry.list_devices(limit=limit, offset=offset, state=state, serial=serial)
+    return await registry.list_devices(
+        limit=limit,
+        offset=offset,
+        state=state,
+        serial=serial,
+        search=q.strip() or None if q else None,
+        stores=None if principal.sees_whole_fleet or principal.role is Role.MERCHANT else principal.stores,
+        merchant_id=principal.merchant_id if principal.role is Role.MERCHANT else None,
+    )
 
 
 @router.get(
     "/devices/{device_id}", summary="One device with its registry data and last health report", responses=NOT_FOUND
 )
-async def get_device(registry: RegistryDep, device_id: DeviceIdPath) -> DeviceDetail:
+async def get_device(
+    principal: DeviceReader, registry: RegistryDep, reach: ReachDep, device_id: DeviceIdPath
+) -> DeviceDetail:
+    await reach.device(principal, device_id)
     device = await registry.get_device(device_id)
     if device is None:
         raise ApiError(404, "DEVICE_NOT_FOUND", f"device {device_id} not found", f"设备 {device_id} 不存在")
@@ -91,12 +117,15 @@ async def get_device(registry: RegistryDep, device_id: DeviceIdPath) -> DeviceDe
     "/devices/{device_id}/timeline", summary="States, events, announcements and tasks of a device", responses=NOT_FOUND
 )
 async def device_timeline(
+    principal: DeviceReader,
     registry: RegistryDep,
+    reach: ReachDep,
     device_id: DeviceIdPath,
     start: Start = None,
     end: End = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> Timeline:
+    await reach.device(principal, device_id)
     if await registry.get_device(device_id) is None:
         raise ApiError(404, "DEVICE_NOT_FOUND", f"device {device_id} not found", f"设备 {device_id} 不存在")
     return await registry.timeline(device_id, *_window(start, end), limit=limit)
@@ -131,14 +160,14 @@ By = Annotated[Level | None, Query(description="Group by this level: one row per
 
 @router.get("/figures", summary="Reliability figures (DESIGN.md definitions) for a slice and window")
 async def get_figures(
-    figures: FiguresDep, start: Start = None, end: End = None, scope: Scope = None, by: By = None
+    _: FleetReader, figures: FiguresDep, start: Start = None, end: End = None, scope: Scope = None, by: By = None
 ) -> list[Figures]:
     return await _compute(figures, start, end, scope, by)
 
 
 @router.get("/figures.csv", summary="The same figures as CSV", response_class=PlainTextResponse)
 async def get_figures_csv(
-    figures: FiguresDep, start: Start = None, end: End = None, scope: Scope = None, by: By = None
+    _: FleetReader, figures: FiguresDep, start: Start = None, end: End = None, scope: Scope = None, by: By = None
 ) -> Response:
     rows = await _compute(figures, start, end, scope, by)
     out = io.StringIO()
@@ -151,6 +180,47 @@ async def get_figures_csv(
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="figures.csv"'},
     )
+
+
+PERIODS: Final = {
+    "24h": (timedelta(hours=24), timedelta(hours=1)),
+    "7d": (timedelta(days=7), timedelta(days=1)),
+    "30d": (timedelta(days=30), timedelta(days=1)),
+}
+
+
+class TrendPoint(BaseModel):
+    start: datetime
+    end: datetime
+    label: str  # the bucket in the fleet's local time: "14:00" by the hour, "11-21" by the day
+    figures: Figures
+
+
+@router.get("/figures/trend", summary="The figures bucket by bucket: 24 h by the hour, 7 d or 30 d by the day")
+async def figures_trend(
+    _: FleetReader,
+    figures: FiguresDep,
+    period: Annotated[str, Query(pattern="^(24h|7d|30d)$")] = "24h",
+    scope: Scope = None,
+    end: End = None,
+) -> list[TrendPoint]:
+    span, step = PERIODS[period]
+    end = _window(None, end)[1]
+    # Whole buckets: hours on the hour, days from the fleet's local midnight; the last one is
+    # the bucket in progress, up to now.
+    offset = timedelta(minutes=figures.fleet_utc_offset_min)
+    last_start = (
+        datetime.fromtimestamp(((end + offset).timestamp() // step.total_seconds()) * step.total_seconds(), tz=UTC)
+        - offset
+    )
+    starts = [last_start - step * i for i in range(int(span / step) - 1, -1, -1)]
+    points = []
+    for start in starts:
+        [row] = await _compute(figures, start, min(start + step, end), scope, None)
+        local = start + offset
+        label = f"{local:%H:%M}" if step < timedelta(days=1) else f"{local:%m-%d}"
+        points.append(TrendPoint(start=start, end=min(start + step, end), label=label, figures=row))
+    return points
 
 
 class FigureTile(BaseModel):
@@ -173,7 +243,12 @@ class FleetSummary(BaseModel):
 
 @router.get("/fleet/summary", summary="Devices by state now and the figures of the window against targets")
 async def fleet_summary(
-    registry: RegistryDep, figures: FiguresDep, inspector: InspectorDep, start: Start = None, end: End = None
+    _: FleetReader,
+    registry: RegistryDep,
+    figures: FiguresDep,
+    inspector: InspectorDep,
+    start: Start = None,
+    end: End = None,
 ) -> FleetSummary:
     window = _window(start, end)
     [f] = await figures.compute(*window)
@@ -205,7 +280,7 @@ class Alert(BaseModel):
 
 
 @router.get("/alerts", summary="What needs attention now: figures off target (24 h) and new tasks")
-async def alerts(figures: FiguresDep, inspector: InspectorDep) -> list[Alert]:
+async def alerts(_: FleetReader, figures: FiguresDep, inspector: InspectorDep) -> list[Alert]:
     window = _window(None, None)
     [f] = await figures.compute(*window)
     values = f.model_dump()
@@ -233,7 +308,7 @@ async def alerts(figures: FiguresDep, inspector: InspectorDep) -> list[Alert]:
     return out
 
 
-tasks_router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+tasks_router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=AUTH_ERRORS)
 
 
 def _task_error(exc: TaskError) -> ApiError:
@@ -241,8 +316,9 @@ def _task_error(exc: TaskError) -> ApiError:
     return ApiError(status, exc.code, str(exc), exc.message_zh)
 
 
-@tasks_router.get("", summary="Tasks for field agents, newest first")
+@tasks_router.get("", summary="Tasks for field agents, newest first; a field agent's own stores only")
 async def list_tasks(
+    principal: TaskReader,
     inspector: InspectorDep,
     status: TaskStatus | None = None,
     open_only: bool = False,
@@ -252,19 +328,31 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> list[Task]:
     return await inspector.tasks.find(
-        status=status, open_only=open_only, agent_id=agent_id, store_id=store_id, device_id=device_id, limit=limit
+        status=status,
+        open_only=open_only,
+        agent_id=agent_id,
+        store_id=store_id,
+        device_id=device_id,
+        stores=None if principal.sees_whole_fleet else principal.stores,
+        limit=limit,
     )
 
 
 TaskId = Annotated[int, Path(ge=1)]
 
 
-@tasks_router.get("/{task_id}", summary="One task", responses=NOT_FOUND)
-async def get_task(inspector: InspectorDep, task_id: TaskId) -> Task:
+async def _task_within_reach(inspector: Inspector, reach: ReachDep, principal: Principal, task_id: int) -> Task:
     try:
-        return await inspector.tasks.get(task_id)
+        task = await inspector.tasks.get(task_id)
     except TaskError as exc:
         raise _task_error(exc) from exc
+    await reach.store(principal, task.store_id)
+    return task
+
+
+@tasks_router.get("/{task_id}", summary="One task", responses=NOT_FOUND)
+async def get_task(principal: TaskReader, inspector: InspectorDep, reach: ReachDep, task_id: TaskId) -> Task:
+    return await _task_within_reach(inspector, reach, principal, task_id)
 
 
 class AssignBody(BaseModel):
@@ -276,50 +364,87 @@ class CloseBody(BaseModel):
 
 
 @tasks_router.post("/{task_id}/assign", summary="Give the task to a field agent", responses=NOT_FOUND)
-async def assign_task(inspector: InspectorDep, task_id: TaskId, body: AssignBody) -> Task:
+async def assign_task(
+    principal: TaskAssigner,
+    inspector: InspectorDep,
+    audit: AuthDep,
+    request: Request,
+    task_id: TaskId,
+    body: AssignBody,
+) -> Task:
     try:
-        return await inspector.tasks.assign(task_id, body.agent_id, datetime.now(tz=UTC))
+        task = await inspector.tasks.assign(task_id, body.agent_id, datetime.now(tz=UTC))
     except TaskError as exc:
         raise _task_error(exc) from exc
+    await audit.audit(principal, "task.assign", str(task_id), detail=body.model_dump(), client_ip=client_ip(request))
+    return task
 
 
 @tasks_router.post(
     "/{task_id}/start", summary="The field agent starts work: the device is under repair", responses=NOT_FOUND
 )
-async def start_task(inspector: InspectorDep, task_id: TaskId) -> Task:
+async def start_task(
+    principal: TaskWorker, inspector: InspectorDep, reach: ReachDep, audit: AuthDep, request: Request, task_id: TaskId
+) -> Task:
+    await _task_within_reach(inspector, reach, principal, task_id)
     try:
-        return await inspector.tasks.start(task_id, datetime.now(tz=UTC))
+        task = await inspector.tasks.start(task_id, datetime.now(tz=UTC))
     except TaskError as exc:
         raise _task_error(exc) from exc
+    await audit.audit(
+        principal, "task.start", str(task_id), detail={"device_id": task.device_id}, client_ip=client_ip(request)
+    )
+    return task
 
 
 @tasks_router.post(
     "/{task_id}/close", summary="Ask to close: the task closes once the device is verified", responses=NOT_FOUND
 )
-async def close_task(inspector: InspectorDep, task_id: TaskId, body: CloseBody) -> Task:
+async def close_task(
+    principal: TaskWorker,
+    inspector: InspectorDep,
+    reach: ReachDep,
+    audit: AuthDep,
+    request: Request,
+    task_id: TaskId,
+    body: CloseBody,
+) -> Task:
+    await _task_within_reach(inspector, reach, principal, task_id)
     try:
-        return await inspector.tasks.request_close(task_id, body.note, datetime.now(tz=UTC))
+        task = await inspector.tasks.request_close(task_id, body.note, datetime.now(tz=UTC))
     except TaskError as exc:
         raise _task_error(exc) from exc
+    detail = {"device_id": task.device_id, "note": body.note, "status": task.status.value}
+    await audit.audit(principal, "task.close", str(task_id), detail=detail, client_ip=client_ip(request))
+    return task
 
 
-registry_router = APIRouter(prefix="/api/v1/registry", tags=["registry"])
+registry_router = APIRouter(prefix="/api/v1/registry", tags=["registry"], responses=AUTH_ERRORS)
 
 
 @registry_router.post("/import", summary="Import the registry from CSV (one row per device)")
 async def import_csv(
+    principal: RegistryWriter,
     registry: RegistryDep,
+    audit: AuthDep,
+    request: Request,
     body: Annotated[str, Body(media_type="text/csv", max_length=64 * 1024 * 1024)],
     dry_run: bool = True,
 ) -> ImportReport:
     try:
-        return await import_registry(registry.pool, body, dry_run=dry_run)
+        report = await import_registry(registry.pool, body, dry_run=dry_run)
     except ImportError_ as exc:
         raise ApiError(422, "BAD_CSV", str(exc), f"CSV 文件无法导入：{exc}") from exc
+    if not dry_run:
+        detail = {"bytes": len(body), "report": report.model_dump(mode="json", exclude={"problems"})}
+        await audit.audit(principal, "registry.import", "registry", detail=detail, client_ip=client_ip(request))
+    return report
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics: fleet gauges", response_class=PlainTextResponse)
-async def metrics(registry: RegistryDep, inspector: InspectorDep, request: Request) -> PlainTextResponse:
+async def metrics(
+    _: FleetReader, registry: RegistryDep, inspector: InspectorDep, request: Request
+) -> PlainTextResponse:
     now = datetime.now(tz=UTC)
     counts = await state_counts(registry.pool, now)
     lines = ["# HELP haodian_devices Devices by state, from the state history.", "# TYPE haodian_devices gauge"]

@@ -325,6 +325,10 @@ class FleetFigures:
         self._pool = pool
         self._offset = fleet_utc_offset_min
 
+    @property
+    def fleet_utc_offset_min(self) -> int:
+        return self._offset
+
     async def compute(
         self,
         start: datetime,

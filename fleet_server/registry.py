@@ -98,15 +98,37 @@ class DeviceRegistry:
         return self._pool
 
     async def list_devices(
-        self, *, limit: int = 1000, offset: int = 0, state: str | None = None, serial: str | None = None
+        self,
+        *,
+        limit: int = 1000,
+        offset: int = 0,
+        state: str | None = None,
+        serial: str | None = None,
+        search: str | None = None,
+        stores: frozenset[str] | None = None,
+        merchant_id: str | None = None,
     ) -> list[DeviceView]:
+        """Devices matching every filter given: `search` is a device id or serial number (whole,
+        or its start); `stores` and `merchant_id` limit to a principal's reach."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"SELECT {_DEVICE_COLUMNS}{_DEVICE_JOINS}"
                 " WHERE (%(state)s::text IS NULL OR d.state = %(state)s)"
                 " AND (%(serial)s::text IS NULL OR d.serial = %(serial)s OR d.reported_serial = %(serial)s)"
+                " AND (%(search)s::text IS NULL OR d.device_id = %(search)s OR d.serial = %(search)s"
+                "  OR starts_with(d.serial, %(search)s) OR starts_with(d.device_id, %(search)s))"
+                " AND (%(stores)s::text[] IS NULL OR st.store_id = ANY(%(stores)s))"
+                " AND (%(merchant)s::text IS NULL OR b.merchant_id = %(merchant)s)"
                 " ORDER BY d.device_id LIMIT %(limit)s OFFSET %(offset)s",
-                {"state": state, "serial": serial, "limit": limit, "offset": offset},
+                {
+                    "state": state,
+                    "serial": serial,
+                    "search": search,
+                    "stores": sorted(stores) if stores is not None else None,
+                    "merchant": merchant_id,
+                    "limit": limit,
+                    "offset": offset,
+                },
             )
             return [DeviceView.model_validate(_with_state_name(row)) for row in await cur.fetchall()]
 

@@ -55,6 +55,10 @@ class Task(BaseModel):
     closed_at: datetime | None
     verification: str | None
     device_state: str | None = None
+    serial: str | None = None
+    install_address: str | None = None
+    install_lat: float | None = None
+    install_lon: float | None = None
 
 
 class TaskError(Exception):
@@ -93,7 +97,10 @@ _OPEN_OR_MERGE: Final = (
     " confidence = EXCLUDED.confidence, updated_at = EXCLUDED.updated_at"
     " RETURNING (xmax = 0) AS inserted"
 )
-_SELECT: Final = "SELECT t.*, d.state AS device_state FROM tasks t LEFT JOIN devices d USING (device_id)"
+_SELECT: Final = (
+    "SELECT t.*, d.state AS device_state, COALESCE(d.serial, d.reported_serial) AS serial, d.install_address,"
+    " d.install_lat, d.install_lon FROM tasks t LEFT JOIN devices d USING (device_id)"
+)
 
 
 class TaskBook:
@@ -137,9 +144,12 @@ class TaskBook:
         agent_id: str | None = None,
         store_id: str | None = None,
         device_id: str | None = None,
+        stores: frozenset[str] | None = None,
         limit: int = 500,
     ) -> list[Task]:
-        clauses, params = ["true"], []
+        """Tasks matching every filter given; `stores` keeps those of these stores only."""
+        clauses: list[str] = ["true"]
+        params: list[object] = []
         for column, value in (
             ("t.status", status),
             ("t.agent_id", agent_id),
@@ -151,6 +161,9 @@ class TaskBook:
                 params.append(str(value))
         if open_only:
             clauses.append("t.status <> 'closed'")
+        if stores is not None:
+            clauses.append("t.store_id = ANY(%s)")
+            params.append(sorted(stores))
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY t.opened_at DESC LIMIT %s",

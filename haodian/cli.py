@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError
-from haodian import fleet_cli, ota_cli
+from haodian import fleet_cli, ota_cli, users_cli
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -34,6 +34,8 @@ examples / 示例:
   haodian agent diagnose --device-id SPK0001 --server-key <base64>   # field agent's checklist / 设备自检
   haodian sim ota                                     # a 1,000-device OTA campaign with faults / OTA 升级模拟
   haodian ota campaigns                               # OTA campaigns and their progress / 升级进度
+  haodian users add ops --role ops-admin              # the first account / 创建运营管理员账号
+  haodian login --login ops                           # sign the CLIs in / 命令行登录
 """
 
 
@@ -203,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="how many devices are POS terminals with a TTS chip, modem and printer on pseudo-terminals (default 2)",
     )
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="after the report, keep serving the pages with payments going on until Ctrl-C / 结束后继续运行",
+    )
 
     server = sub.add_parser(
         "server",
@@ -275,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--data-dir", type=Path, default=Path(".haodian"))
     fleet_cli.add_parser(sub)
     ota_cli.add_parser(sub)
+    users_cli.add_parsers(sub)
     return parser
 
 
@@ -303,6 +311,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             http_port=args.http_port,
             serial_devices=min(max(args.serial_devices, 0), args.devices),
+            stay=args.stay,
         ),
         Settings(),
     )
@@ -537,6 +546,14 @@ async def _run_ota(args: argparse.Namespace) -> int:
     return await asyncio.to_thread(ota_cli.run, args)
 
 
+async def _run_login(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(users_cli.run_login, args)
+
+
+async def _run_logout(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(users_cli.run_logout, args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "demo": _run_demo,
     "server": _run_server,
@@ -548,6 +565,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "keys": _run_keys,
     "fleet": _run_fleet,
     "ota": _run_ota,
+    "users": users_cli.run_users,
+    "login": _run_login,
+    "logout": _run_logout,
 }
 
 

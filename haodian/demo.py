@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import shutil
 import sys
 import time
@@ -21,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from fleet_server.auth.roles import Role
+from fleet_server.auth.store import AuthStore
 from haodian.embedded import EmbeddedBroker, EmbeddedDatabase
 from haodian.keys import dev_key_paths, load_server_keys, read_rsa_private_key
 from haodian.server import Part, ServerStack
@@ -34,6 +37,8 @@ DRAIN_TIMEOUT_S = 30.0
 # Time for a moved and a stolen device to be found: a few health reports from the new cell,
 # and the demo's "lost after" of 15 s.
 INCIDENT_TIMEOUT_S = 60.0
+# `--stay` keeps the demo serving until Ctrl-C; a week of payments is "until stopped".
+STAY_S = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class DemoOptions:
     http_port: int
     health_interval_s: float = 5.0
     serial_devices: int = 0
+    stay: bool = False
 
 
 def machine() -> dict[str, Any]:
@@ -77,16 +83,17 @@ def summary_line(online: int, devices: int, s: DeliverySummary) -> str:
 class _Api:
     """The calls the demo makes to the server's HTTP API, as any client would."""
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str) -> None:
         self._client = client
         self._base = base_url
+        self._headers = {"authorization": f"Bearer {token}"}
 
     async def import_registry(self, csv_text: str) -> dict[str, Any]:
         response = await self._client.post(
             f"{self._base}/api/v1/registry/import",
             params={"dry_run": "false"},
             content=csv_text.encode(),
-            headers={"content-type": "text/csv"},
+            headers={"content-type": "text/csv", **self._headers},
         )
         response.raise_for_status()
         report: dict[str, Any] = response.json()
@@ -95,23 +102,53 @@ class _Api:
         return report
 
     async def tasks(self) -> list[dict[str, Any]]:
-        response = await self._client.get(f"{self._base}/api/v1/tasks", params={"open_only": "true"})
+        response = await self._client.get(
+            f"{self._base}/api/v1/tasks", params={"open_only": "true"}, headers=self._headers
+        )
         response.raise_for_status()
         tasks: list[dict[str, Any]] = response.json()
         return tasks
 
     async def summary(self) -> DeliverySummary:
-        response = await self._client.get(f"{self._base}/api/v1/deliveries/summary")
+        response = await self._client.get(f"{self._base}/api/v1/deliveries/summary", headers=self._headers)
         response.raise_for_status()
         return DeliverySummary.model_validate(response.json())
 
     async def online(self) -> int:
-        response = await self._client.get(f"{self._base}/api/v1/fleet/summary")
+        response = await self._client.get(f"{self._base}/api/v1/fleet/summary", headers=self._headers)
         response.raise_for_status()
         return int(response.json()["online"])
 
 
 DISTRICTS = (("WJ", "望京"), ("HLG", "回龙观"), ("TTY", "天通苑"))
+# The demo's people, one per role, to sign in to the pages with: (login, role, account fields).
+DEMO_ACCOUNTS: tuple[tuple[str, Role, dict[str, Any]], ...] = (
+    ("ops", Role.OPS_ADMIN, {"name": "运营 王工"}),
+    ("viewer", Role.OPS_VIEWER, {"name": "运营 查看"}),
+    ("agent-wj", Role.FIELD_AGENT, {"name": "望京经纪人", "agent_id": "A-WJ", "stores": ["S-WJ"]}),
+    ("merchant1", Role.MERCHANT, {"name": "商户1", "merchant_id": "M00001"}),
+)
+
+
+async def demo_accounts(auth: AuthStore) -> tuple[str, str]:
+    """Create the demo's accounts with one fresh password; (password, the runner's own API token)."""
+    password = secrets.token_urlsafe(9)
+    for login, role, fields in DEMO_ACCOUNTS:
+        await auth.create_user(login, role=role, password=password, **fields)
+    return password, await auth.service_token("demo-runner", Role.OPS_ADMIN)
+
+
+def open_browser(url: str) -> bool:
+    """Open the dashboard where there is a screen to show it on (not over SSH or in CI, where a
+    text browser would take over the terminal)."""
+    import webbrowser  # noqa: PLC0415
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        return webbrowser.open(url)
+    except webbrowser.Error:
+        return False
 
 
 def registry_csv(bindings: dict[str, str]) -> str:
@@ -177,6 +214,31 @@ def merchants_for(device_ids: list[str]) -> dict[str, str]:
     return {device: f"M{(i % merchant_count) + 1:05d}" for i, device in enumerate(device_ids)}
 
 
+async def _introduce(server: ServerStack, *, tty: bool) -> tuple[str, str]:
+    """Create the demo's accounts and say where the pages are; (dashboard URL, the runner's token)."""
+    password, runner_token = await demo_accounts(server.auth)
+    dashboard = f"{server.base_url}/login?next=/ops"
+    print(f"  运营看板 dashboard {dashboard}   API {server.base_url}/api/v1   OpenAPI {server.base_url}/openapi.json")
+    print(
+        f"  登录 sign in: {', '.join(login for login, _, _ in DEMO_ACCOUNTS)} (ops-admin, ops-viewer, field agent"
+        f" of 望京 S-WJ, merchant M00001); 密码 password {password}"
+    )
+    if tty and open_browser(dashboard):
+        print("  看板已在浏览器中打开 dashboard opened in your browser")
+    return dashboard, runner_token
+
+
+def _write_report(path: Path, report: dict[str, Any], final: DeliverySummary) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"report written to {path}")
+    if final.delivery_rate != 1.0:
+        print(
+            f"未全部播报 not every announcement was delivered: {final.delivered}/{final.deliveries},"
+            f" {final.missed} missed, {final.pending} pending; see {path} and the log"
+        )
+
+
 def demo_settings(options: DemoOptions, settings: Settings) -> Settings:
     return settings.model_copy(
         update={
@@ -217,10 +279,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
         ) as server,
     ):
         print(f"  broker {broker.endpoint.url()} (amqtt, embedded)  database {database.url} (embedded)")
-        print(
-            f"  状态页 status page {server.base_url}/   API {server.base_url}/api/v1/devices"
-            f"   OpenAPI {server.base_url}/openapi.json"
-        )
+        dashboard, runner_token = await _introduce(server, tty=tty)
         # Keep the audio of this run only: a demo writes a WAV per announcement.
         for previous in out.glob("*T*Z"):
             shutil.rmtree(previous, ignore_errors=True)
@@ -238,7 +297,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
         ):
             await fleet.wait_connected(30)
             bindings = merchants_for(fleet.device_ids)
-            api = _Api(client, server.base_url)
+            api = _Api(client, server.base_url, runner_token)
             await api.import_registry(registry_csv(bindings))
             print(
                 f"  {len(fleet.device_ids)} devices online, bound to {len(set(bindings.values()))} merchants;"
@@ -296,12 +355,10 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 "bridge": asdict(server.bridge.stats) if server.bridge else None,
                 "ingest": asdict(server.ingest.stats) if server.ingest else None,
             }
-    options.report.parent.mkdir(parents=True, exist_ok=True)
-    options.report.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    print(f"report written to {options.report}")
-    if final.delivery_rate != 1.0:
-        print(
-            f"未全部播报 not every announcement was delivered: {final.delivered}/{final.deliveries},"
-            f" {final.missed} missed, {final.pending} pending; see {options.report} and the log"
-        )
+            _write_report(options.report, report, final)
+            if options.stay:
+                print(
+                    f"  继续运行 still running: payments go on at {options.tps}/s; dashboard {dashboard}; Ctrl-C 停止"
+                )
+                await backend.run(client, rate_per_s=options.tps, duration_s=STAY_S)
     return report

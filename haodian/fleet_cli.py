@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from haodian.api_client import add_server_arguments, checked, open_client
+
 LABELS = {
     "intact_rate": "完好率 intact",
     "fault_rate_per_hour": "故障率 faults/h",
@@ -51,7 +53,7 @@ def add_parser(sub: Any) -> None:
         help="fleet figures, tasks and registry import from a running server",
         description="Talk to a running fleet server's API: reliability figures, field-agent tasks, registry import.",
     )
-    fleet.add_argument("--server", default="http://127.0.0.1:8000", help="fleet server base URL")
+    add_server_arguments(fleet)
     action = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
     action.add_parser("summary", help="devices by state and the last 24 h against the targets")
     figures = action.add_parser("figures", help="figures by slice over a window")
@@ -95,22 +97,9 @@ def _get(client: httpx.Client, path: str, **params: Any) -> Any:
     return checked(response, "haodian fleet")
 
 
-def checked(response: httpx.Response, command: str) -> Any:
-    """The body of a successful API answer (JSON or text); otherwise exit with the server's error,
-    in Chinese and English, after `command`'s name."""
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            message = f"{error['message_zh']} / {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        raise SystemExit(f"{command}: {response.status_code} {message}")
-    return response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        with httpx.Client(base_url=args.server, timeout=60) as client:
+        with open_client(args, timeout=60) as client:
             return _COMMANDS[args.fleet_command](client, args)
     except httpx.TransportError as exc:
         print(f"haodian fleet: 无法连接服务器 cannot reach the server at {args.server}: {exc}", file=sys.stderr)

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
-from haodian.fleet_cli import checked, table
+from haodian.api_client import add_server_arguments, checked, open_client
+from haodian.fleet_cli import table
 
 STATES_ZH = {
     "pending": "未下发 pending",
@@ -53,7 +54,7 @@ def add_parser(sub: Any) -> None:
         help="firmware releases and OTA campaigns / 固件发布与升级",
         description="Make and sign releases (offline), upload them, and run OTA campaigns on a fleet server.",
     )
-    ota.add_argument("--server", default="http://127.0.0.1:8000", help="fleet server base URL")
+    add_server_arguments(ota)
     action = ota.add_subparsers(dest="ota_command", required=True, metavar="ACTION")
     key = action.add_parser("release-key", help="create a release key pair (keep the private key offline)")
     key.add_argument("--out", type=Path, required=True, help="folder for release.key and release.pub")
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ota_command == "sign":
         return _sign(args)
     try:
-        with httpx.Client(base_url=args.server, timeout=300) as client:
+        with open_client(args, timeout=300) as client:
             return _online(client, args)
     except httpx.TransportError as exc:
         print(f"haodian ota: 无法连接服务器 cannot reach the server at {args.server}: {exc}", file=sys.stderr)

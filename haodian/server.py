@@ -14,20 +14,22 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from enum import StrEnum
-from importlib import resources
 from types import TracebackType
 from typing import Self
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.signing import Signer, decode_public_key, key_id_of
 from fleet_server import api as fleet_api
+from fleet_server import device_api, web
 from fleet_server.api_errors import install_error_handlers
+from fleet_server.auth import api as auth_api
+from fleet_server.auth.store import AuthStore
 from fleet_server.db import migrate, open_pool, timescaledb_available
 from fleet_server.figures import FleetFigures
 from fleet_server.ingest import Ingest, IngestPolicy
@@ -36,6 +38,7 @@ from fleet_server.ota import api as ota_api
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.store import OtaStore
 from fleet_server.registry import DeviceRegistry
+from fleet_server.remote import DeviceRemote
 from fleet_server.telemetry import TelemetryStore
 from haodian.keys import ServerKeys
 from haodian.settings import Settings
@@ -70,6 +73,7 @@ def create_app(parts: set[Part]) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.include_router(auth_api.router)
     if Part.FLEET in parts:
         app.include_router(fleet_api.router)
         app.include_router(fleet_api.tasks_router)
@@ -77,6 +81,7 @@ def create_app(parts: set[Part]) -> FastAPI:
         app.include_router(fleet_api.metrics_router)
         app.include_router(ota_api.router)
         app.include_router(ota_api.artifacts_router)
+        app.include_router(device_api.router)
     if Part.BRIDGE in parts:
         app.include_router(bridge_api.router)
 
@@ -85,12 +90,7 @@ def create_app(parts: set[Part]) -> FastAPI:
         return {"status": "ok", "parts": sorted(parts)}
 
     if Part.FLEET in parts:
-        page = (resources.files("fleet_server") / "static" / "index.html").read_text(encoding="utf-8")
-
-        @app.get("/", include_in_schema=False)
-        async def status_page() -> HTMLResponse:
-            return HTMLResponse(page)
-
+        web.mount(app)
     return app
 
 
@@ -114,6 +114,7 @@ class ServerStack:
         self.inspector: Inspector | None = None
         self.bridge: PaymentBridge | None = None
         self.ota: OtaConductor | None = None
+        self.remote: DeviceRemote | None = None
         self._stack = AsyncExitStack()
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -146,6 +147,9 @@ class ServerStack:
             timescaledb_available=await timescaledb_available(pool),
             telemetry_storage=mode.value,
         )
+        self.app.state.pool = pool
+        self.app.state.auth = AuthStore(pool, session_ttl=timedelta(hours=self.settings.session_hours))
+        self.app.state.cookie_secure = self.settings.cookie_secure
         if Part.FLEET in self.parts:
             offset = self.settings.fleet_utc_offset_min
             self.app.state.registry = DeviceRegistry(pool)
@@ -175,6 +179,16 @@ class ServerStack:
             self.app.state.ota_store = OtaStore(
                 pool, self.settings.ota_artifacts_dir or self.settings.data_dir / "ota-artifacts"
             )
+            self.remote = await self._stack.enter_async_context(
+                DeviceRemote(
+                    pool,
+                    self.endpoint,
+                    Signer(self.keys.signing_key),
+                    client_id=f"{prefix}-remote",
+                    share_group=_share(self.settings.mqtt_share_group, "remote"),
+                )
+            )
+            self.app.state.remote = self.remote
             release_keys = [decode_public_key(k) for k in self.settings.ota_release_keys]
             self.app.state.ota_release_keys = {key_id_of(k): k for k in release_keys}
         if Part.BRIDGE in self.parts:
@@ -236,8 +250,13 @@ class ServerStack:
             await self.ota.wait_connected(30)
         log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
 
+    @property
+    def auth(self) -> AuthStore:
+        store: AuthStore = self.app.state.auth
+        return store
+
     async def _wait_broker(self) -> None:
-        for part in (self.ingest, self.bridge):
+        for part in (self.ingest, self.bridge, self.remote):
             if part is not None:
                 try:
                     await part.wait_connected(30)

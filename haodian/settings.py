@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     cell_learning_days: Annotated[float, Field(gt=0, le=365)] = 3.0
     # Raw telemetry kept this long (native partitions are dropped past it; Timescale's policy).
     telemetry_retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    # The pages' session cookie is sent only over HTTPS when true: set it behind TLS (a load
+    # balancer terminating HTTPS included). Off in development, where the demo serves plain HTTP.
+    cookie_secure: bool = False
+    # How long a page's sign-in lasts before the page asks for the password again.
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
     log_json: bool = True
     log_level: str = "INFO"
 

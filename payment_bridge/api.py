@@ -11,6 +11,8 @@ from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
+from fleet_server.auth.deps import AuthDep, BindingWriter, PaymentReader, client_ip
+from fleet_server.auth.roles import Role
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
@@ -111,6 +113,7 @@ async def wechatpay_notification(request: Request, bridge: BridgeDep) -> Respons
     summary="Payments no device played (no bound device, missed TTL, expired, refused, failed), newest first",
 )
 async def not_announced(
+    principal: PaymentReader,
     store: StoreDep,
     merchant_id: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[datetime | None, Query(description="received at or after (ISO 8601 with zone)")] = None,
@@ -118,19 +121,23 @@ async def not_announced(
 ) -> list[NotAnnounced]:
     if since is not None and since.tzinfo is None:
         raise ApiError(400, "TIME_WITHOUT_ZONE", "since needs a time zone", "since 需要带时区")
+    if principal.role is Role.MERCHANT:
+        merchant_id = principal.merchant_id  # a merchant sees their own payments, whatever they ask
     return await store.not_announced(merchant_id=merchant_id, since=since, limit=limit)
 
 
 @router.get("/payments/{payment_id}", summary="A payment and its per-device deliveries", responses=NOT_FOUND)
-async def get_payment(store: StoreDep, payment_id: Annotated[str, Path(max_length=64)]) -> PaymentView:
+async def get_payment(
+    principal: PaymentReader, store: StoreDep, payment_id: Annotated[str, Path(max_length=64)]
+) -> PaymentView:
     payment = await store.payment(payment_id)
-    if payment is None:
+    if payment is None or (principal.role is Role.MERCHANT and payment.merchant_id != principal.merchant_id):
         raise ApiError(404, "PAYMENT_NOT_FOUND", f"payment {payment_id} not found", f"支付 {payment_id} 不存在")
     return payment
 
 
 @router.get("/deliveries/summary", summary="Announcement delivery rate and latency")
-async def delivery_summary(store: StoreDep) -> DeliverySummary:
+async def delivery_summary(_: PaymentReader, store: StoreDep) -> DeliverySummary:
     return await store.summary()
 
 
@@ -140,18 +147,31 @@ class BindRequest(BaseModel):
 
 
 @router.post("/bindings", summary="Bind a device to a merchant (one merchant per device)")
-async def bind(store: StoreDep, request: BindRequest) -> Binding:
-    return await store.bind(request.device_id, request.merchant_id)
+async def bind(
+    principal: BindingWriter, store: StoreDep, body: BindRequest, request: Request, audit: AuthDep
+) -> Binding:
+    binding = await store.bind(body.device_id, body.merchant_id)
+    detail = {"merchant_id": body.merchant_id}
+    await audit.audit(principal, "binding.bind", body.device_id, detail=detail, client_ip=client_ip(request))
+    return binding
 
 
 @router.delete("/bindings/{device_id}", summary="Unbind a device", status_code=204, responses=NOT_FOUND)
-async def unbind(store: StoreDep, device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern)]) -> None:
+async def unbind(
+    principal: BindingWriter,
+    store: StoreDep,
+    device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern)],
+    request: Request,
+    audit: AuthDep,
+) -> None:
     if not await store.unbind(device_id):
         raise ApiError(404, "BINDING_NOT_FOUND", f"device {device_id} is not bound", f"设备 {device_id} 未绑定")
+    await audit.audit(principal, "binding.unbind", device_id, client_ip=client_ip(request))
 
 
 @router.get("/bindings", summary="Bindings, by merchant, device id or device serial number")
 async def bindings(
+    _: BindingWriter,
     store: StoreDep,
     merchant_id: Annotated[str | None, Query(max_length=64)] = None,
     device_id: Annotated[str | None, Query(max_length=64)] = None,

@@ -39,6 +39,7 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import OtaState
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
+from fleet_server.auth.roles import Role
 from fleet_server.ota.policy import ENDED, PENDING
 from haodian.embedded import EmbeddedBroker, EmbeddedDatabase
 from haodian.fleet_cli import table
@@ -281,7 +282,11 @@ async def run_ota_simulation(options: OtaSimOptions, settings: Settings) -> OtaS
             )
         )
         fleet_ref.append(fleet)
-        client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.base_url, timeout=30))
+        # The simulation acts as the release team's ops-admin, through the API as anyone would.
+        token = await server.auth.service_token("sim-ota", Role.OPS_ADMIN)
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=server.base_url, timeout=30, headers={"authorization": f"Bearer {token}"})
+        )
         await fleet.wait_connected(120)
         await _wait_registered(client, options.devices, say)
         say(

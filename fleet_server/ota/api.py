@@ -15,6 +15,7 @@ from firmware_protocols.errors import ManifestError
 from firmware_protocols.fields import Identifier
 from firmware_protocols.ota import ReleaseManifest, check_signature
 from fleet_server.api_errors import NOT_FOUND, ApiError
+from fleet_server.auth.deps import AUTH_ERRORS, AuthDep, OtaReader, OtaWriter, client_ip
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import CampaignProgress, OtaError, OtaStore, ReleaseView
@@ -45,7 +46,7 @@ Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 VersionPath = Annotated[str, Path(pattern=r"^\d{1,6}\.\d{1,6}\.\d{1,6}$")]
 CampaignIdPath = Annotated[str, Path(pattern=r"^[\x21-\x7e]{1,64}$")]
 
-router = APIRouter(prefix="/api/v1/ota", tags=["ota"])
+router = APIRouter(prefix="/api/v1/ota", tags=["ota"], responses=AUTH_ERRORS)
 artifacts_router = APIRouter(tags=["ota"])
 
 
@@ -54,7 +55,14 @@ def _api_error(exc: OtaError) -> ApiError:
 
 
 @router.post("/releases", status_code=201, summary="Register a release by its signed manifest")
-async def add_release(manifest: ReleaseManifest, store: StoreDep, keys: ReleaseKeysDep) -> ReleaseView:
+async def add_release(
+    principal: OtaWriter,
+    manifest: ReleaseManifest,
+    store: StoreDep,
+    keys: ReleaseKeysDep,
+    audit: AuthDep,
+    request: Request,
+) -> ReleaseView:
     """The manifest must verify with one of the release public keys the server is configured
     with (`HAODIAN_OTA_RELEASE_KEYS`): the server refuses early what every device would refuse."""
     if not keys:
@@ -69,9 +77,14 @@ async def add_release(manifest: ReleaseManifest, store: StoreDep, keys: ReleaseK
     except ManifestError as exc:
         raise ApiError(422, "MANIFEST_SIGNATURE", str(exc), f"清单签名无效：{exc}") from exc
     try:
-        return await store.add_release(manifest)
+        release = await store.add_release(manifest)
     except OtaError as exc:
         raise _api_error(exc) from exc
+    target = f"{manifest.name}/{manifest.version}"
+    await audit.audit(
+        principal, "ota.release", target, detail={"sha256": manifest.sha256}, client_ip=client_ip(request)
+    )
+    return release
 
 
 @router.put(
@@ -79,15 +92,19 @@ async def add_release(manifest: ReleaseManifest, store: StoreDep, keys: ReleaseK
     summary="Upload a release's artifact (the body, application/octet-stream)",
     responses=NOT_FOUND,
 )
-async def upload_artifact(name: Name, version: VersionPath, request: Request, store: StoreDep) -> ReleaseView:
+async def upload_artifact(
+    principal: OtaWriter, name: Name, version: VersionPath, request: Request, store: StoreDep, audit: AuthDep
+) -> ReleaseView:
     try:
-        return await store.store_artifact(name, version, request.stream())
+        release = await store.store_artifact(name, version, request.stream())
     except OtaError as exc:
         raise _api_error(exc) from exc
+    await audit.audit(principal, "ota.artifact", f"{name}/{version}", client_ip=client_ip(request))
+    return release
 
 
 @router.get("/releases", summary="Releases, newest first")
-async def list_releases(store: StoreDep) -> list[ReleaseView]:
+async def list_releases(_: OtaReader, store: StoreDep) -> list[ReleaseView]:
     return await store.releases()
 
 
@@ -130,7 +147,14 @@ ConductorDep = Annotated[OtaConductor | None, Depends(_conductor)]
 
 
 @router.post("/campaigns", status_code=201, summary="Start a campaign: a release to the devices selected")
-async def create_campaign(body: NewCampaign, store: StoreDep, conductor: ConductorDep) -> CampaignProgress:
+async def create_campaign(
+    principal: OtaWriter,
+    body: NewCampaign,
+    store: StoreDep,
+    conductor: ConductorDep,
+    audit: AuthDep,
+    request: Request,
+) -> CampaignProgress:
     try:
         progress = await store.create_campaign(
             release_name=body.release_name,
@@ -143,16 +167,18 @@ async def create_campaign(body: NewCampaign, store: StoreDep, conductor: Conduct
         raise _api_error(exc) from exc
     if conductor is not None:
         conductor.nudge()
+    detail = body.model_dump(mode="json", exclude_defaults=True)
+    await audit.audit(principal, "ota.campaign", progress.campaign_id, detail=detail, client_ip=client_ip(request))
     return progress
 
 
 @router.get("/campaigns", summary="Campaigns with their progress, newest first")
-async def list_campaigns(store: StoreDep) -> list[CampaignProgress]:
+async def list_campaigns(_: OtaReader, store: StoreDep) -> list[CampaignProgress]:
     return await store.campaigns()
 
 
 @router.get("/campaigns/{campaign_id}", summary="A campaign's progress", responses=NOT_FOUND)
-async def campaign(campaign_id: CampaignIdPath, store: StoreDep) -> CampaignProgress:
+async def campaign(_: OtaReader, campaign_id: CampaignIdPath, store: StoreDep) -> CampaignProgress:
     try:
         return await store.progress(campaign_id)
     except OtaError as exc:
@@ -165,10 +191,13 @@ async def campaign(campaign_id: CampaignIdPath, store: StoreDep) -> CampaignProg
     responses=NOT_FOUND,
 )
 async def act(
+    principal: OtaWriter,
     campaign_id: CampaignIdPath,
     action: Literal["pause", "resume", "abort", "retry"],
     store: StoreDep,
     conductor: ConductorDep,
+    audit: AuthDep,
+    request: Request,
 ) -> CampaignProgress:
     try:
         progress = await store.act(campaign_id, action)
@@ -176,4 +205,5 @@ async def act(
         raise _api_error(exc) from exc
     if conductor is not None:
         conductor.nudge()
+    await audit.audit(principal, f"ota.{action}", campaign_id, client_ip=client_ip(request))
     return progress

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,6 +17,7 @@ from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
+from fleet_server.auth.roles import Role
 from haodian.embedded import EmbeddedBroker
 from haodian.keys import ServerKeys
 from haodian.server import Part, ServerStack
@@ -89,3 +92,11 @@ async def in_process_stack(settings: Settings, database_url: str, server_keys: S
             )
         )
         yield broker, server
+
+
+async def api_client(server: ServerStack, role: Role = Role.OPS_ADMIN, **account: object) -> httpx.AsyncClient:
+    """An HTTP client of `server` signed in with an API token of a service account in `role`
+    (one account per role and fields, made on first use)."""
+    login = f"test-{role.value}-{hashlib.sha256(repr(sorted(account.items())).encode()).hexdigest()[:8]}"
+    token = await server.auth.service_token(login, role, **account)
+    return httpx.AsyncClient(base_url=server.base_url, headers={"authorization": f"Bearer {token}"})

@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import psycopg
 import pytest
 
@@ -22,7 +21,7 @@ from payment_bridge.notifications import verify_backend_notification
 from payment_bridge.store import PaymentStore
 from payment_bridge.webhook import SIGNATURE_HEADER
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import agent_for, eventually, in_process_stack
+from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -82,7 +81,7 @@ async def test_platform_retry_after_a_crash_between_record_and_answer_announces_
     async with AsyncExitStack() as exits:
         agent = await exits.enter_async_context(agent_for(device, broker, server_keys, tmp_path, sink))
         await agent.wait_connected(10)
-        http = await exits.enter_async_context(httpx.AsyncClient(base_url=server.base_url))
+        http = await exits.enter_async_context(await api_client(server))
         assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
         # The bridge that took this notification committed it and died before answering: the
         # payment and its delivery are in the database, nothing was published, nobody answered.
@@ -113,7 +112,7 @@ async def test_device_offline_past_the_ttl_plays_nothing_late_and_the_backend_is
     device, merchant, lonely = f"O{unique}", f"M{unique}", f"L{unique}"
     sink = MemorySink()
     backend = PaymentBackend(backend_key, server.base_url, [merchant])
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
+    async with await api_client(server) as http:
         # The device connects once (so the broker keeps its session), then goes away.
         async with agent_for(device, broker, server_keys, tmp_path, sink) as agent:
             await agent.wait_connected(10)

@@ -162,11 +162,37 @@ def run_end_to_end(
             "--health-interval",
             "1",
         )
+    # Accounts made the way an operator makes them: `haodian users` on the database.
+    viewer = cli_token(common, tmp_path, f"e2e-{tag}-viewer", "ops-viewer")
+    backend = cli_token(common, tmp_path, f"e2e-{tag}-backend", "backend")
     with (
-        httpx.Client(base_url=f"http://127.0.0.1:{fleet_port}", timeout=5) as fleet,
-        httpx.Client(base_url=f"http://127.0.0.1:{bridge_port}", timeout=5) as bridge,
+        httpx.Client(base_url=f"http://127.0.0.1:{fleet_port}", timeout=5, headers=_bearer(viewer)) as fleet,
+        httpx.Client(base_url=f"http://127.0.0.1:{bridge_port}", timeout=5, headers=_bearer(backend)) as bridge,
     ):
         check_payment_path(procs, fleet, bridge, devices, data_dir, tmp_path, tag)
+
+
+def cli_token(env: dict[str, str], cwd: Path, login: str, role: str) -> str:
+    """A service account in `role` and an API token for it, through `haodian users`."""
+
+    def users(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "haodian.cli", "users", *args],
+            env={**os.environ, **env},
+            cwd=cwd,
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        return done.stdout.decode()
+
+    assert "created" in users("add", login, "--role", role, "--service")
+    return users("token", login, "--days", "1").strip()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
 
 
 def check_payment_path(

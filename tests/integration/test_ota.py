@@ -8,12 +8,12 @@ import hashlib
 import random
 import time
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
+from fleet_server.auth.roles import Role
 from fleet_server.db import migrate, open_pool
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import OtaStore
@@ -22,7 +22,7 @@ from haodian.cli import build_parser
 from haodian.ota_cli import run
 from haodian.settings import Settings
 from simulators.ota_campaign import OtaSimOptions, run_ota_simulation
-from tests.integration.conftest import in_process_stack
+from tests.integration.conftest import api_client, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -59,7 +59,7 @@ async def api(tmp_path, embedded_database, server_keys, unique, release_key):
     )
     async with (
         in_process_stack(settings, embedded_database, server_keys) as (_, server),
-        httpx.AsyncClient(base_url=server.base_url) as client,
+        await api_client(server) as client,
     ):
         yield client
 
@@ -170,13 +170,19 @@ async def test_the_ota_command_signs_offline_and_uploads(tmp_path, embedded_data
     (tmp_path / "fw.manifest.json").write_text(capsys.readouterr().out)
     settings = Settings(data_dir=tmp_path, http_port=0, mqtt_client_prefix=f"t{unique}", ota_release_keys=[public])
     async with in_process_stack(settings, embedded_database, server_keys) as (_, server):
-        upload = ("--server", server.base_url, "upload", "--manifest", str(tmp_path / "fw.manifest.json"))
+        with pytest.raises(SystemExit, match="401 请先登录"):
+            await asyncio.to_thread(ota, "--server", server.base_url, "campaigns")
+        viewer = ("--server", server.base_url, "--token", await server.auth.service_token("t-viewer", Role.OPS_VIEWER))
+        with pytest.raises(SystemExit, match="403"):
+            await asyncio.to_thread(ota, *viewer, "pause", "any")
+        admin = ("--server", server.base_url, "--token", await server.auth.service_token("t-admin", Role.OPS_ADMIN))
+        upload = (*admin, "upload", "--manifest", str(tmp_path / "fw.manifest.json"))
         assert await asyncio.to_thread(ota, *upload, "--artifact", str(artifact)) == 0
         assert "uploaded haodian-speaker 3.1.0" in capsys.readouterr().out
-        assert await asyncio.to_thread(ota, "--server", server.base_url, "campaigns") == 0
+        assert await asyncio.to_thread(ota, *viewer, "campaigns") == 0
         assert "no campaigns" in capsys.readouterr().out
         with pytest.raises(SystemExit, match="404"):
-            await asyncio.to_thread(ota, "--server", server.base_url, "show", "nope")
+            await asyncio.to_thread(ota, *viewer, "show", "nope")
 
 
 async def test_the_hello_version_is_the_truth_and_offline_devices_are_reported_apart(

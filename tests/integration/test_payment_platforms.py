@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-import httpx
 import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,7 +15,7 @@ from edge_agent.hardware.audio import MemorySink
 from haodian.settings import Settings
 from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
 from simulators.platforms import AlipayPlatform, WechatPayPlatform
-from tests.integration.conftest import agent_for, eventually, in_process_stack
+from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -69,7 +68,7 @@ async def test_alipay_payment_plays_once_on_each_of_a_merchants_three_speakers(
     merchant = f"M{unique}"
     async with AsyncExitStack() as exits:
         sinks = await _speakers(exits, broker, server_keys, tmp_path, [f"S{unique}{i}" for i in range(3)])
-        http = await exits.enter_async_context(httpx.AsyncClient(base_url=server.base_url))
+        http = await exits.enter_async_context(await api_client(server))
         for device in sinks:
             assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
         alipay = AlipayPlatform(platform_keys["alipay"])
@@ -107,7 +106,7 @@ async def test_wechatpay_payment_is_answered_204_and_played(stack, server_keys, 
     merchant = f"W{unique}"
     async with AsyncExitStack() as exits:
         sinks = await _speakers(exits, broker, server_keys, tmp_path, [f"W{unique}"])
-        http = await exits.enter_async_context(httpx.AsyncClient(base_url=server.base_url))
+        http = await exits.enter_async_context(await api_client(server))
         device = next(iter(sinks))
         assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
         wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)

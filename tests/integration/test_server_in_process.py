@@ -6,7 +6,6 @@ import json
 from contextlib import AsyncExitStack
 
 import aiomqtt
-import httpx
 import psycopg
 import pytest
 from structlog.testing import capture_logs
@@ -15,7 +14,7 @@ from edge_agent.hardware.audio import MemorySink
 from firmware_protocols.messages import Channel
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import agent_for, eventually, in_process_stack
+from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -32,7 +31,7 @@ async def test_malformed_device_messages_are_logged_dropped_and_ingest_goes_on(s
     device = f"BAD{unique}"
     async with (
         aiomqtt.Client(broker.host, broker.port, identifier=f"raw{unique}", username="raw") as raw,
-        httpx.AsyncClient(base_url=server.base_url) as http,
+        await api_client(server) as http,
     ):
         with capture_logs() as logs:
             await raw.publish(f"hd/v1/{device}/up/health", b"{definitely not json", qos=1)
@@ -86,7 +85,7 @@ async def test_bad_signature_gets_4xx_and_is_recorded_as_rejected(stack, backend
     backend = PaymentBackend(backend_key, server.base_url, ["M1"])
     body, headers = backend.notification(amount_fen=100)
     headers["X-Haodian-Signature"] = backend.notification(amount_fen=200)[1]["X-Haodian-Signature"]
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
+    async with await api_client(server) as http:
         response = await http.post("/api/v1/notifications/backend", content=body, headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "SIGNATURE_INVALID"
@@ -111,7 +110,7 @@ async def test_payment_is_announced_once_on_every_bound_device(stack, server_key
         ]
         for agent in agents:
             await agent.wait_connected(10)
-        http = await exits.enter_async_context(httpx.AsyncClient(base_url=server.base_url))
+        http = await exits.enter_async_context(await api_client(server))
         merchant = f"M{unique}"
         for device in list(sinks)[:2]:  # the third speaker belongs to another merchant
             assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
@@ -156,7 +155,7 @@ async def test_announce_waits_for_a_device_that_was_offline(stack, server_keys, 
     sink = MemorySink()
     async with agent_for(device, broker, server_keys, tmp_path, sink) as agent:
         await agent.wait_connected(10)
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
+    async with await api_client(server) as http:
         await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": f"M{unique}"})
         backend = PaymentBackend(backend_key, server.base_url, [f"M{unique}"])
         body, headers = backend.notification(amount_fen=500, channel=Channel.ALIPAY)
@@ -172,7 +171,7 @@ async def test_announce_waits_for_a_device_that_was_offline(stack, server_keys, 
 
 async def test_bad_requests_get_clear_errors_in_both_languages(stack):
     _, server, _ = stack
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
+    async with await api_client(server) as http:
         missing = await http.get("/api/v1/devices/NOPE1")
         assert missing.status_code == 404
         assert missing.json()["error"] == {
@@ -185,9 +184,12 @@ async def test_bad_requests_get_clear_errors_in_both_languages(stack):
         assert bad.json()["error"]["code"] == "INVALID_REQUEST"
         assert "device_id" in bad.json()["error"]["message"]
         assert (await http.get("/openapi.json")).json()["info"]["title"] == "Haodian fleet API"
-        page = await http.get("/")
+        home = await http.get("/")
+        assert (home.status_code, home.headers["location"]) == (307, "/login")
+        page = await http.get("/login")
         assert page.headers["content-type"].startswith("text/html")
-        assert "好店设备状态" in page.text
+        assert "好店" in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
 
 
 async def test_unacked_announce_is_republished_within_its_ttl(stack, server_keys, backend_key, tmp_path, unique):
@@ -196,7 +198,7 @@ async def test_unacked_announce_is_republished_within_its_ttl(stack, server_keys
     broker, server, database_url = stack
     device = f"NEW{unique}"
     sink = MemorySink()
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
+    async with await api_client(server) as http:
         await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": f"M{unique}"})
         backend = PaymentBackend(backend_key, server.base_url, [f"M{unique}"])
         body, headers = backend.notification(amount_fen=2000, channel=Channel.UNIONPAY)

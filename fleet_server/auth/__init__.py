@@ -1,0 +1,1 @@
+"""Who may do what: accounts, roles and their permissions, sessions, and the audit log."""

@@ -1,0 +1,173 @@
+"""The API's side of auth: who is asking (bearer token or session cookie), whether their role
+may, and whether the device or store is within their reach. Refusals are audited.
+
+    @router.get("/devices/{device_id}")
+    async def get_device(principal: DeviceReader, device_id: str, reach: ReachDep): ...
+        await reach.device(principal, device_id)
+
+A cookie alone never changes anything: a state-changing request signed in by cookie also
+carries the session's CSRF token in `X-CSRF-Token` (the pages read it from `/auth/me`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, Request
+from psycopg_pool import AsyncConnectionPool
+
+from fleet_server.api_errors import ApiError, ErrorResponse
+from fleet_server.auth.roles import Permission, Principal, Role
+from fleet_server.auth.store import AuthStore
+from fleet_server.registry import DEVICE_HIERARCHY
+
+SESSION_COOKIE: Final = "hd_session"
+CSRF_HEADER: Final = "X-CSRF-Token"
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
+
+
+def auth_store(request: Request) -> AuthStore:
+    store: AuthStore = request.app.state.auth
+    return store
+
+
+AuthDep = Annotated[AuthStore, Depends(auth_store)]
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def current_principal(request: Request, store: AuthDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    via_cookie = False
+    if scheme.lower() == "bearer" and credentials.strip():
+        token = credentials.strip()
+    else:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        via_cookie = True
+    if not token:
+        raise ApiError(401, "NOT_SIGNED_IN", "sign in first: a bearer token or the session cookie", "请先登录")
+    principal = await store.resolve(token)
+    if principal is None:
+        raise ApiError(
+            401, "SESSION_ENDED", "the session or token is unknown, expired or revoked", "登录已失效，请重新登录"
+        )
+    if via_cookie and request.method not in _SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not secrets.compare_digest(sent.encode(), principal.csrf.encode()):
+            await store.audit(
+                principal, "auth.csrf_refused", request.url.path, outcome="denied", client_ip=client_ip(request)
+            )
+            raise ApiError(403, "CSRF_TOKEN", f"a signed-in page sends {CSRF_HEADER}", "请求缺少页面校验码，请刷新页面")
+    return replace(principal, via_cookie=via_cookie)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def require(permission: Permission) -> Callable[[Request, Principal, AuthStore], Awaitable[Principal]]:
+    """A dependency: the principal, if their role has `permission`; 403 (audited) otherwise."""
+
+    async def dependency(request: Request, principal: PrincipalDep, store: AuthDep) -> Principal:
+        if not principal.may(permission):
+            await store.audit(
+                principal,
+                "auth.denied",
+                request.url.path,
+                outcome="denied",
+                detail={"needs": permission.value, "method": request.method},
+                client_ip=client_ip(request),
+            )
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                f"the {principal.role} role may not do this ({permission})",
+                "您的账号没有此操作的权限",
+            )
+        return principal
+
+    return dependency
+
+
+FleetReader = Annotated[Principal, Depends(require(Permission.FLEET_READ))]
+DeviceReader = Annotated[Principal, Depends(require(Permission.DEVICE_READ))]
+DeviceCommander = Annotated[Principal, Depends(require(Permission.DEVICE_COMMAND))]
+SettingsWriter = Annotated[Principal, Depends(require(Permission.DEVICE_SETTINGS))]
+TaskReader = Annotated[Principal, Depends(require(Permission.TASK_READ))]
+TaskWorker = Annotated[Principal, Depends(require(Permission.TASK_WORK))]
+TaskAssigner = Annotated[Principal, Depends(require(Permission.TASK_ASSIGN))]
+RegistryWriter = Annotated[Principal, Depends(require(Permission.REGISTRY_WRITE))]
+OtaReader = Annotated[Principal, Depends(require(Permission.OTA_READ))]
+OtaWriter = Annotated[Principal, Depends(require(Permission.OTA_WRITE))]
+PaymentReader = Annotated[Principal, Depends(require(Permission.PAYMENT_READ))]
+BindingWriter = Annotated[Principal, Depends(require(Permission.BINDING_WRITE))]
+UsersAdmin = Annotated[Principal, Depends(require(Permission.USERS_ADMIN))]
+AuditReader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
+
+
+class Reach:
+    """Whether a device or store is within a principal's reach: the whole fleet for ops and the
+    backend, the stores assigned for a field agent, their own devices for a merchant."""
+
+    def __init__(self, request: Request, store: AuthStore) -> None:
+        self._request = request
+        self._store = store
+        self._pool: AsyncConnectionPool = request.app.state.pool
+
+    async def device(self, principal: Principal, device_id: str) -> None:
+        """Return if `device_id` is within reach; 403 (audited) otherwise. An unknown device is
+        refused the same way for those who do not see the whole fleet: nobody learns which ids exist."""
+        if principal.sees_whole_fleet:
+            return
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT st.store_id, b.merchant_id FROM {DEVICE_HIERARCHY} WHERE d.device_id = %s",  # noqa: S608 - a constant join.
+                (device_id,),
+            )
+            row = await cur.fetchone()
+        if row is not None and within_reach(principal, store_id=row[0], merchant_id=row[1]):
+            return
+        await self._refuse(principal, device_id, "device")
+
+    async def store(self, principal: Principal, store_id: str | None) -> None:
+        if principal.sees_whole_fleet or (store_id is not None and store_id in principal.stores):
+            return
+        await self._refuse(principal, store_id or "-", "store")
+
+    async def _refuse(self, principal: Principal, target: str, what: str) -> None:
+        await self._store.audit(
+            principal,
+            "auth.out_of_reach",
+            target,
+            outcome="denied",
+            detail={"path": self._request.url.path, "what": what},
+            client_ip=client_ip(self._request),
+        )
+        raise ApiError(
+            403,
+            "OUT_OF_REACH",
+            f"{what} {target} is not one of yours",
+            "该设备不在您负责的范围内" if what == "device" else "该门店不在您负责的范围内",
+        )
+
+
+def within_reach(principal: Principal, *, store_id: str | None, merchant_id: str | None) -> bool:
+    if principal.sees_whole_fleet:
+        return True
+    if principal.role is Role.MERCHANT:
+        return merchant_id is not None and merchant_id == principal.merchant_id
+    return store_id is not None and store_id in principal.stores
+
+
+def _reach(request: Request, store: AuthDep) -> Reach:
+    return Reach(request, store)
+
+
+ReachDep = Annotated[Reach, Depends(_reach)]

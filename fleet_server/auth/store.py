@@ -1,0 +1,308 @@
+"""Accounts, sessions and the audit log, in PostgreSQL.
+
+Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106's low-memory profile);
+a hash made with older parameters is rehashed at the next good login. Sessions and API tokens
+are random 256-bit tokens of which only the SHA-256 is stored, so a copy of the database does
+not sign anybody in. A failed login costs the same time whether the login exists or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from fleet_server.auth.roles import Principal, Role
+
+log = structlog.get_logger(__name__)
+
+SESSION_TTL: Final = timedelta(hours=12)  # a working day and then some; the page asks again after
+MIN_PASSWORD_LENGTH: Final = 10
+_HASHER: Final = PasswordHasher()
+# Verified against when the login is unknown, so that a wrong login and a wrong password take
+# the same time and say the same thing.
+_DUMMY_HASH: Final = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+class AuthError(Exception):
+    """An account action that cannot be done, with a message for people in both languages."""
+
+    def __init__(self, code: str, message: str, message_zh: str) -> None:
+        super().__init__(message)
+        self.code, self.message_zh = code, message_zh
+
+
+class User(BaseModel):
+    user_id: int
+    login: str
+    name: str
+    role: Role
+    merchant_id: str | None
+    agent_id: str | None
+    stores: list[str]
+    disabled: bool
+    created_at: datetime
+
+
+class AuditEntry(BaseModel):
+    audit_id: int
+    at: datetime
+    login: str
+    role: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+    client_ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    csrf: str
+    expires_at: datetime
+    principal: Principal
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AuthError(
+            "WEAK_PASSWORD",
+            f"passwords are at least {MIN_PASSWORD_LENGTH} characters",
+            f"密码至少 {MIN_PASSWORD_LENGTH} 位",
+        )
+
+
+_USER_COLUMNS: Final = (
+    "u.user_id, u.login, u.name, u.role, u.merchant_id, u.agent_id, u.disabled, u.created_at,"
+    " COALESCE(ARRAY(SELECT store_id FROM user_stores s WHERE s.user_id = u.user_id ORDER BY store_id),"
+    " '{}') AS stores"
+)
+
+
+class AuthStore:
+    def __init__(self, pool: AsyncConnectionPool, *, session_ttl: timedelta = SESSION_TTL) -> None:
+        self._pool = pool
+        self._session_ttl = session_ttl
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        login: str,
+        *,
+        role: Role,
+        name: str = "",
+        password: str | None = None,
+        merchant_id: str | None = None,
+        agent_id: str | None = None,
+        stores: list[str] | None = None,
+    ) -> User:
+        """A new account; `password` None makes a service account that only holds API tokens."""
+        if role is Role.MERCHANT and not merchant_id:
+            raise AuthError("MERCHANT_NEEDED", "a merchant account names its merchant", "商户账号需要指定商户编号")
+        if role is Role.FIELD_AGENT and not stores:
+            raise AuthError("STORES_NEEDED", "a field agent account names its stores", "经纪人账号需要指定负责的门店")
+        password_hash = None
+        if password is not None:
+            check_password_strength(password)
+            password_hash = await asyncio.to_thread(_HASHER.hash, password)
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO users (login, name, role, password_hash, merchant_id, agent_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (login) DO NOTHING RETURNING user_id",
+                (login, name or login, role.value, password_hash, merchant_id, agent_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise AuthError("LOGIN_TAKEN", f"login {login!r} is taken", f"登录名 {login} 已被占用")
+            await self._set_stores(conn, row[0], stores or [])
+        return await self.user(login)
+
+    async def _set_stores(self, conn: Any, user_id: int, stores: list[str]) -> None:
+        await conn.execute("DELETE FROM user_stores WHERE user_id = %s", (user_id,))
+        if stores:
+            await conn.execute(
+                "INSERT INTO user_stores (user_id, store_id) SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (user_id, stores),
+            )
+
+    async def user(self, login: str) -> User:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.login = %s", (login,))  # noqa: S608 - constant columns; values are parameters.
+            row = await cur.fetchone()
+        if row is None:
+            raise AuthError("USER_NOT_FOUND", f"no account {login!r}", f"账号 {login} 不存在")
+        return User.model_validate(row)
+
+    async def users(self) -> list[User]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {_USER_COLUMNS} FROM users u ORDER BY u.login")  # noqa: S608 - constant columns; values are parameters.
+            return [User.model_validate(row) for row in await cur.fetchall()]
+
+    async def update_user(
+        self,
+        login: str,
+        *,
+        password: str | None = None,
+        disabled: bool | None = None,
+        stores: list[str] | None = None,
+    ) -> User:
+        """Change a password, disable or enable, or reassign stores; disabling or a new password
+        ends the account's sessions and tokens."""
+        user = await self.user(login)
+        password_hash = None
+        if password is not None:
+            check_password_strength(password)
+            password_hash = await asyncio.to_thread(_HASHER.hash, password)
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE users SET password_hash = COALESCE(%s, password_hash), disabled = COALESCE(%s, disabled)"
+                " WHERE user_id = %s",
+                (password_hash, disabled, user.user_id),
+            )
+            if stores is not None:
+                await self._set_stores(conn, user.user_id, stores)
+            if password is not None or disabled:
+                await conn.execute(
+                    "UPDATE sessions SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL",
+                    (user.user_id,),
+                )
+        return await self.user(login)
+
+    # -- signing in -------------------------------------------------------------------------
+
+    async def login(self, login: str, password: str) -> IssuedToken:
+        """A browser session for a good login and password; `AuthError` BAD_LOGIN otherwise."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT password_hash, disabled FROM users WHERE login = %s AND password_hash IS NOT NULL", (login,)
+            )
+            row = await cur.fetchone()
+        stored, disabled = row if row is not None else (_DUMMY_HASH, True)
+        try:
+            await asyncio.to_thread(_HASHER.verify, stored, password)
+            good = row is not None and not disabled
+        except (VerificationError, InvalidHashError):
+            good = False
+        if not good:
+            raise AuthError("BAD_LOGIN", "wrong login or password", "账号或密码错误")
+        if _HASHER.check_needs_rehash(stored):
+            new_hash = await asyncio.to_thread(_HASHER.hash, password)
+            async with self._pool.connection() as conn:
+                await conn.execute("UPDATE users SET password_hash = %s WHERE login = %s", (new_hash, login))
+        return await self.issue(login, kind="session")
+
+    async def issue(self, login: str, *, kind: str = "api", ttl: timedelta | None = None) -> IssuedToken:
+        """A new token for `login`: a session (the pages) or an API token (CLI, scripts, backend)."""
+        user = await self.user(login)
+        if user.disabled:
+            raise AuthError("USER_DISABLED", f"account {login!r} is disabled", f"账号 {login} 已停用")
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
+        expires_at = datetime.now(tz=UTC) + (ttl or self._session_ttl)
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO sessions (token_sha256, user_id, kind, csrf, expires_at) VALUES (%s, %s, %s, %s, %s)",
+                (token_digest(token), user.user_id, kind, csrf, expires_at),
+            )
+        return IssuedToken(token, csrf, expires_at, _principal(user, csrf))
+
+    async def service_token(self, login: str, role: Role, **fields: Any) -> str:
+        """An API token for an in-process caller (the demo, the simulators), creating its
+        service account on first use."""
+        try:
+            await self.user(login)
+        except AuthError:
+            await self.create_user(login, role=role, **fields)
+        return (await self.issue(login)).token
+
+    async def resolve(self, token: str) -> Principal | None:
+        """The principal a token stands for, or None if unknown, expired, revoked or disabled."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_USER_COLUMNS}, s.csrf FROM sessions s JOIN users u USING (user_id)"  # noqa: S608 - constant columns; values are parameters.
+                " WHERE s.token_sha256 = %s AND s.revoked_at IS NULL AND s.expires_at > now() AND NOT u.disabled",
+                (token_digest(token),),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return _principal(User.model_validate(row), row["csrf"])
+
+    async def revoke(self, token: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE sessions SET revoked_at = now() WHERE token_sha256 = %s AND revoked_at IS NULL",
+                (token_digest(token),),
+            )
+
+    # -- audit ------------------------------------------------------------------------------
+
+    async def audit(
+        self,
+        principal: Principal | None,
+        action: str,
+        target: str,
+        *,
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+        client_ip: str | None = None,
+        login: str | None = None,
+    ) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO audit_log (user_id, login, role, action, target, outcome, detail, client_ip)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    principal.user_id if principal else None,
+                    principal.login if principal else (login or "-"),
+                    principal.role.value if principal else "-",
+                    action,
+                    target,
+                    outcome,
+                    json.dumps(detail or {}, ensure_ascii=False, default=str),
+                    client_ip,
+                ),
+            )
+        log.info("audit", action=action, target=target, outcome=outcome, login=principal.login if principal else login)
+
+    async def audit_log(
+        self, *, limit: int = 200, target: str | None = None, login: str | None = None
+    ) -> list[AuditEntry]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT audit_id, at, login, role, action, target, outcome, detail, client_ip FROM audit_log"
+                " WHERE (%(target)s::text IS NULL OR target = %(target)s)"
+                " AND (%(login)s::text IS NULL OR login = %(login)s)"
+                " ORDER BY audit_id DESC LIMIT %(limit)s",
+                {"target": target, "login": login, "limit": limit},
+            )
+            return [AuditEntry.model_validate(row) for row in await cur.fetchall()]
+
+
+def _principal(user: User, csrf: str) -> Principal:
+    return Principal(
+        user_id=user.user_id,
+        login=user.login,
+        name=user.name,
+        role=user.role,
+        merchant_id=user.merchant_id,
+        agent_id=user.agent_id,
+        stores=frozenset(user.stores),
+        csrf=csrf,
+    )

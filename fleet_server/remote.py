@@ -1,0 +1,299 @@
+"""Acting on devices from the pages: remote commands with their results, and the merchant's
+settings.
+
+    async with DeviceRemote(pool, endpoint, signer, client_id=...) as remote:
+        view = await remote.command("SPK1", "diagnose", {}, issued_by="agent7", wait_s=15)
+
+A command is recorded, signed and sent on `down/command`; the device answers on `up/result`
+(accepted at once, then succeeded / failed / refused). Results are stored as they arrive, so
+any server process can answer for a command another one sent (with shared subscriptions the
+result may reach a sibling); a waiter wakes on its own process's result or finds it by polling.
+
+Settings are signed and published retained on `down/settings` with a version (epoch ms): a
+device that is off takes the latest when it connects, and its health reports say which version
+it holds, so the page can tell "saved" from "on the device".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiomqtt
+import structlog
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from edge_agent.link import Link, LinkDown
+from firmware_protocols import topics
+from firmware_protocols.endpoint import BrokerEndpoint
+from firmware_protocols.errors import MessageError
+from firmware_protocols.messages import Command, CommandResult, CommandStatus, DailySpan, Settings, parse_payload
+from firmware_protocols.signing import Signer
+
+log = structlog.get_logger(__name__)
+
+# A command is only worth running soon after it was asked for: a reboot an hour late surprises
+# the merchant. The page shows "no answer" after the wait and the device refuses it after this.
+COMMAND_TTL_S: Final = 120
+FINAL_STATUSES: Final = frozenset(
+    {CommandStatus.SUCCEEDED, CommandStatus.FAILED, CommandStatus.REFUSED, CommandStatus.DUPLICATE}
+)
+_POLL_S: Final = 0.5
+
+
+class RemoteError(Exception):
+    """A command or settings change that could not be sent."""
+
+    def __init__(self, code: str, message: str, message_zh: str) -> None:
+        super().__init__(message)
+        self.code, self.message_zh = code, message_zh
+
+
+class CommandView(BaseModel):
+    command_id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    issued_by: str
+    issued_at: datetime
+    status: str  # sent, or the device's latest answer
+    reason: str | None
+    result: dict[str, Any]
+    updated_at: datetime
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class SettingsChange(BaseModel):
+    volume: int | None = None
+    repeat: int | None = None
+    quiet_hours: DailySpan | None = None
+    clear_quiet_hours: bool = False
+
+
+class SettingsView(BaseModel):
+    device_id: str
+    version: int | None  # None: never set from here; the device runs its defaults
+    volume: int
+    repeat: int
+    quiet_hours: DailySpan | None
+    updated_by: str | None
+    updated_at: datetime | None
+    device_version: int | None  # the version the device last reported holding
+    applied: bool
+
+
+_COMMAND_COLUMNS: Final = "command_id, device_id, name, args, issued_by, issued_at, status, reason, result, updated_at"
+
+
+class DeviceRemote:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        endpoint: BrokerEndpoint,
+        signer: Signer,
+        *,
+        client_id: str,
+        share_group: str | None = None,
+    ) -> None:
+        self._pool = pool
+        self._signer = signer
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._link = Link(
+            endpoint,
+            client_id=client_id,
+            subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.RESULT), share_group)],
+            on_message=self._on_result,
+        )
+        self.bad_results = 0
+
+    async def __aenter__(self) -> Self:
+        await self._link.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._link.close()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await self._link.wait_connected(timeout_s)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def command(
+        self, device_id: str, name: str, args: dict[str, Any], *, issued_by: str, wait_s: float
+    ) -> CommandView:
+        """Send a command and wait up to `wait_s` for its final result; the view as it stands then."""
+        now_ms = _now_ms()
+        command_id = f"c-{now_ms}-{secrets.token_hex(4)}"
+        issued_at = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO device_commands (command_id, device_id, name, args, issued_by, issued_at, status,"
+                " updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'sent', %s)",
+                (command_id, device_id, name, json.dumps(args), issued_by, issued_at, issued_at),
+            )
+        message = self._signer.sign(
+            Command(
+                device_id=device_id,
+                ts=now_ms,
+                key_id=self._signer.key_id,
+                issued_at=now_ms,
+                ttl_s=COMMAND_TTL_S,
+                command_id=command_id,
+                name=name,
+                args=args,
+            )
+        )
+        done = self._waiters[command_id] = asyncio.Event()
+        try:
+            try:
+                await self._link.publish(topics.down(device_id, topics.Down.COMMAND), message.to_json())
+            except LinkDown as exc:
+                await self._set_status(command_id, "unsent", str(exc), {})
+                raise RemoteError(
+                    "BROKER_DOWN", f"the command could not be sent: {exc}", "指令未能发出：服务器与设备通道断开"
+                ) from exc
+            log.info("command sent", device_id=device_id, command=name, command_id=command_id, by=issued_by)
+            deadline = asyncio.get_running_loop().time() + wait_s
+            while True:
+                view = await self.get_command(command_id)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if view.final or remaining <= 0:
+                    return view
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), min(_POLL_S, remaining))
+                done.clear()
+        finally:
+            self._waiters.pop(command_id, None)
+
+    async def get_command(self, command_id: str) -> CommandView:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {_COMMAND_COLUMNS} FROM device_commands WHERE command_id = %s", (command_id,))  # noqa: S608 - constant columns; values are parameters.
+            row = await cur.fetchone()
+        if row is None:
+            raise RemoteError("COMMAND_NOT_FOUND", f"command {command_id} not found", f"指令 {command_id} 不存在")
+        return CommandView.model_validate(row)
+
+    async def recent_commands(self, device_id: str, *, limit: int = 20) -> list[CommandView]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_COMMAND_COLUMNS} FROM device_commands WHERE device_id = %s ORDER BY issued_at DESC LIMIT %s",  # noqa: S608 - constant columns; values are parameters.
+                (device_id, limit),
+            )
+            return [CommandView.model_validate(row) for row in await cur.fetchall()]
+
+    async def _on_result(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        try:
+            parsed = topics.parse(topic)
+            result = parse_payload(CommandResult, payload, topic=topic)
+            if result.device_id != parsed.device_id:
+                raise MessageError(f"CommandResult on {topic}: device_id {result.device_id} is not the topic's")
+        except MessageError as exc:
+            self.bad_results += 1
+            log.warning("bad command result dropped", topic=topic, error=str(exc))
+            return
+        await self._set_status(
+            result.command_id, result.status.value, result.reason, result.result, device_id=result.device_id
+        )
+        waiter = self._waiters.get(result.command_id)
+        if waiter is not None:
+            waiter.set()
+
+    async def _set_status(
+        self, command_id: str, status: str, reason: str | None, result: dict[str, Any], *, device_id: str | None = None
+    ) -> None:
+        # A final answer is never overwritten by a late "accepted"; a result naming another
+        # device's command changes nothing.
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE device_commands SET status = %(status)s, reason = %(reason)s, result = %(result)s,"
+                " updated_at = now() WHERE command_id = %(id)s"
+                " AND (%(device)s::text IS NULL OR device_id = %(device)s)"
+                " AND status NOT IN ('succeeded', 'failed', 'refused', 'duplicate')",
+                {
+                    "status": status,
+                    "reason": reason,
+                    "result": json.dumps(result, ensure_ascii=False),
+                    "id": command_id,
+                    "device": device_id,
+                },
+            )
+
+    # -- settings ---------------------------------------------------------------------------
+
+    async def settings_of(self, device_id: str) -> SettingsView:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT s.version, s.settings, s.updated_by, s.updated_at,"
+                " (SELECT (h.payload->>'settings_version')::bigint FROM device_health h WHERE h.device_id = %(d)s"
+                "  ORDER BY h.ts DESC LIMIT 1) AS device_version,"
+                " (SELECT h.volume FROM device_health h WHERE h.device_id = %(d)s ORDER BY h.ts DESC LIMIT 1)"
+                "  AS device_volume"
+                " FROM (SELECT 1) one LEFT JOIN device_settings s ON s.device_id = %(d)s",
+                {"d": device_id},
+            )
+            row = await cur.fetchone()
+        assert row is not None  # noqa: S101 - a join on a one-row table always returns a row.
+        stored = Settings.model_validate(row["settings"]) if row["settings"] else None
+        device_version = row["device_version"]
+        return SettingsView(
+            device_id=device_id,
+            version=row["version"],
+            volume=stored.volume if stored else (row["device_volume"] if row["device_volume"] is not None else 7),
+            repeat=stored.repeat if stored else 1,
+            quiet_hours=stored.quiet_hours if stored else None,
+            updated_by=row["updated_by"],
+            updated_at=row["updated_at"],
+            device_version=device_version,
+            applied=stored is None or (device_version is not None and device_version >= stored.version),
+        )
+
+    async def change_settings(self, device_id: str, change: SettingsChange, *, updated_by: str) -> SettingsView:
+        """Merge `change` into the device's settings, sign and publish them retained, and keep them."""
+        current = await self.settings_of(device_id)
+        now_ms = _now_ms()
+        quiet = None if change.clear_quiet_hours else (change.quiet_hours or current.quiet_hours)
+        settings = self._signer.sign(
+            Settings(
+                device_id=device_id,
+                ts=now_ms,
+                key_id=self._signer.key_id,
+                version=max(now_ms, (current.version or 0) + 1),
+                volume=change.volume if change.volume is not None else current.volume,
+                repeat=change.repeat if change.repeat is not None else current.repeat,
+                quiet_hours=quiet,
+            )
+        )
+        try:
+            await self._link.publish(topics.down(device_id, topics.Down.SETTINGS), settings.to_json(), retain=True)
+        except LinkDown as exc:
+            raise RemoteError(
+                "BROKER_DOWN", f"the settings could not be sent: {exc}", "设置未能发出：服务器与设备通道断开"
+            ) from exc
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO device_settings (device_id, version, settings, updated_by, updated_at)"
+                " VALUES (%s, %s, %s, %s, now()) ON CONFLICT (device_id) DO UPDATE SET version = EXCLUDED.version,"
+                " settings = EXCLUDED.settings, updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at",
+                (device_id, settings.version, settings.model_dump_json(), updated_by),
+            )
+        log.info("settings sent", device_id=device_id, version=settings.version, by=updated_by)
+        return await self.settings_of(device_id)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,144 @@
+// The operations dashboard: figures against their targets, devices by state, trends, drill-down
+// city → district → store → merchant → device, alerts and open tasks, OTA campaigns. Everything
+// refreshes every 10 s; the charts are Apache ECharts, served by our own server.
+"use strict";
+
+(() => {
+  const { el, fill, t, api, figure, pct, num, time } = HD;
+  const REFRESH_MS = 10000;
+  const LEVELS = ["city", "district", "store", "merchant", "device"];
+  const TREND = ["availability_calendar", "intact_rate", "delivery_rate", "power_on_rate"];
+  const charts = window.echarts ? {
+    state: echarts.init(document.getElementById("state-chart")),
+    trend: echarts.init(document.getElementById("trend-chart")),
+  } : null;
+  let period = "24h";
+  let path = []; // [[level, key], ...] from the fleet down
+  let last = {};
+
+  const show = (fn) => fn().catch((e) => { if (e.status !== 401) document.getElementById("error").textContent = HD.errorText(e); });
+
+  async function summary() {
+    const s = await api("/api/v1/fleet/summary");
+    last.summary = s;
+    fill(document.getElementById("counts"),
+      el("span", {}, `${t("devices")} ${s.devices}`), "·",
+      el("span", { class: "ok" }, `${t("online")} ${s.online}`), "·",
+      el("span", {}, `${t("open_tasks")} ${s.open_tasks}`));
+    fill(document.getElementById("tiles"), s.tiles.map((tile) => el("div", { class: `tile ${tile.status}`, "data-figure": tile.name },
+      el("div", { class: "label" }, t(`fig_${tile.name}`)),
+      el("div", { class: "value" }, figure(tile.name, tile.value)),
+      el("div", { class: "target" }, `${t("target")} ${figure(tile.name, tile.target)}`))));
+    if (charts) {
+      const states = Object.entries(s.now.by_state).sort((a, b) => b[1] - a[1]);
+      charts.state.setOption({
+        tooltip: { trigger: "item" },
+        series: [{ type: "pie", radius: ["40%", "70%"], data: states.map(([k, v]) => ({ name: t(`state_${k}`), value: v })),
+          label: { formatter: "{b} {c}" } }],
+      }, true);
+    }
+    document.getElementById("updated").textContent = time(new Date().toISOString());
+  }
+
+  async function trend() {
+    const points = await api(`/api/v1/figures/trend?period=${period}`);
+    document.querySelectorAll("#periods button").forEach((b) => b.classList.toggle("primary", b.dataset.period === period));
+    if (!charts) return;
+    charts.trend.setOption({
+      tooltip: { trigger: "axis", valueFormatter: (v) => (v === null || v === undefined ? "-" : `${(v * 100).toFixed(3)}%`) },
+      legend: { top: 0, type: "scroll" },
+      grid: { left: 50, right: 12, top: 36, bottom: 24 },
+      xAxis: { type: "category", data: points.map((p) => p.label) },
+      yAxis: { type: "value", scale: true, axisLabel: { formatter: (v) => `${(v * 100).toFixed(1)}%` } },
+      series: TREND.map((name) => ({ name: t(`fig_${name}`), type: "line", symbolSize: 4, connectNulls: true,
+        data: points.map((p) => p.figures[name]) })),
+    }, true);
+  }
+
+  async function drill() {
+    const level = LEVELS[Math.min(path.length, LEVELS.length - 1)];
+    const scope = path.length ? `&scope=${encodeURIComponent(path[path.length - 1].join(":"))}` : "";
+    const rows = await api(`/api/v1/figures?by=${level}${scope}`);
+    const crumbs = [el("a", { onclick: () => { path = []; show(drill); } }, t("whole_fleet"))];
+    path.forEach(([lvl, key], i) => crumbs.push(" › ", el("a", { onclick: () => { path = path.slice(0, i + 1); show(drill); } }, `${t(`level_${lvl}`)} ${key}`)));
+    fill(document.getElementById("crumbs"), crumbs);
+    const head = el("tr", {}, [t(`level_${level}`), t("col_devices"), t("col_intact"), t("col_avail"), t("col_delivery"),
+      t("col_mtbf"), t("col_mttr"), t("col_power")].map((h) => el("th", {}, h)));
+    const body = rows.map((r) => el("tr", { class: "link", "data-key": r.key || "", onclick: () => open(level, r.key) },
+      el("td", {}, r.key || "-"), el("td", {}, r.devices), el("td", {}, pct(r.intact_rate)),
+      el("td", {}, pct(r.availability_calendar, 3)), el("td", {}, pct(r.delivery_rate, 3)),
+      el("td", {}, num(r.mtbf_h)), el("td", {}, num(r.mttr_min)), el("td", {}, pct(r.power_on_rate))));
+    fill(document.getElementById("drill"), el("thead", {}, head), el("tbody", {}, body));
+    if (level !== "device") fill(document.getElementById("device-panel"));
+  }
+
+  function open(level, key) {
+    if (!key) return;
+    if (level === "device") { show(() => device(key)); return; }
+    path.push([level, key]);
+    show(drill);
+  }
+
+  async function device(id) {
+    const [d, timeline] = await Promise.all([
+      api(`/api/v1/devices/${encodeURIComponent(id)}`),
+      api(`/api/v1/devices/${encodeURIComponent(id)}/timeline?limit=30`),
+    ]);
+    fill(document.getElementById("device-panel"),
+      el("h3", {}, `${t("device")} ${d.device_id} · ${d.serial || ""}`),
+      el("dl", { class: "kv" },
+        el("dt", {}, t("state")), el("dd", {}, HD.lang === "zh" ? d.state_zh || "-" : d.state || "-"),
+        el("dt", {}, t("online")), el("dd", {}, d.online ? "✓" : "✗"),
+        el("dt", {}, t("firmware")), el("dd", {}, d.firmware || "-"),
+        el("dt", {}, t("last_seen")), el("dd", {}, time(d.last_seen))),
+      el("h3", {}, t("timeline")),
+      el("ul", { class: "list", id: "device-timeline" }, timeline.entries.map((e) => el("li", {}, el("span", { class: "muted" }, time(e.at)), " ", e.kind, " · ", e.summary))));
+  }
+
+  async function alerts() {
+    const list = await api("/api/v1/alerts");
+    fill(document.getElementById("alerts"), list.length ? list.slice(0, 50).map((a) => el("li", {},
+      el("span", { class: `badge ${a.severity === "task" ? "" : a.severity}` }, a.severity === "task" ? t("task") : a.severity), " ",
+      HD.lang === "zh" ? a.message_zh : a.message)) : el("li", { class: "muted" }, t("none")));
+  }
+
+  async function campaigns() {
+    const list = await api("/api/v1/ota/campaigns");
+    const admin = HD.me.permissions.includes("ota.write");
+    const head = el("tr", {}, [t("col_release"), t("col_state"), t("col_progress"), admin ? t("col_actions") : null].filter(Boolean).map((h) => el("th", {}, h)));
+    const rows = list.slice(0, 20).map((c) => {
+      const done = c.targeted ? c.committed / c.targeted : 0;
+      const actions = [];
+      if (admin && c.status === "running") actions.push(el("button", { class: "small", onclick: () => act(c.campaign_id, "pause") }, t("pause")));
+      if (admin && c.status === "paused") actions.push(el("button", { class: "small", onclick: () => act(c.campaign_id, "resume") }, t("resume")));
+      if (admin && (c.status === "running" || c.status === "paused")) actions.push(el("button", { class: "small warn", onclick: () => act(c.campaign_id, "abort") }, t("abort")));
+      return el("tr", { "data-campaign": c.campaign_id },
+        el("td", {}, `${c.release_name} ${c.version}`, el("div", { class: "muted" }, c.campaign_id)),
+        el("td", {}, t(`camp_${c.status}`), c.status_reason ? el("div", { class: "muted" }, c.status_reason) : null),
+        el("td", {}, el("div", { class: "progress" }, el("span", { style: `width:${(done * 100).toFixed(1)}%` })),
+          el("div", { class: "muted" }, `${c.committed}/${c.targeted} ${t("ota_committed")}`)),
+        admin ? el("td", {}, el("div", { class: "row" }, actions)) : null);
+    });
+    fill(document.getElementById("campaigns"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
+  }
+
+  async function act(id, action) {
+    await show(async () => { await api(`/api/v1/ota/campaigns/${encodeURIComponent(id)}/${action}`, { method: "POST" }); await campaigns(); });
+  }
+
+  async function refresh() {
+    await Promise.all([show(summary), show(alerts), show(campaigns)]);
+  }
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    if (!(await HD.start("ops_title", ["ops-admin", "ops-viewer"]))) return;
+    if (!charts) document.getElementById("no-charts").classList.remove("hidden");
+    document.querySelectorAll("#periods button").forEach((b) => b.addEventListener("click", () => { period = b.dataset.period; show(trend); }));
+    document.addEventListener("hd:lang", () => { refresh(); show(trend); show(drill); });
+    window.addEventListener("resize", () => charts && Object.values(charts).forEach((c) => c.resize()));
+    await Promise.all([refresh(), show(trend), show(drill)]);
+    document.body.dataset.ready = "1";
+    setInterval(refresh, REFRESH_MS);
+    setInterval(() => show(trend), REFRESH_MS * 6);
+  });
+})();

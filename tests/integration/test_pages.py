@@ -1,0 +1,326 @@
+"""The pages in a real browser: Debian's Chromium, headless, driven by Playwright (never a
+browser Playwright downloads). One live world for the module: the embedded broker, the fleet
+server and bridge on the embedded PostgreSQL, six simulated devices running the real agent in
+three stores, payments announced, and one open task in each of two stores.
+
+Each role signs in through the form and walks its page's main path; no page may log a console
+error; a field agent cannot open another store's device by URL or by API. Screenshots go to
+`test-output/screenshots/` (HAODIAN_TEST_OUTPUT overrides), phone pages at 360 px wide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleet_server.auth.roles import Role
+from fleet_server.inspection import Finding, FindingKind
+from haodian.demo import merchants_for, registry_csv
+from haodian.embedded import EmbeddedBroker
+from haodian.server import Part, ServerStack
+from haodian.settings import Settings
+from simulators.backend import PaymentBackend
+from simulators.fleet import SimulatedFleet
+from tests.conftest import _fresh_database
+from tests.integration.conftest import eventually
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip(
+        "Chromium is not installed (apt-get install chromium fonts-wqy-microhei; ./dev test does it as root)",
+        allow_module_level=True,
+    )
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright  # noqa: E402
+
+PASSWORD = "test-only-password-7f3a"  # noqa: S105 - test accounts, in a database made for this module
+OUT = Path(os.environ.get("HAODIAN_TEST_OUTPUT", "test-output")) / "screenshots"
+PHONE = {"width": 360, "height": 740}
+DESKTOP = {"width": 1280, "height": 900}
+# Chromium's flags for a closed network (no background connections) and a root user in CI.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -> AsyncIterator[dict[str, Any]]:
+    base = tmp_path_factory.mktemp("pages")
+    database = _fresh_database(embedded_pg_admin)
+    database_url = next(database)
+    settings = Settings(data_dir=base, http_port=0, mqtt_client_prefix=f"pages{int(time.time())}")
+    async with AsyncExitStack() as exits:
+        broker = await exits.enter_async_context(EmbeddedBroker())
+        server = await exits.enter_async_context(
+            ServerStack(
+                settings,
+                parts={Part.FLEET, Part.BRIDGE},
+                endpoint=broker.endpoint,
+                database_url=database_url,
+                keys=server_keys,
+            )
+        )
+        fleet = await exits.enter_async_context(
+            SimulatedFleet(
+                6,
+                broker_url=broker.endpoint.url(),
+                server_keys=[server_keys.server_public_key_b64],
+                base_dir=base / "fleet",
+                prefix="PG",
+                health_interval_s=1.0,
+            )
+        )
+        await fleet.wait_connected(30)
+        bindings = merchants_for(fleet.device_ids)
+        admin_token = await server.auth.service_token("test-runner", Role.OPS_ADMIN)
+        http = await exits.enter_async_context(
+            httpx.AsyncClient(base_url=server.base_url, headers={"authorization": f"Bearer {admin_token}"}, timeout=30)
+        )
+        imported = await http.post(
+            "/api/v1/registry/import",
+            params={"dry_run": "false"},
+            content=registry_csv(bindings).encode(),
+            headers={"content-type": "text/csv"},
+        )
+        assert imported.json()["invalid"] == 0, imported.text
+        by_store = {f"S-{row.split(',')[2]}": row.split(",")[10] for row in registry_csv(bindings).splitlines()[1:]}
+        ours, theirs = by_store["S-WJ"], by_store["S-HLG"]
+        for login, role, fields in (
+            ("ops", Role.OPS_ADMIN, {}),
+            ("viewer", Role.OPS_VIEWER, {}),
+            ("agent-wj", Role.FIELD_AGENT, {"name": "望京经纪人", "stores": ["S-WJ"], "agent_id": "A-WJ"}),
+            ("merchant1", Role.MERCHANT, {"name": "商户1", "merchant_id": "M00001"}),
+        ):
+            await server.auth.create_user(login, role=role, password=PASSWORD, **fields)
+        backend = PaymentBackend(backend_key, server.base_url, sorted(set(bindings.values())), seed=7)
+        await backend.run(http, rate_per_s=10, duration_s=1.0)
+
+        async def played() -> bool:
+            summary = (await http.get("/api/v1/deliveries/summary")).json()
+            return summary["deliveries"] > 0 and summary["pending"] == 0
+
+        await eventually(played, what="the payments announced")
+        assert server.inspector is not None
+        finding = {
+            "confidence": 0.9,
+            "evidence": {"why": "test"},
+            "action_zh": "上门检查喇叭",
+            "action_en": "Check the speaker",
+        }
+        await server.inspector.tasks.record(
+            [Finding(ours, FindingKind.FAULTY, **finding), Finding(theirs, FindingKind.FAULTY, **finding)],
+            datetime.now(tz=UTC),
+        )
+        playwright = await exits.enter_async_context(async_playwright())
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        exits.push_async_callback(browser.close)
+        OUT.mkdir(parents=True, exist_ok=True)
+        yield {
+            "server": server,
+            "http": http,
+            "browser": browser,
+            "ours": ours,
+            "theirs": theirs,
+            "merchant_devices": sorted(d for d, m in bindings.items() if m == "M00001"),
+        }
+    next(database, None)
+
+
+class Session:
+    """One signed-in browser context with every console error and page error it saw."""
+
+    def __init__(self, context: BrowserContext, page: Page) -> None:
+        self.context, self.page = context, page
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    async def shot(self, name: str) -> None:
+        await self.page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+
+
+async def sign_in(
+    browser: Browser, base_url: str, login: str, *, viewport: dict[str, int], next_page: str = ""
+) -> Session:
+    context = await browser.new_context(viewport=viewport, locale="zh-CN", base_url=base_url)
+    page = await context.new_page()
+    session = Session(context, page)
+    await page.goto(f"/login{'?next=' + next_page if next_page else ''}")
+    await page.fill("#login", login)
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    return session
+
+
+async def test_a_wrong_password_is_refused_on_the_form(world):
+    context = await world["browser"].new_context(viewport=PHONE, locale="zh-CN", base_url=world["server"].base_url)
+    page = await context.new_page()
+    await page.goto("/ops")  # not signed in: back to the form
+    await page.wait_for_url("**/login?next=*")
+    await page.fill("#login", "ops")
+    await page.fill("#password", "wrong password!")
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#login-error:not(:empty)")
+    assert await page.text_content("#login-error") == "账号或密码错误"
+    await page.screenshot(path=str(OUT / "login-phone.png"))
+    await context.close()
+    audit = (await world["http"].get("/api/v1/audit", params={"target": "ops"})).json()
+    assert any(entry["action"] == "auth.login_failed" for entry in audit)
+
+
+async def test_ops_admin_walks_the_dashboard(world):
+    s = await sign_in(world["browser"], world["server"].base_url, "ops", viewport=DESKTOP, next_page="/ops")
+    page = s.page
+    assert page.url.endswith("/ops")
+    assert await page.locator(".tile").count() == 9
+    assert await page.locator("#state-chart canvas").count() == 1  # ECharts drew, from our own server
+    await page.wait_for_selector("#trend-chart canvas")
+    assert "6" in await page.text_content("#counts")
+    # Drill down city → district → store → merchant → device, then the device's timeline.
+    for key in ("BJ", "WJ", "S-WJ", "M00003"):
+        await page.click(f"#drill tr[data-key='{key}']")
+        await page.wait_for_selector(f"#crumbs >> text={key}")
+    await page.click(f"#drill tr[data-key='{world['ours']}']")
+    await page.wait_for_selector("#device-timeline li")
+    assert await page.locator("#alerts li").count() >= 2  # the two open tasks
+    await page.click("#periods button[data-period='7d']")
+    await s.shot("ops-dashboard")
+    await page.click("#lang")
+    await page.wait_for_selector(".tile >> text=Intact rate")
+    assert await page.get_attribute("html", "lang") == "en"
+    await s.shot("ops-dashboard-en")
+    assert s.errors == []
+    await s.context.close()
+
+
+async def test_ops_viewer_sees_the_dashboard_and_changes_nothing(world):
+    s = await sign_in(world["browser"], world["server"].base_url, "viewer", viewport=DESKTOP)
+    assert s.page.url.endswith("/ops")
+    assert await s.page.locator("#campaigns button").count() == 0
+    csrf = await s.page.evaluate("HD.me.csrf")
+    answer = await s.page.request.post("/api/v1/ota/campaigns/any/pause", headers={"X-CSRF-Token": csrf})
+    assert answer.status == 403
+    assert (await answer.json())["error"]["code"] == "FORBIDDEN"
+    # The cookie alone changes nothing: without the page's CSRF token the request is refused.
+    no_csrf = await s.page.request.post("/api/v1/auth/logout")
+    assert no_csrf.status == 403
+    assert s.errors == []
+    await s.context.close()
+
+
+async def test_field_agent_works_a_task_on_the_phone(world):
+    s = await sign_in(world["browser"], world["server"].base_url, "agent-wj", viewport=PHONE)
+    page = s.page
+    assert page.url.endswith("/agent")
+    tasks = page.locator("#tasks li[data-task]")
+    assert await tasks.count() == 1  # only the task of their own store
+    await s.shot("agent-tasks-phone")
+    await tasks.first.click()
+    await page.wait_for_selector("#device-state")
+    assert world["ours"] in await page.text_content("#device-body")
+    await page.click("#device-actions button[data-command='diagnose']")
+    await page.wait_for_selector("#checks li", timeout=30_000)
+    assert await page.text_content("#command-status") == "成功"
+    await page.click("#device-actions button[data-command='test_announce']")
+    await page.wait_for_selector("#command-result >> text=测试播报", timeout=30_000)
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.click("#device-actions button[data-command='reboot']")
+    await page.wait_for_selector("#command-status", timeout=30_000)
+    assert await page.text_content("#command-status") == "成功"
+    await page.click("#start-task")
+    await page.wait_for_selector("#task-status >> text=处理中")
+    await page.fill("#close-note", "换了喇叭线")
+    await page.click("#close-task")
+    await page.wait_for_selector("#verifying")  # closes only once the system has verified the device
+    await s.shot("agent-device-phone")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 360  # nothing wider than the phone
+    assert s.errors == []
+    audit = (await world["http"].get("/api/v1/audit", params={"login": "agent-wj"})).json()
+    assert {"device.diagnose", "device.test_announce", "device.reboot", "task.start", "task.close"} <= {
+        entry["action"] for entry in audit
+    }
+    await s.context.close()
+
+
+async def test_field_agent_cannot_open_another_stores_device(world):
+    theirs = world["theirs"]
+    s = await sign_in(world["browser"], world["server"].base_url, "agent-wj", viewport=PHONE)
+    page = s.page
+    await page.goto(f"/agent#device={theirs}")  # by URL
+    await page.wait_for_selector("#device-error")
+    assert await page.text_content("#device-error") == "该设备不在您负责的范围内"
+    assert await page.locator("#device-actions").is_hidden()
+    await s.shot("agent-not-yours-phone")
+    for path in (f"/api/v1/devices/{theirs}", f"/api/v1/devices/{theirs}/timeline"):  # by API, with the session
+        assert (await page.request.get(path)).status == 403
+    csrf = await page.evaluate("HD.me.csrf")
+    command = await page.request.post(
+        f"/api/v1/devices/{theirs}/commands", data={"name": "reboot"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert command.status == 403
+    listed = await (await page.request.get("/api/v1/devices")).json()
+    assert [d["device_id"] for d in listed] == [world["ours"]]
+    await page.fill("#search", theirs)
+    await page.click("#search-form button[type=submit]")
+    await page.wait_for_selector("#error >> text=没有找到设备")
+    # The only console errors are the browser reporting the refused requests above.
+    assert all("403" in error for error in s.errors), s.errors
+    audit = (await world["http"].get("/api/v1/audit", params={"target": theirs})).json()
+    assert {e["action"] for e in audit} == {"auth.out_of_reach"}
+    await s.context.close()
+
+
+async def test_merchant_changes_settings_and_sees_announcements(world):
+    s = await sign_in(world["browser"], world["server"].base_url, "merchant1", viewport=PHONE)
+    page = s.page
+    assert page.url.endswith("/merchant")
+    cards = page.locator("section[data-device]")
+    assert sorted(await cards.evaluate_all("cs => cs.map(c => c.dataset.device)")) == world["merchant_devices"]
+    device = world["merchant_devices"][0]
+    await page.fill(f"#volume-{device}", "3")
+    await page.select_option(f"#repeat-{device}", "2")
+    await page.check(f"#quiet-on-{device}")
+    await page.fill(f"#quiet-start-{device}", "23:00")
+    await page.fill(f"#quiet-end-{device}", "06:30")
+    await page.click(f"#save-{device}")
+    # Saved and signed; then the device's health report says it holds them.
+    await page.wait_for_selector(f"#settings-state-{device} >> text=设备已生效", timeout=30_000)
+    await page.click(f"#test-{device}")
+    await page.wait_for_selector(f"#result-{device} >> text=成功", timeout=30_000)
+    assert await page.locator("#announcements li[data-heard='1']").count() >= 1
+    await s.shot("merchant-phone")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert s.errors == []
+    not_mine = await page.request.get(f"/api/v1/devices/{world['ours']}/settings")
+    assert not_mine.status == 403
+    # What the merchant set is what the device now runs.
+    server = world["server"]
+    view = await server.remote.settings_of(device)
+    assert (view.volume, view.repeat, view.quiet_hours.start, view.quiet_hours.end) == (3, 2, "23:00", "06:30")
+    await s.context.close()
