@@ -37,6 +37,9 @@ from bench.fleet import BenchError, fresh_database, private_mosquitto
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce
 from firmware_protocols.signing import Verifier, decode_public_key, encode_public_key
+from fleet_server.auth.roles import Role
+from fleet_server.auth.store import AuthStore
+from fleet_server.db import open_pool
 from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
@@ -308,8 +311,16 @@ async def _run(
     clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) for port in ports]
     try:
         await _wait_up(clients, ready)
+        # Bound as the payment backend binds them: its service account, through the API.
+        async with open_pool(database_url, max_size=1) as pool:
+            token = await AuthStore(pool).service_token("bench-backend", Role.BACKEND)
         for i in range(devices):
-            await clients[0].post("/api/v1/bindings", json={"device_id": f"BD{i:05d}", "merchant_id": f"BM{i:05d}"})
+            bound = await clients[0].post(
+                "/api/v1/bindings",
+                json={"device_id": f"BD{i:05d}", "merchant_id": f"BM{i:05d}"},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            bound.raise_for_status()
         print(
             f"{len(ports)} bridge(s) up, {devices:,} devices bound; sending {len(notes):,} at {rate:,.0f}/s", flush=True
         )

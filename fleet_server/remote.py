@@ -35,8 +35,9 @@ from edge_agent.link import Link, LinkDown
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import Command, CommandResult, CommandStatus, DailySpan, Settings, parse_payload
+from firmware_protocols.messages import Command, CommandResult, CommandStatus, DailySpan, Settings, parse_from_device
 from firmware_protocols.signing import Signer
+from fleet_server.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
@@ -49,12 +50,8 @@ FINAL_STATUSES: Final = frozenset(
 _POLL_S: Final = 0.5
 
 
-class RemoteError(Exception):
+class RemoteError(FleetError):
     """A command or settings change that could not be sent."""
-
-    def __init__(self, code: str, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.code, self.message_zh = code, message_zh
 
 
 class CommandView(BaseModel):
@@ -198,10 +195,7 @@ class DeviceRemote:
         topic = str(message.topic)
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         try:
-            parsed = topics.parse(topic)
-            result = parse_payload(CommandResult, payload, topic=topic)
-            if result.device_id != parsed.device_id:
-                raise MessageError(f"CommandResult on {topic}: device_id {result.device_id} is not the topic's")
+            result = parse_from_device(CommandResult, topic, payload)
         except MessageError as exc:
             self.bad_results += 1
             log.warning("bad command result dropped", topic=topic, error=str(exc))

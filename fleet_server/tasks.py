@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from fleet_server import tracker
+from fleet_server.errors import FleetError
 from fleet_server.inspection import Finding, FindingKind
 from fleet_server.registry import DEVICE_HIERARCHY
 from fleet_server.states import DeviceState, Signal
@@ -61,12 +62,8 @@ class Task(BaseModel):
     install_lon: float | None = None
 
 
-class TaskError(Exception):
+class TaskError(FleetError):
     """A task action that cannot be done: unknown task, or not in a state that allows it."""
-
-    def __init__(self, code: str, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.code, self.message_zh = code, message_zh
 
 
 # The device states in which a task of each kind counts as fixed.

@@ -27,7 +27,7 @@ from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_payload
+from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_from_device
 from firmware_protocols.signing import Signer
 from payment_bridge.alipay import verify_alipay_notification
 from payment_bridge.errors import NotificationRejected
@@ -283,11 +283,8 @@ class PaymentBridge:
         topic = str(message.topic)
         acked_at = datetime.now(tz=UTC)
         try:
-            parsed = topics.parse(topic)
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            ack = parse_payload(Ack, payload, topic=topic)
-            if ack.device_id != parsed.device_id:
-                raise MessageError(f"{topic}: ack device_id {ack.device_id!r} does not match the topic")
+            ack = parse_from_device(Ack, topic, payload)
         except MessageError as exc:
             self.stats.bad_acks += 1
             log.warning("malformed ack dropped", topic=topic, error=str(exc))

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from fleet_server.auth.roles import Principal, Role
+from fleet_server.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
@@ -35,12 +36,8 @@ _HASHER: Final = PasswordHasher()
 _DUMMY_HASH: Final = _HASHER.hash(secrets.token_urlsafe(16))
 
 
-class AuthError(Exception):
+class AuthError(FleetError):
     """An account action that cannot be done, with a message for people in both languages."""
-
-    def __init__(self, code: str, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.code, self.message_zh = code, message_zh
 
 
 class User(BaseModel):

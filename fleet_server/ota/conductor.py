@@ -28,7 +28,7 @@ from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import OtaOffer, OtaStatus, parse_payload
+from firmware_protocols.messages import OtaOffer, OtaStatus, parse_from_device
 from firmware_protocols.ota import ReleaseManifest
 from firmware_protocols.signing import Signer
 from fleet_server.ota.store import OtaStore, PlannedOffer
@@ -106,10 +106,7 @@ class OtaConductor:
         topic = str(message.topic)
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         try:
-            parsed = topics.parse(topic)
-            status = parse_payload(OtaStatus, payload, topic=topic)
-            if status.device_id != parsed.device_id:
-                raise MessageError(f"OtaStatus on {topic}: device_id {status.device_id} is not the topic's")
+            status = parse_from_device(OtaStatus, topic, payload)
         except MessageError as exc:
             self.stats.bad_reports += 1
             log.warning("bad ota report dropped", topic=topic, error=str(exc))

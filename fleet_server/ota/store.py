@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from firmware_protocols.messages import DailySpan, OtaStatus
 from firmware_protocols.ota import ReleaseManifest, Version
 from fleet_server.db import columns
+from fleet_server.errors import FleetError
 from fleet_server.ota.policy import (
     ENDED,
     IN_PROGRESS,
@@ -47,13 +48,8 @@ _ROUND_LOCK = 0x07A0_0001
 RETRIED_FAILURES = ("download", "install", "superseded")
 
 
-class OtaError(Exception):
+class OtaError(FleetError):
     """A request the OTA store refuses, with a code and the message in English and Chinese."""
-
-    def __init__(self, code: str, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message_zh = message_zh
 
 
 class ReleaseView(BaseModel):

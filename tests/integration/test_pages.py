@@ -25,13 +25,11 @@ import pytest
 from fleet_server.auth.roles import Role
 from fleet_server.inspection import Finding, FindingKind
 from haodian.demo import merchants_for, registry_csv
-from haodian.embedded import EmbeddedBroker
-from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
 from simulators.fleet import SimulatedFleet
 from tests.conftest import _fresh_database
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.browser]
 
@@ -71,16 +69,7 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
     database_url = next(database)
     settings = Settings(data_dir=base, http_port=0, mqtt_client_prefix=f"pages{int(time.time())}")
     async with AsyncExitStack() as exits:
-        broker = await exits.enter_async_context(EmbeddedBroker())
-        server = await exits.enter_async_context(
-            ServerStack(
-                settings,
-                parts={Part.FLEET, Part.BRIDGE},
-                endpoint=broker.endpoint,
-                database_url=database_url,
-                keys=server_keys,
-            )
-        )
+        broker, server = await exits.enter_async_context(in_process_stack(settings, database_url, server_keys))
         fleet = await exits.enter_async_context(
             SimulatedFleet(
                 6,

@@ -21,7 +21,9 @@ def _restore_logging():
     structlog.reset_defaults()
 
 
-@pytest.mark.parametrize("command", ["demo", "server", "broker", "agent", "sim", "pay", "keys"])
+@pytest.mark.parametrize(
+    "command", ["demo", "server", "broker", "agent", "sim", "pay", "keys", "users", "login", "logout"]
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])
