@@ -10,6 +10,7 @@ error; a field agent cannot open another store's device by URL or by API. Screen
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -21,9 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from fleet_server.auth.roles import Role
 from fleet_server.inspection import Finding, FindingKind
+from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from haodian.demo import merchants_for, registry_csv
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
@@ -121,6 +125,34 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
             [Finding(ours, FindingKind.FAULTY, **finding), Finding(theirs, FindingKind.FAULTY, **finding)],
             datetime.now(tz=UTC),
         )
+        # An OTA campaign for the dashboard to show, paused by an operator before its first offer.
+        release_key = Ed25519PrivateKey.generate()  # test-only, made for this run
+        artifact = b"firmware 0.2.0 for the page tests"
+        now_ms = time.time_ns() // 1_000_000
+        manifest = ReleaseManifest(
+            name="haodian-speaker",
+            version="0.2.0",
+            models=["HD-S1"],
+            size=len(artifact),
+            sha256=hashlib.sha256(artifact).hexdigest(),
+            issued_at=now_ms,
+            expires_at=now_ms + 86_400_000,
+        )
+        ota = server.app.state.ota_store
+        await ota.add_release(sign_manifest(manifest, release_key))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield artifact
+
+        await ota.store_artifact("haodian-speaker", "0.2.0", chunks())
+        await ota.create_campaign(
+            release_name="haodian-speaker",
+            version="0.2.0",
+            selector=TargetSelector(),
+            policy=CampaignPolicy(),
+            campaign_id="pages-1",
+        )
+        await ota.act("pages-1", "pause")
         playwright = await exits.enter_async_context(async_playwright())
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         exits.push_async_callback(browser.close)
@@ -198,6 +230,15 @@ async def test_ops_admin_walks_the_dashboard(world):
     await page.click(f"#drill tr[data-key='{world['ours']}']")
     await page.wait_for_selector("#device-timeline li")
     assert await page.locator("#alerts li").count() >= 2  # the two open tasks
+    # The campaign, paused, and resumed from the page by the ops-admin: audited.
+    await page.wait_for_selector("#campaigns tr[data-campaign='pages-1'] >> text=haodian-speaker 0.2.0")
+    await page.locator("#campaigns tr[data-campaign='pages-1'] button", has_text="继续").click()
+
+    async def resumed() -> bool:
+        audit = (await world["http"].get("/api/v1/audit", params={"target": "pages-1"})).json()
+        return [(e["action"], e["login"]) for e in audit] == [("ota.resume", "ops")]
+
+    await eventually(resumed, what="the resume in the audit log")
     await page.click("#periods button[data-period='7d']")
     await s.shot("ops-dashboard")
     await page.click("#lang")
