@@ -27,7 +27,7 @@ from fleet_server.auth.deps import (
     TaskWorker,
     client_ip,
 )
-from fleet_server.auth.roles import Principal, Role
+from fleet_server.auth.roles import Principal
 from fleet_server.figures import TARGETS, Figures, FiguresError, FleetFigures, Level, StateCounts, rating, state_counts
 from fleet_server.inspector import Inspector
 from fleet_server.registry import DeviceDetail, DeviceRegistry, DeviceView, Timeline
@@ -89,14 +89,15 @@ async def list_devices(
     serial: Annotated[str | None, Query(max_length=64)] = None,
     q: Annotated[str | None, Query(max_length=64, description="A device id or serial number, or its start")] = None,
 ) -> list[DeviceView]:
+    stores, merchant_id = principal.reach()
     return await registry.list_devices(
         limit=limit,
         offset=offset,
         state=state,
         serial=serial,
-        search=q.strip() or None if q else None,
-        stores=None if principal.sees_whole_fleet or principal.role is Role.MERCHANT else principal.stores,
-        merchant_id=principal.merchant_id if principal.role is Role.MERCHANT else None,
+        search=(q or "").strip() or None,
+        stores=stores,
+        merchant_id=merchant_id,
     )
 
 
@@ -333,7 +334,7 @@ async def list_tasks(
         agent_id=agent_id,
         store_id=store_id,
         device_id=device_id,
-        stores=None if principal.sees_whole_fleet else principal.stores,
+        stores=principal.reach()[0],
         limit=limit,
     )
 

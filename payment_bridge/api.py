@@ -12,7 +12,6 @@ from pydantic import BaseModel, StringConstraints
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
 from fleet_server.auth.deps import AuthDep, BindingWriter, PaymentReader, client_ip
-from fleet_server.auth.roles import Role
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
@@ -121,8 +120,9 @@ async def not_announced(
 ) -> list[NotAnnounced]:
     if since is not None and since.tzinfo is None:
         raise ApiError(400, "TIME_WITHOUT_ZONE", "since needs a time zone", "since 需要带时区")
-    if principal.role is Role.MERCHANT:
-        merchant_id = principal.merchant_id  # a merchant sees their own payments, whatever they ask
+    own = principal.reach()[1]
+    if own is not None:
+        merchant_id = own  # a merchant sees their own payments, whatever they ask
     return await store.not_announced(merchant_id=merchant_id, since=since, limit=limit)
 
 
@@ -131,7 +131,8 @@ async def get_payment(
     principal: PaymentReader, store: StoreDep, payment_id: Annotated[str, Path(max_length=64)]
 ) -> PaymentView:
     payment = await store.payment(payment_id)
-    if payment is None or (principal.role is Role.MERCHANT and payment.merchant_id != principal.merchant_id):
+    own = principal.reach()[1]
+    if payment is None or (own is not None and payment.merchant_id != own):
         raise ApiError(404, "PAYMENT_NOT_FOUND", f"payment {payment_id} not found", f"支付 {payment_id} 不存在")
     return payment
 

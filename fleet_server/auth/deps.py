@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_server.api_errors import ApiError, ErrorResponse
-from fleet_server.auth.roles import Permission, Principal, Role
+from fleet_server.auth.roles import Permission, Principal
 from fleet_server.auth.store import AuthStore
 from fleet_server.registry import DEVICE_HIERARCHY
 
@@ -159,11 +159,10 @@ class Reach:
 
 
 def within_reach(principal: Principal, *, store_id: str | None, merchant_id: str | None) -> bool:
-    if principal.sees_whole_fleet:
-        return True
-    if principal.role is Role.MERCHANT:
-        return merchant_id is not None and merchant_id == principal.merchant_id
-    return store_id is not None and store_id in principal.stores
+    stores, merchant = principal.reach()
+    if merchant is not None:
+        return merchant_id == merchant
+    return stores is None or (store_id is not None and store_id in stores)
 
 
 def _reach(request: Request, store: AuthDep) -> Reach:

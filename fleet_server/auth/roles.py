@@ -98,5 +98,15 @@ class Principal:
         """Ops and the backend reach every device; field agents and merchants only their own."""
         return self.role in (Role.OPS_ADMIN, Role.OPS_VIEWER, Role.BACKEND)
 
+    def reach(self) -> tuple[frozenset[str] | None, str | None]:
+        """What the devices within reach are: (stores, merchant id), None meaning no limit on
+        that side; (None, None) is the whole fleet. Lists filter by it in SQL; `within_reach`
+        checks one device against it."""
+        if self.sees_whole_fleet:
+            return None, None
+        if self.role is Role.MERCHANT:
+            return None, self.merchant_id or ""  # a merchant account always names one; "" matches none
+        return self.stores, None
+
     def may_command(self, name: str) -> bool:
         return name in COMMANDS_OF.get(self.role, frozenset())
