@@ -17,7 +17,7 @@ from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError
 from fleet_server.auth.deps import (
     AUTH_ERRORS,
-    AuthDep,
+    AuditDep,
     DeviceReader,
     FleetReader,
     ReachDep,
@@ -25,7 +25,6 @@ from fleet_server.auth.deps import (
     TaskAssigner,
     TaskReader,
     TaskWorker,
-    client_ip,
 )
 from fleet_server.auth.roles import Principal
 from fleet_server.figures import TARGETS, Figures, FiguresError, FleetFigures, Level, StateCounts, rating, state_counts
@@ -368,8 +367,7 @@ class CloseBody(BaseModel):
 async def assign_task(
     principal: TaskAssigner,
     inspector: InspectorDep,
-    audit: AuthDep,
-    request: Request,
+    audit: AuditDep,
     task_id: TaskId,
     body: AssignBody,
 ) -> Task:
@@ -377,7 +375,7 @@ async def assign_task(
         task = await inspector.tasks.assign(task_id, body.agent_id, datetime.now(tz=UTC))
     except TaskError as exc:
         raise _task_error(exc) from exc
-    await audit.audit(principal, "task.assign", str(task_id), detail=body.model_dump(), client_ip=client_ip(request))
+    await audit(principal, "task.assign", str(task_id), detail=body.model_dump())
     return task
 
 
@@ -385,16 +383,14 @@ async def assign_task(
     "/{task_id}/start", summary="The field agent starts work: the device is under repair", responses=NOT_FOUND
 )
 async def start_task(
-    principal: TaskWorker, inspector: InspectorDep, reach: ReachDep, audit: AuthDep, request: Request, task_id: TaskId
+    principal: TaskWorker, inspector: InspectorDep, reach: ReachDep, audit: AuditDep, task_id: TaskId
 ) -> Task:
     await _task_within_reach(inspector, reach, principal, task_id)
     try:
         task = await inspector.tasks.start(task_id, datetime.now(tz=UTC))
     except TaskError as exc:
         raise _task_error(exc) from exc
-    await audit.audit(
-        principal, "task.start", str(task_id), detail={"device_id": task.device_id}, client_ip=client_ip(request)
-    )
+    await audit(principal, "task.start", str(task_id), detail={"device_id": task.device_id})
     return task
 
 
@@ -405,8 +401,7 @@ async def close_task(
     principal: TaskWorker,
     inspector: InspectorDep,
     reach: ReachDep,
-    audit: AuthDep,
-    request: Request,
+    audit: AuditDep,
     task_id: TaskId,
     body: CloseBody,
 ) -> Task:
@@ -416,7 +411,7 @@ async def close_task(
     except TaskError as exc:
         raise _task_error(exc) from exc
     detail = {"device_id": task.device_id, "note": body.note, "status": task.status.value}
-    await audit.audit(principal, "task.close", str(task_id), detail=detail, client_ip=client_ip(request))
+    await audit(principal, "task.close", str(task_id), detail=detail)
     return task
 
 
@@ -427,8 +422,7 @@ registry_router = APIRouter(prefix="/api/v1/registry", tags=["registry"], respon
 async def import_csv(
     principal: RegistryWriter,
     registry: RegistryDep,
-    audit: AuthDep,
-    request: Request,
+    audit: AuditDep,
     body: Annotated[str, Body(media_type="text/csv", max_length=64 * 1024 * 1024)],
     dry_run: bool = True,
 ) -> ImportReport:
@@ -438,7 +432,7 @@ async def import_csv(
         raise ApiError(422, "BAD_CSV", str(exc), f"CSV 文件无法导入：{exc}") from exc
     if not dry_run:
         detail = {"bytes": len(body), "report": report.model_dump(mode="json", exclude={"problems"})}
-        await audit.audit(principal, "registry.import", "registry", detail=detail, client_ip=client_ip(request))
+        await audit(principal, "registry.import", "registry", detail=detail)
     return report
 
 

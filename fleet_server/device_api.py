@@ -16,12 +16,11 @@ from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import ApiError
 from fleet_server.auth.deps import (
     AUTH_ERRORS,
-    AuthDep,
+    AuditDep,
     DeviceCommander,
     DeviceReader,
     ReachDep,
     SettingsWriter,
-    client_ip,
 )
 from fleet_server.remote import CommandView, DeviceRemote, RemoteError, SettingsChange, SettingsView
 
@@ -56,11 +55,10 @@ async def run_command(
     principal: DeviceCommander,
     device_id: DeviceIdPath,
     body: CommandAsk,
-    request: Request,
     response: Response,
     reach: ReachDep,
     remote: RemoteDep,
-    audit: AuthDep,
+    audit: AuditDep,
 ) -> CommandView:
     await reach.device(principal, device_id)
     if not principal.may_command(body.name):
@@ -70,14 +68,13 @@ async def run_command(
     try:
         view = await remote.command(device_id, body.name, body.args, issued_by=principal.login, wait_s=body.wait_s)
     except RemoteError as exc:
-        await audit.audit(principal, f"device.{body.name}", device_id, outcome="failed", detail={"error": str(exc)})
+        await audit(principal, f"device.{body.name}", device_id, outcome="failed", detail={"error": str(exc)})
         raise _error(exc) from exc
-    await audit.audit(
+    await audit(
         principal,
         f"device.{body.name}",
         device_id,
         detail={"command_id": view.command_id, "args": body.args, "status": view.status},
-        client_ip=client_ip(request),
     )
     if not view.final:
         response.status_code = 202
@@ -134,10 +131,9 @@ async def put_settings(
     principal: SettingsWriter,
     device_id: DeviceIdPath,
     body: SettingsBody,
-    request: Request,
     reach: ReachDep,
     remote: RemoteDep,
-    audit: AuthDep,
+    audit: AuditDep,
 ) -> SettingsView:
     await reach.device(principal, device_id)
     try:
@@ -146,12 +142,11 @@ async def put_settings(
         )
     except RemoteError as exc:
         raise _error(exc) from exc
-    await audit.audit(
+    await audit(
         principal,
         "device.settings",
         device_id,
         detail=body.model_dump(mode="json", exclude_defaults=True) | {"version": view.version},
-        client_ip=client_ip(request),
     )
     return view
 

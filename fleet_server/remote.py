@@ -232,12 +232,11 @@ class DeviceRemote:
     async def settings_of(self, device_id: str) -> SettingsView:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT s.version, s.settings, s.updated_by, s.updated_at,"
-                " (SELECT (h.payload->>'settings_version')::bigint FROM device_health h WHERE h.device_id = %(d)s"
-                "  ORDER BY h.ts DESC LIMIT 1) AS device_version,"
-                " (SELECT h.volume FROM device_health h WHERE h.device_id = %(d)s ORDER BY h.ts DESC LIMIT 1)"
-                "  AS device_volume"
-                " FROM (SELECT 1) one LEFT JOIN device_settings s ON s.device_id = %(d)s",
+                "SELECT s.version, s.settings, s.updated_by, s.updated_at, h.device_version, h.device_volume"
+                " FROM (SELECT 1) one LEFT JOIN device_settings s ON s.device_id = %(d)s"
+                " LEFT JOIN LATERAL (SELECT (payload->>'settings_version')::bigint AS device_version,"
+                "  volume AS device_volume FROM device_health WHERE device_id = %(d)s ORDER BY ts DESC LIMIT 1) h"
+                " ON true",
                 {"d": device_id},
             )
             row = await cur.fetchone()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
-from fleet_server.auth.deps import AuthDep, BindingWriter, PaymentReader, client_ip
+from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
@@ -148,12 +148,10 @@ class BindRequest(BaseModel):
 
 
 @router.post("/bindings", summary="Bind a device to a merchant (one merchant per device)")
-async def bind(
-    principal: BindingWriter, store: StoreDep, body: BindRequest, request: Request, audit: AuthDep
-) -> Binding:
+async def bind(principal: BindingWriter, store: StoreDep, body: BindRequest, audit: AuditDep) -> Binding:
     binding = await store.bind(body.device_id, body.merchant_id)
     detail = {"merchant_id": body.merchant_id}
-    await audit.audit(principal, "binding.bind", body.device_id, detail=detail, client_ip=client_ip(request))
+    await audit(principal, "binding.bind", body.device_id, detail=detail)
     return binding
 
 
@@ -162,12 +160,11 @@ async def unbind(
     principal: BindingWriter,
     store: StoreDep,
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern)],
-    request: Request,
-    audit: AuthDep,
+    audit: AuditDep,
 ) -> None:
     if not await store.unbind(device_id):
         raise ApiError(404, "BINDING_NOT_FOUND", f"device {device_id} is not bound", f"设备 {device_id} 未绑定")
-    await audit.audit(principal, "binding.unbind", device_id, client_ip=client_ip(request))
+    await audit(principal, "binding.unbind", device_id)
 
 
 @router.get("/bindings", summary="Bindings, by merchant, device id or device serial number")

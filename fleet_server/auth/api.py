@@ -17,12 +17,12 @@ from fleet_server.api_errors import ApiError
 from fleet_server.auth.deps import (
     AUTH_ERRORS,
     SESSION_COOKIE,
+    AuditDep,
     AuditReader,
     AuthDep,
     PrincipalDep,
     UsersAdmin,
-    client_ip,
-    current_principal,
+    presented_token,
 )
 from fleet_server.auth.roles import COMMANDS_OF, ROLE_NAMES_ZH, ROLE_PERMISSIONS, Principal, Role
 from fleet_server.auth.store import AuditEntry, AuthError, User
@@ -78,14 +78,13 @@ def _me(principal: Principal) -> Me:
 
 
 @router.post("/auth/login", summary="Sign in with a login and password: a session cookie, or a token")
-async def login(body: LoginBody, request: Request, response: Response, store: AuthDep) -> LoginAnswer:
-    ip = client_ip(request)
+async def login(body: LoginBody, request: Request, response: Response, store: AuthDep, audit: AuditDep) -> LoginAnswer:
     try:
         issued = await store.login(body.login, body.password)
     except AuthError as exc:
-        await store.audit(None, "auth.login_failed", body.login, outcome="denied", client_ip=ip, login=body.login)
+        await audit(None, "auth.login_failed", body.login, outcome="denied", login=body.login)
         raise _error(exc) from exc
-    await store.audit(issued.principal, "auth.login", body.login, detail={"mode": body.mode}, client_ip=ip)
+    await audit(issued.principal, "auth.login", body.login, detail={"mode": body.mode})
     if body.mode == "token":
         return LoginAnswer(me=_me(issued.principal), expires_at=issued.expires_at, token=issued.token)
     response.set_cookie(
@@ -101,12 +100,11 @@ async def login(body: LoginBody, request: Request, response: Response, store: Au
 
 
 @router.post("/auth/logout", summary="End this session or token", status_code=204)
-async def logout(request: Request, response: Response, store: AuthDep) -> Response:
-    principal = await current_principal(request, store)
-    header = request.headers.get("authorization", "")
-    token = header.partition(" ")[2].strip() if not principal.via_cookie else request.cookies.get(SESSION_COOKIE, "")
-    await store.revoke(token)
-    await store.audit(principal, "auth.logout", principal.login, client_ip=client_ip(request))
+async def logout(
+    principal: PrincipalDep, request: Request, response: Response, store: AuthDep, audit: AuditDep
+) -> Response:
+    await store.revoke(presented_token(request)[0])
+    await audit(principal, "auth.logout", principal.login)
     response.status_code = 204
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -152,7 +150,7 @@ async def list_users(_: UsersAdmin, store: AuthDep) -> list[User]:
 
 
 @router.post("/users", summary="Create an account", status_code=201, tags=["users"])
-async def create_user(principal: UsersAdmin, body: NewUser, request: Request, store: AuthDep) -> User:
+async def create_user(principal: UsersAdmin, body: NewUser, store: AuthDep, audit: AuditDep) -> User:
     try:
         user = await store.create_user(
             body.login,
@@ -166,32 +164,32 @@ async def create_user(principal: UsersAdmin, body: NewUser, request: Request, st
     except AuthError as exc:
         raise _error(exc) from exc
     detail = body.model_dump(exclude={"password"})
-    await store.audit(principal, "user.create", body.login, detail=detail, client_ip=client_ip(request))
+    await audit(principal, "user.create", body.login, detail=detail)
     return user
 
 
 @router.patch("/users/{login}", summary="Change a password, disable, or reassign stores", tags=["users"])
 async def change_user(
-    principal: UsersAdmin, login: LoginPath, body: UserChange, request: Request, store: AuthDep
+    principal: UsersAdmin, login: LoginPath, body: UserChange, store: AuthDep, audit: AuditDep
 ) -> User:
     try:
         user = await store.update_user(login, password=body.password, disabled=body.disabled, stores=body.stores)
     except AuthError as exc:
         raise _error(exc) from exc
     detail = body.model_dump(exclude={"password"}, exclude_none=True) | {"password_changed": body.password is not None}
-    await store.audit(principal, "user.change", login, detail=detail, client_ip=client_ip(request))
+    await audit(principal, "user.change", login, detail=detail)
     return user
 
 
 @router.post("/users/{login}/tokens", summary="Issue an API token for an account", status_code=201, tags=["users"])
 async def issue_token(
-    principal: UsersAdmin, login: LoginPath, body: TokenAsk, request: Request, store: AuthDep
+    principal: UsersAdmin, login: LoginPath, body: TokenAsk, store: AuthDep, audit: AuditDep
 ) -> TokenAnswer:
     try:
         issued = await store.issue(login, ttl=timedelta(days=body.days))
     except AuthError as exc:
         raise _error(exc) from exc
-    await store.audit(principal, "user.token", login, detail={"days": body.days}, client_ip=client_ip(request))
+    await audit(principal, "user.token", login, detail={"days": body.days})
     return TokenAnswer(login=login, token=issued.token, expires_at=issued.expires_at)
 
 

@@ -39,19 +39,53 @@ def auth_store(request: Request) -> AuthStore:
 AuthDep = Annotated[AuthStore, Depends(auth_store)]
 
 
-def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+class Audit:
+    """The audit log as a route writes it: who acted is passed in, where from is the request's."""
+
+    def __init__(self, request: Request, store: AuthStore) -> None:
+        self._request = request
+        self._store = store
+
+    async def __call__(
+        self,
+        principal: Principal | None,
+        action: str,
+        target: str,
+        *,
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+        login: str | None = None,
+    ) -> None:
+        client = self._request.client
+        await self._store.audit(
+            principal,
+            action,
+            target,
+            outcome=outcome,
+            detail=detail,
+            client_ip=client.host if client else None,
+            login=login,
+        )
 
 
-async def current_principal(request: Request, store: AuthDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    via_cookie = False
+def _audit(request: Request, store: AuthDep) -> Audit:
+    return Audit(request, store)
+
+
+AuditDep = Annotated[Audit, Depends(_audit)]
+
+
+def presented_token(request: Request) -> tuple[str, bool]:
+    """The token a request signs in with, and whether it came in the session cookie (a bearer
+    token wins); "" when there is none."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
-        token = credentials.strip()
-    else:
-        token = request.cookies.get(SESSION_COOKIE, "")
-        via_cookie = True
+        return credentials.strip(), False
+    return request.cookies.get(SESSION_COOKIE, ""), True
+
+
+async def current_principal(request: Request, store: AuthDep, audit: AuditDep) -> Principal:
+    token, via_cookie = presented_token(request)
     if not token:
         raise ApiError(401, "NOT_SIGNED_IN", "sign in first: a bearer token or the session cookie", "请先登录")
     principal = await store.resolve(token)
@@ -62,9 +96,7 @@ async def current_principal(request: Request, store: AuthDep) -> Principal:
     if via_cookie and request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not secrets.compare_digest(sent.encode(), principal.csrf.encode()):
-            await store.audit(
-                principal, "auth.csrf_refused", request.url.path, outcome="denied", client_ip=client_ip(request)
-            )
+            await audit(principal, "auth.csrf_refused", request.url.path, outcome="denied")
             raise ApiError(403, "CSRF_TOKEN", f"a signed-in page sends {CSRF_HEADER}", "请求缺少页面校验码，请刷新页面")
     return replace(principal, via_cookie=via_cookie)
 
@@ -72,19 +104,13 @@ async def current_principal(request: Request, store: AuthDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-def require(permission: Permission) -> Callable[[Request, Principal, AuthStore], Awaitable[Principal]]:
+def require(permission: Permission) -> Callable[[Request, Principal, Audit], Awaitable[Principal]]:
     """A dependency: the principal, if their role has `permission`; 403 (audited) otherwise."""
 
-    async def dependency(request: Request, principal: PrincipalDep, store: AuthDep) -> Principal:
+    async def dependency(request: Request, principal: PrincipalDep, audit: AuditDep) -> Principal:
         if not principal.may(permission):
-            await store.audit(
-                principal,
-                "auth.denied",
-                request.url.path,
-                outcome="denied",
-                detail={"needs": permission.value, "method": request.method},
-                client_ip=client_ip(request),
-            )
+            detail = {"needs": permission.value, "method": request.method}
+            await audit(principal, "auth.denied", request.url.path, outcome="denied", detail=detail)
             raise ApiError(
                 403,
                 "FORBIDDEN",
@@ -116,9 +142,9 @@ class Reach:
     """Whether a device or store is within a principal's reach: the whole fleet for ops and the
     backend, the stores assigned for a field agent, their own devices for a merchant."""
 
-    def __init__(self, request: Request, store: AuthStore) -> None:
-        self._request = request
-        self._store = store
+    def __init__(self, request: Request, audit: Audit) -> None:
+        self._path = request.url.path
+        self._audit = audit
         self._pool: AsyncConnectionPool = request.app.state.pool
 
     async def device(self, principal: Principal, device_id: str) -> None:
@@ -142,14 +168,8 @@ class Reach:
         await self._refuse(principal, store_id or "-", "store")
 
     async def _refuse(self, principal: Principal, target: str, what: str) -> None:
-        await self._store.audit(
-            principal,
-            "auth.out_of_reach",
-            target,
-            outcome="denied",
-            detail={"path": self._request.url.path, "what": what},
-            client_ip=client_ip(self._request),
-        )
+        detail = {"path": self._path, "what": what}
+        await self._audit(principal, "auth.out_of_reach", target, outcome="denied", detail=detail)
         raise ApiError(
             403,
             "OUT_OF_REACH",
@@ -165,8 +185,8 @@ def within_reach(principal: Principal, *, store_id: str | None, merchant_id: str
     return stores is None or (store_id is not None and store_id in stores)
 
 
-def _reach(request: Request, store: AuthDep) -> Reach:
-    return Reach(request, store)
+def _reach(request: Request, audit: AuditDep) -> Reach:
+    return Reach(request, audit)
 
 
 ReachDep = Annotated[Reach, Depends(_reach)]

@@ -15,7 +15,7 @@ from firmware_protocols.errors import ManifestError
 from firmware_protocols.fields import Identifier
 from firmware_protocols.ota import ReleaseManifest, check_signature
 from fleet_server.api_errors import NOT_FOUND, ApiError
-from fleet_server.auth.deps import AUTH_ERRORS, AuthDep, OtaReader, OtaWriter, client_ip
+from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, OtaReader, OtaWriter
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import CampaignProgress, OtaError, OtaStore, ReleaseView
@@ -60,8 +60,7 @@ async def add_release(
     manifest: ReleaseManifest,
     store: StoreDep,
     keys: ReleaseKeysDep,
-    audit: AuthDep,
-    request: Request,
+    audit: AuditDep,
 ) -> ReleaseView:
     """The manifest must verify with one of the release public keys the server is configured
     with (`HAODIAN_OTA_RELEASE_KEYS`): the server refuses early what every device would refuse."""
@@ -81,9 +80,7 @@ async def add_release(
     except OtaError as exc:
         raise _api_error(exc) from exc
     target = f"{manifest.name}/{manifest.version}"
-    await audit.audit(
-        principal, "ota.release", target, detail={"sha256": manifest.sha256}, client_ip=client_ip(request)
-    )
+    await audit(principal, "ota.release", target, detail={"sha256": manifest.sha256})
     return release
 
 
@@ -93,13 +90,13 @@ async def add_release(
     responses=NOT_FOUND,
 )
 async def upload_artifact(
-    principal: OtaWriter, name: Name, version: VersionPath, request: Request, store: StoreDep, audit: AuthDep
+    principal: OtaWriter, name: Name, version: VersionPath, request: Request, store: StoreDep, audit: AuditDep
 ) -> ReleaseView:
     try:
         release = await store.store_artifact(name, version, request.stream())
     except OtaError as exc:
         raise _api_error(exc) from exc
-    await audit.audit(principal, "ota.artifact", f"{name}/{version}", client_ip=client_ip(request))
+    await audit(principal, "ota.artifact", f"{name}/{version}")
     return release
 
 
@@ -152,8 +149,7 @@ async def create_campaign(
     body: NewCampaign,
     store: StoreDep,
     conductor: ConductorDep,
-    audit: AuthDep,
-    request: Request,
+    audit: AuditDep,
 ) -> CampaignProgress:
     try:
         progress = await store.create_campaign(
@@ -168,7 +164,7 @@ async def create_campaign(
     if conductor is not None:
         conductor.nudge()
     detail = body.model_dump(mode="json", exclude_defaults=True)
-    await audit.audit(principal, "ota.campaign", progress.campaign_id, detail=detail, client_ip=client_ip(request))
+    await audit(principal, "ota.campaign", progress.campaign_id, detail=detail)
     return progress
 
 
@@ -196,8 +192,7 @@ async def act(
     action: Literal["pause", "resume", "abort", "retry"],
     store: StoreDep,
     conductor: ConductorDep,
-    audit: AuthDep,
-    request: Request,
+    audit: AuditDep,
 ) -> CampaignProgress:
     try:
         progress = await store.act(campaign_id, action)
@@ -205,5 +200,5 @@ async def act(
         raise _api_error(exc) from exc
     if conductor is not None:
         conductor.nudge()
-    await audit.audit(principal, f"ota.{action}", campaign_id, client_ip=client_ip(request))
+    await audit(principal, f"ota.{action}", campaign_id)
     return progress

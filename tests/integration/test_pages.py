@@ -86,6 +86,7 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
         )
         await fleet.wait_connected(30)
         bindings = merchants_for(fleet.device_ids)
+        registry = registry_csv(bindings)
         admin_token = await server.auth.service_token("test-runner", Role.OPS_ADMIN)
         http = await exits.enter_async_context(
             httpx.AsyncClient(base_url=server.base_url, headers={"authorization": f"Bearer {admin_token}"}, timeout=30)
@@ -93,11 +94,11 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
         imported = await http.post(
             "/api/v1/registry/import",
             params={"dry_run": "false"},
-            content=registry_csv(bindings).encode(),
+            content=registry.encode(),
             headers={"content-type": "text/csv"},
         )
         assert imported.json()["invalid"] == 0, imported.text
-        by_store = {f"S-{row.split(',')[2]}": row.split(",")[10] for row in registry_csv(bindings).splitlines()[1:]}
+        by_store = {f"S-{row.split(',')[2]}": row.split(",")[10] for row in registry.splitlines()[1:]}
         ours, theirs = by_store["S-WJ"], by_store["S-HLG"]
         for login, role, fields in (
             ("ops", Role.OPS_ADMIN, {}),
