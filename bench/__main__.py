@@ -1,27 +1,25 @@
-"""Run a benchmark scenario and print its figures with the machine they ran on.
+"""Measure one scenario and print its figures with the machine, broker and database it ran on.
 
-    python -m bench announce [--devices 20] [--tps 5] [--duration 20] [--json]
-    python -m bench codecs [--frames 20000] [--repeats 5] [--json]
-    python -m bench footprint [--warmup 15] [--window 60] [--json]
-    python -m bench bridge [--rate 1000] [--duration 60] [--devices 1000] [--bridges 1] [--json]
-    python -m bench ingest [--devices 10000] [--reports 10] [--json]
-    python -m bench query [--devices 100000] [--days 30] [--repeats 3] [--json]
+    haodian bench SCENARIO [options]        (the same as: python -m bench SCENARIO [options])
 
-`announce`: payment notification received at the bridge → speaker starts playing, through the
-whole embedded stack (amqtt broker, PostgreSQL, fleet server, bridge, N real edge agents with
-WAV speakers), at a steady rate. It is the demo's measurement, run for its figures.
+Scenarios (each also measures the ceiling it runs against, on the same run):
+  announce     payment notification -> playback start on the device at a steady rate, through
+               1 or more bridge processes (--bridges); ceilings: raw broker hop, raw commit
+  ingest       device health reports into PostgreSQL: at the devices' real report interval
+               (--interval 60) or flat out (--interval 0), through 1 or more ingest processes
+               (--ingesters); ceiling: raw COPY of the same rows
+  query        fleet summary and per-model figures over --devices x --days of history
+  api          device lookups and fleet summaries over HTTP at a steady rate (--rate);
+               ceiling: /healthz at the same rate
+  connections  concurrent device MQTT connections held (--devices), and memory per connection
+  agent        one agent's idle RSS and CPU (as on a device), and its announce path cost
+  codecs       decode throughput of the serial codecs (TTS chips, modem AT, ESC/POS)
+  demo         the demo's end-to-end run (embedded broker and database, real agents)
 
-`bridge`: the payment bridge alone under a steady notification rate, with a device farm that
-acks every announce (bench/bridge.py says exactly what is measured).
-
-`footprint`: one agent process at rest: resident memory (RSS, PSS, peak) and CPU share over a
-window, connected to a broker.
-
-`ingest` and `query`: the fleet server on the machine's PostgreSQL (and, for ingest, a private
-Mosquitto with the production queue limits); see bench/fleet.py for exactly what each measures.
-
-`codecs`: decode throughput (frames/s) of each serial codec on a realistic stream read in
-64-byte chunks: TTS chip frames and replies, modem AT responses with URCs, ESC/POS receipts.
+--broker private|machine|embedded and --database machine|embedded choose where it runs (see
+bench/env.py); the defaults are a private Mosquitto with deploy/mosquitto.conf and the
+machine's PostgreSQL. --json prints the whole report as JSON. Record results in BENCHMARKS.md
+by hand, with the date and the command.
 """
 
 from __future__ import annotations
@@ -29,68 +27,187 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from bench import bridge, codecs, fleet, footprint
+import uvloop
+
+from bench import agent, announce, api, codecs, connections, fleet
+from bench.env import BROKERS, DATABASES, BenchError, machine
 from haodian import logs
-from haodian.demo import DemoOptions, machine, run_demo
-from haodian.settings import Settings
 
 
-def main() -> None:
+class Figures(Protocol):
+    def lines(self) -> list[str]: ...
+
+
+SCENARIOS = ("announce", "ingest", "query", "api", "connections", "agent", "codecs", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="haodian bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=["announce", "bridge", "codecs", "footprint", "ingest", "query"])
-    parser.add_argument("--rate", type=float, default=1000.0, help="bridge: notifications per second")
-    parser.add_argument("--bridges", type=int, default=1, help="bridge: bridge processes")
-    parser.add_argument("--devices", type=int, help="announce: 20; bridge: 1,000; ingest: 10,000; query: 100,000")
-    parser.add_argument("--reports", type=int, default=10, help="ingest: health reports per device")
-    parser.add_argument("--days", type=int, default=30, help="query: days of history")
-    parser.add_argument("--tps", type=float, default=5.0)
-    parser.add_argument("--duration", type=float, help="seconds; announce: 20, bridge: 60")
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--broker", choices=BROKERS, default="private", help="MQTT broker (default private)")
+    parser.add_argument("--database", choices=DATABASES, default="machine", help="PostgreSQL (default machine)")
+    parser.add_argument("--rate", type=float, help="announce: notifications/s (1,000); api: requests/s (1,000)")
+    parser.add_argument("--duration", type=float, help="seconds at the rate: announce 60, api 20, demo 20")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="announce 1,000; ingest 10,000; query 100,000; api 10,000; connections 10,000; demo 20",
+    )
+    parser.add_argument("--bridges", type=int, default=1, help="announce: bridge processes (default 1)")
+    parser.add_argument("--ingesters", type=int, default=1, help="ingest: ingest processes (default 1)")
+    parser.add_argument(
+        "--interval", type=float, default=60.0, help="ingest: seconds between a device's reports; 0 = flat out"
+    )
+    parser.add_argument("--reports", type=int, default=3, help="ingest: health reports per device (default 3)")
+    parser.add_argument("--days", type=int, default=30, help="query: days of history (default 30)")
+    parser.add_argument("--repeats", type=int, default=3, help="query, codecs: runs of each measurement")
+    parser.add_argument("--processes", type=int, default=2, help="connections: simulator processes (default 2)")
+    parser.add_argument("--tps", type=float, default=5.0, help="demo: payments per second (default 5)")
     parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
-    parser.add_argument("--repeats", type=int, default=5, help="codecs: runs per codec (best and median shown)")
-    parser.add_argument("--warmup", type=float, default=15.0, help="footprint: seconds before measuring")
-    parser.add_argument("--window", type=float, default=60.0, help="footprint: seconds of CPU measured")
+    parser.add_argument("--warmup", type=float, default=15.0, help="agent: seconds before measuring idle")
+    parser.add_argument("--window", type=float, default=60.0, help="agent: seconds of idle CPU measured")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    args = parser.parse_args()
-    if args.scenario in ("ingest", "query"):
-        _fleet(args)
-        return
-    if args.scenario == "bridge":
-        _bridge(args)
-        return
-    args.duration = args.duration or 20.0
-    args.devices = args.devices or 20
-    if args.scenario == "codecs":
-        _codecs(args)
-        return
-    if args.scenario == "footprint":
-        print(f"measuring one idle agent: {args.warmup:.0f} s warm-up, {args.window:.0f} s window", flush=True)
-        result = footprint.measure(warmup_s=args.warmup, window_s=args.window)
-        if args.json:
-            print(json.dumps({"machine": machine(), "footprint": asdict(result)}, indent=2))
-            return
-        print(f"machine: {machine()}")
-        print(f"broker: {result.broker}; Python {result.python}")
-        print(
-            f"agent idle: RSS {result.rss_kb / 1024:.1f} MB, PSS {(result.pss_kb or 0) / 1024:.1f} MB, "
-            f"peak RSS {result.peak_rss_kb / 1024:.1f} MB, "
-            f"CPU {result.cpu_pct:.2f} % of one core over {result.window_s} s"
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("rate", "duration", "devices", "bridges", "ingesters", "reports", "days", "repeats", "processes"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise SystemExit(f"haodian bench: --{name} must be positive, not {value}")
+    logs.configure(json=True, level="WARNING", file=Path(tempfile.gettempdir()) / f"haodian-bench-{args.scenario}.log")
+    run: Callable[[argparse.Namespace], tuple[dict[str, Any], Figures]] = RUNNERS[args.scenario]
+    try:
+        parameters, figures = run(args)
+    except BenchError as exc:
+        print(f"haodian bench {args.scenario}: {exc}", file=sys.stderr)
+        return 2
+    report = {"scenario": args.scenario, "machine": machine(), "parameters": parameters}
+    if args.json:
+        report["figures"] = asdict(figures) if is_dataclass(figures) and not isinstance(figures, type) else figures
+        print(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+        return 0
+    print(f"\nmachine: {report['machine']}")
+    print(f"parameters: {parameters}")
+    for line in figures.lines():
+        print(line)
+    return 0
+
+
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    return {"broker": args.broker, "database": args.database}
+
+
+def _announce(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {
+        "rate": args.rate or 1000.0,
+        "duration_s": args.duration or 60.0,
+        "devices": args.devices or 1000,
+        "bridges": args.bridges,
+    }
+    figures = uvloop.run(
+        announce.measure_announce(
+            rate=parameters["rate"],
+            duration_s=parameters["duration_s"],
+            devices=parameters["devices"],
+            bridges=args.bridges,
+            broker_kind=args.broker,
+            database_kind=args.database,
         )
-        return
+    )
+    return parameters | _where(args), figures
+
+
+def _ingest(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {
+        "devices": args.devices or 10_000,
+        "reports_per_device": args.reports,
+        "interval_s": args.interval,
+        "ingesters": args.ingesters,
+    }
+    figures = uvloop.run(
+        fleet.measure_ingest(
+            devices=parameters["devices"],
+            reports_per_device=args.reports,
+            interval_s=args.interval,
+            ingesters=args.ingesters,
+            broker_kind=args.broker,
+            database_kind=args.database,
+        )
+    )
+    return parameters | _where(args), figures
+
+
+def _query(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"devices": args.devices or 100_000, "days": args.days, "repeats": args.repeats}
+    figures = asyncio.run(
+        fleet.measure_query(
+            devices=parameters["devices"], days=args.days, repeats=args.repeats, database_kind=args.database
+        )
+    )
+    return parameters | {"database": args.database}, figures
+
+
+def _api(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    rate, duration_s, devices = args.rate or 1000.0, args.duration or 20.0, args.devices or 10_000
+    parameters = {"rate": rate, "duration_s": duration_s, "devices": devices}
+    figures = uvloop.run(
+        api.measure_api(
+            rate=rate,
+            duration_s=duration_s,
+            devices=devices,
+            broker_kind=args.broker,
+            database_kind=args.database,
+        )
+    )
+    return parameters | _where(args), figures
+
+
+def _connections(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"devices": args.devices or 10_000, "processes": args.processes}
+    figures = uvloop.run(
+        connections.measure_connections(
+            devices=parameters["devices"], processes=args.processes, broker_kind=args.broker
+        )
+    )
+    return parameters | {"broker": args.broker}, figures
+
+
+def _agent(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"warmup_s": args.warmup, "window_s": args.window}
+    print(f"measuring one idle agent: {args.warmup:.0f} s warm-up, {args.window:.0f} s window", flush=True)
+    return parameters, agent.measure(warmup_s=args.warmup, window_s=args.window)
+
+
+def _codecs(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"frames": args.frames, "repeats": args.repeats, "read_size": codecs.READ_SIZE}
+    return parameters, codecs.CodecFigures(codecs.measure(frames=args.frames, repeats=args.repeats))
+
+
+def _demo(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    from haodian.demo import DemoOptions, run_demo  # noqa: PLC0415
+    from haodian.settings import Settings  # noqa: PLC0415
+
+    parameters = {"devices": args.devices or 20, "tps": args.tps, "duration_s": args.duration or 20.0}
     with tempfile.TemporaryDirectory(prefix="haodian-bench-") as tmp:
         data_dir = Path(tmp)
         logs.configure(json=True, level="WARNING", file=data_dir / "bench.log")
         report = asyncio.run(
             run_demo(
                 DemoOptions(
-                    devices=args.devices,
+                    devices=parameters["devices"],
                     tps=args.tps,
-                    duration_s=args.duration,
+                    duration_s=parameters["duration_s"],
                     report=data_dir / "report.json",
                     data_dir=data_dir,
                     http_port=0,
@@ -98,75 +215,38 @@ def main() -> None:
                 Settings(),
             )
         )
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-        return
-    delivery = report["delivery"]
-    print(f"\nmachine: {report['machine']}")
-    print(f"parameters: {report['parameters']}")
-    print(
-        f"payments {delivery['payments']}, deliveries {delivery['deliveries']}, delivered {delivery['delivered']},"
-        f" delivery rate {delivery['delivery_rate']}"
-    )
-    for name in ("latency_ms", "ack_round_trip_ms"):
-        figures = delivery[name]
-        print(f"{name}: " + "  ".join(f"{k} {v:.1f}" for k, v in figures.items() if v is not None))
+    return parameters, DemoFigures(report["delivery"])
 
 
-def _fleet(args: argparse.Namespace) -> None:
-    logs.configure(json=True, level="WARNING", file=Path(tempfile.gettempdir()) / "haodian-bench-fleet.log")
-    result: fleet.IngestFigures | fleet.QueryFigures
-    if args.scenario == "ingest":
-        devices = args.devices or 10_000
-        print(f"ingest: {devices} devices x {args.reports} health reports, flat out", flush=True)
-        try:
-            result = asyncio.run(fleet.measure_ingest(devices=devices, reports_per_device=args.reports))
-        except fleet.BenchError as exc:
-            raise SystemExit(f"bench ingest: {exc}") from exc
-    else:
-        devices = args.devices or 100_000
-        print(f"query: {devices} devices x {args.days} days of history (generating and loading)", flush=True)
-        result = asyncio.run(fleet.measure_query(devices=devices, days=args.days, repeats=args.repeats))
-    if args.json:
-        print(json.dumps({"machine": machine(), args.scenario: asdict(result)}, indent=2))
-        return
-    print(f"machine: {machine()}")
-    print("database: the machine's PostgreSQL 127.0.0.1:5432 (native partitions, no TimescaleDB)")
-    for line in result.lines():
-        print(line)
+@dataclass(frozen=True, slots=True)
+class DemoFigures:
+    delivery: dict[str, Any]
 
-
-def _bridge(args: argparse.Namespace) -> None:
-    logs.configure(json=True, level="WARNING", file=Path(tempfile.gettempdir()) / "haodian-bench-bridge.log")
-    try:
-        result = asyncio.run(
-            bridge.measure_bridge(
-                rate=args.rate, duration_s=args.duration or 60.0, devices=args.devices or 1000, bridges=args.bridges
-            )
+    def lines(self) -> list[str]:
+        d = self.delivery
+        out = [
+            "broker: embedded amqtt, in process; database: embedded PostgreSQL (pgserver); real edge agents",
+            f"payments {d['payments']}, deliveries {d['deliveries']}, delivered {d['delivered']},"
+            f" delivery rate {d['delivery_rate']}",
+        ]
+        out.extend(
+            f"{name}: " + "  ".join(f"{k} {v:.1f}" for k, v in d[name].items() if v is not None)
+            for name in ("latency_ms", "ack_round_trip_ms")
         )
-    except fleet.BenchError as exc:
-        raise SystemExit(f"bench bridge: {exc}") from exc
-    if args.json:
-        print(json.dumps({"machine": machine(), "bridge": asdict(result)}, indent=2))
-        return
-    print(f"machine: {machine()}")
-    print(
-        "database: the machine's PostgreSQL 127.0.0.1:5432; broker: a private Mosquitto (deploy/mosquitto.conf limits)"
-    )
-    for line in result.lines():
-        print(line)
+        return out
 
 
-def _codecs(args: argparse.Namespace) -> None:
-    figures = codecs.measure(frames=args.frames, repeats=args.repeats)
-    if args.json:
-        print(json.dumps({"machine": machine(), "figures": [asdict(f) for f in figures]}, indent=2))
-        return
-    print(f"machine: {machine()}")
-    print(f"parameters: frames per stream {args.frames}, best of {args.repeats}, reads of {codecs.READ_SIZE} bytes")
-    for figure in figures:
-        print(figure.line())
+RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], Figures]]] = {
+    "announce": _announce,
+    "ingest": _ingest,
+    "query": _query,
+    "api": _api,
+    "connections": _connections,
+    "agent": _agent,
+    "codecs": _codecs,
+    "demo": _demo,
+}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,6 +39,17 @@ class CodecFigure:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CodecFigures:
+    codecs: list[CodecFigure]
+
+    def lines(self) -> list[str]:
+        return [
+            "ceiling: the wire; a UART at 115200 baud carries about 11.5 KB/s, 9600 baud about 0.96 KB/s",
+            *(figure.line() for figure in self.codecs),
+        ]
+
+
 def _run(data: bytes, make: Callable[[], Decoder], expect: int) -> float:
     feed, next_item = make()
     started = time.perf_counter()

@@ -1,13 +1,15 @@
-"""Fleet-server benchmarks on Mosquitto and the machine's PostgreSQL.
+"""Fleet-server benchmarks: `ingest` and `query`.
 
-`ingest`: health reports from `devices` simulated devices published flat out (QoS 1, pipelined)
-by a few publisher connections, in a process of their own, into the real ingest (validation,
-batching, COPY, daily rollup, cells, state machine, acknowledgement after commit). The broker is
-a private Mosquitto started with the queue limits of deploy/mosquitto.conf (the machine's own
-runs at Mosquitto's defaults, which drop a session's messages past 1000 queued). Figures: the
-offered rate (publishing), the sustained ingest rate = rows stored / time from the first publish
-to the last row written, and the loss (published - stored). The ceiling on the same run: the
-same rows COPYed straight into `device_health` by one connection.
+`ingest`: health reports from `devices` simulated devices, published (QoS 1, pipelined) by a few
+connections in a process of their own, either at the devices' real report interval (each device
+once every `interval_s`, spread evenly) or flat out (`interval_s` 0), into the real ingest
+(validation, batching, COPY, daily rollup, cells, state machine, acknowledgement after commit)
+running as `haodian server --parts ingest`, with `--workers N` for several processes sharing the
+stream (`$share/...`). Figures: the offered rate; the most reports waiting at once (published
+but not yet stored); the sustained rate = rows stored / time from the first publish to the last
+row stored; the loss (published - stored); the ingest processes' CPU per report, and from it how
+many devices one process could hold. The ceiling on the same run: the same rows COPYed straight
+into `device_health` by one connection.
 
 `query`: a simulated history of `devices` x `days` (simulators.history) loaded into a fresh
 database, then the fleet summary (every figure over the whole window) and a per-model slice,
@@ -19,72 +21,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import aiomqtt
-import psycopg
-from psycopg import sql
+import uvloop
 from psycopg_pool import AsyncConnectionPool
 
+from bench.env import BenchError, BrokerKind, DatabaseKind, broker, database
+from bench.stats import process_tree_cpu_s
 from firmware_protocols import topics
-from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import CellReport, Health
 from fleet_server.db import migrate, open_pool
 from fleet_server.figures import FleetFigures, Level
-from fleet_server.ingest import Ingest
+from haodian.embedded import free_port
 from simulators.history import FleetHistory, HistoryParameters
-from simulators.mosquitto import MosquittoError, PrivateMosquitto
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
 PIPELINE = 100
-
-
-class BenchError(Exception):
-    """A benchmark cannot run on this machine (a missing service or tool)."""
-
-
-@asynccontextmanager
-async def fresh_database(admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
-    name = f"haodian_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@asynccontextmanager
-async def private_mosquitto(config: Path = DEPLOY_CONF) -> AsyncIterator[tuple[int, str]]:
-    """A Mosquitto on a free local port with the queue and in-flight limits of `config`;
-    yields (port, the limits applied)."""
-    text = await asyncio.to_thread(config.read_text, encoding="utf-8")
-    limits = [line.strip() for line in text.splitlines() if line.startswith("max_")]
-    with tempfile.TemporaryDirectory(prefix="haodian-bench-mqtt-") as folder:
-        try:
-            broker = PrivateMosquitto(Path(folder), config_lines=limits, persistence=False)
-            await asyncio.to_thread(broker.start)
-        except MosquittoError as exc:
-            raise BenchError(str(exc)) from exc
-        try:
-            yield broker.port, ", ".join(limits)
-        finally:
-            await asyncio.to_thread(broker.stop)
+PUBLISHERS = 4
 
 
 @dataclass(frozen=True, slots=True)
 class IngestFigures:
     devices: int
+    ingesters: int
+    interval_s: float
     broker: str
+    database: str
     published: int
     stored: int
     lost: int
@@ -93,21 +63,33 @@ class IngestFigures:
     end_to_end_s: float
     offered_per_s: float
     sustained_per_s: float
+    max_backlog: int
+    drain_s: float
     raw_copy_per_s: float
-    batches: int
     ingest_cpu_us_per_report: float
 
+    @property
+    def devices_per_process(self) -> float:
+        """Devices at this interval (60 s if flat out) that one ingest process could hold on a
+        core of its own, from its CPU per report."""
+        return 1e6 / self.ingest_cpu_us_per_report * (self.interval_s or 60.0)
+
     def lines(self) -> list[str]:
+        pace = f"every {self.interval_s:.0f} s" if self.interval_s else "flat out"
         return [
             f"broker: {self.broker}",
-            f"devices {self.devices:,}, health reports published {self.published:,}, stored {self.stored:,},"
-            f" lost {self.lost:,} (delivered twice after a reconnect: {self.stored_twice})",
-            f"offered: published in {self.publish_s:.1f} s = {self.offered_per_s:,.0f} reports/s;"
-            f" last row stored after {self.end_to_end_s:.1f} s, in {self.batches:,} batches",
-            f"ingest sustained: {self.sustained_per_s:,.0f} health reports/s into PostgreSQL"
-            f" (zero loss: {self.lost == 0})",
-            f"ingest process CPU: {self.ingest_cpu_us_per_report:,.0f} us per report"
-            f" (= {1e6 / self.ingest_cpu_us_per_report:,.0f} reports/s on a core of its own)",
+            f"database: {self.database}",
+            f"devices {self.devices:,} reporting {pace}; ingest processes {self.ingesters}",
+            f"health reports published {self.published:,}, stored {self.stored:,}, lost {self.lost:,}"
+            f" (stored twice after a reconnect: {self.stored_twice})",
+            f"offered: {self.offered_per_s:,.0f} reports/s for {self.publish_s:.1f} s;"
+            f" most waiting in the broker at once: {self.max_backlog:,}; last row stored {self.drain_s:.1f} s"
+            " after the last publish",
+            f"ingest sustained: {self.sustained_per_s:,.0f} reports/s into PostgreSQL (zero loss: {self.lost == 0})",
+            f"ingest CPU: {self.ingest_cpu_us_per_report:,.0f} us per report (all ingest processes) ="
+            f" {1e6 / self.ingest_cpu_us_per_report:,.0f} reports/s per core ="
+            f" {self.devices_per_process:,.0f} devices per ingest process at one report per"
+            f" {self.interval_s or 60:.0f} s",
             f"ceiling, raw COPY of the same rows by one connection: {self.raw_copy_per_s:,.0f} rows/s"
             f" (ingest is {self.sustained_per_s / self.raw_copy_per_s:.0%} of it)",
         ]
@@ -131,36 +113,48 @@ def _report(device_id: str, n: int) -> bytes:
     )
 
 
-async def _publish(port: int, name: str, device_ids: list[str], reports: int) -> None:
+async def _publish(
+    port: int, name: str, device_ids: list[str], reports: int, interval_s: float, published: Synchronized[int]
+) -> None:
     # QoS 1 publishes in windows of PIPELINE: a publisher that waited for each PUBACK would
-    # measure the round trip, not the ingest. aiomqtt warns about every publish past ten in
-    # flight; here that is the point, so its logger stays quiet.
+    # measure the round trip, not the ingest. Paced: report n of device k is due at
+    # n * interval + k / len * interval, as a fleet whose devices started at random moments.
     quiet = logging.getLogger("bench.publisher")
     quiet.setLevel(logging.ERROR)
     async with aiomqtt.Client(
-        "127.0.0.1", port, identifier=name, max_inflight_messages=PIPELINE, logger=quiet
+        "127.0.0.1", port, identifier=name, username=name, max_inflight_messages=PIPELINE, logger=quiet
     ) as client:
+        client.pending_calls_threshold = 1 << 30
+        started = time.perf_counter()
         for n in range(reports):
             for at in range(0, len(device_ids), PIPELINE):
+                if interval_s:
+                    delay = started + (n + at / len(device_ids)) * interval_s - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 window = device_ids[at : at + PIPELINE]
                 await asyncio.gather(
                     *(client.publish(topics.up(d, topics.Up.HEALTH), _report(d, n), qos=1) for d in window)
                 )
+                with published.get_lock():
+                    published.value += len(window)
 
 
-def _publisher_process(port: int, tag: str, device_ids: list[str], reports: int, connections: int) -> None:
+def _publisher_process(
+    port: int, tag: str, device_ids: list[str], reports: int, interval_s: float, published: Synchronized[int]
+) -> None:
     """The simulated devices, in a process of their own so that the ingest's is measured alone."""
+    connections = max(1, min(PUBLISHERS, len(device_ids)))
 
     async def publish_all() -> None:
         await asyncio.gather(
             *(
-                _publish(port, f"bench-pub-{tag}-{i}", device_ids[i::connections], reports)
+                _publish(port, f"bench-pub-{tag}-{i}", device_ids[i::connections], reports, interval_s, published)
                 for i in range(connections)
-                if device_ids[i::connections]
             )
         )
 
-    asyncio.run(publish_all())
+    uvloop.run(publish_all())
 
 
 async def _raw_copy_rate(pool: AsyncConnectionPool) -> float:
@@ -178,57 +172,141 @@ async def _raw_copy_rate(pool: AsyncConnectionPool) -> float:
     return rows / elapsed if elapsed else 0.0
 
 
-async def measure_ingest(*, devices: int, reports_per_device: int, publishers: int = 4) -> IngestFigures:
+async def _stored(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM device_health")
+        return int((await cur.fetchone() or (0,))[0])
+
+
+async def measure_ingest(
+    *,
+    devices: int,
+    reports_per_device: int,
+    interval_s: float = 0.0,
+    ingesters: int = 1,
+    broker_kind: BrokerKind = "private",
+    database_kind: DatabaseKind = "machine",
+) -> IngestFigures:
     tag = uuid.uuid4().hex[:6]
     ids = [f"B{tag}{i:06d}" for i in range(devices)]
     expected = devices * reports_per_device
-    async with private_mosquitto() as (port, limits), fresh_database() as url, open_pool(url, max_size=4) as pool:
+    async with broker(broker_kind) as mqtt, database(database_kind) as db, open_pool(db.url, max_size=2) as pool:
+        if ingesters > 1 and not mqtt.shared_subscriptions:
+            raise BenchError("several ingest processes need shared subscriptions, which the embedded broker lacks")
         await migrate(pool)
-        endpoint = BrokerEndpoint(host="127.0.0.1", port=port)
-        async with Ingest(pool, endpoint, client_id=f"bench-ingest-{tag}", batch_size=2000, flush_s=0.1) as ingest:
-            await ingest.wait_connected(10)
-            publisher = multiprocessing.get_context("spawn").Process(
-                target=_publisher_process, args=(port, tag, ids, reports_per_device, publishers), name="publisher"
+        with tempfile.TemporaryDirectory(prefix="haodian-bench-ingest-") as folder:
+            env = {
+                **os.environ,
+                "HAODIAN_MQTT_URL": mqtt.url,
+                "HAODIAN_DATABASE_URL": db.url,
+                "HAODIAN_DATA_DIR": folder,
+                "HAODIAN_MQTT_CLIENT_PREFIX": f"bench-{tag}",
+                "HAODIAN_INGEST_BATCH_SIZE": "2000",
+                "HAODIAN_INGEST_FLUSH_S": "0.1",
+                # amqtt drops a QoS 1 message whose acknowledgement takes over 5 s (see ingest.py).
+                "HAODIAN_INGEST_ACK_AFTER_COMMIT": "false" if mqtt.kind == "embedded" else "true",
+            }
+            command = [sys.executable, "-m", "haodian", "--log-level", "WARNING", "server", "--parts", "ingest"]
+            command += ["--port", str(free_port())] + (["--workers", str(ingesters)] if ingesters > 1 else [])
+            server = await asyncio.create_subprocess_exec(
+                *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=(Path(folder) / "ingest.log").open("wb")
             )
-            started, cpu_started = time.perf_counter(), time.process_time()
-            publisher.start()
-            await asyncio.to_thread(publisher.join)
-            published_s = time.perf_counter() - started
-            if publisher.exitcode != 0:
-                raise BenchError(f"the publisher process failed (exit code {publisher.exitcode})")
-            print(f"published {expected:,} in {published_s:.1f} s; waiting for the ingest", flush=True)
-            last_written, last_change = ingest.stats.written, time.perf_counter()
-            # Done when everything is stored, or nothing more arrived for 15 s (the rest is lost).
-            while ingest.stats.written < expected and time.perf_counter() - last_change < 15:
-                await asyncio.sleep(0.02)
-                if ingest.stats.written != last_written:
-                    last_written, last_change = ingest.stats.written, time.perf_counter()
-            end_to_end = last_change - started
-            cpu_s = time.process_time() - cpu_started
-            stats = ingest.stats
+            try:
+                await _wait_subscribed(mqtt.port, tag, pool, ingesters)
+                cpu_before = process_tree_cpu_s(server.pid)
+                figures = await _drive(pool, mqtt.port, tag, ids, reports_per_device, interval_s)
+                cpu_s = process_tree_cpu_s(server.pid) - cpu_before
+            finally:
+                server.terminate()
+                await server.wait()
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT count(*), count(DISTINCT (device_id, ts)) FROM device_health")
             stored_rows, stored = (await cur.fetchone()) or (0, 0)
         raw_copy = await _raw_copy_rate(pool)
+    publish_s, end_to_end, max_backlog = figures
     return IngestFigures(
         devices=devices,
-        broker=f"private Mosquitto with deploy/mosquitto.conf limits ({limits})",
+        ingesters=ingesters,
+        interval_s=interval_s,
+        broker=mqtt.description,
+        database=db.description,
         published=expected,
         stored=stored,
         lost=expected - stored,
         stored_twice=stored_rows - stored,
-        publish_s=published_s,
+        publish_s=publish_s,
         end_to_end_s=end_to_end,
-        offered_per_s=expected / published_s,
+        offered_per_s=expected / publish_s,
         sustained_per_s=stored / end_to_end,
+        max_backlog=max_backlog,
+        drain_s=max(0.0, end_to_end - publish_s),
         raw_copy_per_s=raw_copy,
-        batches=stats.batches,
         ingest_cpu_us_per_report=cpu_s / max(stored, 1) * 1e6,
     )
 
 
+async def _wait_subscribed(port: int, tag: str, pool: AsyncConnectionPool, ingesters: int) -> None:
+    """Until the ingest processes take messages: one probe report per process's worth of tries."""
+    probe = f"B{tag}PROBE"
+    deadline = time.monotonic() + 90
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-probe-{tag}", username=f"bench-probe-{tag}") as c:
+        n = 0
+        while time.monotonic() < deadline:
+            await c.publish(topics.up(probe, topics.Up.HEALTH), _report(probe, n), qos=1)
+            n += 1
+            await asyncio.sleep(0.5)
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT count(*) FROM device_health WHERE device_id = %s", (probe,))
+                if int((await cur.fetchone() or (0,))[0]) >= ingesters:
+                    break
+        else:
+            raise BenchError("the ingest process(es) did not start taking reports; see ingest.log")
+    await asyncio.sleep(1.0)
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM device_health WHERE device_id = %s", (probe,))
+
+
+async def _drive(
+    pool: AsyncConnectionPool, port: int, tag: str, ids: list[str], reports: int, interval_s: float
+) -> tuple[float, float, int]:
+    """Publish from a process of its own while watching the database; (publishing seconds,
+    seconds to the last row stored, most reports waiting at once)."""
+    expected = len(ids) * reports
+    ctx = multiprocessing.get_context("spawn")
+    published = ctx.Value("q", 0)
+    publisher = ctx.Process(
+        target=_publisher_process, args=(port, tag, ids, reports, interval_s, published), name="publisher"
+    )
+    started = time.perf_counter()
+    publisher.start()
+    max_backlog, stored, published_s = 0, 0, 0.0
+    last_change, last_stored = time.perf_counter(), 0
+    pace = f" at {len(ids) / interval_s:,.0f}/s" if interval_s else " flat out"
+    print(f"publishing {expected:,} health reports{pace}", flush=True)
+    next_progress = started + 10
+    while True:
+        await asyncio.sleep(0.25)
+        stored = await _stored(pool)
+        now = time.perf_counter()
+        max_backlog = max(max_backlog, published.value - stored)
+        if stored != last_stored:
+            last_stored, last_change = stored, now
+        if not publisher.is_alive() and not published_s:
+            published_s = now - started
+            if publisher.exitcode != 0:
+                raise BenchError(f"the publisher process failed (exit code {publisher.exitcode})")
+        if now >= next_progress:
+            print(f"  {now - started:5.0f} s: published {published.value:,}, stored {stored:,}", flush=True)
+            next_progress += 10
+        # Done when everything is stored, or nothing more arrived for 15 s (the rest is lost).
+        if published_s and (stored >= expected or now - last_change > 15):
+            break
+    return published_s, last_change - started, max_backlog
+
+
 @dataclass(frozen=True, slots=True)
 class QueryFigures:
+    database: str
     devices: int
     days: int
     transitions: int
@@ -238,6 +316,7 @@ class QueryFigures:
 
     def lines(self) -> list[str]:
         return [
+            f"database: {self.database}",
             f"history: {self.devices:,} devices x {self.days} days, {self.transitions:,} state transitions,"
             f" {self.devices * self.days:,} daily rollup rows; generated and loaded in {self.load_s:.0f} s",
             "fleet summary (every figure, whole window): "
@@ -249,11 +328,13 @@ class QueryFigures:
         ]
 
 
-async def measure_query(*, devices: int, days: int, repeats: int = 3) -> QueryFigures:
+async def measure_query(
+    *, devices: int, days: int, repeats: int = 3, database_kind: DatabaseKind = "machine"
+) -> QueryFigures:
     start = datetime(2026, 10, 1, tzinfo=timezone(timedelta(hours=8))).astimezone(UTC)
     started = time.perf_counter()
     history = FleetHistory.generate(HistoryParameters(devices=devices, days=days, seed=3), start)
-    async with fresh_database() as url, open_pool(url, max_size=2) as pool:
+    async with database(database_kind) as db, open_pool(db.url, max_size=2) as pool:
         await migrate(pool)
         await history.load(pool)
         async with pool.connection() as conn:
@@ -268,4 +349,4 @@ async def measure_query(*, devices: int, days: int, repeats: int = 3) -> QueryFi
             t = time.perf_counter()
             await figures.compute(history.start, history.end, group_by=Level.MODEL)
             by_model.append(time.perf_counter() - t)
-    return QueryFigures(devices, days, len(history.transitions), load_s, summary, by_model)
+    return QueryFigures(db.description, devices, days, len(history.transitions), load_s, summary, by_model)

@@ -29,22 +29,23 @@ from fleet_server.auth.deps import (
 from fleet_server.auth.roles import Principal
 from fleet_server.figures import TARGETS, Figures, FiguresError, FleetFigures, Level, StateCounts, rating, state_counts
 from fleet_server.inspector import Inspector
+from fleet_server.recent import Recent
 from fleet_server.registry import DeviceDetail, DeviceRegistry, DeviceView, Timeline
 from fleet_server.registry_import import ImportError_, ImportReport, import_registry
 from fleet_server.tasks import Task, TaskError, TaskStatus
 
 
-def _registry(request: Request) -> DeviceRegistry:
+async def _registry(request: Request) -> DeviceRegistry:
     registry: DeviceRegistry = request.app.state.registry
     return registry
 
 
-def _figures(request: Request) -> FleetFigures:
+async def _figures(request: Request) -> FleetFigures:
     figures: FleetFigures = request.app.state.figures
     return figures
 
 
-def _inspector(request: Request) -> Inspector:
+async def _inspector(request: Request) -> Inspector:
     inspector: Inspector = request.app.state.inspector
     return inspector
 
@@ -241,8 +242,18 @@ class FleetSummary(BaseModel):
     open_tasks: int
 
 
-@router.get("/fleet/summary", summary="Devices by state now and the figures of the window against targets")
+# The default summary (the last 24 hours, as every dashboard asks) is computed at most once per
+# this many seconds per process; a window given explicitly is always computed.
+SUMMARY_REUSE_S = 5.0
+
+
+@router.get(
+    "/fleet/summary",
+    summary="Devices by state now and the figures of the window against targets"
+    f" (the default 24-hour window is reused for up to {SUMMARY_REUSE_S:.0f} s)",
+)
 async def fleet_summary(
+    request: Request,
     _: FleetReader,
     registry: RegistryDep,
     figures: FiguresDep,
@@ -251,6 +262,15 @@ async def fleet_summary(
     end: End = None,
 ) -> FleetSummary:
     window = _window(start, end)
+    if start is None and end is None:
+        recent: Recent[FleetSummary] = request.app.state.fleet_summary_recent
+        return await recent.get(lambda: _fleet_summary(registry, figures, inspector, window))
+    return await _fleet_summary(registry, figures, inspector, window)
+
+
+async def _fleet_summary(
+    registry: DeviceRegistry, figures: FleetFigures, inspector: Inspector, window: tuple[datetime, datetime]
+) -> FleetSummary:
     [f] = await figures.compute(*window)
     basic = await registry.summary()
     values = f.model_dump()

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=AUTH_ER
 DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern, description="Device id")]
 
 
-def _remote(request: Request) -> DeviceRemote:
+async def _remote(request: Request) -> DeviceRemote:
     remote: DeviceRemote = request.app.state.remote
     return remote
 

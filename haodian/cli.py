@@ -219,10 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
         "HAODIAN_DATABASE_URL it starts the embedded broker / database.",
     )
     server.add_argument(
-        "--parts", default="fleet,bridge", help="comma-separated: fleet, bridge (default both in one process)"
+        "--parts",
+        default="fleet,bridge",
+        help="comma-separated: fleet (API, pages, inspector, OTA, ingest), bridge, ingest (an extra ingest);"
+        " default fleet,bridge in one process",
+    )
+    server.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes of the given stateless parts (bridge, ingest) sharing the port and the device"
+        " streams; needs HAODIAN_MQTT_URL and HAODIAN_DATABASE_URL (default 1)",
     )
     server.add_argument("--host", default=None, help="HTTP bind address (default HAODIAN_HTTP_HOST or 127.0.0.1)")
     server.add_argument("--port", type=_port, default=None, help="HTTP port (default HAODIAN_HTTP_PORT or 8000)")
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure a scenario: announce, ingest, query, api, connections, agent, codecs, demo",
+        description="Run a benchmark scenario (the same as python -m bench); haodian bench -h lists them.",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     broker = sub.add_parser(
         "broker",
@@ -328,7 +346,11 @@ async def _run_server(args: argparse.Namespace) -> int:
     try:
         parts = {Part(p.strip()) for p in args.parts.split(",") if p.strip()}
     except ValueError:
-        raise SystemExit(f"haodian server: --parts takes fleet and/or bridge, not {args.parts!r}") from None
+        raise SystemExit(f"haodian server: --parts takes fleet, bridge and/or ingest, not {args.parts!r}") from None
+    if not parts:
+        raise SystemExit("haodian server: --parts names no part")
+    if args.workers > 1:
+        return await _run_workers(args, {p.value for p in parts})
     overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["http_host"] = args.host
@@ -351,6 +373,40 @@ async def _run_server(args: argparse.Namespace) -> int:
         print(f"haodian server ({', '.join(sorted(parts))}) on {server.base_url}; broker {endpoint.url()}", flush=True)
         await asyncio.Event().wait()
     return 0
+
+
+async def _run_workers(args: argparse.Namespace, parts: set[str]) -> int:
+    from haodian import workers  # noqa: PLC0415
+    from haodian.settings import Settings  # noqa: PLC0415
+
+    settings = Settings()
+    env = dict(os.environ)
+    try:
+        port, environments = workers.worker_plan(
+            parts=parts, workers=args.workers, port=args.port if args.port is not None else settings.http_port, env=env
+        )
+    except workers.WorkersError as exc:
+        raise SystemExit(f"haodian server: {exc}") from None
+    host = args.host or settings.http_host
+    command = [
+        sys.executable,
+        "-m",
+        "haodian",
+        "--log-level",
+        args.log_level,
+        "server",
+        "--parts",
+        ",".join(sorted(parts)),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    print(f"haodian server ({', '.join(sorted(parts))}) x {args.workers} workers on http://{host}:{port}", flush=True)
+    try:
+        return await workers.supervise(command, environments)
+    except workers.WorkersError as exc:
+        raise SystemExit(f"haodian server: {exc}") from None
 
 
 async def _run_broker(args: argparse.Namespace) -> int:
@@ -582,8 +638,38 @@ async def _until_signalled(command: Coroutine[Any, Any, int]) -> int:
         return 0
 
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def _event_loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the server when it is installed (the server extra brings it): the same code,
+    about half the event loop's CPU per request and message. `HAODIAN_EVENT_LOOP=asyncio` turns
+    it off; the agent and the tools always run on asyncio's own loop."""
+    choice = os.environ.get("HAODIAN_EVENT_LOOP", "auto").strip().lower() or "auto"
+    if choice not in EVENT_LOOPS:
+        raise SystemExit(f"haodian: HAODIAN_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, not {choice!r}")
+    if command != "server" or choice == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional, server-side only
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(
+                "haodian: HAODIAN_EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["bench"]:
+        # Every argument after `bench` is the benchmark's own, -h included.
+        from bench.__main__ import main as bench_main  # noqa: PLC0415 - the benchmarks load heavy parts
+
+        return bench_main(raw[1:])
     args = build_parser().parse_args(argv)
+    loop_factory = _event_loop_factory(args.command)
     from haodian import logs  # noqa: PLC0415
 
     if args.command == "demo":
@@ -592,7 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         logs.configure(json=args.command in {"server", "broker"}, level=args.log_level)
     try:
-        code = asyncio.run(_until_signalled(COMMANDS[args.command](args)))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            code = runner.run(_until_signalled(COMMANDS[args.command](args)))
     except KeyboardInterrupt:
         return 130
     except AgentError as exc:

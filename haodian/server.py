@@ -22,6 +22,7 @@ from typing import Self
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.signing import Signer, decode_public_key, key_id_of
@@ -37,6 +38,7 @@ from fleet_server.inspector import Inspector
 from fleet_server.ota import api as ota_api
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.store import OtaStore
+from fleet_server.recent import Recent
 from fleet_server.registry import DeviceRegistry
 from fleet_server.remote import DeviceRemote
 from fleet_server.telemetry import TelemetryStore
@@ -52,8 +54,15 @@ log = structlog.get_logger(__name__)
 
 
 class Part(StrEnum):
-    FLEET = "fleet"
-    BRIDGE = "bridge"
+    FLEET = "fleet"  # the fleet API and pages, inspector, OTA, remote commands, and an ingest
+    BRIDGE = "bridge"  # payment notifications in, announces out, device acks back
+    INGEST = "ingest"  # only the ingest: more consumers of the device uplink stream
+
+
+# Parts that hold no state of their own and can run in any number of processes at once (their
+# MQTT sessions share the stream with a shared subscription; the HTTP port is shared with
+# SO_REUSEPORT). The fleet part's inspector and OTA conductor are one per fleet.
+STATELESS = frozenset({Part.BRIDGE, Part.INGEST})
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -64,7 +73,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def create_app(parts: set[Part]) -> FastAPI:
+def create_app(parts: set[Part], *, instance: str = "haodian") -> FastAPI:
     app = FastAPI(
         title="Haodian fleet API",
         version="0.1.0",
@@ -87,7 +96,7 @@ def create_app(parts: set[Part]) -> FastAPI:
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, object]:
-        return {"status": "ok", "parts": sorted(parts)}
+        return {"status": "ok", "parts": sorted(parts), "instance": instance}
 
     if Part.FLEET in parts:
         web.mount(app)
@@ -109,7 +118,7 @@ class ServerStack:
         self.endpoint = endpoint
         self.database_url = database_url
         self.keys = keys
-        self.app = create_app(parts)
+        self.app = create_app(parts, instance=settings.mqtt_client_prefix)
         self.ingest: Ingest | None = None
         self.inspector: Inspector | None = None
         self.bridge: PaymentBridge | None = None
@@ -150,32 +159,19 @@ class ServerStack:
         self.app.state.pool = pool
         self.app.state.auth = AuthStore(pool, session_ttl=timedelta(hours=self.settings.session_hours))
         self.app.state.cookie_secure = self.settings.cookie_secure
+        offset = self.settings.fleet_utc_offset_min
+        if self.parts & {Part.FLEET, Part.INGEST}:
+            self.ingest = await self._stack.enter_async_context(self._ingest(pool))
+            self.app.state.ingest_stats = self.ingest.stats
         if Part.FLEET in self.parts:
-            offset = self.settings.fleet_utc_offset_min
             self.app.state.registry = DeviceRegistry(pool)
             self.app.state.figures = FleetFigures(pool, fleet_utc_offset_min=offset)
+            self.app.state.fleet_summary_recent = Recent[fleet_api.FleetSummary](fleet_api.SUMMARY_REUSE_S)
             self.app.state.telemetry = telemetry
-            self.ingest = await self._stack.enter_async_context(
-                Ingest(
-                    pool,
-                    self.endpoint,
-                    client_id=f"{prefix}-ingest",
-                    batch_size=self.settings.ingest_batch_size,
-                    flush_s=self.settings.ingest_flush_s,
-                    policy=IngestPolicy(utc_offset_min=offset, cell_learning_days=self.settings.cell_learning_days),
-                    ack_after_commit=(
-                        self.settings.ingest_ack_after_commit
-                        if self.settings.ingest_ack_after_commit is not None
-                        else self.settings.mqtt_url is not None
-                    ),
-                    share_group=_share(self.settings.mqtt_share_group, "ingest"),
-                )
-            )
             self.inspector = await self._stack.enter_async_context(
                 Inspector(pool, self.settings.inspection, telemetry=telemetry, fleet_utc_offset_min=offset)
             )
             self.app.state.inspector = self.inspector
-            self.app.state.ingest_stats = self.ingest.stats
             self.app.state.ota_store = OtaStore(
                 pool, self.settings.ota_artifacts_dir or self.settings.data_dir / "ota-artifacts"
             )
@@ -194,45 +190,14 @@ class ServerStack:
         if Part.BRIDGE in self.parts:
             store = PaymentStore(pool)
             self.app.state.payment_store = store
-            self.bridge = await self._stack.enter_async_context(
-                PaymentBridge(
-                    store,
-                    self.endpoint,
-                    Signer(self.keys.signing_key),
-                    self.keys.backend_public_key,
-                    client_id=f"{prefix}-bridge",
-                    ttl_s=self.settings.announce_ttl_s,
-                    ack_timeout_s=self.settings.ack_timeout_s,
-                    platform_keys=PlatformKeys(
-                        alipay_public_key_file=self.settings.alipay_public_key_file,
-                        wechatpay_keys_dir=self.settings.wechatpay_keys_dir,
-                        wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
-                    ),
-                    share_group=_share(self.settings.mqtt_share_group, "bridge"),
-                )
-            )
+            self.bridge = await self._stack.enter_async_context(self._bridge(store))
             self.app.state.bridge = self.bridge
             if self.settings.backend_webhook_url:
                 await self._stack.enter_async_context(
                     WebhookSender(pool, self.settings.backend_webhook_url, Signer(self.keys.signing_key))
                 )
         await self._wait_broker()
-        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they
-        # are TCP. Without it every keep-alive response waited for the client's delayed ACK
-        # (Nagle): 40-45 ms on each API answer, 5 ms with it (bench bridge, issue 6).
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((self.settings.http_host, self.settings.http_port))
-        self._stack.callback(self._socket.close)
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
-        self._http = _EmbeddedUvicorn(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
-        self._stack.push_async_callback(self._stop_http)
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise RuntimeError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.02)
+        await self._start_http()
         if Part.FLEET in self.parts:
             # After the HTTP server: offers name it as the place to download artifacts from.
             self.ota = await self._stack.enter_async_context(
@@ -249,6 +214,63 @@ class ServerStack:
             self.app.state.ota_conductor = self.ota
             await self.ota.wait_connected(30)
         log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
+
+    def _ingest(self, pool: AsyncConnectionPool) -> Ingest:
+        return Ingest(
+            pool,
+            self.endpoint,
+            client_id=f"{self.settings.mqtt_client_prefix}-ingest",
+            batch_size=self.settings.ingest_batch_size,
+            flush_s=self.settings.ingest_flush_s,
+            policy=IngestPolicy(
+                utc_offset_min=self.settings.fleet_utc_offset_min, cell_learning_days=self.settings.cell_learning_days
+            ),
+            ack_after_commit=(
+                self.settings.ingest_ack_after_commit
+                if self.settings.ingest_ack_after_commit is not None
+                else self.settings.mqtt_url is not None
+            ),
+            share_group=_share(self.settings.mqtt_share_group, "ingest"),
+        )
+
+    async def _start_http(self) -> None:
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they
+        # are TCP. Without it every keep-alive response waited for the client's delayed ACK
+        # (Nagle): 40-45 ms on each API answer, 5 ms with it (bench bridge, issue 6).
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.settings.http_reuse_port:
+            # Workers of `haodian server --workers N` all listen on one port; the kernel spreads
+            # the connections over them.
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._socket.bind((self.settings.http_host, self.settings.http_port))
+        self._stack.callback(self._socket.close)
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
+        self._stack.push_async_callback(self._stop_http)
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+
+    def _bridge(self, store: PaymentStore) -> PaymentBridge:
+        return PaymentBridge(
+            store,
+            self.endpoint,
+            Signer(self.keys.signing_key),
+            self.keys.backend_public_key,
+            client_id=f"{self.settings.mqtt_client_prefix}-bridge",
+            ttl_s=self.settings.announce_ttl_s,
+            ack_timeout_s=self.settings.ack_timeout_s,
+            platform_keys=PlatformKeys(
+                alipay_public_key_file=self.settings.alipay_public_key_file,
+                wechatpay_keys_dir=self.settings.wechatpay_keys_dir,
+                wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
+            ),
+            share_group=_share(self.settings.mqtt_share_group, "bridge"),
+        )
 
     @property
     def auth(self) -> AuthStore:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Listen with SO_REUSEPORT, so several server processes share the port (set for each worker
+    # by `haodian server --workers N`).
+    http_reuse_port: bool = False
     # Server Ed25519 key signing announces (raw 32 bytes, base64, in a file). In development a
     # missing key is generated in data_dir; production refuses to start without one.
     signing_key_file: Path | None = None

@@ -8,8 +8,7 @@ of the same notification finds the payment already there and announces nothing t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +30,22 @@ class Recorded:
     payment_id: str
     is_new: bool
     device_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class NewPayment:
+    """A verified notification on its way to the database."""
+
+    notice: PaymentNotice
+    source: str
+    received_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    ack: Ack
+    acked_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,34 +149,42 @@ class PaymentStore:
     async def record_payment(
         self, notice: PaymentNotice, *, source: str, received_at: datetime, ttl: timedelta
     ) -> Recorded:
-        """Durably record a payment and its deliveries; idempotent by payment id.
+        """Durably record one payment and its deliveries; see `record_payments`."""
+        (recorded,) = await self.record_payments([NewPayment(notice, source, received_at, received_at + ttl)])
+        return recorded
+
+    async def record_payments(self, payments: Sequence[NewPayment]) -> list[Recorded]:
+        """Durably record payments and their deliveries, idempotent by payment id; one answer
+        per payment, in order. Each payment id at most once per call (the coalescer sees to it).
 
         A payment recorded without an announcement (Alipay's WAIT_BUYER_PAY) is taken again by
         the first notification of the same trade that announces; anything later is a repeat.
-        One statement, so one round trip and one commit on the notification's path."""
-        kind = notice.kind.value if notice.kind else "none"
+        One statement for the whole batch: one round trip and one commit however many there are."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                _RECORD_PAYMENT,
+                _RECORD_PAYMENTS,
                 {
-                    "payment_id": notice.payment_id,
-                    "source": source,
-                    "notify_id": notice.notify_id,
-                    "merchant_id": notice.merchant_id,
-                    "amount_fen": notice.amount_fen,
-                    "channel": notice.channel.value,
-                    "kind": kind,
-                    "status": notice.status,
-                    "paid_at": notice.paid_at,
-                    "received_at": received_at,
-                    "raw": notice.raw,
-                    "expires_at": received_at + ttl,
+                    "payment_id": [p.notice.payment_id for p in payments],
+                    "source": [p.source for p in payments],
+                    "notify_id": [p.notice.notify_id for p in payments],
+                    "merchant_id": [p.notice.merchant_id for p in payments],
+                    "amount_fen": [p.notice.amount_fen for p in payments],
+                    "channel": [p.notice.channel.value for p in payments],
+                    "kind": [p.notice.kind.value if p.notice.kind else "none" for p in payments],
+                    "status": [p.notice.status for p in payments],
+                    "paid_at": [p.notice.paid_at for p in payments],
+                    "received_at": [p.received_at for p in payments],
+                    "raw": [p.notice.raw for p in payments],
+                    "expires_at": [p.expires_at for p in payments],
                 },
             )
-            row = await cur.fetchone()
-        if row is None or not row[0]:
-            return Recorded(notice.payment_id, is_new=False, device_ids=[])
-        return Recorded(notice.payment_id, is_new=True, device_ids=list(row[1] or []))
+            taken = {row[0]: list(row[1] or []) for row in await cur.fetchall()}
+        return [
+            Recorded(
+                p.notice.payment_id, is_new=p.notice.payment_id in taken, device_ids=taken.get(p.notice.payment_id, [])
+            )
+            for p in payments
+        ]
 
     async def mark_published(self, payment_id: str, device_id: str, at: datetime) -> None:
         async with self._pool.connection() as conn:
@@ -172,37 +195,42 @@ class PaymentStore:
             )
 
     async def record_ack(self, ack: Ack, acked_at: datetime) -> bool:
-        """Record a device's ack; False if no such delivery exists (stray or forged ack)."""
-        play_started = (
-            datetime.fromtimestamp(ack.play_started_at / 1000, tz=acked_at.tzinfo) if ack.play_started_at else None
-        )
-        unheard = ack.status.value not in DELIVERED
-        async with self._pool.connection() as conn, conn.transaction() if unheard else nullcontext():
-            # An ack that may conclude "not announced" commits its event with it; a played one
-            # (nearly all of them) stays one statement.
-            # The first answer sets the status, except that "played" always wins: a late played
-            # ack (flushed from a device's outbox) beats the "missed" we concluded meanwhile.
-            takes = "(status IN ('pending', 'missed') OR (%(status)s = 'played' AND status <> 'played'))"
+        """Record one device ack; see `record_acks`."""
+        (known,) = await self.record_acks([AckReceived(ack, acked_at)])
+        return known
+
+    async def record_acks(self, acks: Sequence[AckReceived]) -> list[bool]:
+        """Record devices' acks, in one statement and one commit; for each, False if no such
+        delivery exists (a stray or forged ack). Each (payment, device) at most once per call.
+
+        The first answer sets the status, except that "played" always wins: a late played ack
+        (flushed from a device's outbox) beats the "missed" concluded meanwhile. An ack that
+        may conclude "not announced" queues that event in the same transaction."""
+
+        def started(ack: Ack, at: datetime) -> datetime | None:
+            return datetime.fromtimestamp(ack.play_started_at / 1000, tz=at.tzinfo) if ack.play_started_at else None
+
+        async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "UPDATE deliveries SET acks = acks + 1,"  # noqa: S608 - `takes` is a constant.
-                f" status = CASE WHEN {takes} THEN %(status)s ELSE status END,"
-                f" acked_at = CASE WHEN {takes} THEN %(acked_at)s ELSE acked_at END,"
-                " play_started_at = COALESCE(play_started_at, %(play_started)s),"
-                " text = COALESCE(text, %(text)s), reason = COALESCE(reason, %(reason)s)"
-                " WHERE payment_id = %(payment_id)s AND device_id = %(device_id)s",
+                _RECORD_ACKS,
                 {
-                    "status": ack.status.value,
-                    "acked_at": acked_at,
-                    "play_started": play_started,
-                    "text": ack.text,
-                    "reason": ack.reason,
-                    "payment_id": ack.payment_id,
-                    "device_id": ack.device_id,
+                    "payment_id": [a.ack.payment_id for a in acks],
+                    "device_id": [a.ack.device_id for a in acks],
+                    "status": [a.ack.status.value for a in acks],
+                    "acked_at": [a.acked_at for a in acks],
+                    "play_started": [started(a.ack, a.acked_at) for a in acks],
+                    "text": [a.ack.text for a in acks],
+                    "reason": [a.ack.reason for a in acks],
                 },
             )
-            if cur.rowcount == 1 and unheard:
-                await _flag_not_announced(conn, [ack.payment_id], reason=ack.status.value)
-            return cur.rowcount == 1
+            known = {(row[0], row[1]) for row in await cur.fetchall()}
+            unheard: dict[str, list[str]] = {}
+            for a in acks:
+                if a.ack.status.value not in DELIVERED and (a.ack.payment_id, a.ack.device_id) in known:
+                    unheard.setdefault(a.ack.status.value, []).append(a.ack.payment_id)
+            for reason, payment_ids in unheard.items():
+                await _flag_not_announced(conn, payment_ids, reason=reason)
+        return [(a.ack.payment_id, a.ack.device_id) in known for a in acks]
 
     async def due_for_retry(self, *, now: datetime, ack_timeout: timedelta, limit: int = 500) -> list[PendingDelivery]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -351,16 +379,26 @@ class PaymentStore:
             return [NotAnnounced.model_validate(row) for row in await cur.fetchall()]
 
 
-# A new payment (or one taken again, see record_payment), its deliveries to the devices bound to
-# its merchant if it announces, and the not-announced event if it announces to nobody, in one
-# statement. The first publish follows at once: attempts starts at 1 and last_published_at at the
-# time of receipt, so the retry loop leaves the delivery alone until the ack timeout has passed.
-_RECORD_PAYMENT = """
-WITH p AS (
+# New payments (or ones taken again, see record_payments), their deliveries to the devices bound
+# to their merchants if they announce, and the not-announced event for any that announces to
+# nobody, in one statement. The first publish follows at once: attempts starts at 1 and
+# last_published_at at the time of receipt, so the retry loop leaves the delivery alone until the
+# ack timeout has passed. Answers one row per payment taken: (payment_id, its device ids).
+_RECORD_PAYMENTS = """
+WITH n AS (
+    SELECT * FROM unnest(%(payment_id)s::text[], %(source)s::text[], %(notify_id)s::text[],
+                         %(merchant_id)s::text[], %(amount_fen)s::bigint[], %(channel)s::text[], %(kind)s::text[],
+                         %(status)s::text[], %(paid_at)s::timestamptz[], %(received_at)s::timestamptz[],
+                         %(raw)s::text[], %(expires_at)s::timestamptz[])
+        AS n (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at,
+              raw, expires_at)
+),
+p AS (
     INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at,
                           received_at, raw)
-    VALUES (%(payment_id)s, %(source)s, %(notify_id)s, %(merchant_id)s, %(amount_fen)s, %(channel)s, %(kind)s,
-            %(status)s, %(paid_at)s, %(received_at)s, %(raw)s)
+    SELECT payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at,
+           raw::jsonb
+    FROM n
     ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,
         status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,
         received_at = EXCLUDED.received_at, raw = EXCLUDED.raw
@@ -369,19 +407,37 @@ WITH p AS (
 ),
 d AS (
     INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at, attempts)
-    SELECT p.payment_id, b.device_id, %(expires_at)s, %(received_at)s, 1
-    FROM p JOIN bindings b ON b.merchant_id = %(merchant_id)s
+    SELECT p.payment_id, b.device_id, n.expires_at, n.received_at, 1
+    FROM p JOIN n USING (payment_id) JOIN bindings b ON b.merchant_id = n.merchant_id
     WHERE p.kind <> 'none'
-    ORDER BY b.device_id
-    RETURNING device_id
+    ORDER BY p.payment_id, b.device_id
+    RETURNING payment_id, device_id
 ),
 e AS (
     INSERT INTO payment_events (payment_id, event, reason)
     SELECT p.payment_id, 'not_announced', 'no_bound_device' FROM p
-    WHERE p.kind <> 'none' AND NOT EXISTS (SELECT 1 FROM d)
+    WHERE p.kind <> 'none' AND NOT EXISTS (SELECT 1 FROM d WHERE d.payment_id = p.payment_id)
     ON CONFLICT (payment_id, event) DO NOTHING
 )
-SELECT EXISTS (SELECT 1 FROM p), (SELECT array_agg(device_id ORDER BY device_id) FROM d)
+SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d WHERE d.payment_id = p.payment_id)
+FROM p
+"""
+
+# Devices' acks onto their deliveries; answers (payment_id, device_id) of each delivery found.
+# An ack takes the delivery when it is still open, or when it says played and nothing did before.
+_RECORD_ACKS = """
+UPDATE deliveries d SET acks = d.acks + 1,
+    status = CASE WHEN d.status IN ('pending', 'missed') OR (a.status = 'played' AND d.status <> 'played')
+             THEN a.status ELSE d.status END,
+    acked_at = CASE WHEN d.status IN ('pending', 'missed') OR (a.status = 'played' AND d.status <> 'played')
+               THEN a.acked_at ELSE d.acked_at END,
+    play_started_at = COALESCE(d.play_started_at, a.play_started),
+    text = COALESCE(d.text, a.text), reason = COALESCE(d.reason, a.reason)
+FROM unnest(%(payment_id)s::text[], %(device_id)s::text[], %(status)s::text[], %(acked_at)s::timestamptz[],
+            %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[])
+    AS a (payment_id, device_id, status, acked_at, play_started, text, reason)
+WHERE d.payment_id = a.payment_id AND d.device_id = a.device_id
+RETURNING d.payment_id, d.device_id
 """
 
 

@@ -31,7 +31,7 @@ _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
 
 
-def auth_store(request: Request) -> AuthStore:
+async def auth_store(request: Request) -> AuthStore:
     store: AuthStore = request.app.state.auth
     return store
 
@@ -68,7 +68,7 @@ class Audit:
         )
 
 
-def _audit(request: Request, store: AuthDep) -> Audit:
+async def _audit(request: Request, store: AuthDep) -> Audit:
     return Audit(request, store)
 
 
@@ -185,7 +185,7 @@ def within_reach(principal: Principal, *, store_id: str | None, merchant_id: str
     return stores is None or (store_id is not None and store_id in stores)
 
 
-def _reach(request: Request, audit: AuditDep) -> Reach:
+async def _reach(request: Request, audit: AuditDep) -> Reach:
     return Reach(request, audit)
 
 

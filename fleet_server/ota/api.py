@@ -30,12 +30,12 @@ _STATUS = {
 }
 
 
-def _store(request: Request) -> OtaStore:
+async def _store(request: Request) -> OtaStore:
     store: OtaStore = request.app.state.ota_store
     return store
 
 
-def _release_keys(request: Request) -> Mapping[str, Ed25519PublicKey]:
+async def _release_keys(request: Request) -> Mapping[str, Ed25519PublicKey]:
     keys: Mapping[str, Ed25519PublicKey] = request.app.state.ota_release_keys
     return keys
 
@@ -135,7 +135,7 @@ class NewCampaign(BaseModel):
     policy: CampaignPolicy = CampaignPolicy()
 
 
-def _conductor(request: Request) -> OtaConductor | None:
+async def _conductor(request: Request) -> OtaConductor | None:
     conductor: OtaConductor | None = getattr(request.app.state, "ota_conductor", None)
     return conductor
 

@@ -71,8 +71,31 @@ def test_bad_amount_for_pay_is_explained(tmp_path):
 
 
 def test_server_parts_are_checked():
-    with pytest.raises(SystemExit, match="--parts takes fleet and/or bridge"):
+    with pytest.raises(SystemExit, match="--parts takes fleet, bridge and/or ingest"):
         main(["server", "--parts", "fleet,bogus"])
+
+
+def test_server_workers_refuse_the_fleet_part_and_embedded_services(monkeypatch):
+    monkeypatch.delenv("HAODIAN_MQTT_URL", raising=False)
+    monkeypatch.delenv("HAODIAN_DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit, match="run fleet once"):
+        main(["server", "--parts", "fleet,bridge", "--workers", "2"])
+    with pytest.raises(SystemExit, match="needs a broker and a database the workers share"):
+        main(["server", "--parts", "bridge", "--workers", "2"])
+
+
+def test_event_loop_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("HAODIAN_EVENT_LOOP", "tokio")
+    with pytest.raises(SystemExit, match="HAODIAN_EVENT_LOOP must be one of auto, uvloop, asyncio"):
+        main(["server"])
+
+
+def test_bench_takes_its_own_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "-h"])
+    assert "announce" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--rate must be positive"):
+        main(["bench", "announce", "--rate", "-5"])
 
 
 def test_bad_configuration_names_the_variable(monkeypatch, capsys):

@@ -1,0 +1,275 @@
+"""`agent`: one `haodian agent run` process at rest (memory, CPU), then its announce path.
+
+The agent runs as its own process, as on a device: from a virtual environment holding only the
+agent's own dependencies (`pip install .`, no server or development extras, made once under
+`.haodian/bench/agent-venv`), with voice clips to WAV files, a simulated modem and the default
+60 s health interval, connected to a broker: the machine's Mosquitto when it
+answers on 127.0.0.1:1883, else an embedded amqtt broker started in a second process. After a
+warm-up, CPU is the process's own user+system ticks over the window (from /proc/<pid>/stat) and
+memory is VmRSS and the proportional set size (from /proc/<pid>/smaps_rollup) at the end; also
+the peak (VmHWM).
+
+Then the announce path: ANNOUNCES announces signed with the key the agent trusts are published
+to it one by one, PACE_S apart (so none waits behind another's audio), and each one's ack read
+back: publish -> playback start (the agent's own `play_started_at`: verify, dedup on disk,
+render the words, start the sink) and the agent's CPU per announce (its ticks over the burst,
+less the idle rate). The ceiling: the same broker's hop with a minimal client (publish ->
+receipt of a message of the same size).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.stats import fmt, percentiles
+from firmware_protocols import topics
+from firmware_protocols.messages import Ack, AckStatus, Announce, Channel
+from firmware_protocols.signing import Signer, encode_public_key
+from haodian.embedded import free_port
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+ANNOUNCES = 40
+PACE_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    broker: str
+    warmup_s: float
+    window_s: float
+    rss_kb: int
+    pss_kb: int | None
+    peak_rss_kb: int
+    cpu_pct: float
+    python: str
+    announces: int
+    played: int
+    announce_to_play_ms: dict[str, float | None]
+    cpu_ms_per_announce: float
+    ceiling_broker_hop_ms: dict[str, float | None]
+
+    def lines(self) -> list[str]:
+        return [
+            f"broker: {self.broker}; the agent runs on Python {self.python} with only its own dependencies",
+            f"idle: RSS {self.rss_kb / 1024:.1f} MB, PSS {(self.pss_kb or 0) / 1024:.1f} MB,"
+            f" peak RSS {self.peak_rss_kb / 1024:.1f} MB, CPU {self.cpu_pct:.2f} % of one core over {self.window_s} s",
+            f"announce path: {self.played}/{self.announces} played; publish -> playback start (ms):"
+            f" {fmt(self.announce_to_play_ms)}",
+            f"announce path CPU: {self.cpu_ms_per_announce:.2f} ms per announce (agent process, idle rate taken off)",
+            f"ceiling, the same broker's hop with a minimal client (ms): {fmt(self.ceiling_broker_hop_ms)}",
+        ]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _pss_kb(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return None
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+AGENT_VENV = Path(".haodian/bench/agent-venv")
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def agent_python() -> Path:
+    """The Python of a device-like install: the project with its base dependencies only."""
+    python = AGENT_VENV / "bin" / "python"
+    stamp = AGENT_VENV / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (PROJECT / "pyproject.toml").stat().st_mtime:
+        print(f"making {AGENT_VENV} with the agent's dependencies only (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(AGENT_VENV)], check=True)  # noqa: S603
+        subprocess.run(  # noqa: S603 - pip on our own project
+            [str(python), "-m", "pip", "install", "--quiet", str(PROJECT)], check=True, stderr=subprocess.DEVNULL
+        )
+        stamp.touch()
+    return python
+
+
+def _client(port: int, name: str) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
+    client.username_pw_set(name)
+    client.connect("127.0.0.1", port)
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
+def _announce_burst(port: int, device: str, signer: Signer) -> list[float]:
+    """Publish ANNOUNCES signed announces to the agent, PACE_S apart; publish -> playback start
+    (ms) of each one acked as played."""
+    sent: dict[str, float] = {}
+    played: list[float] = []
+    done = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            ack = Ack.model_validate_json(message.payload)
+            if ack.status is AckStatus.PLAYED and ack.payment_id in sent and ack.play_started_at:
+                played.append(ack.play_started_at - sent[ack.payment_id])
+        if len(played) >= ANNOUNCES:
+            done.set()
+
+    client = _client(port, f"bench-agent-server-{device}")
+    client.on_message = on_message
+    client.subscribe(topics.up(device, topics.Up.ACK), qos=1)
+    client.loop_start()
+    try:
+        time.sleep(0.5)
+        for n in range(ANNOUNCES):
+            now = int(time.time() * 1000)
+            payment_id = f"PB{device}{n:04d}"
+            announce = signer.sign(
+                Announce(
+                    device_id=device, ts=now, payment_id=payment_id, amount_fen=1250 + n, channel=Channel.WECHAT,
+                    paid_at=now, issued_at=now, ttl_s=120, key_id=signer.key_id,
+                )
+            )  # fmt: skip
+            sent[payment_id] = time.time() * 1000
+            client.publish(topics.down(device, topics.Down.ANNOUNCE), announce.to_json(), qos=1)
+            time.sleep(PACE_S)
+        done.wait(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return played
+
+
+def _broker_hop(port: int, count: int = 200) -> dict[str, float | None]:
+    hops: list[float] = []
+    sub, pub = _client(port, "bench-agent-hop-sub"), _client(port, "bench-agent-hop-pub")
+    sub.on_message = lambda _c, _u, m: hops.append((time.perf_counter() - float(m.payload[:20])) * 1000)
+    sub.subscribe("bench/agent-hop", qos=1)
+    sub.loop_start()
+    pub.loop_start()
+    try:
+        time.sleep(0.5)
+        for _ in range(count):
+            pub.publish("bench/agent-hop", f"{time.perf_counter():<20.9f}".encode() + b"x" * 430, qos=1)
+            time.sleep(0.01)
+        time.sleep(1)
+    finally:
+        for c in (sub, pub):
+            c.loop_stop()
+            c.disconnect()
+    return percentiles(hops)
+
+
+def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
+    python = agent_python()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        if _port_open(1883):
+            broker, port = "mosquitto 127.0.0.1:1883", 1883
+        else:
+            port = free_port()
+            processes.append(
+                subprocess.Popen(  # noqa: S603 - our own command
+                    [sys.executable, "-m", "haodian", "broker", "--port", str(port)], stdout=subprocess.DEVNULL
+                )
+            )
+            broker = f"embedded amqtt 127.0.0.1:{port}"
+            for _ in range(100):
+                if _port_open(port):
+                    break
+                time.sleep(0.1)
+        with tempfile.TemporaryDirectory(prefix="haodian-footprint-") as tmp:
+            server_key = Ed25519PrivateKey.generate()
+            key = encode_public_key(server_key.public_key())
+            device = "FOOT" + base64.b32encode(os.urandom(5)).decode()
+            agent = subprocess.Popen(  # noqa: S603 - our own command
+                [
+                    str(python),
+                    "-m",
+                    "haodian",
+                    "--log-level",
+                    "WARNING",
+                    "agent",
+                    "run",
+                    "--device-id",
+                    device,
+                    "--broker-url",
+                    f"mqtt://127.0.0.1:{port}",
+                    "--server-key",
+                    key,
+                    "--state-dir",
+                    tmp,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            processes.append(agent)
+            time.sleep(warmup_s)
+            if agent.poll() is not None:
+                raise RuntimeError(f"the agent exited with {agent.returncode} during warm-up")
+            start_ticks, start = _cpu_ticks(agent.pid), time.monotonic()
+            time.sleep(window_s)
+            ticks, elapsed = _cpu_ticks(agent.pid) - start_ticks, time.monotonic() - start
+            rss_kb, pss_kb, peak_kb = _status_kb(agent.pid, "VmRSS"), _pss_kb(agent.pid), _status_kb(agent.pid, "VmHWM")
+            idle_ticks_per_s = ticks / elapsed
+            burst_ticks, burst_s = _cpu_ticks(agent.pid), time.monotonic()
+            played = _announce_burst(port, device, Signer(server_key))
+            burst_ticks, burst_s = _cpu_ticks(agent.pid) - burst_ticks, time.monotonic() - burst_s
+            busy_s = max(0.0, burst_ticks - idle_ticks_per_s * burst_s) / TICKS_PER_S
+            result = Footprint(
+                broker=broker,
+                warmup_s=warmup_s,
+                window_s=round(elapsed, 1),
+                rss_kb=rss_kb,
+                pss_kb=pss_kb,
+                peak_rss_kb=peak_kb,
+                cpu_pct=round(100.0 * ticks / TICKS_PER_S / elapsed, 2),
+                python=sys.version.split()[0],
+                announces=ANNOUNCES,
+                played=len(played),
+                announce_to_play_ms=percentiles(played),
+                cpu_ms_per_announce=busy_s * 1000 / max(len(played), 1),
+                ceiling_broker_hop_ms=_broker_hop(port),
+            )
+            agent.terminate()
+            agent.wait(10)
+            return result
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
