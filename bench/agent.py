@@ -19,6 +19,7 @@ receipt of a message of the same size).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -35,6 +36,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.env import broker_hop
 from bench.stats import fmt, percentiles
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce, Channel
@@ -173,26 +175,6 @@ def _announce_burst(port: int, device: str, signer: Signer) -> list[float]:
     return played
 
 
-def _broker_hop(port: int, count: int = 200) -> dict[str, float | None]:
-    hops: list[float] = []
-    sub, pub = _client(port, "bench-agent-hop-sub"), _client(port, "bench-agent-hop-pub")
-    sub.on_message = lambda _c, _u, m: hops.append((time.perf_counter() - float(m.payload[:20])) * 1000)
-    sub.subscribe("bench/agent-hop", qos=1)
-    sub.loop_start()
-    pub.loop_start()
-    try:
-        time.sleep(0.5)
-        for _ in range(count):
-            pub.publish("bench/agent-hop", f"{time.perf_counter():<20.9f}".encode() + b"x" * 430, qos=1)
-            time.sleep(0.01)
-        time.sleep(1)
-    finally:
-        for c in (sub, pub):
-            c.loop_stop()
-            c.disconnect()
-    return percentiles(hops)
-
-
 def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
     python = agent_python()
     processes: list[subprocess.Popen[bytes]] = []
@@ -261,7 +243,7 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
                 played=len(played),
                 announce_to_play_ms=percentiles(played),
                 cpu_ms_per_announce=busy_s * 1000 / max(len(played), 1),
-                ceiling_broker_hop_ms=_broker_hop(port),
+                ceiling_broker_hop_ms=asyncio.run(broker_hop(port, rate=100, seconds=2)),
             )
             agent.terminate()
             agent.wait(10)

@@ -22,8 +22,6 @@ durable commit (one-row INSERT, autocommit) on the same database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -42,8 +40,8 @@ import psycopg
 import uvloop
 from psycopg_pool import AsyncConnectionPool
 
-from bench.env import BenchError, Broker, BrokerKind, Database, DatabaseKind, broker, database, nodelay
-from bench.http import offer
+from bench.env import BenchError, Broker, BrokerKind, Database, DatabaseKind, broker, broker_hop, database, nodelay
+from bench.http import offer, wait_http
 from bench.stats import fmt, percentiles, process_tree_cpu_s
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce
@@ -216,7 +214,7 @@ async def measure_announce(
                 token = await AuthStore(pool).service_token("bench-backend", Role.BACKEND)
                 commit_ms = await _commit_ceiling(pool)
             print(f"ceiling: raw broker hop at {rate:,.0f}/s for {min(CEILING_S, duration_s):.0f} s", flush=True)
-            hop_ceiling = await _broker_ceiling(mqtt.port, rate, min(CEILING_S, duration_s))
+            hop_ceiling = await broker_hop(mqtt.port, rate, min(CEILING_S, duration_s))
             port = free_port()
             env = {
                 **os.environ,
@@ -261,60 +259,9 @@ async def _commit_ceiling(pool: AsyncConnectionPool) -> dict[str, float | None]:
     return percentiles(times)
 
 
-async def _broker_ceiling(port: int, rate: float, seconds: float) -> dict[str, float | None]:
-    """A minimal publisher and subscriber on the same broker: announce-sized QoS 1 messages at
-    `rate`, publish -> receipt in ms. What the broker hop costs with nothing of ours in it."""
-    quiet = logging.getLogger("bench.ceiling")
-    quiet.setLevel(logging.ERROR)
-    payload_pad = "x" * 420  # an announce is about 450 bytes
-    hops: list[float] = []
-    total = int(rate * seconds)
-    done = asyncio.Event()
-    async with (
-        aiomqtt.Client("127.0.0.1", port, identifier="bench-ceiling-sub", username="bench-ceiling-sub",
-                       logger=quiet, socket_options=nodelay(), max_inflight_messages=1000) as sub,
-        aiomqtt.Client("127.0.0.1", port, identifier="bench-ceiling-pub", username="bench-ceiling-pub",
-                       logger=quiet, socket_options=nodelay(), max_inflight_messages=1000) as pub,
-    ):  # fmt: skip
-        await sub.subscribe("bench/ceiling/#", qos=1)
-
-        async def receive() -> None:
-            async for message in sub.messages:
-                payload = message.payload if isinstance(message.payload, bytes | bytearray) else b"{}"
-                hops.append((time.perf_counter() - json.loads(payload)["t"]) * 1000)
-                if len(hops) >= total:
-                    done.set()
-
-        receiver = asyncio.create_task(receive())
-        started = time.perf_counter()
-        for n in range(total):
-            delay = started + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body = json.dumps({"t": time.perf_counter(), "pad": payload_pad})
-            pub._client.publish(f"bench/ceiling/{n % 1000}", body, qos=1)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 10)
-        receiver.cancel()
-    return percentiles(hops)
-
-
 async def _wait_up(port: int, bridges: int, ready: Event) -> None:
-    """Every worker answering (each new connection may land on another), and the farm connected."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    seen: set[str] = set()
-    while len(seen) < bridges:
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-                answer = await client.get("/healthz")
-                if answer.status_code == 200:
-                    seen.add(str(answer.json().get("instance")))
-        except httpx.HTTPError:
-            await asyncio.sleep(0.2)
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{bridges - len(seen)} bridge process(es) did not start; see bridge.log in the data folder"
-            )
+    """Every bridge process answering, and the farm connected."""
+    await wait_http(port, instances=bridges, timeout_s=START_TIMEOUT_S)
     if not await asyncio.to_thread(ready.wait, START_TIMEOUT_S):
         raise BenchError("the device farm did not connect")
 

@@ -17,15 +17,12 @@ import os
 import random
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
-
-from bench.env import BenchError, BrokerKind, DatabaseKind, broker, database
-from bench.http import Offered, Request, offer
+from bench.env import BrokerKind, DatabaseKind, broker, database
+from bench.http import Offered, Request, offer, wait_http
 from bench.stats import fmt, percentiles, process_tree_cpu_s
 from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
@@ -108,24 +105,11 @@ async def measure_api(
                 stderr=(Path(folder) / "server.log").open("wb"),
             )  # fmt: skip
             try:
-                await _wait_up(port)
+                await wait_http(port)
                 return await _load(port, server.pid, ids, token, rate, duration_s, mqtt.description, db.description)
             finally:
                 server.terminate()
                 await server.wait()
-
-
-async def _wait_up(port: int) -> None:
-    deadline = time.monotonic() + 90
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.3)
-    raise BenchError("the fleet server did not start; see server.log")
 
 
 async def _load(

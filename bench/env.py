@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import platform
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import aiomqtt
 import psycopg
 from psycopg import sql
 
+from bench.stats import percentiles
 from haodian.embedded import EmbeddedDatabase, free_port
 from simulators.mosquitto import MosquittoError, PrivateMosquitto
 
@@ -202,6 +207,45 @@ async def fresh_database(admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
     finally:
         async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as conn:
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def broker_hop(port: int, rate: float, seconds: float) -> dict[str, float | None]:
+    """The ceiling of a broker hop: a minimal publisher and subscriber on the broker at `port`,
+    announce-sized QoS 1 messages at `rate` for `seconds`; publish -> receipt in ms, with
+    nothing of ours in the way."""
+    quiet = logging.getLogger("bench.ceiling")
+    quiet.setLevel(logging.ERROR)
+    payload_pad = "x" * 420  # an announce is about 450 bytes
+    hops: list[float] = []
+    total = int(rate * seconds)
+    done = asyncio.Event()
+    async with (
+        aiomqtt.Client("127.0.0.1", port, identifier="bench-ceiling-sub", username="bench-ceiling-sub",
+                       logger=quiet, socket_options=nodelay(), max_inflight_messages=1000) as sub,
+        aiomqtt.Client("127.0.0.1", port, identifier="bench-ceiling-pub", username="bench-ceiling-pub",
+                       logger=quiet, socket_options=nodelay(), max_inflight_messages=1000) as pub,
+    ):  # fmt: skip
+        await sub.subscribe("bench/ceiling/#", qos=1)
+
+        async def receive() -> None:
+            async for message in sub.messages:
+                payload = message.payload if isinstance(message.payload, bytes | bytearray) else b"{}"
+                hops.append((time.perf_counter() - json.loads(payload)["t"]) * 1000)
+                if len(hops) >= total:
+                    done.set()
+
+        receiver = asyncio.create_task(receive())
+        started = time.perf_counter()
+        for n in range(total):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = json.dumps({"t": time.perf_counter(), "pad": payload_pad})
+            pub._client.publish(f"bench/ceiling/{n % 1000}", body, qos=1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 10)
+        receiver.cancel()
+    return percentiles(hops)
 
 
 def nodelay() -> tuple[tuple[int, int, int], ...]:

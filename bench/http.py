@@ -8,7 +8,32 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import httpx
+
+from bench.env import BenchError
+
 Request = tuple[str, str, bytes, dict[str, str]]  # method, path, body, headers
+
+
+async def wait_http(port: int, *, instances: int = 1, timeout_s: float = 90.0) -> None:
+    """Until `instances` server processes answer `/healthz` on `port` (each new connection may
+    land on another worker); `BenchError` if they do not in time."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while len(seen) < instances:
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                answer = await client.get("/healthz")
+                if answer.status_code == 200:
+                    seen.add(str(answer.json().get("instance")))
+                    continue
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{instances - len(seen)} server process(es) did not start; see the log in the data folder"
+            )
+        await asyncio.sleep(0.2)
 
 
 class Connection:

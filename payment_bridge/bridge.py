@@ -206,6 +206,7 @@ class PaymentBridge:
                     merchant_id=notification.merchant_id,
                 )
             expires_at = received_at + self._ttl
+            now = datetime.now(tz=UTC)
             # Handed to the broker connection without waiting: the platform's answer waits only
             # for the database, never for the broker. What does not reach a device, the retry
             # loop publishes again.
@@ -222,7 +223,7 @@ class PaymentBridge:
                         received_at=received_at,
                         expires_at=expires_at,
                     ),
-                    datetime.now(tz=UTC),
+                    now,
                 )
                 self.stats.published += published
         return recorded
@@ -268,13 +269,15 @@ class PaymentBridge:
             await asyncio.sleep(RETRY_SCAN_S)
             now = datetime.now(tz=UTC)
             try:
+                republished = []
                 for delivery in await self._store.due_for_retry(now=now, ack_timeout=self._ack_timeout):
                     log.info(
                         "announce unacked; republishing", payment_id=delivery.payment_id, device_id=delivery.device_id
                     )
                     if self._publish(delivery, now):
-                        self.stats.republished += 1
-                        await self._store.mark_published(delivery.payment_id, delivery.device_id, now)
+                        republished.append(delivery)
+                await self._store.mark_published(republished, now)
+                self.stats.republished += len(republished)
                 missed = await self._store.mark_missed(now=now, grace=self._ack_timeout)
                 if missed:
                     log.warning("deliveries missed their TTL", count=missed)

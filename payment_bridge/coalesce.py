@@ -48,6 +48,7 @@ class Coalescer(Generic[T, R]):
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._unanswered: set[asyncio.Future[R]] = set()
         self.batches = 0
         self.items = 0
 
@@ -59,10 +60,9 @@ class Coalescer(Generic[T, R]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed = True
-        # What was submitted is written before the writers stop.
-        while self._queue:
-            self._ready.set()
-            await asyncio.sleep(0.001)
+        # What was submitted (queued or being written) is answered before the writers stop.
+        if self._unanswered:
+            await asyncio.wait(self._unanswered)
         for task in self._tasks:
             await cancel_and_wait(task)
 
@@ -70,6 +70,8 @@ class Coalescer(Generic[T, R]):
         if self._closed:
             raise CoalescerClosed(f"{self._name} is stopped")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._unanswered.add(future)
+        future.add_done_callback(self._unanswered.discard)
         self._queue.append((item, future))
         self._ready.set()
         return future

@@ -186,12 +186,16 @@ class PaymentStore:
             for p in payments
         ]
 
-    async def mark_published(self, payment_id: str, device_id: str, at: datetime) -> None:
+    async def mark_published(self, deliveries: Sequence[PendingDelivery], at: datetime) -> None:
+        """Count one more attempt, published `at`, for each of `deliveries` (one statement)."""
+        if not deliveries:
+            return
         async with self._pool.connection() as conn:
             await conn.execute(
-                "UPDATE deliveries SET attempts = attempts + 1, last_published_at = %s"
-                " WHERE payment_id = %s AND device_id = %s",
-                (at, payment_id, device_id),
+                "UPDATE deliveries d SET attempts = d.attempts + 1, last_published_at = %s"
+                " FROM unnest(%s::text[], %s::text[]) AS r (payment_id, device_id)"
+                " WHERE d.payment_id = r.payment_id AND d.device_id = r.device_id",
+                (at, [x.payment_id for x in deliveries], [x.device_id for x in deliveries]),
             )
 
     async def record_ack(self, ack: Ack, acked_at: datetime) -> bool:
