@@ -181,6 +181,7 @@ class EdgeAgent:
             backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s),
             session=Session(mqtt_version=config.mqtt_version, expiry_s=config.session_expiry_s),
             tls=config.tls(),
+            password=config.mqtt_password,
         )
 
     # -- lifecycle -------------------------------------------------------------------------

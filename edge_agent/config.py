@@ -7,14 +7,25 @@ are the fields below; command-line flags override single values.
 from __future__ import annotations
 
 import ssl
+import time
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 from edge_agent.link import tls_context
+from firmware_protocols.credentials import CredentialError, decode_secret, mqtt_password
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import describe_errors
 from firmware_protocols.topics import DEVICE_ID_PATTERN
@@ -45,7 +56,11 @@ class AgentConfig(BaseModel):
     # expiry, so a broker does not keep a scrapped device's queue forever.
     mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
     session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
-    # Per-device credentials; they override any user:password in broker_url.
+    # The device's own secret, issued once at provisioning (`haodian devices provision`): at
+    # every connect the agent signs a fresh time-stamped password with it (username: the device
+    # id). It overrides `username`/`password`, which are for brokers set up otherwise.
+    device_secret: SecretStr | None = None
+    # Fixed credentials; they override any user:password in broker_url.
     username: str | None = None
     password: SecretStr | None = None
     # TLS for mqtts:// URLs: the CA that signed the broker's certificate (default: the system's),
@@ -116,9 +131,28 @@ class AgentConfig(BaseModel):
             where = f" in {file}" if file else ""
             raise ConfigError(f"bad agent configuration{where}: {describe_errors(exc.errors())}") from exc
 
+    @field_validator("device_secret")
+    @classmethod
+    def _secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                decode_secret(value.get_secret_value())
+            except CredentialError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def mqtt_password(self) -> str | None:
+        """A fresh signed password (at each connect), or the fixed one, or None."""
+        if self.device_secret is not None:
+            secret = decode_secret(self.device_secret.get_secret_value())
+            return mqtt_password(secret, self.device_id, time.time())
+        return self.password.get_secret_value() if self.password else None
+
     def broker_endpoint(self) -> BrokerEndpoint:
-        """The broker from `broker_url`, with the per-device credentials in place of any in the URL."""
+        """The broker from `broker_url`, with the device's credentials in place of any in the URL."""
         endpoint = BrokerEndpoint.from_url(self.broker_url)
+        if self.device_secret is not None:
+            return BrokerEndpoint(endpoint.host, endpoint.port, self.device_id, self.mqtt_password(), endpoint.tls)
         if self.username is None:
             return endpoint
         password = self.password.get_secret_value() if self.password else None

@@ -107,7 +107,7 @@ def tls_context(
 
 
 class Link:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword per connection option, as aiomqtt.Client has.
         self,
         endpoint: BrokerEndpoint,
         *,
@@ -122,8 +122,11 @@ class Link:
         session: Session | None = None,
         tls: ssl.SSLContext | None = None,
         manual_ack: bool = False,
+        password: Callable[[], str | None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Called at every connect: a device's password is signed with the time it is sent.
+        self._password = password
         self._manual_ack = manual_ack
         self.client_id = client_id
         self._subscriptions = subscriptions
@@ -231,7 +234,7 @@ class Link:
             # Some brokers (amqtt) keep a persistent session's offline queue only for clients that
             # identify themselves; without configured credentials the client id is the username.
             username=self.endpoint.username or self.client_id,
-            password=self.endpoint.password,
+            password=self._password() if self._password is not None else self.endpoint.password,
             identifier=self.client_id,
             will=self._will,
             keepalive=self._keepalive,

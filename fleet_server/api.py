@@ -444,10 +444,11 @@ async def import_csv(
     registry: RegistryDep,
     audit: AuditDep,
     body: Annotated[str, Body(media_type="text/csv", max_length=64 * 1024 * 1024)],
+    request: Request,
     dry_run: bool = True,
 ) -> ImportReport:
     try:
-        report = await import_registry(registry.pool, body, dry_run=dry_run)
+        report = await import_registry(registry.pool, body, dry_run=dry_run, cipher=request.app.state.contacts.cipher)
     except ImportError_ as exc:
         raise ApiError(422, "BAD_CSV", str(exc), f"CSV 文件无法导入：{exc}") from exc
     if not dry_run:

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
+from fleet_server.fieldcrypt import FieldCipher
 
 COLUMNS: Final = (
     "city_id",
@@ -36,6 +37,10 @@ COLUMNS: Final = (
     "agent_phone",
     "merchant_id",
     "merchant_name",
+    # Sensitive: stored only encrypted (fieldcrypt), the phones also as a keyed hash for lookups.
+    "merchant_contact",
+    "merchant_phone",
+    "settlement_account",
     "business_open",
     "business_close",
     "device_id",
@@ -161,8 +166,20 @@ def read_csv(text: str) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-async def import_registry(pool: AsyncConnectionPool, text: str, *, dry_run: bool) -> ImportReport:
+SENSITIVE: Final = ("agent_phone", "merchant_contact", "merchant_phone", "settlement_account")
+
+
+def _check_sealable(rows: list[tuple[int, dict[str, str]]], cipher: FieldCipher | None) -> None:
+    if cipher is None and any(values.get(c) for _, values in rows for c in SENSITIVE):
+        raise ImportError_(f"the columns {', '.join(SENSITIVE)} are stored encrypted: the server needs its field keys")
+
+
+async def import_registry(
+    pool: AsyncConnectionPool, text: str, *, dry_run: bool, cipher: FieldCipher | None = None
+) -> ImportReport:
+    """Check (and unless `dry_run`, apply) a registry CSV; sensitive columns need `cipher`."""
     rows = read_csv(text)
+    _check_sealable(rows, cipher)
     problems: list[RowReport] = []
     good: list[DeviceRow] = []
     serials: dict[str, str] = {}
@@ -209,7 +226,7 @@ async def import_registry(pool: AsyncConnectionPool, text: str, *, dry_run: bool
         else:
             applicable.append(row)
     if not dry_run and applicable:
-        await _apply(pool, applicable)
+        await _apply(pool, applicable, cipher)
     problems.sort(key=lambda p: p.line)
     return ImportReport(
         dry_run=dry_run,
@@ -223,7 +240,15 @@ async def import_registry(pool: AsyncConnectionPool, text: str, *, dry_run: bool
     )
 
 
-async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow]) -> None:
+def _sealed(cipher: FieldCipher | None, value: str | None, context: str) -> str | None:
+    return None if not value or cipher is None else cipher.encrypt(value, context=context)
+
+
+def _phone_hash(cipher: FieldCipher | None, value: str | None) -> bytes | None:
+    return None if not value or cipher is None else cipher.lookup_hash(value, kind="phone")
+
+
+async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow], cipher: FieldCipher | None) -> None:
     def named(row: DeviceRow, key: str, fallback: str) -> str:
         return row.values.get(key) or row.values[fallback]
 
@@ -239,16 +264,21 @@ async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow]) -> None:
                 {(r.values["district_id"], r.values["city_id"], named(r, "district_name", "district_id")) for r in rows}
             ),
         )
-        agents = {
-            (r.values["agent_id"], named(r, "agent_name", "agent_id"), r.values.get("agent_phone") or None)
-            for r in rows
-            if r.values.get("agent_id")
-        }
+        agents = {r.values["agent_id"]: r for r in rows if r.values.get("agent_id")}
         await cur.executemany(
-            "INSERT INTO field_agents VALUES (%s, %s, %s)"
+            "INSERT INTO field_agents (agent_id, name, phone_enc, phone_hash) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (agent_id) DO UPDATE SET name = EXCLUDED.name,"
-            " phone = COALESCE(EXCLUDED.phone, field_agents.phone)",
-            sorted(agents, key=itemgetter(0)),
+            " phone_enc = COALESCE(EXCLUDED.phone_enc, field_agents.phone_enc),"
+            " phone_hash = COALESCE(EXCLUDED.phone_hash, field_agents.phone_hash)",
+            [
+                (
+                    agent_id,
+                    named(r, "agent_name", "agent_id"),
+                    _sealed(cipher, r.values.get("agent_phone"), f"field_agents.phone:{agent_id}"),
+                    _phone_hash(cipher, r.values.get("agent_phone")),
+                )
+                for agent_id, r in sorted(agents.items())
+            ],
         )
         await cur.executemany(
             "INSERT INTO stores VALUES (%s, %s, %s, %s) ON CONFLICT (store_id) DO UPDATE SET"
@@ -267,23 +297,31 @@ async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow]) -> None:
                 key=itemgetter(0),
             ),
         )
+        merchants = {r.values["merchant_id"]: r for r in rows}
         await cur.executemany(
-            "INSERT INTO merchants (merchant_id, store_id, name, business_open, business_close)"
-            " VALUES (%s, %s, %s, %s, %s)"
+            "INSERT INTO merchants (merchant_id, store_id, name, business_open, business_close,"
+            " contact_name_enc, phone_enc, phone_hash, settlement_account_enc)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (merchant_id) DO UPDATE SET store_id = EXCLUDED.store_id, name = EXCLUDED.name,"
-            " business_open = EXCLUDED.business_open, business_close = EXCLUDED.business_close",
-            sorted(
-                {
-                    (
-                        r.values["merchant_id"],
-                        r.values["store_id"],
-                        named(r, "merchant_name", "merchant_id"),
-                        r.business_open,
-                        r.business_close,
-                    )
-                    for r in rows
-                }
-            ),
+            " business_open = EXCLUDED.business_open, business_close = EXCLUDED.business_close,"
+            " contact_name_enc = COALESCE(EXCLUDED.contact_name_enc, merchants.contact_name_enc),"
+            " phone_enc = COALESCE(EXCLUDED.phone_enc, merchants.phone_enc),"
+            " phone_hash = COALESCE(EXCLUDED.phone_hash, merchants.phone_hash),"
+            " settlement_account_enc = COALESCE(EXCLUDED.settlement_account_enc, merchants.settlement_account_enc)",
+            [
+                (
+                    merchant_id,
+                    r.values["store_id"],
+                    named(r, "merchant_name", "merchant_id"),
+                    r.business_open,
+                    r.business_close,
+                    _sealed(cipher, r.values.get("merchant_contact"), f"merchants.contact_name:{merchant_id}"),
+                    _sealed(cipher, r.values.get("merchant_phone"), f"merchants.phone:{merchant_id}"),
+                    _phone_hash(cipher, r.values.get("merchant_phone")),
+                    _sealed(cipher, r.values.get("settlement_account"), f"merchants.settlement_account:{merchant_id}"),
+                )
+                for merchant_id, r in sorted(merchants.items())
+            ],
         )
         await cur.executemany(
             "INSERT INTO devices (device_id, serial, model, store_id, agent_id, installed_at, install_address,"

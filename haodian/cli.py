@@ -338,9 +338,9 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
 async def _run_server(args: argparse.Namespace) -> int:
     from firmware_protocols.endpoint import BrokerEndpoint  # noqa: PLC0415
-    from haodian.embedded import EmbeddedBroker, EmbeddedDatabase  # noqa: PLC0415
+    from haodian.embedded import EmbeddedDatabase  # noqa: PLC0415
     from haodian.keys import load_server_keys  # noqa: PLC0415
-    from haodian.server import Part, ServerStack  # noqa: PLC0415
+    from haodian.server import Part, ServerStack, start_embedded_broker  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 
     try:
@@ -359,14 +359,16 @@ async def _run_server(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     keys = load_server_keys(settings)
     async with contextlib.AsyncExitStack() as stack:
-        if settings.mqtt_url:
-            endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
-        else:
-            endpoint = (await stack.enter_async_context(EmbeddedBroker())).endpoint
         if settings.database_url:
             database_url = settings.database_url
         else:
             database_url = (await stack.enter_async_context(EmbeddedDatabase(settings.data_dir / "pg"))).url
+        if settings.mqtt_url:
+            endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
+        else:
+            broker, endpoint = await start_embedded_broker(stack, settings, database_url=database_url, keys=keys)
+            if broker.tls_endpoint is not None:
+                print(f"embedded MQTT broker: TLS on {broker.tls_endpoint.url()}", flush=True)
         server = await stack.enter_async_context(
             ServerStack(settings, parts=parts, endpoint=endpoint, database_url=database_url, keys=keys)
         )

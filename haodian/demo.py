@@ -8,6 +8,7 @@ live one-line summary and writes the final one as JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -24,13 +25,14 @@ import httpx
 
 from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
-from haodian.embedded import EmbeddedBroker, EmbeddedDatabase
-from haodian.keys import dev_key_paths, load_server_keys, read_rsa_private_key
-from haodian.server import Part, ServerStack
+from fleet_server.identity.store import DeviceCredentials
+from haodian.embedded import EmbeddedDatabase
+from haodian.keys import ServerKeys, dev_key_paths, load_server_keys, read_rsa_private_key
+from haodian.server import Part, ServerStack, start_embedded_broker
 from haodian.settings import Settings
 from payment_bridge.store import DeliverySummary
 from simulators.backend import PaymentBackend
-from simulators.fleet import SimulatedFleet
+from simulators.fleet import SimulatedFleet, fleet_device_ids
 
 # After the last payment, wait this long at most for its acks (retries included).
 DRAIN_TIMEOUT_S = 30.0
@@ -260,6 +262,23 @@ def demo_settings(options: DemoOptions, settings: Settings) -> Settings:
     )
 
 
+async def _services(
+    stack: contextlib.AsyncExitStack, options: DemoOptions, settings: Settings, keys: ServerKeys
+) -> tuple[ServerStack, dict[str, bytes]]:
+    """The embedded database and broker and the server, on `stack`; and the simulated devices'
+    secrets. Every simulated device is provisioned as a real one is: its own secret, and the
+    broker lets it reach its own topics only."""
+    database = await stack.enter_async_context(EmbeddedDatabase(options.data_dir / "pg", "haodian_demo", fresh=True))
+    broker, endpoint = await start_embedded_broker(stack, settings, database_url=database.url, keys=keys)
+    server = await stack.enter_async_context(
+        ServerStack(settings, parts={Part.FLEET, Part.BRIDGE}, endpoint=endpoint, database_url=database.url, keys=keys)
+    )
+    control = "devices signed in, own topics only" if broker.authority else "open"
+    print(f"  broker {broker.endpoint.url()} (amqtt, embedded; {control})  database {database.url} (embedded)")
+    credentials: DeviceCredentials = server.app.state.device_credentials
+    return server, await credentials.provision_many(fleet_device_ids(options.devices), by="demo")
+
+
 async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
     out = options.data_dir / "demo"
     # The demo's simulated backend signs with the development key pair, so the server must use
@@ -271,14 +290,8 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
     print(f"好店 demo: {options.devices} devices, {options.tps} payments/s for {options.duration_s:.0f} s")
     print(f"  data folder {out.resolve()}")
 
-    async with (
-        EmbeddedDatabase(options.data_dir / "pg", "haodian_demo", fresh=True) as database,
-        EmbeddedBroker() as broker,
-        ServerStack(
-            settings, parts={Part.FLEET, Part.BRIDGE}, endpoint=broker.endpoint, database_url=database.url, keys=keys
-        ) as server,
-    ):
-        print(f"  broker {broker.endpoint.url()} (amqtt, embedded)  database {database.url} (embedded)")
+    async with contextlib.AsyncExitStack() as stack:
+        server, device_secrets = await _services(stack, options, settings, keys)
         dashboard, runner_token = await _introduce(server, tty=tty)
         # Keep the audio of this run only: a demo writes a WAV per announcement.
         for previous in out.glob("*T*Z"):
@@ -287,11 +300,12 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
         async with (
             SimulatedFleet(
                 options.devices,
-                broker_url=f"mqtt://{broker.host}:{broker.port}",
+                broker_url=f"mqtt://{server.endpoint.host}:{server.endpoint.port}",
                 server_keys=[keys.server_public_key_b64],
                 base_dir=run_dir,
                 health_interval_s=options.health_interval_s,
                 serial_devices=options.serial_devices,
+                device_secrets=device_secrets,
             ) as fleet,
             httpx.AsyncClient(timeout=10.0) as client,
         ):

@@ -18,10 +18,13 @@ from typing import Any, Self
 import psycopg
 import structlog
 from amqtt.broker import Broker
-from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from psycopg import sql
 
 from firmware_protocols.endpoint import BrokerEndpoint
+from fleet_server.identity import access
+from fleet_server.identity.store import BrokerAuthority
 
 log = structlog.get_logger(__name__)
 
@@ -34,12 +37,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class IdentifiedClientsOnly(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints.
-    """amqtt auth plugin: every client must give a username.
+    """amqtt auth plugin of an open broker (tests, benchmarks, `haodian broker`): every client
+    must give a username, nothing more.
 
     amqtt keeps the offline queue of a persistent session only for clients that are not
-    anonymous, and a device's queue is what carries an announce over a 4G drop. Passwords and
-    per-device ACLs are enforced by the device-identity work; this plugin only refuses
-    anonymous clients.
+    anonymous, and a device's queue is what carries an announce over a 4G drop.
     """
 
     @dataclass
@@ -50,24 +52,119 @@ class IdentifiedClientsOnly(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ship
         return bool(getattr(session, "username", None))
 
 
+class FleetAuthentication(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints.
+    """amqtt auth plugin: server accounts and provisioned devices with a current, valid
+    time-stamped HMAC password (`BrokerAuthority`); everyone else is refused at CONNECT."""
+
+    @dataclass
+    class Config:
+        authority: Any = None
+
+    async def authenticate(self, *, session: Any) -> bool:
+        authority: BrokerAuthority = self.config.authority
+        account = await authority.authenticate(session.username, session.password, client_id=session.client_id or "")
+        return account is not None
+
+
+class FleetTopicAccess(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type hints.
+    """amqtt topic plugin: the access rules of `fleet_server.identity.access` on every publish,
+    subscribe and delivery. A refused publish is dropped (and logged); a refused subscription
+    gets the failure return code."""
+
+    @dataclass
+    class Config:
+        authority: Any = None
+
+    async def topic_filtering(self, *, session: Any = None, topic: str | None = None, action: Any = None) -> bool:
+        authority: BrokerAuthority = self.config.authority
+        if session is None or not session.username or topic is None:
+            return False
+        account = authority.account_of(session.username)
+        if action == Action.PUBLISH:
+            allowed = access.may_publish(account, topic)
+        elif action == Action.SUBSCRIBE:
+            allowed = access.may_subscribe(account, topic)
+        else:
+            return access.may_receive(account, topic)
+        if not allowed:
+            log.warning(
+                "broker refused a topic",
+                account=account.username,
+                kind=account.kind,
+                action=str(action),
+                topic=topic[:200],
+            )
+        return allowed
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """A TLS listener of the embedded broker: its certificate and key (PEM files), and the port."""
+
+    cert_file: Path
+    key_file: Path
+    port: int = 0
+
+
+def _plugin_path(plugin: type) -> str:
+    return f"{plugin.__module__}.{plugin.__qualname__}"
+
+
 class EmbeddedBroker:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    """An amqtt broker in this process. With an `authority`, only provisioned devices and server
+    accounts connect and the access rules hold; without one it is open to any named client (the
+    tests and benchmarks of other parts). With `tls`, it also listens for MQTT over TLS."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        authority: BrokerAuthority | None = None,
+        tls: BrokerTls | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.authority = authority
+        self.tls = tls
+        self.tls_port = (tls.port or free_port(host)) if tls else None
         self._broker: Broker | None = None
 
     @property
     def endpoint(self) -> BrokerEndpoint:
         return BrokerEndpoint(self.host, self.port)
 
+    @property
+    def tls_endpoint(self) -> BrokerEndpoint | None:
+        return None if self.tls_port is None else BrokerEndpoint(self.host, self.tls_port, tls=True)
+
     async def __aenter__(self) -> Self:
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {f"{IdentifiedClientsOnly.__module__}.{IdentifiedClientsOnly.__qualname__}": {}},
-        }
-        self._broker = Broker(config)
+        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}
+        if self.tls is not None:
+            listeners["tls"] = {
+                "type": "tcp",
+                "bind": f"{self.host}:{self.tls_port}",
+                "ssl": True,
+                "certfile": str(self.tls.cert_file),
+                "keyfile": str(self.tls.key_file),
+            }
+        plugins: dict[str, Any]
+        if self.authority is None:
+            plugins = {_plugin_path(IdentifiedClientsOnly): {}}
+        else:
+            plugins = {
+                _plugin_path(FleetAuthentication): {"authority": self.authority},
+                _plugin_path(FleetTopicAccess): {"authority": self.authority},
+            }
+        self._broker = Broker({"listeners": listeners, "plugins": plugins})
         await self._broker.start()
-        log.info("embedded MQTT broker started", endpoint=self.endpoint.url(), broker="amqtt")
+        log.info(
+            "embedded MQTT broker started",
+            endpoint=self.endpoint.url(),
+            tls_endpoint=self.tls_endpoint.url() if self.tls_endpoint else None,
+            broker="amqtt",
+            access_control=self.authority is not None,
+        )
         return self
 
     async def __aexit__(

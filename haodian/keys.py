@@ -1,9 +1,9 @@
 """Keys of a development installation, kept in the data folder.
 
 In development (the demo, a laptop) a missing key is generated once and kept in
-`<data_dir>/keys/` with owner-only permissions: the server's Ed25519 announce-signing key and an
-RSA key pair standing in for the payment backend's. Production gives explicit key files and
-refuses to start without them (see `settings`). Nothing here is ever committed.
+`<data_dir>/keys/` with owner-only permissions: the server's Ed25519 announce-signing key, an
+RSA key pair standing in for the payment backend's, the device master key and the field keys.
+Production gives explicit key files and refuses to start without them (see `settings`). Nothing here is ever committed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from firmware_protocols.credentials import SECRET_BYTES
 from firmware_protocols.signing import encode_public_key
+from fleet_server.fieldcrypt import FieldCryptError, FieldKeys
 from haodian.settings import Settings
 
 
@@ -64,6 +66,8 @@ def read_rsa_private_key(path: Path) -> RSAPrivateKey:
 class ServerKeys:
     signing_key: Ed25519PrivateKey
     backend_public_key: RSAPublicKey
+    device_master_key: bytes
+    field_keys: FieldKeys
 
     @property
     def server_public_key_b64(self) -> str:
@@ -73,6 +77,30 @@ class ServerKeys:
 def dev_key_paths(data_dir: Path) -> tuple[Path, Path, Path]:
     folder = data_dir / "keys"
     return folder / "server-signing.ed25519", folder / "backend.rsa.pem", folder / "backend.rsa.pub.pem"
+
+
+def dev_trust_paths(data_dir: Path) -> tuple[Path, Path]:
+    """The development device master key and field keys."""
+    folder = data_dir / "keys"
+    return folder / "device-master.key", folder / "field-keys.json"
+
+
+def read_device_master_key(path: Path) -> bytes:
+    try:
+        key = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read device master key {path}: {exc}") from exc
+    if len(key) < SECRET_BYTES:
+        raise KeyFileError(f"device master key {path} must be at least {SECRET_BYTES} bytes, not {len(key)}")
+    return key
+
+
+def ensure_dev_trust_keys(data_dir: Path) -> None:
+    master, field_keys = dev_trust_paths(data_dir)
+    if not master.exists():
+        _write_private(master, base64.b64encode(os.urandom(SECRET_BYTES)) + b"\n")
+    if not field_keys.exists():
+        _write_private(field_keys, FieldKeys.generate().dumps().encode())
 
 
 def ensure_dev_keys(data_dir: Path) -> None:
@@ -101,7 +129,16 @@ def load_server_keys(settings: Settings) -> ServerKeys:
     signing, _, backend_public = dev_key_paths(settings.data_dir)
     if settings.signing_key_file is None or settings.backend_public_key_file is None:
         ensure_dev_keys(settings.data_dir)
+    master, field_keys = dev_trust_paths(settings.data_dir)
+    if settings.device_master_key_file is None or settings.field_keys_file is None:
+        ensure_dev_trust_keys(settings.data_dir)
+    try:
+        fields = FieldKeys.load(settings.field_keys_file or field_keys)
+    except FieldCryptError as exc:
+        raise KeyFileError(str(exc)) from exc
     return ServerKeys(
         signing_key=read_signing_key(settings.signing_key_file or signing),
         backend_public_key=read_rsa_public_key(settings.backend_public_key_file or backend_public),
+        device_master_key=read_device_master_key(settings.device_master_key_file or master),
+        field_keys=fields,
     )

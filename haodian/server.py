@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -27,21 +28,26 @@ from psycopg_pool import AsyncConnectionPool
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.signing import Signer, decode_public_key, key_id_of
 from fleet_server import api as fleet_api
-from fleet_server import device_api, web
+from fleet_server import device_api, trust_api, web
 from fleet_server.api_errors import install_error_handlers
 from fleet_server.auth import api as auth_api
 from fleet_server.auth.store import AuthStore
+from fleet_server.contacts import Contacts
 from fleet_server.db import migrate, open_pool, timescaledb_available
+from fleet_server.fieldcrypt import FieldCipher
 from fleet_server.figures import FleetFigures
+from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
 from fleet_server.ingest import Ingest, IngestPolicy
 from fleet_server.inspector import Inspector
 from fleet_server.ota import api as ota_api
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.store import OtaStore
+from fleet_server.ratelimit import RateLimiter
 from fleet_server.recent import Recent
 from fleet_server.registry import DeviceRegistry
 from fleet_server.remote import DeviceRemote
 from fleet_server.telemetry import TelemetryStore
+from haodian.embedded import BrokerTls, EmbeddedBroker
 from haodian.keys import ServerKeys
 from haodian.settings import Settings
 from payment_bridge import api as bridge_api
@@ -91,6 +97,7 @@ def create_app(parts: set[Part], *, instance: str = "haodian") -> FastAPI:
         app.include_router(ota_api.router)
         app.include_router(ota_api.artifacts_router)
         app.include_router(device_api.router)
+        app.include_router(trust_api.router)
     if Part.BRIDGE in parts:
         app.include_router(bridge_api.router)
 
@@ -133,7 +140,8 @@ class ServerStack:
     def base_url(self) -> str:
         assert self._socket is not None, "ServerStack not started"  # noqa: S101 - programming error.
         host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}"
+        scheme = "https" if self.settings.http_tls_cert_file else "http"
+        return f"{scheme}://{host}:{port}"
 
     async def __aenter__(self) -> Self:
         try:
@@ -158,12 +166,21 @@ class ServerStack:
         )
         self.app.state.pool = pool
         self.app.state.auth = AuthStore(pool, session_ttl=timedelta(hours=self.settings.session_hours))
+        self.app.state.login_limiter = RateLimiter(
+            per_s=self.settings.login_attempts_per_min / 60, burst=self.settings.login_attempts_per_min
+        )
+        self.app.state.notify_limiter = RateLimiter(
+            per_s=self.settings.notifications_per_s, burst=self.settings.notifications_per_s
+        )
         self.app.state.cookie_secure = self.settings.cookie_secure
         offset = self.settings.fleet_utc_offset_min
         if self.parts & {Part.FLEET, Part.INGEST}:
             self.ingest = await self._stack.enter_async_context(self._ingest(pool))
             self.app.state.ingest_stats = self.ingest.stats
         if Part.FLEET in self.parts:
+            self.app.state.device_credentials = DeviceCredentials(pool, self.keys.device_master_key)
+            self.app.state.contacts = Contacts(pool, FieldCipher(self.keys.field_keys))
+            await self.app.state.contacts.seal_legacy()
             self.app.state.registry = DeviceRegistry(pool)
             self.app.state.figures = FleetFigures(pool, fleet_utc_offset_min=offset)
             self.app.state.fleet_summary_recent = Recent[fleet_api.FleetSummary](fleet_api.SUMMARY_REUSE_S)
@@ -245,7 +262,15 @@ class ServerStack:
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._socket.bind((self.settings.http_host, self.settings.http_port))
         self._stack.callback(self._socket.close)
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
+        tls = self.settings
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=str(tls.http_tls_cert_file) if tls.http_tls_cert_file else None,
+            ssl_keyfile=str(tls.http_tls_key_file) if tls.http_tls_key_file else None,
+        )
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
         self._stack.push_async_callback(self._stop_http)
@@ -308,3 +333,33 @@ class ServerStack:
 def _share(group: str | None, part: str) -> str | None:
     """The shared-subscription group of one part: ingest and bridge each get the whole stream."""
     return None if group is None else f"{group}-{part}"
+
+
+# The servers' own account on the embedded broker; its password is made at each start.
+SERVER_ACCOUNT = "haodian-server"
+
+
+async def start_embedded_broker(
+    stack: AsyncExitStack, settings: Settings, *, database_url: str, keys: ServerKeys
+) -> tuple[EmbeddedBroker, BrokerEndpoint]:
+    """Start the embedded broker on `stack`: with access control (devices by their credentials
+    in the database, the servers by an account made now) unless the settings turn it off, and
+    with its TLS listener if a certificate is configured. Returns the broker and the endpoint the
+    server parts connect to."""
+    authority = None
+    endpoint_auth: tuple[str | None, str | None] = (None, None)
+    if settings.broker_access_control:
+        pool = await stack.enter_async_context(open_pool(database_url, max_size=4))
+        await migrate(pool)
+        password = secrets.token_urlsafe(32)
+        authority = BrokerAuthority(
+            DeviceCredentials(pool, keys.device_master_key),
+            {SERVER_ACCOUNT: password},
+            max_skew_s=settings.device_auth_max_skew_s,
+        )
+        endpoint_auth = (SERVER_ACCOUNT, password)
+    tls = None
+    if settings.mqtt_tls_cert_file and settings.mqtt_tls_key_file:
+        tls = BrokerTls(settings.mqtt_tls_cert_file, settings.mqtt_tls_key_file, settings.mqtt_tls_port)
+    broker = await stack.enter_async_context(EmbeddedBroker(authority=authority, tls=tls))
+    return broker, BrokerEndpoint(broker.host, broker.port, *endpoint_auth)

@@ -38,6 +38,29 @@ class Settings(BaseSettings):
     # Server Ed25519 key signing announces (raw 32 bytes, base64, in a file). In development a
     # missing key is generated in data_dir; production refuses to start without one.
     signing_key_file: Path | None = None
+    # The fleet's device master key (32 random bytes, base64, in a file): each device's MQTT
+    # secret is derived from it, its id and a generation. Development generates one in data_dir.
+    device_master_key_file: Path | None = None
+    # Keys sealing sensitive merchant and field-agent fields at rest (JSON: active key id, keys
+    # by id, and the lookup-hash key; see fleet_server.fieldcrypt). Development generates one.
+    field_keys_file: Path | None = None
+    # How far a device's signed MQTT password may be from the server's clock.
+    device_auth_max_skew_s: Annotated[int, Field(ge=30, le=86_400)] = 600
+    # The embedded broker's access control: on, only provisioned devices and the server's own
+    # account connect, each limited to its own topics. Off only for trying things out by hand.
+    broker_access_control: bool = True
+    # TLS: the embedded broker's MQTT-over-TLS listener (port 8883 by default) and HTTPS for the
+    # API, each with a certificate and key (PEM files). Unset: plain MQTT and HTTP only.
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_port: Annotated[int, Field(ge=0, le=65535)] = 8883
+    http_tls_cert_file: Path | None = None
+    http_tls_key_file: Path | None = None
+    # Rate limits per client address: sign-in attempts a minute (password guessing), and payment
+    # notifications a second (a flood, or a replay storm; the backend's real peak is far lower
+    # per connection than the fleet's whole peak, and it retries what gets 429).
+    login_attempts_per_min: Annotated[int, Field(ge=1, le=10_000)] = 10
+    notifications_per_s: Annotated[int, Field(ge=1, le=1_000_000)] = 5_000
     # The payment backend's RSA public key (PEM) verifying its notifications.
     backend_public_key_file: Path | None = None
     # Where the bridge tells the backend about payments no device played (JSON, Ed25519-signed
@@ -104,9 +127,17 @@ class Settings(BaseSettings):
                     ("HAODIAN_BACKEND_PUBLIC_KEY_FILE", self.backend_public_key_file),
                     ("HAODIAN_MQTT_URL", self.mqtt_url),
                     ("HAODIAN_DATABASE_URL", self.database_url),
+                    ("HAODIAN_DEVICE_MASTER_KEY_FILE", self.device_master_key_file),
+                    ("HAODIAN_FIELD_KEYS_FILE", self.field_keys_file),
                 )
                 if value is None
             ]
             if missing:
                 raise ValueError(f"production needs explicit {', '.join(missing)}")
+        for name, cert, key in (
+            ("MQTT", self.mqtt_tls_cert_file, self.mqtt_tls_key_file),
+            ("HTTP", self.http_tls_cert_file, self.http_tls_key_file),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"HAODIAN_{name}_TLS_CERT_FILE and HAODIAN_{name}_TLS_KEY_FILE go together")
         return self

@@ -12,6 +12,7 @@ from pydantic import BaseModel, StringConstraints
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.api_errors import NOT_FOUND, ApiError, ErrorResponse
 from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader
+from fleet_server.ratelimit import RateLimiter, too_many
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
@@ -50,13 +51,21 @@ class NotificationAccepted(BaseModel):
     devices: int
 
 
+def _limited(request: Request) -> Response | None:
+    """A 429 for a client sending notifications faster than the configured limit."""
+    limiter: RateLimiter | None = getattr(request.app.state, "notify_limiter", None)
+    return too_many(limiter, request.client.host if request.client else "-", "notifications", "通知")
+
+
 @router.post(
     "/notifications/backend",
     summary="Payment notification from the aggregated-payment backend (RSA2-signed JSON)",
     response_model=NotificationAccepted,
-    responses={code: {"model": ErrorResponse} for code in (400, 401, 413)},
+    responses={code: {"model": ErrorResponse} for code in (400, 401, 413, 429)},
 )
 async def backend_notification(request: Request) -> Response:
+    if (refused := _limited(request)) is not None:
+        return refused
     # The hot path (every payment): no dependencies to solve and the answer serialized once,
     # here; measured in BENCHMARKS.md (issue 9).
     bridge: PaymentBridge = request.app.state.bridge
@@ -74,9 +83,11 @@ async def backend_notification(request: Request) -> Response:
     "/notifications/alipay",
     summary="Alipay asynchronous notification (form, RSA2); answers the literal `success` once recorded",
     response_class=PlainTextResponse,
-    responses={code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 503)},
+    responses={code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 429, 503)},
 )
-async def alipay_notification(request: Request) -> PlainTextResponse:
+async def alipay_notification(request: Request) -> Response:
+    if (refused := _limited(request)) is not None:
+        return refused
     bridge: PaymentBridge = request.app.state.bridge
     try:
         await bridge.accept_alipay(await request.body(), request.headers)
@@ -95,9 +106,11 @@ class WechatPayError(BaseModel):
     "/notifications/wechatpay",
     summary="WeChat Pay API v3 notification (signed, AES-256-GCM); 204 once recorded",
     status_code=204,
-    responses={code: {"model": WechatPayError} for code in (400, 401, 413, 503)},
+    responses={code: {"model": WechatPayError} for code in (400, 401, 413, 429, 503)},
 )
 async def wechatpay_notification(request: Request) -> Response:
+    if (refused := _limited(request)) is not None:
+        return refused
     bridge: PaymentBridge = request.app.state.bridge
     try:
         await bridge.accept_wechatpay(await request.body(), request.headers)

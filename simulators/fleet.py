@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,7 @@ from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.ota.slots import BootControl
 from edge_agent.tasks import cancel_and_wait
 from edge_agent.voice import Speaker, VoicePack
+from firmware_protocols.credentials import encode_secret
 from simulators.serial_peers import Utterance, VirtualModem, VirtualPrinter, VirtualTtsChip
 
 log = structlog.get_logger(__name__)
@@ -123,6 +124,11 @@ class _Board:
             await agent.__aexit__(None, None, None)
 
 
+def fleet_device_ids(count: int, prefix: str = "SIM") -> list[str]:
+    """The ids of a simulated fleet of `count` devices."""
+    return [f"{prefix}{i:05d}" for i in range(1, count + 1)]
+
+
 class SimulatedFleet:
     def __init__(
         self,
@@ -137,9 +143,12 @@ class SimulatedFleet:
         model_of: Callable[[int], str] | None = None,
         agent_settings: dict[str, Any] | None = None,
         hooks: BootHooks | None = None,
+        device_secrets: Mapping[str, bytes] | None = None,
     ) -> None:
         """`model_of(i)`: the model of the i-th device (1-based; default HD-S1, or HD-P1 for the
-        POS terminals); `agent_settings`: more `AgentConfig` fields for every device."""
+        POS terminals); `agent_settings`: more `AgentConfig` fields for every device;
+        `device_secrets`: each device's provisioned secret, for a broker with access control
+        (ids from `fleet_device_ids`)."""
         if count < 1:
             raise ValueError("a fleet needs at least one device")
         if not 0 <= serial_devices <= count:
@@ -148,9 +157,9 @@ class SimulatedFleet:
         self.base_dir = base_dir
         self.configs: list[AgentConfig] = []
         self.peers: dict[str, tuple[VirtualTtsChip, VirtualModem, VirtualPrinter]] = {}
-        for i in range(1, count + 1):
-            device_id = f"{prefix}{i:05d}"
+        for i, device_id in enumerate(fleet_device_ids(count, prefix), start=1):
             ports: dict[str, str] = {}
+            identity = {} if device_secrets is None else {"device_secret": encode_secret(device_secrets[device_id])}
             if i <= serial_devices:
                 folder = base_dir / "peers" / device_id
                 sink = WavFileSink(base_dir / "audio" / device_id)
@@ -172,6 +181,7 @@ class SimulatedFleet:
                     model=model_of(i) if model_of else ("HD-P1" if ports else "HD-S1"),
                     health_interval_s=health_interval_s,
                     **ports,
+                    **identity,
                     **(agent_settings or {}),
                 )
             )

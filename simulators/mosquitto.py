@@ -9,6 +9,7 @@ start again (its persistence survives), and that a benchmark starts with the pro
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -34,12 +35,26 @@ def _binary() -> str:
 
 
 class PrivateMosquitto:
-    def __init__(self, folder: Path, *, config_lines: Sequence[str] = (), persistence: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        config_lines: Sequence[str] = (),
+        persistence: bool = True,
+        listeners: Sequence[str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        """`listeners`: listener sections in place of the default open one on a free port (then
+        `port` is the one to wait for at start)."""
         self.binary = _binary()
-        self.port = free_port()
+        self.port = port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "log_dest none"]
+        if listeners is None:
+            listeners = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        # Run as the user who started it: as root, Mosquitto would otherwise switch to the
+        # `mosquitto` user, which cannot read the owner-only key and password files of a test.
+        lines = ["log_dest none", f"user {getpass.getuser()}", *listeners]
         if persistence:
             lines += ["persistence true", f"persistence_location {folder}/", "autosave_interval 1"]
         self.config.write_text("\n".join([*lines, *config_lines, ""]), encoding="utf-8")

@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from fleet_server.api_errors import ApiError
+from fleet_server.api_errors import ApiError, ErrorResponse
 from fleet_server.auth.deps import (
     AUTH_ERRORS,
     SESSION_COOKIE,
@@ -26,6 +27,7 @@ from fleet_server.auth.deps import (
 )
 from fleet_server.auth.roles import COMMANDS_OF, ROLE_NAMES_ZH, ROLE_PERMISSIONS, Principal, Role
 from fleet_server.auth.store import AuditEntry, AuthError, User
+from fleet_server.ratelimit import RateLimiter, too_many
 
 router = APIRouter(prefix="/api/v1", tags=["auth"], responses=AUTH_ERRORS)
 
@@ -77,8 +79,21 @@ def _me(principal: Principal) -> Me:
     )
 
 
-@router.post("/auth/login", summary="Sign in with a login and password: a session cookie, or a token")
-async def login(body: LoginBody, request: Request, response: Response, store: AuthDep, audit: AuditDep) -> LoginAnswer:
+@router.post(
+    "/auth/login",
+    summary="Sign in with a login and password: a session cookie, or a token",
+    response_model=LoginAnswer,
+    responses={429: {"model": ErrorResponse, "description": "Too many attempts; see Retry-After"}},
+)
+async def login(
+    body: LoginBody, request: Request, response: Response, store: AuthDep, audit: AuditDep
+) -> LoginAnswer | JSONResponse:
+    # Per address and per login: one guesser, and many guessers at one account, both slow down.
+    limiter: RateLimiter | None = getattr(request.app.state, "login_limiter", None)
+    client = request.client.host if request.client else "-"
+    for key in (f"ip:{client}", f"login:{body.login}"):
+        if (refused := too_many(limiter, key, "sign-in attempts", "登录尝试")) is not None:
+            return refused
     try:
         issued = await store.login(body.login, body.password)
     except AuthError as exc:

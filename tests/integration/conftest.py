@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,6 +20,7 @@ from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
 from fleet_server.auth.roles import Role
+from fleet_server.fieldcrypt import FieldKeys
 from haodian.embedded import EmbeddedBroker
 from haodian.keys import ServerKeys
 from haodian.server import Part, ServerStack
@@ -34,7 +37,12 @@ def backend_key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture(scope="session")
 def server_keys(backend_key) -> ServerKeys:
-    return ServerKeys(signing_key=Ed25519PrivateKey.generate(), backend_public_key=backend_key.public_key())
+    return ServerKeys(
+        signing_key=Ed25519PrivateKey.generate(),
+        backend_public_key=backend_key.public_key(),
+        device_master_key=os.urandom(32),  # test-only, made per session
+        field_keys=FieldKeys.generate(),
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 20.0, what: str = "condition") -> None:
@@ -94,9 +102,11 @@ async def in_process_stack(settings: Settings, database_url: str, server_keys: S
         yield broker, server
 
 
-async def api_client(server: ServerStack, role: Role = Role.OPS_ADMIN, **account: object) -> httpx.AsyncClient:
+async def api_client(
+    server: ServerStack, role: Role = Role.OPS_ADMIN, *, verify: ssl.SSLContext | bool = True, **account: object
+) -> httpx.AsyncClient:
     """An HTTP client of `server` signed in with an API token of a service account in `role`
-    (one account per role and fields, made on first use)."""
+    (one account per role and fields, made on first use); `verify`: the CA of an HTTPS server."""
     login = f"test-{role.value}-{hashlib.sha256(repr(sorted(account.items())).encode()).hexdigest()[:8]}"
     token = await server.auth.service_token(login, role, **account)
-    return httpx.AsyncClient(base_url=server.base_url, headers={"authorization": f"Bearer {token}"})
+    return httpx.AsyncClient(base_url=server.base_url, headers={"authorization": f"Bearer {token}"}, verify=verify)

@@ -1,0 +1,82 @@
+"""The broker's access rules, one place for the embedded broker's plugins and Mosquitto's ACL.
+
+A device's username is its device id. It may publish only under `hd/v1/{id}/up/` and subscribe
+only under `hd/v1/{id}/down/`, so a stolen device, or its extracted secret, speaks for that one
+device and hears nothing else. Server accounts publish to any device's `down/` and subscribe to
+every device's `up/` (directly or as a `$share` group); they cannot publish as a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from firmware_protocols import topics
+
+_PREFIX = f"{topics.ROOT}/{topics.VERSION}/"
+
+
+class AccountKind(StrEnum):
+    DEVICE = "device"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    username: str
+    kind: AccountKind
+
+
+def _unshared(topic_filter: str) -> str | None:
+    """The filter inside `$share/<group>/...`; None for a malformed share."""
+    if not topic_filter.startswith("$share/"):
+        return topic_filter
+    parts = topic_filter.split("/", 2)
+    return parts[2] if len(parts) == 3 and parts[1] else None
+
+
+def _split(topic: str) -> tuple[str, str, str] | None:
+    """(device id level, direction, rest) of a `hd/v1/...` topic or filter; None if not one."""
+    if not topic.startswith(_PREFIX):
+        return None
+    parts = topic[len(_PREFIX) :].split("/", 2)
+    if len(parts) != 3 or not parts[2]:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def may_publish(account: Account, topic: str) -> bool:
+    if any(c in topic for c in "+#\0"):
+        return False
+    split = _split(topic)
+    if split is None:
+        return False
+    device, direction, _ = split
+    if account.kind is AccountKind.DEVICE:
+        return device == account.username and direction == topics.Direction.UP
+    return direction == topics.Direction.DOWN and topics.DEVICE_ID_PATTERN.fullmatch(device) is not None
+
+
+def may_subscribe(account: Account, topic_filter: str) -> bool:
+    inner = _unshared(topic_filter)
+    if inner is None or "\0" in inner:
+        return False
+    split = _split(inner)
+    if split is None:
+        return False
+    device, direction, _ = split
+    if account.kind is AccountKind.DEVICE:
+        # No shared subscriptions for devices, and no wildcard in the device level.
+        return inner == topic_filter and device == account.username and direction == topics.Direction.DOWN
+    return direction == topics.Direction.UP and (
+        device == "+" or topics.DEVICE_ID_PATTERN.fullmatch(device) is not None
+    )
+
+
+def may_receive(account: Account, topic: str) -> bool:
+    """A message the broker is about to deliver: devices get only their own downlink (defence in
+    depth behind `may_subscribe`)."""
+    if account.kind is AccountKind.SERVER:
+        return True
+    split = _split(topic)
+    return split is not None and split[0] == account.username and split[1] == topics.Direction.DOWN

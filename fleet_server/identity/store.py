@@ -1,0 +1,212 @@
+"""Device credentials in PostgreSQL, and the broker's authenticator built on them.
+
+Provisioning issues a device its secret once (generation 1); asking again is refused unless
+the caller rotates, which moves to the next generation and so retires the old secret. Revoking
+marks the row; the broker asks `BrokerAuthority.authenticate` at every connect, so a revoked or
+rotated device is refused from its next connect on. Only generations and dates are stored: the
+secret itself is derived from the device master key when it is needed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from firmware_protocols import topics
+from firmware_protocols.credentials import (
+    DEFAULT_MAX_SKEW_S,
+    CredentialError,
+    check_mqtt_password,
+    derive_device_secret,
+)
+from firmware_protocols.errors import MessageError
+from fleet_server.errors import FleetError
+from fleet_server.identity.access import Account, AccountKind
+
+log = structlog.get_logger(__name__)
+
+
+class IdentityError(FleetError):
+    """A provisioning or revocation request that cannot be done."""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialStatus:
+    device_id: str
+    generation: int
+    issued_at: datetime
+    issued_by: str
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    device_id: str
+    generation: int
+    secret: bytes
+
+
+class DeviceCredentials:
+    def __init__(self, pool: AsyncConnectionPool, master_key: bytes) -> None:
+        self._pool = pool
+        self._master_key = master_key
+
+    def secret(self, device_id: str, generation: int) -> bytes:
+        return derive_device_secret(self._master_key, device_id, generation)
+
+    async def provision(self, device_id: str, *, by: str, rotate: bool = False) -> Issued:
+        """Issue `device_id` its secret: once, or again with `rotate` (the old one stops working)."""
+        try:
+            topics.check_device_id(device_id)
+        except MessageError as exc:
+            raise IdentityError("BAD_DEVICE_ID", str(exc), f"设备编号无效：{device_id!r}") from exc
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT generation, revoked_at FROM device_credentials WHERE device_id = %s FOR UPDATE", (device_id,)
+            )
+            row = await cur.fetchone()
+            if row is not None and not rotate:
+                raise IdentityError(
+                    "ALREADY_PROVISIONED",
+                    f"{device_id} already has credentials (generation {row[0]}); rotate to issue new ones",
+                    f"设备 {device_id} 已发放过凭据（第 {row[0]} 代）；如需重发请轮换",
+                )
+            generation = 1 if row is None else row[0] + 1
+            await conn.execute(
+                "INSERT INTO device_credentials (device_id, generation, issued_by) VALUES (%s, %s, %s)"
+                " ON CONFLICT (device_id) DO UPDATE SET generation = EXCLUDED.generation, issued_at = now(),"
+                " issued_by = EXCLUDED.issued_by, revoked_at = NULL, revoked_by = NULL, cert_serial = NULL",
+                (device_id, generation, by),
+            )
+        log.info("device credentials issued", device_id=device_id, generation=generation, by=by)
+        return Issued(device_id, generation, self.secret(device_id, generation))
+
+    async def provision_many(self, device_ids: list[str], *, by: str) -> dict[str, bytes]:
+        """Secrets of devices provisioned now or before (the simulators' and the demo's fleet)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO device_credentials (device_id, generation, issued_by)"
+                " SELECT unnest(%s::text[]), 1, %s ON CONFLICT (device_id) DO NOTHING",
+                (device_ids, by),
+            )
+            cur = await conn.execute(
+                "SELECT device_id, generation FROM device_credentials WHERE device_id = ANY(%s)", (device_ids,)
+            )
+            return {device_id: self.secret(device_id, generation) for device_id, generation in await cur.fetchall()}
+
+    async def record_certificate(self, device_id: str, serial: int) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE device_credentials SET cert_serial = %s WHERE device_id = %s", (serial, device_id)
+            )
+
+    async def revoke(self, device_id: str, *, by: str) -> CredentialStatus:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE device_credentials SET revoked_at = COALESCE(revoked_at, now()),"
+                " revoked_by = COALESCE(revoked_by, %s) WHERE device_id = %s"
+                " RETURNING device_id, generation, issued_at, issued_by, revoked_at, revoked_by",
+                (by, device_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise IdentityError("NOT_PROVISIONED", f"{device_id} has no credentials", f"设备 {device_id} 没有凭据")
+        log.warning("device credentials revoked", device_id=device_id, by=by)
+        return CredentialStatus(*row)
+
+    async def status(self, device_id: str) -> CredentialStatus | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT device_id, generation, issued_at, issued_by, revoked_at, revoked_by"
+                " FROM device_credentials WHERE device_id = %s",
+                (device_id,),
+            )
+            row = await cur.fetchone()
+        return None if row is None else CredentialStatus(*row)
+
+    async def revoked_certificate_serials(self) -> list[int]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT cert_serial FROM device_credentials WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL"
+            )
+            return [int(serial) for (serial,) in await cur.fetchall()]
+
+    async def current_generation(self, device_id: str) -> int | None:
+        """The generation a connect must prove, None if never provisioned or revoked."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT generation FROM device_credentials WHERE device_id = %s AND revoked_at IS NULL", (device_id,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
+
+
+class BrokerAuthority:
+    """What the broker asks at every connect: is this a server account or a device with a valid,
+    current credential? Refusals are logged with the reason and never say it to the client."""
+
+    def __init__(
+        self,
+        credentials: DeviceCredentials,
+        servers: Mapping[str, str],
+        *,
+        max_skew_s: int = DEFAULT_MAX_SKEW_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._credentials = credentials
+        self._servers = dict(servers)
+        self._max_skew_s = max_skew_s
+        self._clock = clock
+
+    def account_of(self, username: str) -> Account:
+        """The account an authenticated username stands for."""
+        kind = AccountKind.SERVER if username in self._servers else AccountKind.DEVICE
+        return Account(username, kind)
+
+    async def authenticate(self, username: str | None, password: str | None, *, client_id: str = "") -> Account | None:
+        """The account, or None (logged with the reason, which the client is never told)."""
+        try:
+            return await self._verify(username or "", password, client_id)
+        except _RefusedError as exc:
+            log.warning(
+                "broker refused a connect", reason=str(exc), username=(username or "")[:80], client_id=client_id[:80]
+            )
+            return None
+
+    async def _verify(self, username: str, password: str | None, client_id: str) -> Account:
+        if not username or password is None:
+            raise _RefusedError("no username or password")
+        expected = self._servers.get(username)
+        if expected is not None:
+            if not hmac.compare_digest(expected.encode(), password.encode()):
+                raise _RefusedError("wrong server account password")
+            return Account(username, AccountKind.SERVER)
+        if topics.DEVICE_ID_PATTERN.fullmatch(username) is None:
+            raise _RefusedError("username is neither a server account nor a device id")
+        if client_id != username and not client_id.startswith(f"{username}-"):
+            # A device taking another's client id would take over its session and queued announces.
+            raise _RefusedError("a device's client id must be its device id")
+        try:
+            generation = await self._credentials.current_generation(username)
+        except Exception as exc:
+            log.exception("broker could not check a device's credentials", device_id=username)
+            raise _RefusedError("credentials could not be checked (database)") from exc
+        if generation is None:
+            raise _RefusedError("device not provisioned, or revoked")
+        secret = self._credentials.secret(username, generation)
+        try:
+            check_mqtt_password(secret, username, password, self._clock(), max_skew_s=self._max_skew_s)
+        except CredentialError as exc:
+            raise _RefusedError(str(exc)) from exc
+        return Account(username, AccountKind.DEVICE)
+
+
+class _RefusedError(Exception):
+    pass
