@@ -18,11 +18,16 @@ announce path; only an OS crash or power cut can lose the last few writes.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
 from edge_agent.state_files import open_sqlite
+
+log = structlog.get_logger(__name__)
 
 State = Literal["queued", "playing", "done"]
 
@@ -32,6 +37,8 @@ class SeenIds:
         self._capacity = capacity
         self._max_age_ms = max_age_s * 1000
         self._seen: OrderedDict[str, int] = OrderedDict()
+        # Records the disk would not take (full); each is still remembered in memory.
+        self.unstored = 0
         self._db = open_sqlite(path, synchronous="NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL,"
@@ -64,21 +71,34 @@ class SeenIds:
             len(self._seen) > self._capacity or next(iter(self._seen.values())) < now_ms - self._max_age_ms
         ):
             evicted.append(self._seen.popitem(last=False)[0])
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
-                (seen_id, now_ms, "done" if payload is None else "queued", payload),
-            )
-            self._db.executemany("DELETE FROM seen WHERE id = ?", [(e,) for e in evicted])
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+                    (seen_id, now_ms, "done" if payload is None else "queued", payload),
+                )
+                self._db.executemany("DELETE FROM seen WHERE id = ?", [(e,) for e in evicted])
+        except sqlite3.Error as exc:
+            # A full disk must not silence the payment: the id stays remembered in memory (no
+            # second play while this process lives) and the payment is played; only a restart
+            # before the disk frees up could forget it (found by the fault suite, issue 10).
+            self._not_stored(seen_id, exc)
         return True
 
     def mark(self, seen_id: str, state: State) -> None:
         """Move `seen_id` on; `done` drops the kept payload."""
-        if state == "done":
-            self._db.execute("UPDATE seen SET state = 'done', payload = NULL WHERE id = ?", (seen_id,))
-        else:
-            self._db.execute("UPDATE seen SET state = ? WHERE id = ?", (state, seen_id))
+        try:
+            if state == "done":
+                self._db.execute("UPDATE seen SET state = 'done', payload = NULL WHERE id = ?", (seen_id,))
+            else:
+                self._db.execute("UPDATE seen SET state = ? WHERE id = ?", (state, seen_id))
+        except sqlite3.Error as exc:
+            self._not_stored(seen_id, exc)
+
+    def _not_stored(self, seen_id: str, exc: sqlite3.Error) -> None:
+        self.unstored += 1
+        log.warning("dedup record not stored; kept in memory only", seen_id=seen_id, error=str(exc))
 
     def unplayed(self) -> list[tuple[bytes, int]]:
         """The payloads of what was taken but never started, and when each was taken, oldest first."""

@@ -420,6 +420,10 @@ def parse_payload(model: type[M], payload: bytes | bytearray, *, topic: str = ""
         data = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageError(f"{model.__name__}{where}: not UTF-8 JSON: {exc}") from exc
+    except RecursionError:
+        # json.loads recurses per nesting level: 16 KB of "[" is deeper than Python's stack
+        # allows (found by the hostile-input suite, issue 10).
+        raise MessageError(f"{model.__name__}{where}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise MessageError(f"{model.__name__}{where}: payload must be a JSON object")
     try:

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from firmware_protocols.messages import describe_errors
+
+log = structlog.get_logger(__name__)
 
 
 class ErrorBody(BaseModel):
@@ -47,8 +51,16 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = describe_errors(exc.errors())
         return error_response(422, "INVALID_REQUEST", problems, f"请求无效：{problems}")
 
+    async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
+        # A value PostgreSQL cannot hold (a NUL character in text, a number out of range) that
+        # the request models let through: the request's fault, not a server error (found by the
+        # OpenAPI fuzzing, issue 10).
+        log.warning("request value refused by the database", path=request.url.path, error=str(exc)[:200])
+        return error_response(400, "INVALID_VALUE", f"a value cannot be stored: {exc}", "请求中含有无法处理的值")
+
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(psycopg.DataError, on_data_error)
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}

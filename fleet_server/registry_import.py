@@ -150,7 +150,17 @@ def check_row(line: int, values: dict[str, str]) -> tuple[DeviceRow | None, list
 
 
 def read_csv(text: str) -> list[tuple[int, dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(text))
+    """The rows of a registry CSV by line number; `ImportError_` for a file that is not one."""
+    # newline="": the csv module's own line handling, so a CR inside a quoted field is data
+    # and a stray one elsewhere is a clear error, not a crash (found by the OpenAPI fuzzing).
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _read_rows(reader)
+    except csv.Error as exc:
+        raise ImportError_(f"not a CSV file (line {reader.line_num}): {exc}") from exc
+
+
+def _read_rows(reader: csv.DictReader[str]) -> list[tuple[int, dict[str, str]]]:
     header = reader.fieldnames or []
     missing = [name for name in REQUIRED if name not in header]
     if missing:

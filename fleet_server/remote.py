@@ -136,6 +136,13 @@ class DeviceRemote:
         command_id = f"c-{now_ms}-{secrets.token_hex(4)}"
         issued_at = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
         async with self._pool.connection() as conn:
+            known = await (await conn.execute("SELECT 1 FROM devices WHERE device_id = %s", (device_id,))).fetchone()
+            if known is None:
+                # Nothing would ever answer: say so now rather than hold the caller for wait_s
+                # (found by the OpenAPI fuzzing, issue 10).
+                raise RemoteError(
+                    "DEVICE_NOT_FOUND", f"device {device_id} is not known to the fleet", f"设备 {device_id} 不存在"
+                )
             await conn.execute(
                 "INSERT INTO device_commands (command_id, device_id, name, args, issued_by, issued_at, status,"
                 " updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'sent', %s)",

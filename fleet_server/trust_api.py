@@ -3,7 +3,6 @@ revoke) and merchants' contact details, which are stored encrypted and shown mas
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -41,26 +40,6 @@ class IssuedCredentials(BaseModel):
     device_secret: str
 
 
-class CredentialView(BaseModel):
-    device_id: str
-    generation: int
-    issued_at: datetime
-    issued_by: str
-    revoked_at: datetime | None
-    revoked_by: str | None
-
-
-def _view(status: CredentialStatus) -> CredentialView:
-    return CredentialView(
-        device_id=status.device_id,
-        generation=status.generation,
-        issued_at=status.issued_at,
-        issued_by=status.issued_by,
-        revoked_at=status.revoked_at,
-        revoked_by=status.revoked_by,
-    )
-
-
 def _refused(exc: IdentityError) -> ApiError:
     status = 404 if exc.code == "NOT_PROVISIONED" else 409
     return ApiError(status, exc.code, str(exc), exc.message_zh)
@@ -96,21 +75,21 @@ async def provision(
 )
 async def revoke(
     principal: RegistryWriter, credentials: CredentialsDep, audit: AuditDep, device_id: DeviceIdPath
-) -> CredentialView:
+) -> CredentialStatus:
     try:
         status = await credentials.revoke(device_id, by=principal.login)
     except IdentityError as exc:
         raise _refused(exc) from exc
     await audit(principal, "device.revoke", device_id)
-    return _view(status)
+    return status
 
 
 @router.get("/devices/{device_id}/credentials", summary="A device's credential status", responses=NOT_FOUND)
-async def credential_status(_: FleetReader, credentials: CredentialsDep, device_id: DeviceIdPath) -> CredentialView:
+async def credential_status(_: FleetReader, credentials: CredentialsDep, device_id: DeviceIdPath) -> CredentialStatus:
     status = await credentials.status(device_id)
     if status is None:
         raise ApiError(404, "NOT_PROVISIONED", f"{device_id} has no credentials", f"设备 {device_id} 没有凭据")
-    return _view(status)
+    return status
 
 
 @router.get("/merchants", summary="Merchants by id or phone, contact details masked (clear for admins, audited)")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError
-from haodian import fleet_cli, ota_cli, users_cli
+from haodian import fleet_cli, ota_cli, trust_cli, users_cli
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_cli.add_parser(sub)
     ota_cli.add_parser(sub)
     users_cli.add_parsers(sub)
+    trust_cli.add_parsers(sub)
     return parser
 
 
@@ -626,6 +627,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "users": users_cli.run_users,
     "login": _run_login,
     "logout": _run_logout,
+    "tls": trust_cli.run_tls,
+    "broker-config": trust_cli.run_broker_config,
 }
 
 

@@ -7,6 +7,8 @@ against the demo, a local server or production.
     haodian fleet figures --by district --days 30 [--scope city:BJ] [--csv]
     haodian fleet tasks [--open] [--agent A1]
     haodian fleet import registry.csv [--apply]
+    haodian fleet provision SPK-0001 [--rotate] [--out agent-secret.toml]
+    haodian fleet revoke SPK-0001
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from fleet_server.identity.certs import write_private
 from haodian.api_client import add_server_arguments, checked, open_client
 
 LABELS = {
@@ -67,6 +70,16 @@ def add_parser(sub: Any) -> None:
     imp = action.add_parser("import", help="import the registry from CSV (a dry run unless --apply)")
     imp.add_argument("file", type=Path, help="CSV, one row per device")
     imp.add_argument("--apply", action="store_true", help="write the good rows (default: dry run)")
+    provision = action.add_parser(
+        "provision", help="issue a device its MQTT secret (once; --rotate issues a new one and retires the old)"
+    )
+    provision.add_argument("device_id")
+    provision.add_argument("--rotate", action="store_true", help="issue a new secret; the old one stops working")
+    provision.add_argument(
+        "--out", type=Path, help="write `device_secret = ...` to this file (owner-only) instead of printing it"
+    )
+    revoke = action.add_parser("revoke", help="revoke a device's credentials: refused from its next connect")
+    revoke.add_argument("device_id")
 
 
 def _width(text: str) -> int:
@@ -219,4 +232,32 @@ def _import(client: httpx.Client, args: argparse.Namespace) -> int:
     return 1 if report["invalid"] else 0
 
 
-_COMMANDS = {"summary": _summary, "figures": _figures, "tasks": _tasks, "import": _import}
+def _provision(client: httpx.Client, args: argparse.Namespace) -> int:
+    response = client.post(
+        f"/api/v1/registry/devices/{args.device_id}/credentials", params={"rotate": str(args.rotate).lower()}
+    )
+    issued = checked(response, "haodian fleet provision")
+    line = f'device_secret = "{issued["device_secret"]}"\n'
+    if args.out is not None:
+        write_private(args.out, line.encode())
+        print(f"已发放 issued: {issued['device_id']} 第 {issued['generation']} 代 generation; secret in {args.out}")
+    else:
+        print(f"# {issued['device_id']}, generation {issued['generation']}: 仅显示一次 shown once, not kept")
+        print(line, end="")
+    return 0
+
+
+def _revoke(client: httpx.Client, args: argparse.Namespace) -> int:
+    status = checked(client.post(f"/api/v1/registry/devices/{args.device_id}/credentials/revoke"), "haodian fleet")
+    print(f"已吊销 revoked: {status['device_id']} at {status['revoked_at']} (refused from its next connect)")
+    return 0
+
+
+_COMMANDS = {
+    "summary": _summary,
+    "figures": _figures,
+    "tasks": _tasks,
+    "import": _import,
+    "provision": _provision,
+    "revoke": _revoke,
+}

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
 
 from firmware_protocols import topics
 from firmware_protocols.credentials import (
@@ -36,8 +37,9 @@ class IdentityError(FleetError):
     """A provisioning or revocation request that cannot be done."""
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialStatus:
+class CredentialStatus(BaseModel):
+    """A device's credentials as stored (never the secret), and as the API shows them."""
+
     device_id: str
     generation: int
     issued_at: datetime
@@ -101,11 +103,14 @@ class DeviceCredentials:
             )
             return {device_id: self.secret(device_id, generation) for device_id, generation in await cur.fetchall()}
 
-    async def record_certificate(self, device_id: str, serial: int) -> None:
+    async def record_certificate(self, device_id: str, serial: int) -> bool:
+        """Keep a client certificate's serial with the device's credentials (for the CRL);
+        False if the device is not provisioned."""
         async with self._pool.connection() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 "UPDATE device_credentials SET cert_serial = %s WHERE device_id = %s", (serial, device_id)
             )
+            return cur.rowcount == 1
 
     async def revoke(self, device_id: str, *, by: str) -> CredentialStatus:
         async with self._pool.connection() as conn:
@@ -119,7 +124,7 @@ class DeviceCredentials:
         if row is None:
             raise IdentityError("NOT_PROVISIONED", f"{device_id} has no credentials", f"设备 {device_id} 没有凭据")
         log.warning("device credentials revoked", device_id=device_id, by=by)
-        return CredentialStatus(*row)
+        return _status(row)
 
     async def status(self, device_id: str) -> CredentialStatus | None:
         async with self._pool.connection() as conn:
@@ -129,7 +134,7 @@ class DeviceCredentials:
                 (device_id,),
             )
             row = await cur.fetchone()
-        return None if row is None else CredentialStatus(*row)
+        return None if row is None else _status(row)
 
     async def revoked_certificate_serials(self) -> list[int]:
         async with self._pool.connection() as conn:
@@ -146,6 +151,11 @@ class DeviceCredentials:
             )
             row = await cur.fetchone()
         return None if row is None else int(row[0])
+
+
+def _status(row: tuple[object, ...]) -> CredentialStatus:
+    keys = ("device_id", "generation", "issued_at", "issued_by", "revoked_at", "revoked_by")
+    return CredentialStatus.model_validate(dict(zip(keys, row, strict=True)))
 
 
 class BrokerAuthority:

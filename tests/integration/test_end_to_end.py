@@ -10,11 +10,7 @@ PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -28,52 +24,13 @@ from firmware_protocols.signing import encode_public_key
 from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
+from tests.processes import Processes, cli_token
 
 pytestmark = pytest.mark.integration
 
 # Upper bounds for things to happen, generous so a busy machine never fails the test.
 START_TIMEOUT_S = 60.0
 EVENT_TIMEOUT_S = 30.0
-
-
-class Processes:
-    """Start `haodian` subcommands as real processes; stop them all (SIGTERM, then kill)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log_path = self.folder / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "haodian.cli", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                cwd=self.folder,
-            )
-        self.started.append((name, proc, log_path))
-        return proc
-
-    def check_alive(self) -> None:
-        for name, proc, log_path in self.started:
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-
-    def stop_all(self) -> None:
-        for _, proc, _ in reversed(self.started):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc, _ in reversed(self.started):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name} ---\n{path.read_text()[-2000:]}" for name, _, path in self.started)
 
 
 @pytest.fixture
@@ -170,25 +127,6 @@ def run_end_to_end(
         httpx.Client(base_url=f"http://127.0.0.1:{bridge_port}", timeout=5, headers=_bearer(backend)) as bridge,
     ):
         check_payment_path(procs, fleet, bridge, devices, data_dir, tmp_path, tag)
-
-
-def cli_token(env: dict[str, str], cwd: Path, login: str, role: str) -> str:
-    """A service account in `role` and an API token for it, through `haodian users`."""
-
-    def users(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "haodian.cli", "users", *args],
-            env={**os.environ, **env},
-            cwd=cwd,
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr.decode()[-2000:]
-        return done.stdout.decode()
-
-    assert "created" in users("add", login, "--role", role, "--service")
-    return users("token", login, "--days", "1").strip()
 
 
 def _bearer(token: str) -> dict[str, str]:

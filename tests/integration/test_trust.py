@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import aiomqtt
 import httpx
+import psycopg
 import pytest
 
 from firmware_protocols.credentials import encode_secret, mqtt_password
+from fleet_server.auth.roles import Role
+from fleet_server.contacts import Contacts
 from fleet_server.db import migrate, open_pool
+from fleet_server.fieldcrypt import FieldCipher, FieldKeys
 from fleet_server.identity.certs import CertificateAuthority
 from fleet_server.identity.mosquitto import MosquittoTls, write_config
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
@@ -24,7 +29,7 @@ from haodian.embedded import BrokerTls, EmbeddedBroker
 from haodian.server import SERVER_ACCOUNT, Part, ServerStack, start_embedded_broker
 from haodian.settings import Settings
 from simulators import mosquitto
-from tests.integration.conftest import api_client
+from tests.integration.conftest import api_client, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -293,3 +298,55 @@ async def test_a_client_refuses_a_broker_whose_certificate_our_ca_did_not_sign(
         context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
         with pytest.raises(ssl.SSLCertVerificationError):
             await asyncio.open_connection("127.0.0.1", broker.tls_port, ssl=context)
+
+
+async def test_sensitive_fields_are_sealed_at_rest_found_by_keyed_hash_and_rewrapped(
+    tmp_path, embedded_database, server_keys, unique
+):
+    settings = Settings(data_dir=tmp_path, http_port=0, mqtt_client_prefix=f"t{unique}")
+    merchant, phone, account = f"MS{unique}", "13800138000", "6222020200112233445"
+    csv_text = (
+        "city_id,district_id,store_id,agent_id,agent_phone,merchant_id,merchant_name,merchant_contact,"
+        "merchant_phone,settlement_account,device_id,serial,model\n"
+        f"BJ,WJ,S-WJ,A-{unique},13900139000,{merchant},老王面馆,王建国,{phone},{account},SD{unique},SN{unique},HD-S1\n"
+    )
+    async with in_process_stack(settings, embedded_database, server_keys) as (_, server):
+        async with await api_client(server) as admin, await api_client(server, Role.OPS_VIEWER) as viewer:
+            imported = await admin.post(
+                "/api/v1/registry/import", params={"dry_run": "false"}, content=csv_text.encode()
+            )
+            assert imported.status_code == 200, imported.text
+            assert imported.json()["applied"] == 1
+            masked_view = (await viewer.get("/api/v1/registry/merchants", params={"phone": "+86 138 0013 8000"})).json()
+            assert [
+                (m["merchant_id"], m["phone"], m["settlement_account"], m["contact_name"]) for m in masked_view
+            ] == [(merchant, "138****8000", "****3445", "王**")]
+            assert (
+                await viewer.get("/api/v1/registry/merchants", params={"phone": phone, "clear": "true"})
+            ).status_code == 403
+            clear = (
+                await admin.get("/api/v1/registry/merchants", params={"merchant_id": merchant, "clear": "true"})
+            ).json()
+            assert (clear[0]["phone"], clear[0]["settlement_account"], clear[0]["contact_name"]) == (
+                phone,
+                account,
+                "王建国",
+            )
+        async with await psycopg.AsyncConnection.connect(embedded_database) as conn:
+            row = await (
+                await conn.execute("SELECT m::text FROM merchants m WHERE merchant_id = %s", (merchant,))
+            ).fetchone()
+            agent = await (
+                await conn.execute("SELECT f::text FROM field_agents f WHERE agent_id = %s", (f"A-{unique}",))
+            ).fetchone()
+        for clear_value in (phone, account, "王建国"):
+            assert clear_value not in row[0], "nothing in clear at rest"
+        assert "13900139000" not in agent[0]
+        # Rotation: a new active key; the rewrap re-seals every envelope under it.
+        contacts = server.app.state.contacts
+        old = server_keys.field_keys
+        rotated = FieldKeys("k2", {**old.keys, "k2": os.urandom(32)}, old.hash_key)
+        fresh = Contacts(contacts.pool, FieldCipher(rotated))
+        assert await fresh.rewrap() >= 4
+        assert await fresh.rewrap() == 0
+        assert (await fresh.merchants(phone=phone))[0].settlement_account == account
