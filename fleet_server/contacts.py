@@ -127,8 +127,6 @@ def masked(contact: MerchantContact) -> MerchantContact:
         update={
             "phone": mask(contact.phone, "phone") if contact.phone else None,
             "settlement_account": mask(contact.settlement_account, "account") if contact.settlement_account else None,
-            "contact_name": (contact.contact_name[:1] + "*" * (len(contact.contact_name) - 1))
-            if contact.contact_name
-            else None,
+            "contact_name": mask(contact.contact_name, "name") if contact.contact_name else None,
         }
     )

@@ -101,7 +101,9 @@ def normalise(value: str, kind: str) -> str:
 
 
 def mask(value: str, kind: str) -> str:
-    """What a page shows: 138****8000 for a phone, ****1234 for an account."""
+    """What a page shows: 138****8000 for a phone, 王** for a name, ****1234 for an account."""
+    if kind == "name":
+        return value[:1] + "*" * (len(value) - 1)
     if kind == "phone" and len(value) >= 7:
         return f"{value[:3]}****{value[-4:]}"
     return "****" + value[-4:] if len(value) > 4 else "****"

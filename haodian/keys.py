@@ -21,18 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from firmware_protocols.credentials import SECRET_BYTES
 from firmware_protocols.signing import encode_public_key
 from fleet_server.fieldcrypt import FieldCryptError, FieldKeys
+from fleet_server.identity.certs import write_private
 from haodian.settings import Settings
 
 
 class KeyFileError(Exception):
     """A key file is missing or unreadable."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
 
 
 def read_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -98,9 +92,9 @@ def read_device_master_key(path: Path) -> bytes:
 def ensure_dev_trust_keys(data_dir: Path) -> None:
     master, field_keys = dev_trust_paths(data_dir)
     if not master.exists():
-        _write_private(master, base64.b64encode(os.urandom(SECRET_BYTES)) + b"\n")
+        write_private(master, base64.b64encode(os.urandom(SECRET_BYTES)) + b"\n")
     if not field_keys.exists():
-        _write_private(field_keys, FieldKeys.generate().dumps().encode())
+        write_private(field_keys, FieldKeys.generate().dumps().encode())
 
 
 def ensure_dev_keys(data_dir: Path) -> None:
@@ -110,10 +104,10 @@ def ensure_dev_keys(data_dir: Path) -> None:
         raw = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
-        _write_private(signing, base64.b64encode(raw) + b"\n")
+        write_private(signing, base64.b64encode(raw) + b"\n")
     if not backend_private.exists() or not backend_public.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        _write_private(
+        write_private(
             backend_private,
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -65,7 +65,7 @@ async def _record_serial(device_id: str, serial: int) -> None:
     """Keep the serial with the device's credentials, so revoking the device puts this
     certificate on the CRL that `broker-config` writes."""
     from fleet_server.db import migrate, open_pool  # noqa: PLC0415
-    from fleet_server.identity.store import DeviceCredentials  # noqa: PLC0415
+    from fleet_server.identity.store import record_certificate  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 
     database_url = Settings().database_url
@@ -74,7 +74,7 @@ async def _record_serial(device_id: str, serial: int) -> None:
         return
     async with open_pool(database_url, max_size=1) as pool:
         await migrate(pool)
-        if not await DeviceCredentials(pool, b"").record_certificate(device_id, serial):
+        if not await record_certificate(pool, device_id, serial):
             print(f"note: {device_id} is not provisioned (haodian fleet provision); the serial is not recorded")
 
 
@@ -87,7 +87,7 @@ def _load_ca(folder: Path) -> CertificateAuthority:
 
 async def run_broker_config(args: argparse.Namespace) -> int:
     from fleet_server.db import migrate, open_pool  # noqa: PLC0415
-    from fleet_server.identity.store import DeviceCredentials  # noqa: PLC0415
+    from fleet_server.identity.store import revoked_certificate_serials  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 
     settings = Settings()
@@ -96,7 +96,7 @@ async def run_broker_config(args: argparse.Namespace) -> int:
     ca = _load_ca(args.ca)
     async with open_pool(settings.database_url, max_size=1) as pool:
         await migrate(pool)
-        revoked = await DeviceCredentials(pool, b"").revoked_certificate_serials()
+        revoked = await revoked_certificate_serials(pool)
     args.out.mkdir(parents=True, exist_ok=True)
     crl = args.out / "crl.pem"
     crl.write_bytes(ca.crl(revoked))

@@ -50,6 +50,28 @@ class Processes:
         self.started.append((name, proc, log_path))
         return proc
 
+    def start_agent(
+        self, device_id: str, *, broker_port: int, server_key: str, state_dir: Path, audio_dir: Path
+    ) -> subprocess.Popen[bytes]:
+        """`haodian agent run` as a device: health every second, speech to WAV files in `audio_dir`."""
+        return self.start(
+            device_id,
+            "agent",
+            "run",
+            "--device-id",
+            device_id,
+            "--broker-url",
+            f"mqtt://127.0.0.1:{broker_port}",
+            "--server-key",
+            server_key,
+            "--state-dir",
+            str(state_dir),
+            "--audio-dir",
+            str(audio_dir),
+            "--health-interval",
+            "1",
+        )
+
     def kill(self, name: str) -> None:
         """kill -9 the newest process started as `name`: what a crash or a power cut does."""
         for started_name, proc, _ in reversed(self.started):

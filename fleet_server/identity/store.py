@@ -103,15 +103,6 @@ class DeviceCredentials:
             )
             return {device_id: self.secret(device_id, generation) for device_id, generation in await cur.fetchall()}
 
-    async def record_certificate(self, device_id: str, serial: int) -> bool:
-        """Keep a client certificate's serial with the device's credentials (for the CRL);
-        False if the device is not provisioned."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE device_credentials SET cert_serial = %s WHERE device_id = %s", (serial, device_id)
-            )
-            return cur.rowcount == 1
-
     async def revoke(self, device_id: str, *, by: str) -> CredentialStatus:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
@@ -136,13 +127,6 @@ class DeviceCredentials:
             row = await cur.fetchone()
         return None if row is None else _status(row)
 
-    async def revoked_certificate_serials(self) -> list[int]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT cert_serial FROM device_credentials WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL"
-            )
-            return [int(serial) for (serial,) in await cur.fetchall()]
-
     async def current_generation(self, device_id: str) -> int | None:
         """The generation a connect must prove, None if never provisioned or revoked."""
         async with self._pool.connection() as conn:
@@ -151,6 +135,25 @@ class DeviceCredentials:
             )
             row = await cur.fetchone()
         return None if row is None else int(row[0])
+
+
+async def record_certificate(pool: AsyncConnectionPool, device_id: str, serial: int) -> bool:
+    """Keep a client certificate's serial with the device's credentials (for the CRL);
+    False if the device is not provisioned."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE device_credentials SET cert_serial = %s WHERE device_id = %s", (serial, device_id)
+        )
+        return cur.rowcount == 1
+
+
+async def revoked_certificate_serials(pool: AsyncConnectionPool) -> list[int]:
+    """The serials of the client certificates of revoked devices: the CRL's content."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT cert_serial FROM device_credentials WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL"
+        )
+        return [int(serial) for (serial,) in await cur.fetchall()]
 
 
 def _status(row: tuple[object, ...]) -> CredentialStatus:

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench.http import wait_http
 from firmware_protocols.messages import Channel
 from firmware_protocols.signing import encode_public_key
 from haodian.embedded import free_port
@@ -147,23 +148,12 @@ class Rig:
         return self.procs.start(part, "server", "--parts", part, "--port", str(port), env=env)
 
     def start_agent(self, device: str, *, via_proxy: bool = False, state_dir: Path | None = None) -> None:
-        port = self.proxy.port if via_proxy else self.broker.port
-        self.procs.start(
+        self.procs.start_agent(
             device,
-            "agent",
-            "run",
-            "--device-id",
-            device,
-            "--broker-url",
-            f"mqtt://127.0.0.1:{port}",
-            "--server-key",
-            self.server_key,
-            "--state-dir",
-            str(state_dir or self.folder / device),
-            "--audio-dir",
-            str(self.audio(device)),
-            "--health-interval",
-            "1",
+            broker_port=self.proxy.port if via_proxy else self.broker.port,
+            server_key=self.server_key,
+            state_dir=state_dir or self.folder / device,
+            audio_dir=self.audio(device),
         )
 
     def audio(self, device: str) -> Path:
@@ -214,11 +204,7 @@ class Rig:
     # -- waiting and checking ---------------------------------------------------------------
 
     async def wait_http(self, port: int) -> None:
-        async def up() -> bool:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
-
-        await self.until(up, f"the server on {port}")
+        await wait_http(port, timeout_s=SETTLE_S)
 
     async def until(self, check: object, what: str, timeout_s: float = SETTLE_S) -> None:
         deadline = time.monotonic() + timeout_s

@@ -102,22 +102,12 @@ def run_end_to_end(
     )
     devices = [f"E2E{tag}A", f"E2E{tag}B"]
     for device in devices:
-        procs.start(
+        procs.start_agent(
             device,
-            "agent",
-            "run",
-            "--device-id",
-            device,
-            "--broker-url",
-            f"mqtt://127.0.0.1:{broker_port}",
-            "--server-key",
-            server_key,
-            "--state-dir",
-            str(tmp_path / device),
-            "--audio-dir",
-            str(tmp_path / device / "audio"),
-            "--health-interval",
-            "1",
+            broker_port=broker_port,
+            server_key=server_key,
+            state_dir=tmp_path / device,
+            audio_dir=tmp_path / device / "audio",
         )
     # Accounts made the way an operator makes them: `haodian users` on the database.
     viewer = cli_token(common, tmp_path, f"e2e-{tag}-viewer", "ops-viewer")
