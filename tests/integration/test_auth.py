@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from fleet_server.auth.roles import Role
-from fleet_server.auth.store import AuthError
+from fleet_server.auth.store import TOKEN_PREFIX, AuthError
 from haodian.demo import merchants_for, registry_csv
 from haodian.settings import Settings
 from tests.integration.conftest import api_client, in_process_stack
@@ -193,3 +193,10 @@ async def test_an_expired_token_signs_nobody_in(server):
     assert await server.auth.resolve(stale.token) is None
     with pytest.raises(AuthError, match="wrong login or password"):
         await server.auth.login("bot", "")  # a service account has no password to guess
+
+
+async def test_tokens_are_marked_and_never_read_as_a_command_line_option(server):
+    tokens = [await server.auth.service_token(f"tok-{i}", Role.OPS_VIEWER) for i in range(3)]
+    issued = await server.auth.issue("tok-0", kind="api")
+    for token in [*tokens, issued.token]:
+        assert token.startswith(TOKEN_PREFIX)
