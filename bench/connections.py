@@ -25,10 +25,10 @@ from pathlib import Path
 import uvloop
 
 from bench.env import BenchError, BrokerKind, broker
-from edge_agent.link import Link
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from haodian import logs
+from mqtt_link.link import Link
 
 HOLD_S = 10.0
 CONCURRENT_CONNECTS = 200

@@ -44,7 +44,6 @@ from edge_agent.errors import AgentError
 from edge_agent.hardware.errors import HardwareError
 from edge_agent.hardware.ports import Modem, Printer, SystemInfo
 from edge_agent.health import PartWatch, health_report, part_states, read_parts
-from edge_agent.link import Backoff, Link, LinkDown, Session
 from edge_agent.merchant_settings import MerchantSettings
 from edge_agent.ota.slots import BootControl
 from edge_agent.ota.updater import UpdatePolicy, Updater
@@ -52,7 +51,6 @@ from edge_agent.outbox import Outbox
 from edge_agent.receipt import receipt_for
 from edge_agent.speech import ALERT_WORDS, repeated, spoken_text
 from edge_agent.state_files import read_json, write_json
-from edge_agent.tasks import cancel_and_wait
 from edge_agent.voice import Speaker
 from firmware_protocols import topics
 from firmware_protocols.errors import MessageError, SignatureError
@@ -77,6 +75,10 @@ from firmware_protocols.messages import (
     parse_payload,
 )
 from firmware_protocols.signing import Verifier, decode_public_key, key_id_of
+from mqtt_link.backoff import Backoff
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import Delivery, Link, Session
+from mqtt_link.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -428,8 +430,8 @@ class EdgeAgent:
 
     # -- downlink --------------------------------------------------------------------------
 
-    async def _on_message(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
+    async def _on_message(self, delivery: Delivery) -> None:
+        topic = delivery.topic
         try:
             parsed = topics.parse(topic)
         except MessageError as exc:
@@ -439,7 +441,7 @@ class EdgeAgent:
             # Some brokers hand a resumed session its own retained uplink; not for us to act on.
             self._log.debug("message not addressed to this device ignored", topic=topic)
             return
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        payload = delivery.payload
         if parsed.kind is topics.Down.ANNOUNCE:
             await self.handle_announce(payload, topic=topic)
         elif parsed.kind is topics.Down.COMMAND:

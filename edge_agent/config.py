@@ -24,11 +24,12 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
-from edge_agent.link import tls_context
 from firmware_protocols.credentials import CredentialError, decode_secret, mqtt_password
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import describe_errors
 from firmware_protocols.topics import DEVICE_ID_PATTERN
+from mqtt_link.errors import TlsSetupError
+from mqtt_link.link import tls_context
 
 
 class AgentConfig(BaseModel):
@@ -162,4 +163,7 @@ class AgentConfig(BaseModel):
         """The client TLS context for an `mqtts://` broker, None for plain MQTT."""
         if not self.broker_url.startswith("mqtts://"):
             return None
-        return tls_context(self.ca_file, self.client_cert, self.client_key)
+        try:
+            return tls_context(self.ca_file, self.client_cert, self.client_key)
+        except TlsSetupError as exc:
+            raise ConfigError(str(exc)) from exc

@@ -1,7 +1,6 @@
 """The edge agent's one error tree.
 
 AgentError
-├── LinkDown             a publish could not reach the broker (link.py)
 ├── StateFolderBusy      another agent runs on this state folder (boot.py)
 ├── ConfigError          a configuration file or value the agent cannot use (config.py)
 └── HardwareError        a part of the device did not do what was asked (hardware/errors.py)

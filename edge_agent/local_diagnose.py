@@ -16,10 +16,11 @@ from edge_agent.config import AgentConfig
 from edge_agent.diagnose import LAST_ANNOUNCEMENT_FILE, Check, Observed, checklist, read_status
 from edge_agent.errors import AgentError
 from edge_agent.health import health_report, read_parts
-from edge_agent.link import LinkDown, probe
 from edge_agent.merchant_settings import MerchantSettings
 from edge_agent.state_files import read_json
 from firmware_protocols.messages import Health
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import probe
 
 
 async def _broker(config: AgentConfig) -> tuple[bool, str]:

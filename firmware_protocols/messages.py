@@ -15,7 +15,6 @@ from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from firmware_protocols import topics
 from firmware_protocols.errors import MessageError
 
 # The field types live in `fields` (release manifests use them too); they are named here as well,
@@ -430,16 +429,6 @@ def parse_payload(model: type[M], payload: bytes | bytearray, *, topic: str = ""
         return model.model_validate(data)
     except ValidationError as exc:
         raise MessageError(f"{model.__name__}{where}: {describe_errors(exc.errors())}") from exc
-
-
-def parse_from_device(model: type[M], topic: str, payload: bytes | bytearray) -> M:
-    """A device's message on its own topic: decoded, validated, and naming the topic's device;
-    `MessageError` otherwise (a device speaking for another is refused, whatever it signs)."""
-    device_id = topics.parse(topic).device_id
-    message = parse_payload(model, payload, topic=topic)
-    if message.device_id != device_id:
-        raise MessageError(f"{model.__name__} on {topic}: device_id {message.device_id!r} is not the topic's")
-    return message
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:

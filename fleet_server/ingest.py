@@ -1,7 +1,7 @@
 """MQTT → validated → batched into PostgreSQL.
 
-Every uplink message (hello, health, event, presence) is validated against its v1 model; a bad
-one is logged with its topic, acknowledged and dropped, and the ingest goes on. Good ones wait
+Every uplink message (hello, health, event, presence) is validated against its v1 model by the
+link's router; a bad one is logged with its topic, acknowledged and dropped, and the ingest goes on. Good ones wait
 in a bounded queue; a writer flushes them in one transaction per batch (COPY for the append-only
 tables, one set-based upsert per table for the rest).
 
@@ -29,21 +29,21 @@ from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-import aiomqtt
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from edge_agent.link import Backoff, Link, Receipt, Session
-from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import UP_MODELS, Event, Health, Hello, Message, Presence, parse_payload
+from firmware_protocols.messages import UP_MODELS, Event, Health, Hello, Message, Presence
 from fleet_server import tracker
 from fleet_server.db import columns, copy_rows
 from fleet_server.states import Signal
 from fleet_server.tracker import Observation
+from mqtt_link.backoff import Backoff
+from mqtt_link.link import Link, Receipt, Session
+from mqtt_link.routing import Inbound, Router, RouteStats
+from mqtt_link.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -59,14 +59,21 @@ class Received:
 
 @dataclass(slots=True)
 class IngestStats:
-    received: int = 0
-    rejected: int = 0
+    inbound: RouteStats = field(default_factory=RouteStats)  # received and rejected, by the router
     written: int = 0
     batches: int = 0
     write_failures: int = 0
     # Stored, but the connection that brought them had gone before the acknowledgement: the
     # broker sends them again and they are stored twice.
     acks_void: int = 0
+
+    @property
+    def received(self) -> int:
+        return self.inbound.received
+
+    @property
+    def rejected(self) -> int:
+        return self.inbound.rejected
 
 
 def _at(ms: int) -> datetime:
@@ -93,13 +100,16 @@ class Ingest:
         self._batch_size = batch_size
         self._flush_s = flush_s
         self._queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=queue_size)
-        self.stats = IngestStats()
+        self.router = Router("ingest", topics.Direction.UP)
+        for kind in INGESTED_KINDS:
+            self.router.route(kind, UP_MODELS[kind], self._take)
+        self.stats = IngestStats(self.router.stats)
         self._writer: asyncio.Task[None] | None = None
         self._link = Link(
             endpoint,
             client_id=client_id,
             subscriptions=[topics.shared(topics.fleet_uplink_filter(kind), share_group) for kind in INGESTED_KINDS],
-            on_message=self._on_message,
+            on_message=self.router.deliver,
             manual_ack=ack_after_commit,
             # MQTT 5 lets us cap what is in flight to us unacknowledged at what the queue holds.
             session=Session(mqtt_version="5", receive_maximum=min(queue_size, 65_535)) if ack_after_commit else None,
@@ -123,26 +133,9 @@ class Ingest:
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)
 
-    async def _on_message(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        receipt = self._link.receipt(message) if self.ack_after_commit else None
-        self.stats.received += 1
-        try:
-            parsed = topics.parse(topic)
-            if parsed.direction is not topics.Direction.UP or parsed.kind not in INGESTED_KINDS:
-                raise MessageError(f"topic {topic!r} is not ingested here")
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            model = parse_payload(UP_MODELS[topics.Up(parsed.kind)], payload, topic=topic)
-            if model.device_id != parsed.device_id:
-                raise MessageError(f"{topic}: payload device_id {model.device_id!r} does not match the topic")
-        except MessageError as exc:
-            self.stats.rejected += 1
-            log.warning("malformed device message dropped", topic=topic, error=str(exc))
-            if receipt is not None:
-                self._link.ack(receipt)
-            return
+    async def _take(self, inbound: Inbound[Message]) -> None:
         # Blocks when the queue is full: back-pressure onto the broker, never a drop.
-        await self._queue.put(Received(datetime.now(tz=UTC), model, receipt))
+        await self._queue.put(Received(datetime.now(tz=UTC), inbound.message, inbound.delivery.receipt))
 
     async def _next_batch(self) -> list[Received]:
         batch = [await self._queue.get()]
@@ -177,7 +170,7 @@ class Ingest:
                     await asyncio.sleep(delay)
             backoff.reset()
             for item in batch:
-                if item.receipt is not None and not self._link.ack(item.receipt):
+                if item.receipt is not None and not item.receipt.ack():
                     self.stats.acks_void += 1
             self.stats.written += len(batch)
             self.stats.batches += 1

@@ -21,13 +21,13 @@ import structlog
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from edge_agent.tasks import cancel_and_wait
 from fleet_server import tracker
 from fleet_server.inspection import CellSeen, DeviceFacts, Finding, InspectionThresholds, inspect, placement
 from fleet_server.states import UP_STATES, DeviceState, Signal
 from fleet_server.tasks import TaskBook
 from fleet_server.telemetry import TelemetryStore
 from fleet_server.tracker import Observation
+from mqtt_link.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 

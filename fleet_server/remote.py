@@ -25,19 +25,19 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-import aiomqtt
 import structlog
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
-from edge_agent.link import Link, LinkDown
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import Command, CommandResult, CommandStatus, DailySpan, Settings, parse_from_device
+from firmware_protocols.messages import Command, CommandResult, CommandStatus, DailySpan, Settings
 from firmware_protocols.signing import Signer
 from fleet_server.errors import FleetError
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import Link
+from mqtt_link.routing import Inbound, Router
 
 log = structlog.get_logger(__name__)
 
@@ -106,13 +106,14 @@ class DeviceRemote:
         self._pool = pool
         self._signer = signer
         self._waiters: dict[str, asyncio.Event] = {}
+        self.results_in = Router("remote", topics.Direction.UP)
+        self.results_in.route(topics.Up.RESULT, CommandResult, self._on_result)
         self._link = Link(
             endpoint,
             client_id=client_id,
             subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.RESULT), share_group)],
-            on_message=self._on_result,
+            on_message=self.results_in.deliver,
         )
-        self.bad_results = 0
 
     async def __aenter__(self) -> Self:
         await self._link.__aenter__()
@@ -198,15 +199,8 @@ class DeviceRemote:
             )
             return [CommandView.model_validate(row) for row in await cur.fetchall()]
 
-    async def _on_result(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-        try:
-            result = parse_from_device(CommandResult, topic, payload)
-        except MessageError as exc:
-            self.bad_results += 1
-            log.warning("bad command result dropped", topic=topic, error=str(exc))
-            return
+    async def _on_result(self, inbound: Inbound[CommandResult]) -> None:
+        result = inbound.message
         await self._set_status(
             result.command_id, result.status.value, result.reason, result.result, device_id=result.device_id
         )

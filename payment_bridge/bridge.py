@@ -18,17 +18,17 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-import aiomqtt
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from edge_agent.link import Link, LinkDown, Receipt
-from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel, parse_from_device
+from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import Link, Receipt
+from mqtt_link.routing import Inbound, Router
+from mqtt_link.tasks import cancel_and_wait
 from payment_bridge.alipay import verify_alipay_notification
 from payment_bridge.coalesce import Coalescer, CoalescerClosed
 from payment_bridge.errors import NotificationRejected
@@ -63,7 +63,6 @@ class BridgeStats:
     publish_failures: int = 0
     acks: int = 0
     stray_acks: int = 0
-    bad_acks: int = 0
 
 
 def _ms(at: datetime) -> int:
@@ -101,12 +100,14 @@ class PaymentBridge:
         self._acks: Coalescer[AckReceived, bool] = Coalescer(
             store.record_acks, key=lambda a: (a.ack.payment_id, a.ack.device_id), name="acks"
         )
+        self.acks_in = Router("bridge", topics.Direction.UP)
+        self.acks_in.route(topics.Up.ACK, Ack, self._on_ack)
         self._link = Link(
             endpoint,
             client_id=client_id,
             # Acks change only the database, so any bridge of a shared group may take any ack.
             subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.ACK), share_group)],
-            on_message=self._on_ack,
+            on_message=self.acks_in.deliver,
             # A device's ack is acknowledged to the broker once it is stored: a bridge that dies
             # in between has the broker send it again rather than losing it.
             manual_ack=True,
@@ -287,20 +288,11 @@ class PaymentBridge:
 
     # -- acks back -------------------------------------------------------------------------
 
-    async def _on_ack(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        acked_at = datetime.now(tz=UTC)
-        receipt = self._link.receipt(message)
-        try:
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            ack = parse_from_device(Ack, topic, payload)
-        except MessageError as exc:
-            self.stats.bad_acks += 1
-            log.warning("malformed ack dropped", topic=topic, error=str(exc))
-            self._link.ack(receipt)
-            return
+    async def _on_ack(self, inbound: Inbound[Ack]) -> None:
+        receipt = inbound.delivery.receipt
+        assert receipt is not None  # noqa: S101 - the ack link acknowledges by hand (manual_ack).
         # Not awaited: the next ack is read while this one waits for its batch to commit.
-        self._store_ack(AckReceived(ack, acked_at), receipt, topic)
+        self._store_ack(AckReceived(inbound.message, datetime.now(tz=UTC)), receipt, inbound.delivery.topic)
 
     def _store_ack(self, item: AckReceived, receipt: Receipt, topic: str) -> None:
         def stored(future: asyncio.Future[bool]) -> None:
@@ -311,7 +303,7 @@ class PaymentBridge:
                 log.warning("ack not stored; will retry", topic=topic, error=str(exc), retry_in_s=ACK_RETRY_S)
                 asyncio.get_running_loop().call_later(ACK_RETRY_S, self._store_ack, item, receipt, topic)
                 return
-            self._link.ack(receipt)
+            receipt.ack()
             if future.result():
                 self.stats.acks += 1
             else:

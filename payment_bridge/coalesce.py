@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
-from edge_agent.tasks import cancel_and_wait
+from mqtt_link.tasks import cancel_and_wait
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -34,8 +34,8 @@ import structlog
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from edge_agent.tasks import cancel_and_wait
 from firmware_protocols.signing import Signer
+from mqtt_link.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 

@@ -32,9 +32,9 @@ from edge_agent.config import AgentConfig
 from edge_agent.hardware.audio import WavFileSink
 from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.ota.slots import BootControl
-from edge_agent.tasks import cancel_and_wait
 from edge_agent.voice import Speaker, VoicePack
 from firmware_protocols.credentials import encode_secret
+from mqtt_link.tasks import cancel_and_wait
 from simulators.serial_peers import Utterance, VirtualModem, VirtualPrinter, VirtualTtsChip
 
 log = structlog.get_logger(__name__)

@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-import aiomqtt
 import psycopg
 import structlog
 
-from edge_agent.link import Link, LinkDown
-from edge_agent.tasks import cancel_and_wait
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import OtaOffer, OtaStatus, parse_from_device
+from firmware_protocols.messages import OtaOffer, OtaStatus
 from firmware_protocols.ota import ReleaseManifest
 from firmware_protocols.signing import Signer
 from fleet_server.ota.store import OtaStore, PlannedOffer
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import Link
+from mqtt_link.routing import Inbound, Router
+from mqtt_link.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,6 @@ REPORT_BATCH = 500
 @dataclass(slots=True)
 class ConductorStats:
     reports: int = 0
-    bad_reports: int = 0
     offers_sent: int = 0
     offers_failed: int = 0
     rounds: int = 0
@@ -71,11 +70,13 @@ class OtaConductor:
         self._reports: asyncio.Queue[OtaStatus] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
+        self.reports_in = Router("ota", topics.Direction.UP)
+        self.reports_in.route(topics.Up.OTA, OtaStatus, self._on_report)
         self._link = Link(
             endpoint,
             client_id=client_id,
             subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.OTA), share_group)],
-            on_message=self._on_report,
+            on_message=self.reports_in.deliver,
         )
 
     async def __aenter__(self) -> Self:
@@ -102,16 +103,8 @@ class OtaConductor:
 
     # -- reports in ------------------------------------------------------------------------
 
-    async def _on_report(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-        try:
-            status = parse_from_device(OtaStatus, topic, payload)
-        except MessageError as exc:
-            self.stats.bad_reports += 1
-            log.warning("bad ota report dropped", topic=topic, error=str(exc))
-            return
-        self._reports.put_nowait(status)
+    async def _on_report(self, inbound: Inbound[OtaStatus]) -> None:
+        self._reports.put_nowait(inbound.message)
 
     async def _store_reports(self) -> None:
         while True:

@@ -10,15 +10,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from edge_agent.hardware.audio import PLAYED_LOG
-from edge_agent.link import Link, LinkDown
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import Delivery, Link
 from simulators import mosquitto
 from tests.integration.conftest import signed_announce
 
@@ -62,8 +62,8 @@ class RetryingPublisher:
             self._retry.cancel()
         await self.link.close()
 
-    async def _on_ack(self, message: aiomqtt.Message) -> None:
-        body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+    async def _on_ack(self, delivery: Delivery) -> None:
+        body = json.loads(delivery.payload)
         self.acks.setdefault(body["payment_id"], []).append(body["status"])
 
     def final(self, payment_id: str) -> str | None:

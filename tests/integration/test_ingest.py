@@ -13,12 +13,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from edge_agent.link import probe
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Health
 from fleet_server.db import migrate, open_pool
 from fleet_server.ingest import Ingest
+from mqtt_link.link import probe
 from tests.integration.conftest import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

@@ -68,7 +68,7 @@ async def test_malformed_device_messages_are_logged_dropped_and_ingest_goes_on(s
                 return (await http.get(f"/api/v1/devices/{device}")).status_code == 200
 
             await eventually(registered, what="the good hello after three bad messages")
-        dropped = [e for e in logs if e["event"] == "malformed device message dropped"]
+        dropped = [e for e in logs if e["event"] == "malformed message dropped" and e["consumer"] == "ingest"]
         assert [e["topic"] for e in dropped] == [
             f"hd/v1/{device}/up/health",
             f"hd/v1/{device}/up/hello",

@@ -28,6 +28,7 @@ from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
 from haodian.embedded import BrokerTls, EmbeddedBroker
 from haodian.server import SERVER_ACCOUNT, Part, ServerStack, start_embedded_broker
 from haodian.settings import Settings
+from mqtt_link.link import Delivery
 from simulators import mosquitto
 from tests.integration.conftest import api_client, in_process_stack
 
@@ -252,7 +253,7 @@ async def test_agents_and_the_api_over_tls_with_provisioned_credentials(
             assert again.status_code == 409
         assert broker.tls_endpoint is not None
         from edge_agent.config import AgentConfig  # noqa: PLC0415
-        from edge_agent.link import Link  # noqa: PLC0415
+        from mqtt_link.link import Link  # noqa: PLC0415
 
         config = AgentConfig(
             device_id=device,
@@ -281,7 +282,7 @@ async def test_agents_and_the_api_over_tls_with_provisioned_credentials(
                 await plain.get(server.base_url.replace("https://", "http://") + "/healthz")
 
 
-async def _ignore(_: aiomqtt.Message) -> None:
+async def _ignore(_: Delivery) -> None:
     return None
 
 

@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 from edge_agent.hardware.audio import WavFileSink
 from edge_agent.hardware.errors import AudioError
-from edge_agent.link import Backoff
 from edge_agent.speech import announcement_text
 from edge_agent.voice import VoicePack
 from firmware_protocols.messages import AnnounceKind, Channel
+from mqtt_link.backoff import Backoff
 
 VOICE = VoicePack.builtin()
 

@@ -8,24 +8,25 @@ QoS 1 messages while the link is down and nothing sent to a device in the meanti
 TLS (`mqtts://`) uses the system's trust store or a configured CA, and a client certificate
 where the broker asks for mutual TLS.
 
-By default a QoS 1 message is acknowledged as soon as it is read. A consumer that must not lose
-what it has not yet stored (the fleet ingest) opens the link with `manual_ack` and acknowledges
-each message with `ack(receipt)` once it is durable; a message that was never acknowledged is
-sent again by the broker when the session resumes. A receipt belongs to the connection that
-delivered the message: after a reconnect the broker redelivers it and the old receipt is void.
+Every message is handed to the handler as a `Delivery` (topic, payload, receipt). By default a
+QoS 1 message is acknowledged as soon as it is read and the receipt is None. A consumer that must
+not lose what it has not yet stored (the fleet ingest, the bridge's acks) opens the link with
+`manual_ack` and calls `delivery.receipt.ack()` once the message is durable; a message that was
+never acknowledged is sent again by the broker when the session resumes. A receipt belongs to the
+connection that delivered the message: after a reconnect the broker redelivers it and the old
+receipt is void.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 import aiomqtt
 import structlog
@@ -33,41 +34,19 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.errors import AgentError, ConfigError
-from edge_agent.tasks import cancel_and_wait
 from firmware_protocols.endpoint import BrokerEndpoint
+from mqtt_link.backoff import Backoff
+from mqtt_link.errors import LinkDown, TlsSetupError
+from mqtt_link.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
-MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
 ConnectHandler = Callable[[], Awaitable[None]]
 MqttVersion = Literal["3.1.1", "5"]
 
 # A QoS 1 publish waits for the broker's PUBACK at most this long before the link is
 # considered broken; a healthy broker answers in milliseconds, a 4G link in well under a second.
 PUBLISH_TIMEOUT_S = 10.0
-
-
-class LinkDown(AgentError):
-    """A publish could not reach the broker (not connected, or the connection broke)."""
-
-
-class Backoff:
-    """Full-jitter exponential backoff: a random delay in [0, min(cap, initial·2ⁿ)]."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self._initial = initial_s
-        self._max = max_s
-        self._attempt = 0
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security.
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._max, self._initial * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 32)
-        return self._rng.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +62,48 @@ class Session:
     receive_maximum: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What acknowledging one received QoS 1 message takes: the connection it came on and its id."""
+class Receipt(Protocol):
+    """Acknowledges one received message to the broker, once it is safe to."""
 
+    def ack(self) -> bool:
+        """True once acknowledged; False if the connection that brought the message is gone,
+        so the broker will deliver it again."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerReceipt:
+    """A receipt for a QoS 1 message: the link and the connection it came on, and its id."""
+
+    link: Link
     client: aiomqtt.Client
     mid: int
     qos: int
+
+    def ack(self) -> bool:
+        """Acknowledge the message to the broker (QoS 0 needs none); False if the connection
+        that brought it is gone, so the broker will deliver it again."""
+        if self.qos == 0:
+            return True
+        if self.client is not self.link.current_client or not self.link.connected.is_set():
+            return False
+        # aiomqtt does not expose paho's application-controlled acknowledgement yet
+        # (empicano/aiomqtt#345); the paho client under it has it.
+        self.client._client.ack(self.mid, self.qos)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as it arrived: its topic, its payload, and (with `manual_ack`) the receipt
+    that acknowledges it."""
+
+    topic: str
+    payload: bytes
+    receipt: Receipt | None = None
+
+
+MessageHandler = Callable[[Delivery], Awaitable[None]]
 
 
 def tls_context(
@@ -102,7 +116,7 @@ def tls_context(
         if cert_file is not None and key_file is not None:
             context.load_cert_chain(str(cert_file), str(key_file))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot set up TLS (ca {ca_file}, cert {cert_file}): {exc}") from exc
+        raise TlsSetupError(f"cannot set up TLS (ca {ca_file}, cert {cert_file}): {exc}") from exc
     return context
 
 
@@ -161,23 +175,10 @@ class Link:
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout_s)
 
-    def receipt(self, message: aiomqtt.Message) -> Receipt:
-        """The receipt of `message`; take it in the message handler, before its first await."""
-        if self._client is None:
-            raise LinkDown(f"{self.client_id}: a message arrived with no connection")
-        return Receipt(self._client, message.mid, message.qos)
-
-    def ack(self, receipt: Receipt) -> bool:
-        """Acknowledge a message taken with `manual_ack` (QoS 0 needs none); False if the
-        connection that brought it is gone, so the broker will deliver it again."""
-        if receipt.qos == 0:
-            return True
-        if receipt.client is not self._client or not self.connected.is_set():
-            return False
-        # aiomqtt does not expose paho's application-controlled acknowledgement yet
-        # (empicano/aiomqtt#345); the paho client under it has it.
-        receipt.client._client.ack(receipt.mid, receipt.qos)
-        return True
+    @property
+    def current_client(self) -> aiomqtt.Client | None:
+        """The client of the connection now up, if any (a receipt of another one is void)."""
+        return self._client
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker to take it (QoS 1); raise `LinkDown` if it cannot."""
@@ -254,13 +255,20 @@ class Link:
             client._client.manual_ack_set(True)  # see `ack`
         return client
 
-    async def _deliver(self, message: aiomqtt.Message) -> None:
+    def _delivery(self, client: aiomqtt.Client, message: aiomqtt.Message) -> Delivery:
+        payload = message.payload
+        if not isinstance(payload, bytes):
+            payload = bytes(payload) if isinstance(payload, bytearray) else b""
+        receipt = BrokerReceipt(self, client, message.mid, message.qos) if self._manual_ack else None
+        return Delivery(str(message.topic), payload, receipt)
+
+    async def _deliver(self, delivery: Delivery) -> None:
         # Handlers validate their input; this is the last line that keeps one bad message
         # from taking the link down with it.
         try:
-            await self._on_message(message)
+            await self._on_message(delivery)
         except Exception:  # noqa: BLE001 - any handler bug must not end the link.
-            self._log.exception("message handler failed; message dropped", topic=str(message.topic))
+            self._log.exception("message handler failed; message dropped", topic=delivery.topic)
 
     async def _run(self) -> None:
         while True:
@@ -276,7 +284,8 @@ class Link:
                     if self._on_connect is not None:
                         await self._on_connect()
                     async for message in client.messages:
-                        await self._deliver(message)
+                        # The receipt is taken here, before any await: it names this connection.
+                        await self._deliver(self._delivery(client, message))
             except (aiomqtt.MqttError, OSError, TimeoutError, LinkDown) as exc:
                 delay = self._backoff.next_delay()
                 self._log.warning("link down", error=str(exc), retry_in_s=round(delay, 2))
