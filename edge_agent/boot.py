@@ -11,6 +11,7 @@ power-on reason); the record here is what any Linux has.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import uuid
@@ -81,6 +82,25 @@ class BootRecord:
 
     def stopped_cleanly(self) -> None:
         self._write(clean=True, requested=None)
+
+
+class Restart:
+    """A restart this run asks for. The boot record learns it first, so the next start reports
+    why rather than "unclean"; then whoever runs the agent is told (`requested`): `haodian agent
+    run` re-executes itself, a board would reboot."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.pending = False
+        self.record: BootRecord | None = None  # this run's record, once the agent runs
+
+    def ask(self, reason: BootReason) -> bool:
+        """Record that the next start is asked for (`reason`); False if the agent is not running."""
+        if self.record is None:
+            return False
+        self.record.request_restart(reason)
+        self.pending = True
+        return True
 
 
 class StateLock:

@@ -27,10 +27,6 @@ from firmware_protocols.messages import describe_errors
 MAX_LOG_BYTES = 12 * 1024
 
 
-class CommandFailed(Exception):
-    """A command ran and did not do what was asked; the message is the result's reason."""
-
-
 class CommandHost(Protocol):
     """What commands act on: the running agent."""
 

@@ -6,12 +6,15 @@ are the fields below; command-line flags override single values.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 import time
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import structlog
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,12 +27,15 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
+from edge_agent.state_files import read_json, write_json
 from firmware_protocols.credentials import CredentialError, decode_secret, mqtt_password
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import describe_errors
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from mqtt_link.errors import TlsSetupError
 from mqtt_link.link import tls_context
+
+log = structlog.get_logger(__name__)
 
 
 class AgentConfig(BaseModel):
@@ -167,3 +173,42 @@ class AgentConfig(BaseModel):
             return tls_context(self.ca_file, self.client_cert, self.client_key)
         except TlsSetupError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+CONFIG_OVERRIDES_FILE = "config-overrides.json"
+
+
+class LiveConfig:
+    """The configuration while the agent runs: the file's, with what `set_config` commands
+    changed on top (kept in `config-overrides.json`, so a change survives a restart), and the
+    firmware and slot the boot control chose."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._path = config.state_dir / CONFIG_OVERRIDES_FILE
+        self.current = _with_overrides(config, self._path)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Change one runtime setting now and for later runs; `ConfigError` if the value is wrong."""
+        try:
+            self.current = AgentConfig.model_validate({**self.current.model_dump(), key: value})
+        except ValidationError as exc:
+            raise ConfigError(f"bad value for {key}: {exc.errors()[0]['msg']}") from exc
+        overrides = read_json(self._path) or {}
+        overrides[key] = value
+        await asyncio.to_thread(write_json, self._path, overrides)
+
+    def booted(self, firmware: str, slot: Literal["a", "b"]) -> None:
+        """The version and slot that run (after an update they are not the file's)."""
+        self.current = self.current.model_copy(update={"firmware": firmware, "slot": slot})
+
+
+def _with_overrides(config: AgentConfig, path: Path) -> AgentConfig:
+    """`config` with the runtime settings a `set_config` command changed, if they still validate."""
+    overrides = read_json(path)
+    if not overrides:
+        return config
+    try:
+        return AgentConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as exc:
+        log.warning("config overrides ignored", path=str(path), error=json.dumps(exc.errors(), default=str)[:300])
+        return config

@@ -1,11 +1,17 @@
 """The edge agent's one error tree.
 
-AgentError
-├── StateFolderBusy      another agent runs on this state folder (boot.py)
-├── ConfigError          a configuration file or value the agent cannot use (config.py)
-└── HardwareError        a part of the device did not do what was asked (hardware/errors.py)
-    ├── AudioError
-    └── Unreachable
+    AgentError               anything the agent could not do, with the context a person needs
+    ├── ConfigError          a configuration file or value the agent cannot use (config.py)
+    ├── StateFolderBusy      another agent runs on this state folder (boot.py)
+    ├── CommandFailed        a remote command ran and did not do what was asked (commands.py)
+    ├── DownloadRefused      an update's download answered wrongly by the server (ota/download.py)
+    ├── UpdateStepFailed     an update step that failed, with its failure code (ota/updater.py)
+    └── HardwareError        a part of the device did not do what was asked (hardware/errors.py)
+        ├── AudioError       the voice pack or an audio sink cannot do what was asked
+        └── Unreachable      the part does not answer, or its port is gone
+
+Errors from the parts the agent stands on are mapped where they enter: the MQTT link's
+(`mqtt_link.errors`) by the parts that publish, a TLS setup error to `ConfigError`.
 """
 
 
@@ -15,3 +21,7 @@ class AgentError(Exception):
 
 class ConfigError(AgentError):
     """A configuration file or value the agent cannot use."""
+
+
+class CommandFailed(AgentError):
+    """A command ran and did not do what was asked; the message is the result's reason."""

@@ -45,6 +45,16 @@ class MerchantSettings:
             log.warning("stored settings invalid; using defaults", path=str(self._path), error=str(exc))
             return None
 
+    def set_volume(self, volume: int, version_ms: int) -> None:
+        """A `set_volume` command: the volume changes now, as a local version newer than any held
+        (the server updates its retained copy as well, so a later retained message agrees)."""
+        current = self.current
+        self.offer(
+            current.model_copy(
+                update={"volume": volume, "version": max(version_ms, current.version + 1), "key_id": "local", "sig": ""}
+            )
+        )
+
     def offer(self, settings: Settings) -> bool:
         """Take `settings` if newer than the current ones and keep them on disk; True if taken."""
         if settings.version <= self.current.version:

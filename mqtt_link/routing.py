@@ -95,7 +95,7 @@ class Router:
         self._device_id = device_id
         self._on_reject = on_reject
         self._routes: dict[topics.Up | topics.Down, _Route] = {}
-        self._log = log.bind(consumer=consumer)
+        self._log = log.bind(consumer=consumer, **({"device_id": device_id} if device_id else {}))
 
     def route(
         self,

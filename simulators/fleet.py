@@ -26,12 +26,13 @@ from typing import Any, Self
 import httpx
 import structlog
 
-from edge_agent.agent import AgentStats, EdgeAgent
+from edge_agent.agent import EdgeAgent
 from edge_agent.bootstrap import Hardware, open_hardware
 from edge_agent.config import AgentConfig
 from edge_agent.hardware.audio import WavFileSink
 from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.ota.slots import BootControl
+from edge_agent.stats import AgentStats
 from edge_agent.voice import Speaker, VoicePack
 from firmware_protocols.credentials import encode_secret
 from mqtt_link.tasks import cancel_and_wait

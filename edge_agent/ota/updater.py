@@ -29,6 +29,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.clock import Clock
+from edge_agent.errors import AgentError
 from edge_agent.ota.download import DownloadRefused, download
 from edge_agent.ota.slots import PAYLOAD_FILE, RELEASE_FILE, BootChoice, BootControl, other
 from edge_agent.state_files import read_json, write_json
@@ -75,7 +76,9 @@ class UpdatePolicy:
     window_poll_s: float = 30.0  # how often a job waiting for its install window looks at the clock
 
 
-class _Failed(Exception):
+class UpdateStepFailed(AgentError):
+    """An update step that failed, with the failure code the server is told."""
+
     def __init__(self, failure: OtaFailure, reason: str) -> None:
         super().__init__(reason)
         self.failure = failure
@@ -202,7 +205,7 @@ class Updater:
         self._reported_in_run = False  # a resumed job says where it is, even if unchanged
         try:
             await self._steps(offer)
-        except _Failed as exc:
+        except UpdateStepFailed as exc:
             await self._fail(offer, exc.failure, exc.reason)
 
     async def _steps(self, offer: OtaOffer) -> None:
@@ -253,7 +256,7 @@ class Updater:
                         on_progress=progress,
                     )
             except DownloadRefused as exc:
-                raise _Failed(OtaFailure.DOWNLOAD, str(exc)) from exc
+                raise UpdateStepFailed(OtaFailure.DOWNLOAD, str(exc)) from exc
             except (httpx.HTTPError, OSError) as exc:
                 self._log.info(
                     "ota download cut; will resume",
@@ -262,7 +265,9 @@ class Updater:
                     error=f"{type(exc).__name__}: {exc}"[:200],
                 )
                 if attempt == self.policy.download_attempts:
-                    raise _Failed(OtaFailure.DOWNLOAD, f"{attempt} attempts: {type(exc).__name__}: {exc}") from exc
+                    raise UpdateStepFailed(
+                        OtaFailure.DOWNLOAD, f"{attempt} attempts: {type(exc).__name__}: {exc}"
+                    ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.policy.retry_max_s)
             else:
@@ -283,7 +288,7 @@ class Updater:
                 await asyncio.to_thread(_check_file, offer, part)
             except ManifestError as exc:
                 part.unlink(missing_ok=True)
-                raise _Failed(OtaFailure.VERIFY, str(exc)) from exc
+                raise UpdateStepFailed(OtaFailure.VERIFY, str(exc)) from exc
 
     async def _wait_window(self, offer: OtaOffer) -> None:
         await self._step(offer, OtaState.WAITING_WINDOW, bytes_done=offer.manifest.size)
@@ -295,7 +300,7 @@ class Updater:
         try:
             self._check_manifest(offer)  # again: it may have expired while waiting
         except ManifestError as exc:
-            raise _Failed(OtaFailure.REFUSED, str(exc)) from exc
+            raise UpdateStepFailed(OtaFailure.REFUSED, str(exc)) from exc
 
     async def _install(self, offer: OtaOffer) -> None:
         manifest = offer.manifest
@@ -315,7 +320,7 @@ class Updater:
             self.boot_control.finish_install(slot, manifest.version)
             self.boot_control.try_next(slot, tries=self.policy.trial_boots)
         except OSError as exc:
-            raise _Failed(OtaFailure.INSTALL, f"cannot write slot {slot}: {exc}") from exc
+            raise UpdateStepFailed(OtaFailure.INSTALL, f"cannot write slot {slot}: {exc}") from exc
         (self.folder / PART_FILE).unlink(missing_ok=True)
 
     async def _after_reboot(self, offer: OtaOffer) -> None:
@@ -323,7 +328,7 @@ class Updater:
         slot = job.get("slot")
         booted = self.booted
         if not (booted.trial and booted.slot == slot and booted.version == offer.manifest.version):
-            raise _Failed(OtaFailure.BOOT, f"slot {slot} restarted before it committed; back on {booted.slot}")
+            raise UpdateStepFailed(OtaFailure.BOOT, f"slot {slot} restarted before it committed; back on {booted.slot}")
         await self._step(offer, OtaState.HEALTH_CHECK)
         problems = await self._host.health_problems()
         if problems:

@@ -92,7 +92,7 @@ async def test_a_network_cut_of_a_minute_loses_nothing_and_plays_nothing_twice(t
                 await asyncio.sleep((CUT_S - 10) / 5)
                 await publisher.announce(device, f"P{i}")
             await asyncio.sleep(max(0.0, CUT_S - (time.time_ns() // 1_000_000 - cut_at) / 1000))
-            offline_outbox = agent.outbox_size
+            offline_outbox = len(agent.uplink.outbox)
             proxy.restore()
             restored_at = time.time_ns() // 1_000_000
 
@@ -102,7 +102,7 @@ async def test_a_network_cut_of_a_minute_loses_nothing_and_plays_nothing_twice(t
                 timeout_s=60,
                 what="every announce answered after the cut",
             )
-            await eventually(lambda: _async(agent.outbox_size == 0), timeout_s=30, what="the outbox flushed")
+            await eventually(lambda: _async(len(agent.uplink.outbox) == 0), timeout_s=30, what="the outbox flushed")
     listener.cancel()
 
     assert plays(audio) == dict.fromkeys(ids, 1), "every payment played exactly once, the stale one never"

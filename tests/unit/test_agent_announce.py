@@ -1,7 +1,8 @@
 """The announce decisions of the edge agent, with fake speaker and clock, no broker.
 
-Without a broker every uplink lands in the agent's outbox, which is where these tests read the
-acks and events from.
+Announces go in through the agent's downlink, as the link hands them over; without a broker
+every uplink lands in the agent's outbox, which is where these tests read the acks and events
+from.
 """
 
 import pytest
@@ -16,8 +17,9 @@ from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.hardware.printer import FakePrinter
 from edge_agent.hardware.tts_chip import FakeTtsChip
 from edge_agent.voice import ChipSpeaker
+from firmware_protocols import topics
 from firmware_protocols.signing import Signer, encode_public_key
-from tests.unit.agent_kit import SERVER_KEY, announce, make_agent, play_all, uplinks
+from tests.unit.agent_kit import SERVER_KEY, announce, deliver, make_agent, play_all, uplinks
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.anyio
 async def test_signed_announce_is_played_once_and_acked(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_announce(announce(clock).to_json())
+    await deliver(agent, announce(clock))
     await play_all(agent)
     assert [r.text for r in sink.played] == ["微信收款十二点五元"]
     assert sink.played[0].duration_s > 1.0
@@ -33,7 +35,7 @@ async def test_signed_announce_is_played_once_and_acked(tmp_path, clock):
     assert kind == "ack"
     assert (ack["status"], ack["payment_id"], ack["text"]) == ("played", "P1", "微信收款十二点五元")
 
-    await agent.handle_announce(announce(clock).to_json())  # broker redelivery / server retry
+    await deliver(agent, announce(clock))  # broker redelivery / server retry
     await play_all(agent)
     assert len(sink.played) == 1
     assert [ack["status"] for _, ack in uplinks(agent)] == ["duplicate"]
@@ -42,11 +44,10 @@ async def test_signed_announce_is_played_once_and_acked(tmp_path, clock):
 async def test_dedup_survives_a_restart(tmp_path, clock):
     sink = MemorySink()
     first = make_agent(tmp_path, clock, sink)
-    await first.handle_announce(announce(clock).to_json())
-    first._seen.close()
+    await deliver(first, announce(clock))
     second = make_agent(tmp_path, clock, sink)
-    await second.handle_announce(announce(clock).to_json())
-    assert second._queue.empty()
+    await deliver(second, announce(clock))
+    assert second.announcer.queued == 0
     assert [ack["status"] for _, ack in uplinks(second)] == ["duplicate"]
 
 
@@ -55,8 +56,8 @@ async def test_stale_announce_is_not_played_late(tmp_path, clock):
     agent = make_agent(tmp_path, clock, sink)
     stale = announce(clock, ttl_s=30)
     clock.advance(31_000)
-    await agent.handle_announce(stale.to_json())
-    assert agent._queue.empty()
+    await deliver(agent, stale)
+    assert agent.announcer.queued == 0
     assert [ack["status"] for _, ack in uplinks(agent)] == ["expired"]
 
 
@@ -71,8 +72,8 @@ async def test_stale_announce_is_not_played_late(tmp_path, clock):
 async def test_forged_announces_are_refused_and_reported(tmp_path, clock, forge):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_announce(forge(announce(clock)).to_json())
-    assert agent._queue.empty()
+    await deliver(agent, forge(announce(clock)))
+    assert agent.announcer.queued == 0
     sent = uplinks(agent)
     assert [kind for kind, _ in sent] == ["ack", "event"]
     assert sent[0][1]["status"] == "refused"
@@ -82,16 +83,16 @@ async def test_forged_announces_are_refused_and_reported(tmp_path, clock, forge)
 
 async def test_announce_for_another_device_is_refused(tmp_path, clock):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_announce(announce(clock, device_id="SPK2").to_json())
-    assert agent._queue.empty()
+    await deliver(agent, announce(clock, device_id="SPK2"))
+    assert agent.announcer.queued == 0
     assert uplinks(agent)[0][1]["status"] == "refused"
 
 
 async def test_malformed_announce_is_logged_and_reported(tmp_path, clock):
     agent = make_agent(tmp_path, clock, MemorySink())
     with capture_logs() as logs:
-        await agent.handle_announce(b'{"type": "announce"', topic="hd/v1/SPK1/down/announce")
-    assert agent._queue.empty()
+        await deliver(agent, b'{"type": "announce"', topics.Down.ANNOUNCE)
+    assert agent.announcer.queued == 0
     assert any(e["event"] == "malformed message dropped" and e["topic"] == "hd/v1/SPK1/down/announce" for e in logs)
     [(kind, event)] = uplinks(agent)
     assert (kind, event["kind"]) == ("event", "bad_message")
@@ -101,7 +102,7 @@ async def test_announcements_play_in_arrival_order(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
     for i, fen in enumerate([100, 200, 300]):
-        await agent.handle_announce(announce(clock, payment_id=f"P{i}", amount_fen=fen).to_json())
+        await deliver(agent, announce(clock, payment_id=f"P{i}", amount_fen=fen))
     await play_all(agent)
     assert [r.text for r in sink.played] == ["微信收款一元", "微信收款二元", "微信收款三元"]
 
@@ -118,13 +119,13 @@ async def test_chip_speaker_and_printer_ports(tmp_path, clock):
         volume=4,
     )
     agent = EdgeAgent(config, speaker=ChipSpeaker(chip), modem=SimulatedModem(seed=1), printer=printer, clock=clock)
-    await agent.handle_announce(announce(clock, "P1").to_json())
+    await deliver(agent, announce(clock, "P1"))
     await play_all(agent)
     assert chip.spoken == [("微信收款十二点五元", 4)]
     assert len(printer.printed) == 1
     assert "金额: 12.50 元".encode("gbk") in printer.printed[0]
     printer.state = "paper_out"
-    await agent.handle_announce(announce(clock, "P2").to_json())
+    await deliver(agent, announce(clock, "P2"))
     await play_all(agent)
     sent = uplinks(agent)
     assert [body["status"] for kind, body in sent if kind == "ack"] == ["played", "played"]
@@ -142,12 +143,12 @@ async def test_part_states_in_health_and_change_events(tmp_path, clock):
         server_keys=[encode_public_key(SERVER_KEY.public_key())],
     )
     agent = EdgeAgent(config, speaker=ChipSpeaker(chip), modem=SimulatedModem(seed=1), printer=printer, clock=clock)
-    health = await agent.health()
+    health = await agent.reporter.health()
     assert (health.tts, health.printer, health.registration, health.modem) == ("idle", "cover_open", "home", "ok")
-    await agent.check_parts()  # a bad part at start is reported at once
+    await agent.reporter.check_parts()  # a bad part at start is reported at once
     chip.failure = Unreachable("gone")
     printer.state = "ok"
-    await agent.check_parts()
+    await agent.reporter.check_parts()
     events = [(body["kind"], body["detail"]) for kind, body in uplinks(agent) if kind == "event"]
     assert events == [
         ("fault", {"part": "printer", "state": "cover_open", "was": None}),

@@ -10,9 +10,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.clock import FakeClock
 from edge_agent.hardware.audio import MemorySink
+from firmware_protocols import topics
 from firmware_protocols.messages import OtaOffer
 from firmware_protocols.signing import Signer, encode_public_key
-from tests.unit.agent_kit import SIGNER, make_agent, uplinks
+from tests.unit.agent_kit import SIGNER, deliver, make_agent, uplinks
 from tests.unit.test_ota_device import NOW, artifact_server, offer_of
 
 pytestmark = pytest.mark.anyio
@@ -43,9 +44,9 @@ async def test_an_offer_not_signed_by_the_server_is_refused(tmp_path):
     forged = signed_offer(Signer(Ed25519PrivateKey.generate()))
     stale = signed_offer(issued_at=NOW - 7200_000, ttl_s=3600)
     async with agent(tmp_path) as a:
-        await a.handle_ota(forged.to_json(), topic="hd/v1/SPK1/down/ota")
-        await a.handle_ota(stale.to_json(), topic="hd/v1/SPK1/down/ota")
-        await a.handle_ota(b'{"type": "ota"}', topic="hd/v1/SPK1/down/ota")
+        await deliver(a, forged)
+        await deliver(a, stale)
+        await deliver(a, b'{"type": "ota"}', topics.Down.OTA)
         sent = uplinks(a)
     refused = [m for kind, m in sent if kind == "event" and m["kind"] == "ota_refused"]
     assert [("unknown signing key" in r["detail"]["reason"], "expired" in r["detail"]["reason"]) for r in refused] == [
@@ -60,7 +61,7 @@ async def test_an_offer_not_signed_by_the_server_is_refused(tmp_path):
 async def test_an_update_that_cannot_reach_the_broker_rolls_back_to_the_old_slot(tmp_path):
     async with agent(tmp_path, artifact_server()) as a:
         assert (a.config.firmware, a.config.slot) == ("1.4.2", "a")
-        await a.handle_ota(signed_offer().to_json(), topic="hd/v1/SPK1/down/ota")
+        await deliver(a, signed_offer())
         await asyncio.wait_for(a.restart_requested.wait(), 10)
         states = [m["state"] for kind, m in uplinks(a) if kind == "ota"]
     assert states[-1] == "rebooting"

@@ -13,7 +13,7 @@ from edge_agent.hardware.ports import SystemStatus
 from edge_agent.hardware.system import FakeSystemInfo
 from firmware_protocols.messages import DailySpan
 from firmware_protocols.signing import Signer
-from tests.unit.agent_kit import announce, command, make_agent, make_config, play_all, settings, uplinks
+from tests.unit.agent_kit import announce, command, deliver, make_agent, make_config, play_all, settings, uplinks
 
 pytestmark = pytest.mark.anyio
 
@@ -22,10 +22,12 @@ BEIJING_0613 = 1_700_000_000_000
 
 
 async def finish_commands(agent):
-    """Run the agent's command tasks to the end, playing what they queue."""
-    while agent._command_tasks:
+    """Run the agent's commands to their answers, playing what they queue."""
+    idle = asyncio.create_task(agent.commands.wait_idle())
+    while not idle.done():
         await asyncio.sleep(0)
         await play_all(agent)
+    await idle
 
 
 def acks(sent):
@@ -39,20 +41,20 @@ def results(sent):
 async def test_settings_change_volume_and_repeat_and_survive_a_restart(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_settings(settings(clock, version=5, volume=3, repeat=2).to_json())
+    await deliver(agent, settings(clock, version=5, volume=3, repeat=2))
     assert agent.settings.current.volume == 3
-    await agent.handle_announce(announce(clock).to_json())
+    await deliver(agent, announce(clock))
     await play_all(agent)
     assert [r.text for r in sink.played] == ["微信收款十二点五元，微信收款十二点五元"]
-    assert (await agent.health()).volume == 3
+    assert (await agent.reporter.health()).volume == 3
     restarted = make_agent(tmp_path / ".", clock, MemorySink())
     assert (restarted.settings.current.version, restarted.settings.current.volume) == (5, 3)
 
 
 async def test_an_older_retained_settings_copy_does_not_undo_a_newer_one(tmp_path, clock):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_settings(settings(clock, version=9, volume=2).to_json())
-    await agent.handle_settings(settings(clock, version=8, volume=9).to_json())
+    await deliver(agent, settings(clock, version=9, volume=2))
+    await deliver(agent, settings(clock, version=8, volume=9))
     assert agent.settings.current.volume == 2
 
 
@@ -66,7 +68,7 @@ async def test_an_older_retained_settings_copy_does_not_undo_a_newer_one(tmp_pat
 )
 async def test_forged_settings_are_refused_and_reported(tmp_path, clock, forge):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_settings(forge(settings(clock, volume=1)).to_json())
+    await deliver(agent, forge(settings(clock, volume=1)))
     assert agent.settings.current.volume == 7
     assert [body["kind"] for kind, body in uplinks(agent) if kind == "event"] == ["settings_refused"]
 
@@ -75,14 +77,14 @@ async def test_quiet_hours_silence_an_announcement_but_still_ack_it(tmp_path, cl
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
     quiet = DailySpan(start="22:00", end="07:00")  # 06:13 in Beijing is inside
-    await agent.handle_settings(settings(clock, quiet_hours=quiet.model_dump()).to_json())
-    await agent.handle_announce(announce(clock).to_json())
+    await deliver(agent, settings(clock, quiet_hours=quiet.model_dump()))
+    await deliver(agent, announce(clock))
     await play_all(agent)
     assert sink.played == []
     [ack] = acks(uplinks(agent))
     assert (ack["status"], ack["reason"]) == ("silenced", "quiet hours")
     clock.advance(60 * 60_000)  # 07:13: quiet hours are over
-    await agent.handle_announce(announce(clock, "P2").to_json())
+    await deliver(agent, announce(clock, "P2"))
     await play_all(agent)
     assert [r.name for r in sink.played] == ["P2"]
 
@@ -104,7 +106,7 @@ def test_quiet_hours_cross_midnight(start, end, minute, quiet):
 async def test_alerts_speak_a_fixed_phrase_and_no_alert_code_means_no_alert(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_announce(announce(clock, "A1", kind="alert", alert="bound", amount_fen=0).to_json())
+    await deliver(agent, announce(clock, "A1", kind="alert", alert="bound", amount_fen=0))
     await play_all(agent)
     assert [r.text for r in sink.played] == ["设备绑定成功"]
     with pytest.raises(ValueError, match="alert"):
@@ -116,7 +118,7 @@ async def test_alerts_speak_a_fixed_phrase_and_no_alert_code_means_no_alert(tmp_
 async def test_an_announce_that_waited_past_its_ttl_in_the_queue_is_not_played(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_announce(announce(clock, ttl_s=5).to_json())
+    await deliver(agent, announce(clock, ttl_s=5))
     clock.advance(6_000)  # the speaker was busy with something long
     await play_all(agent)
     assert sink.played == []
@@ -125,7 +127,7 @@ async def test_an_announce_that_waited_past_its_ttl_in_the_queue_is_not_played(t
 
 async def test_set_volume_command_is_accepted_run_and_answered(tmp_path, clock):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_command(command(clock, "set_volume", args={"volume": 4}).to_json())
+    await deliver(agent, command(clock, "set_volume", args={"volume": 4}))
     await finish_commands(agent)
     assert results(uplinks(agent)) == [("accepted", None, {}), ("succeeded", None, {"volume": 4})]
     assert agent.settings.current.volume == 4
@@ -143,7 +145,7 @@ async def test_set_volume_command_is_accepted_run_and_answered(tmp_path, clock):
 )
 async def test_unknown_and_malformed_commands_are_refused_with_a_reason(tmp_path, clock, name, args, reason):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_command(command(clock, name, args=args).to_json())
+    await deliver(agent, command(clock, name, args=args))
     [(status, why, _)] = results(uplinks(agent))
     assert status == "refused"
     assert why.startswith(reason)
@@ -151,15 +153,13 @@ async def test_unknown_and_malformed_commands_are_refused_with_a_reason(tmp_path
 
 async def test_unsigned_expired_and_repeated_commands_are_not_run(tmp_path, clock):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_command(
-        command(clock, "set_volume", args={"volume": 1}).model_copy(update={"sig": ""}).to_json()
-    )
+    await deliver(agent, command(clock, "set_volume", args={"volume": 1}).model_copy(update={"sig": ""}))
     stale = command(clock, "set_volume", "C2", args={"volume": 1}, ttl_s=10)
     clock.advance(11_000)
-    await agent.handle_command(stale.to_json())
+    await deliver(agent, stale)
     fresh = command(clock, "set_volume", "C3", args={"volume": 2})
-    await agent.handle_command(fresh.to_json())
-    await agent.handle_command(fresh.to_json())  # redelivered
+    await deliver(agent, fresh)
+    await deliver(agent, fresh)  # redelivered
     await finish_commands(agent)
     statuses = [(status, (why or "")[:30]) for status, why, _ in results(uplinks(agent))]
     assert statuses == [
@@ -175,8 +175,8 @@ async def test_unsigned_expired_and_repeated_commands_are_not_run(tmp_path, cloc
 async def test_test_announce_plays_the_test_phrase_and_reports_when(tmp_path, clock):
     sink = MemorySink()
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_settings(settings(clock, volume=0).to_json())  # even a muted speaker
-    await agent.handle_command(command(clock, "test_announce").to_json())
+    await deliver(agent, settings(clock, volume=0))  # even a muted speaker
+    await deliver(agent, command(clock, "test_announce"))
     await finish_commands(agent)
     assert [r.text for r in sink.played] == ["测试播报，收款成功"]
     assert results(uplinks(agent))[-1] == (
@@ -190,7 +190,7 @@ async def test_test_announce_on_a_broken_speaker_fails_with_the_reason(tmp_path,
     sink = MemorySink()
     sink.fault = "amplifier open circuit"
     agent = make_agent(tmp_path, clock, sink)
-    await agent.handle_command(command(clock, "test_announce").to_json())
+    await deliver(agent, command(clock, "test_announce"))
     await finish_commands(agent)
     assert results(uplinks(agent))[-1][:2] == ("failed", "speaker: speaker fault: amplifier open circuit")
 
@@ -201,7 +201,7 @@ async def test_fetch_log_returns_the_devices_recent_lines(tmp_path, clock):
     for i in range(3):
         logbook.capture(None, "info", {"event": f"line {i}", "device_id": "SPK1", "n": i})
     logbook.capture(None, "info", {"event": "other device", "device_id": "SPK2"})
-    await agent.handle_command(command(clock, "fetch_log", args={"lines": 2}).to_json())
+    await deliver(agent, command(clock, "fetch_log", args={"lines": 2}))
     await finish_commands(agent)
     status, _, result = results(uplinks(agent))[-1]
     assert status == "succeeded"
@@ -210,10 +210,8 @@ async def test_fetch_log_returns_the_devices_recent_lines(tmp_path, clock):
 
 async def test_set_config_changes_the_health_interval_and_keeps_it(tmp_path, clock):
     agent = make_agent(tmp_path, clock, MemorySink())
-    await agent.handle_command(command(clock, "set_config", args={"key": "health_interval_s", "value": 15}).to_json())
-    await agent.handle_command(
-        command(clock, "set_config", "C2", args={"key": "health_interval_s", "value": -1}).to_json()
-    )
+    await deliver(agent, command(clock, "set_config", args={"key": "health_interval_s", "value": 15}))
+    await deliver(agent, command(clock, "set_config", "C2", args={"key": "health_interval_s", "value": -1}))
     await finish_commands(agent)
     assert sorted(r[:2] for r in results(uplinks(agent)) if r[0] != "accepted") == [
         ("failed", "bad value for health_interval_s: Input should be greater than 0"),
@@ -226,7 +224,7 @@ async def test_set_config_changes_the_health_interval_and_keeps_it(tmp_path, clo
 async def test_reboot_command_records_why_the_next_boot_happens(tmp_path, clock):
     async with make_agent(tmp_path, clock, MemorySink()) as agent:
         assert agent.boot.reason == "first_boot"
-        await agent.handle_command(command(clock, "reboot").to_json())
+        await deliver(agent, command(clock, "reboot"))
         await agent.restart_requested.wait()
     async with make_agent(tmp_path, clock, MemorySink()) as agent:
         assert agent.boot.reason == "command"
@@ -247,27 +245,27 @@ def test_two_agents_cannot_share_a_state_folder(tmp_path):
 
 
 async def test_health_carries_the_runtime_and_power_fields(tmp_path, clock):
-    agent = make_agent(tmp_path, clock, MemorySink())
-    agent._system = FakeSystemInfo(SystemStatus(disk_free_kb=1000, battery_pct=12, charging=False, cpu_pct=3.5))
-    health = await agent.health()
+    system = FakeSystemInfo(SystemStatus(disk_free_kb=1000, battery_pct=12, charging=False, cpu_pct=3.5))
+    agent = make_agent(tmp_path, clock, MemorySink(), system=system)
+    health = await agent.reporter.health()
     assert (health.firmware, health.slot, health.audio_selftest, health.network) == ("0.1.0", "a", "pass", "4g")
     assert (health.battery_pct, health.cpu_pct, health.errors["play_failures"]) == (12, 3.5, 0)
-    await agent.check_parts()
+    await agent.reporter.check_parts()
     events = {body["detail"]["part"]: body["detail"]["state"] for kind, body in uplinks(agent) if kind == "event"}
     assert events == {"storage": "full", "battery": "low"}
 
 
 async def test_diagnose_checklist_names_what_fails_and_how_to_fix_it(tmp_path, clock):
-    agent = make_agent(tmp_path, clock, MemorySink())
-    agent._system = FakeSystemInfo(SystemStatus(disk_free_kb=10 * 1024 * 1024, battery_pct=80, charging=True))
-    checks = {c.key: c for c in await agent.run_diagnose()}
+    system = FakeSystemInfo(SystemStatus(disk_free_kb=10 * 1024 * 1024, battery_pct=80, charging=True))
+    agent = make_agent(tmp_path, clock, MemorySink(), system=system)
+    checks = {c.key: c for c in await agent.reporter.run_diagnose()}
     assert checks["power"].status == "pass"
     assert checks["broker"].status == "fail"  # no broker in a unit test
     assert "连不上服务器" in checks["broker"].hint_zh
     assert checks["last_announcement"].status == "warn"
-    await agent.handle_announce(announce(clock).to_json())
+    await deliver(agent, announce(clock))
     await play_all(agent)
-    checks = {c.key: c for c in await agent.run_diagnose()}
+    checks = {c.key: c for c in await agent.reporter.run_diagnose()}
     assert checks["last_announcement"].detail_zh == "0 分钟前：微信收款十二点五元"
     text = diagnose.render(list(checks.values()), device_id="SPK1", lang="en", now_ms=clock.now_ms())
     assert "[FAIL] broker" in text
@@ -283,20 +281,37 @@ def test_a_bad_clock_fails_the_clock_check(tmp_path, clock):
     assert make_config(tmp_path).state_dir == tmp_path
 
 
+class SpeakerThatHangsOn(MemorySink):
+    """Plays everything but `name`, which starts and never ends: the process dies meanwhile."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.hang_on = name
+        self.hanging = asyncio.Event()
+
+    async def play(self, rendered):
+        if rendered.name == self.hang_on:
+            self.hanging.set()
+            await asyncio.Event().wait()
+        await super().play(rendered)
+
+
 async def test_announcements_a_killed_agent_took_but_never_started_are_played_after_restart(tmp_path, clock):
-    first = make_agent(tmp_path, clock, MemorySink())
+    speaker = SpeakerThatHangsOn("P2")
+    first = make_agent(tmp_path, clock, speaker)
     for payment_id in ("P1", "P2", "P3"):
-        await first.handle_announce(announce(clock, payment_id).to_json())
-    await first._play(first._queue.get_nowait())  # P1 played; then kill -9 while P2 started
-    first._seen.mark("P2", "playing")
-    first._seen.close()
+        await deliver(first, announce(clock, payment_id))
+    assert await first.announcer.play_next()  # P1 played
+    speaking = asyncio.create_task(first.announcer.play_next())
+    await speaker.hanging.wait()  # P2 has started...
+    speaking.cancel()  # ...and the process is killed; P3 never started
     sink = MemorySink()
     second = make_agent(tmp_path, clock, sink)
-    second._requeue_unplayed()
+    assert second.announcer.replay_unplayed() == 1
     await play_all(second)
     assert [r.name for r in sink.played] == ["P3"]  # P2 may have been heard: never twice
-    await second.handle_announce(announce(clock, "P3").to_json())  # the broker's redelivery
-    assert second._queue.empty()
+    await deliver(second, announce(clock, "P3"))  # the broker's redelivery
+    assert second.announcer.queued == 0
     # The first run's unsent ack is still in the outbox on disk, ahead of the second run's.
     assert [(a["payment_id"], a["status"]) for a in acks(uplinks(second))] == [
         ("P1", "played"),

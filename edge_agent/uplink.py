@@ -1,0 +1,173 @@
+"""The device's way out: every message to the servers goes through an `Uplink`.
+
+`DeviceUplink` publishes a message at once while the link is up and nothing older waits;
+otherwise it goes into the on-disk outbox (`outbox.py`), which the flusher empties in order once
+the link is back. At every connect the device first says who it is: presence (retained, online)
+and hello. The other parts take the `Uplink` port; their tests pass a `RecordingUplink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+import aiomqtt
+import structlog
+
+from edge_agent.clock import Clock
+from edge_agent.outbox import Outbox
+from firmware_protocols import topics
+from firmware_protocols.messages import Event, Hello, Message, Presence
+from mqtt_link.errors import LinkDown
+from mqtt_link.tasks import cancel_and_wait
+
+log = structlog.get_logger(__name__)
+
+# A stopping agent waits this long to say goodbye, then goes anyway: its last will says "lost".
+GOODBYE_TIMEOUT_S = 2.0
+# The flusher reads the outbox this many messages at a time: small enough to stay in memory on
+# a board, large enough that a day offline drains in a few reads.
+FLUSH_BATCH = 100
+
+PresenceReason = Literal["connected", "shutdown", "lost"]
+
+
+class Uplink(Protocol):
+    """Where a part's messages to the servers go."""
+
+    async def send(self, kind: topics.Up, message: Message) -> None: ...
+
+    async def event(self, kind: str, **detail: object) -> None:
+        """Send an `up/event` of `kind` with `detail`, stamped now."""
+        ...
+
+
+class Publisher(Protocol):
+    """What the uplink needs of the MQTT link (`mqtt_link.link.Link`)."""
+
+    connected: asyncio.Event
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None: ...
+
+
+def presence(device_id: str, ts: int, *, online: bool, reason: PresenceReason) -> Presence:
+    return Presence(device_id=device_id, ts=ts, online=online, reason=reason)
+
+
+def event_now(device_id: str, clock: Clock, kind: str, detail: dict[str, object]) -> Event:
+    """An `up/event` of `kind` stamped with the device's time now."""
+    return Event(device_id=device_id, ts=clock.now_ms(), kind=kind, detail=detail)
+
+
+def last_will(device_id: str, clock: Clock) -> aiomqtt.Will:
+    """What the broker publishes for the device when its connection dies unannounced."""
+    return aiomqtt.Will(
+        topics.up(device_id, topics.Up.PRESENCE),
+        presence(device_id, clock.now_ms(), online=False, reason="lost").to_json(),
+        qos=1,
+        retain=True,
+    )
+
+
+class DeviceUplink:
+    def __init__(
+        self, device_id: str, link: Publisher, outbox: Outbox, clock: Clock, *, hello: Callable[[], Hello]
+    ) -> None:
+        """`hello`: the device's hello as of now (firmware, slot, boot), sent at every connect."""
+        self.device_id = device_id
+        self.outbox = outbox
+        self._link = link
+        self._clock = clock
+        self._hello = hello
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._log = log.bind(device_id=device_id)
+
+    async def __aenter__(self) -> Self:
+        self._flusher = asyncio.create_task(self._flush_loop(), name=f"outbox:{self.device_id}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._flusher is not None:
+            await cancel_and_wait(self._flusher)
+        self.outbox.close()
+
+    async def send(self, kind: topics.Up, message: Message) -> None:
+        """Publish now if the link is up and nothing older waits, else keep it for the flusher."""
+        topic = topics.up(self.device_id, kind)
+        payload = message.to_json()
+        if not len(self.outbox) and self._link.connected.is_set():
+            try:
+                await self._link.publish(topic, payload)
+            except LinkDown:
+                pass
+            else:
+                return
+        self.outbox.put(topic, payload, is_ack=kind is topics.Up.ACK)
+        self._wakeup.set()
+
+    async def event(self, kind: str, **detail: object) -> None:
+        await self.send(topics.Up.EVENT, event_now(self.device_id, self._clock, kind, detail))
+
+    async def on_connect(self) -> None:
+        """Presence and hello first, then whatever waited in the outbox."""
+        await self._link.publish(
+            topics.up(self.device_id, topics.Up.PRESENCE),
+            presence(self.device_id, self._clock.now_ms(), online=True, reason="connected").to_json(),
+            retain=True,
+        )
+        await self._link.publish(topics.up(self.device_id, topics.Up.HELLO), self._hello().to_json())
+        self._wakeup.set()
+
+    async def goodbye(self) -> None:
+        """Say the device is shutting down, so the fleet sees a shutdown, not a lost device."""
+        with contextlib.suppress(LinkDown, TimeoutError):
+            await asyncio.wait_for(
+                self._link.publish(
+                    topics.up(self.device_id, topics.Up.PRESENCE),
+                    presence(self.device_id, self._clock.now_ms(), online=False, reason="shutdown").to_json(),
+                    retain=True,
+                ),
+                timeout=GOODBYE_TIMEOUT_S,
+            )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            sent = 0
+            try:
+                while self._link.connected.is_set() and (batch := self.outbox.peek(FLUSH_BATCH)):
+                    for item in batch:
+                        await self._link.publish(item.topic, item.payload)
+                        self.outbox.done(item)
+                        sent += 1
+            except LinkDown as exc:
+                self._log.info("outbox flush paused; link down", sent=sent, waiting=len(self.outbox), error=str(exc))
+                continue
+            if sent:
+                self._log.info("outbox flushed", messages=sent)
+
+
+class RecordingUplink:
+    """An uplink that keeps what it is given, in order: the fake for the parts' tests."""
+
+    def __init__(self, device_id: str, clock: Clock) -> None:
+        self.device_id = device_id
+        self.sent: list[tuple[topics.Up, Message]] = []
+        self._clock = clock
+
+    async def send(self, kind: topics.Up, message: Message) -> None:
+        self.sent.append((kind, message))
+
+    async def event(self, kind: str, **detail: object) -> None:
+        await self.send(topics.Up.EVENT, event_now(self.device_id, self._clock, kind, detail))
+
+    def of(self, kind: topics.Up) -> list[Message]:
+        """What was sent of `kind`, oldest first."""
+        return [message for sent_kind, message in self.sent if sent_kind is kind]
