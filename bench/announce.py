@@ -48,7 +48,8 @@ from firmware_protocols.messages import Ack, AckStatus, Announce
 from firmware_protocols.signing import Verifier, decode_public_key, encode_public_key
 from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
-from fleet_server.db import migrate, open_pool
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
 from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend

@@ -26,7 +26,8 @@ from bench.http import Offered, Request, offer, wait_http
 from bench.stats import fmt, percentiles, process_tree_cpu_s
 from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
-from fleet_server.db import migrate, open_pool
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
 from haodian.embedded import free_port
 from simulators.history import FleetHistory, HistoryParameters
 

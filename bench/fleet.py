@@ -39,8 +39,9 @@ from bench.env import BenchError, BrokerKind, DatabaseKind, broker, database
 from bench.stats import process_tree_cpu_s
 from firmware_protocols import topics
 from firmware_protocols.messages import CellReport, Health
-from fleet_server.db import migrate, open_pool
-from fleet_server.figures import FleetFigures, Level
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.figures.figures import FleetFigures, Level
 from haodian.embedded import free_port
 from simulators.history import FleetHistory, HistoryParameters
 

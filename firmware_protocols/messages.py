@@ -71,6 +71,12 @@ class AckStatus(StrEnum):
     SILENCED = "silenced"  # received and handled, not spoken: the merchant's quiet hours or volume 0
 
 
+# The acks that mean the merchant heard the announcement, or chose not to (quiet hours, volume
+# 0): what the delivery rate counts as delivered and the pages show as heard. A duplicate was
+# heard when the device first played it.
+HEARD: Final = frozenset({AckStatus.PLAYED, AckStatus.DUPLICATE, AckStatus.SILENCED})
+
+
 # Why the agent (re)started: its first start, a remote reboot, an OTA switch of slots or its
 # rollback, a clean stop, or none of these (power cut, crash, watchdog): "unclean".
 BootReason = Literal["first_boot", "command", "ota", "rollback", "clean", "unclean"]

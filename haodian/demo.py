@@ -25,7 +25,6 @@ import httpx
 
 from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
-from fleet_server.identity.store import DeviceCredentials
 from haodian.embedded import EmbeddedDatabase
 from haodian.keys import ServerKeys, dev_key_paths, load_server_keys, read_rsa_private_key
 from haodian.server import Part, ServerStack, start_embedded_broker
@@ -275,8 +274,8 @@ async def _services(
     )
     control = "devices signed in, own topics only" if broker.authority else "open"
     print(f"  broker {broker.endpoint.url()} (amqtt, embedded; {control})  database {database.url} (embedded)")
-    credentials: DeviceCredentials = server.app.state.device_credentials
-    return server, await credentials.provision_many(fleet_device_ids(options.devices), by="demo")
+    assert server.credentials is not None  # noqa: S101 - the fleet part runs here.
+    return server, await server.credentials.provision_many(fleet_device_ids(options.devices), by="demo")
 
 
 async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 
 from firmware_protocols.credentials import SECRET_BYTES
 from firmware_protocols.signing import encode_public_key
-from fleet_server.fieldcrypt import FieldCryptError, FieldKeys
+from fleet_server.contacts.cipher import FieldKeys
+from fleet_server.errors import FieldCryptError
 from fleet_server.identity.certs import write_private
 from haodian.settings import Settings
 

@@ -27,30 +27,29 @@ from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.signing import Signer, decode_public_key, key_id_of
-from fleet_server import api as fleet_api
-from fleet_server import device_api, trust_api, web
-from fleet_server.api_errors import install_error_handlers
-from fleet_server.auth import api as auth_api
 from fleet_server.auth.store import AuthStore
-from fleet_server.contacts import Contacts
-from fleet_server.db import migrate, open_pool, timescaledb_available
-from fleet_server.fieldcrypt import FieldCipher
-from fleet_server.figures import FleetFigures
+from fleet_server.contacts.cipher import FieldCipher
+from fleet_server.contacts.contacts import Contacts
+from fleet_server.db.migrate import migrate, timescaledb_available
+from fleet_server.db.pool import open_pool
+from fleet_server.devices.registry import DeviceRegistry
+from fleet_server.figures.figures import FleetFigures
+from fleet_server.figures.overview import FleetOverview
+from fleet_server.http.app import AUTH_ROUTERS, FLEET_ROUTERS, create_app
+from fleet_server.http.ratelimit import RateLimiter
+from fleet_server.http.services import HttpPolicy, Services, services_of
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
-from fleet_server.ingest import Ingest, IngestPolicy
-from fleet_server.inspector import Inspector
-from fleet_server.ota import api as ota_api
+from fleet_server.ingest.consumer import Ingest, IngestPolicy
+from fleet_server.ingest.telemetry import TelemetryStore
+from fleet_server.inspection.inspector import Inspector
 from fleet_server.ota.conductor import OtaConductor
+from fleet_server.ota.routes import ReleaseKeys
 from fleet_server.ota.store import OtaStore
-from fleet_server.ratelimit import RateLimiter
-from fleet_server.recent import Recent
-from fleet_server.registry import DeviceRegistry
-from fleet_server.remote import DeviceRemote
-from fleet_server.telemetry import TelemetryStore
+from fleet_server.remote.remote import DeviceRemote
 from haodian.embedded import BrokerTls, EmbeddedBroker
 from haodian.keys import ServerKeys
 from haodian.settings import Settings
-from payment_bridge import api as bridge_api
+from payment_bridge import routes as bridge_routes
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.keyring import PlatformKeys
 from payment_bridge.store import PaymentStore
@@ -79,35 +78,15 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def create_app(parts: set[Part], *, instance: str = "haodian") -> FastAPI:
-    app = FastAPI(
-        title="Haodian fleet API",
-        version="0.1.0",
-        summary="好店设备管理 — devices, payments and announcement delivery",
-        docs_url=None,  # Swagger UI loads assets from a CDN; the spec is at /openapi.json.
-        redoc_url=None,
-    )
-    install_error_handlers(app)
-    app.include_router(auth_api.router)
+def build_app(parts: set[Part], *, instance: str = "haodian") -> FastAPI:
+    """The HTTP app of a process running `parts`: the fleet's routers and pages with the fleet
+    part, the bridge's with the bridge, sign-in with every part."""
+    routers = [*AUTH_ROUTERS]
     if Part.FLEET in parts:
-        app.include_router(fleet_api.router)
-        app.include_router(fleet_api.tasks_router)
-        app.include_router(fleet_api.registry_router)
-        app.include_router(fleet_api.metrics_router)
-        app.include_router(ota_api.router)
-        app.include_router(ota_api.artifacts_router)
-        app.include_router(device_api.router)
-        app.include_router(trust_api.router)
+        routers += FLEET_ROUTERS
     if Part.BRIDGE in parts:
-        app.include_router(bridge_api.router)
-
-    @app.get("/healthz", tags=["ops"], summary="Liveness")
-    async def healthz() -> dict[str, object]:
-        return {"status": "ok", "parts": sorted(parts), "instance": instance}
-
-    if Part.FLEET in parts:
-        web.mount(app)
-    return app
+        routers.append(bridge_routes.router)
+    return create_app(routers, pages=Part.FLEET in parts, instance=instance, parts=sorted(parts))
 
 
 class ServerStack:
@@ -125,7 +104,14 @@ class ServerStack:
         self.endpoint = endpoint
         self.database_url = database_url
         self.keys = keys
-        self.app = create_app(parts, instance=settings.mqtt_client_prefix)
+        self.app = build_app(parts, instance=settings.mqtt_client_prefix)
+        self.services: Services = services_of(self.app)
+        # Set once started: the pool and accounts of every part; the fleet part's stores.
+        self.pool: AsyncConnectionPool
+        self.auth: AuthStore
+        self.credentials: DeviceCredentials | None = None
+        self.contacts: Contacts | None = None
+        self.ota_store: OtaStore | None = None
         self.ingest: Ingest | None = None
         self.inspector: Inspector | None = None
         self.bridge: PaymentBridge | None = None
@@ -164,34 +150,46 @@ class ServerStack:
             timescaledb_available=await timescaledb_available(pool),
             telemetry_storage=mode.value,
         )
-        self.app.state.pool = pool
-        self.app.state.auth = AuthStore(pool, session_ttl=timedelta(hours=self.settings.session_hours))
-        self.app.state.login_limiter = RateLimiter(
-            per_s=self.settings.login_attempts_per_min / 60, burst=self.settings.login_attempts_per_min
+        self.pool = pool
+        self.auth = AuthStore(pool, session_ttl=timedelta(hours=self.settings.session_hours))
+        self.services.add(self.auth)
+        self.services.add(
+            HttpPolicy(
+                cookie_secure=self.settings.cookie_secure,
+                login_limiter=RateLimiter(
+                    per_s=self.settings.login_attempts_per_min / 60, burst=self.settings.login_attempts_per_min
+                ),
+                notify_limiter=RateLimiter(
+                    per_s=self.settings.notifications_per_s, burst=self.settings.notifications_per_s
+                ),
+            )
         )
-        self.app.state.notify_limiter = RateLimiter(
-            per_s=self.settings.notifications_per_s, burst=self.settings.notifications_per_s
-        )
-        self.app.state.cookie_secure = self.settings.cookie_secure
         offset = self.settings.fleet_utc_offset_min
         if self.parts & {Part.FLEET, Part.INGEST}:
             self.ingest = await self._stack.enter_async_context(self._ingest(pool))
-            self.app.state.ingest_stats = self.ingest.stats
+            self.services.add(self.ingest.stats)
         if Part.FLEET in self.parts:
-            self.app.state.device_credentials = DeviceCredentials(pool, self.keys.device_master_key)
-            self.app.state.contacts = Contacts(pool, FieldCipher(self.keys.field_keys))
-            await self.app.state.contacts.seal_legacy()
-            self.app.state.registry = DeviceRegistry(pool)
-            self.app.state.figures = FleetFigures(pool, fleet_utc_offset_min=offset)
-            self.app.state.fleet_summary_recent = Recent[fleet_api.FleetSummary](fleet_api.SUMMARY_REUSE_S)
-            self.app.state.telemetry = telemetry
+            self.credentials = DeviceCredentials(pool, self.keys.device_master_key)
+            self.contacts = Contacts(pool, FieldCipher(self.keys.field_keys))
+            await self.contacts.seal_legacy()
+            registry = DeviceRegistry(pool)
+            figures = FleetFigures(pool, fleet_utc_offset_min=offset)
             self.inspector = await self._stack.enter_async_context(
                 Inspector(pool, self.settings.inspection, telemetry=telemetry, fleet_utc_offset_min=offset)
             )
-            self.app.state.inspector = self.inspector
-            self.app.state.ota_store = OtaStore(
-                pool, self.settings.ota_artifacts_dir or self.settings.data_dir / "ota-artifacts"
-            )
+            self.ota_store = OtaStore(pool, self.settings.ota_artifacts_dir or self.settings.data_dir / "ota-artifacts")
+            release_keys = [decode_public_key(k) for k in self.settings.ota_release_keys]
+            for service in (
+                self.credentials,
+                self.contacts,
+                registry,
+                figures,
+                FleetOverview(registry, figures, self.inspector.tasks),
+                self.inspector.tasks,
+                self.ota_store,
+                ReleaseKeys({key_id_of(k): k for k in release_keys}),
+            ):
+                self.services.add(service)
             self.remote = await self._stack.enter_async_context(
                 DeviceRemote(
                     pool,
@@ -201,25 +199,23 @@ class ServerStack:
                     share_group=_share(self.settings.mqtt_share_group, "remote"),
                 )
             )
-            self.app.state.remote = self.remote
-            release_keys = [decode_public_key(k) for k in self.settings.ota_release_keys]
-            self.app.state.ota_release_keys = {key_id_of(k): k for k in release_keys}
+            self.services.add(self.remote)
         if Part.BRIDGE in self.parts:
             store = PaymentStore(pool)
-            self.app.state.payment_store = store
+            self.services.add(store)
             self.bridge = await self._stack.enter_async_context(self._bridge(store))
-            self.app.state.bridge = self.bridge
+            self.services.add(self.bridge)
             if self.settings.backend_webhook_url:
                 await self._stack.enter_async_context(
                     WebhookSender(pool, self.settings.backend_webhook_url, Signer(self.keys.signing_key))
                 )
         await self._wait_broker()
         await self._start_http()
-        if Part.FLEET in self.parts:
+        if self.ota_store is not None:
             # After the HTTP server: offers name it as the place to download artifacts from.
-            self.ota = await self._stack.enter_async_context(
+            conductor = await self._stack.enter_async_context(
                 OtaConductor(
-                    self.app.state.ota_store,
+                    self.ota_store,
                     self.endpoint,
                     Signer(self.keys.signing_key),
                     artifact_base_url=self.settings.ota_artifact_base_url or self.base_url,
@@ -228,8 +224,9 @@ class ServerStack:
                     share_group=_share(self.settings.mqtt_share_group, "ota"),
                 )
             )
-            self.app.state.ota_conductor = self.ota
-            await self.ota.wait_connected(30)
+            self.ota = conductor
+            self.services.add(conductor)
+            await conductor.wait_connected(30)
         log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
 
     def _ingest(self, pool: AsyncConnectionPool) -> Ingest:
@@ -296,11 +293,6 @@ class ServerStack:
             ),
             share_group=_share(self.settings.mqtt_share_group, "bridge"),
         )
-
-    @property
-    def auth(self) -> AuthStore:
-        store: AuthStore = self.app.state.auth
-        return store
 
     async def _wait_broker(self) -> None:
         for part in (self.ingest, self.bridge, self.remote):

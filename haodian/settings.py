@@ -13,7 +13,7 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleet_server.inspection import InspectionThresholds
+from fleet_server.inspection.detectors import InspectionThresholds
 
 
 class Environment(StrEnum):

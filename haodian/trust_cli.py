@@ -64,7 +64,8 @@ async def run_tls(args: argparse.Namespace) -> int:
 async def _record_serial(device_id: str, serial: int) -> None:
     """Keep the serial with the device's credentials, so revoking the device puts this
     certificate on the CRL that `broker-config` writes."""
-    from fleet_server.db import migrate, open_pool  # noqa: PLC0415
+    from fleet_server.db.migrate import migrate  # noqa: PLC0415
+    from fleet_server.db.pool import open_pool  # noqa: PLC0415
     from fleet_server.identity.store import record_certificate  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 
@@ -86,7 +87,8 @@ def _load_ca(folder: Path) -> CertificateAuthority:
 
 
 async def run_broker_config(args: argparse.Namespace) -> int:
-    from fleet_server.db import migrate, open_pool  # noqa: PLC0415
+    from fleet_server.db.migrate import migrate  # noqa: PLC0415
+    from fleet_server.db.pool import open_pool  # noqa: PLC0415
     from fleet_server.identity.store import revoked_certificate_serials  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 

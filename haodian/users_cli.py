@@ -78,7 +78,8 @@ async def _auth_store(args: argparse.Namespace) -> AsyncIterator[Any]:
     from pathlib import Path  # noqa: PLC0415
 
     from fleet_server.auth.store import AuthStore  # noqa: PLC0415
-    from fleet_server.db import migrate, open_pool  # noqa: PLC0415
+    from fleet_server.db.migrate import migrate  # noqa: PLC0415
+    from fleet_server.db.pool import open_pool  # noqa: PLC0415
     from haodian.embedded import EmbeddedDatabase  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 
@@ -96,7 +97,7 @@ async def _auth_store(args: argparse.Namespace) -> AsyncIterator[Any]:
 
 async def run_users(args: argparse.Namespace) -> int:
     from fleet_server.auth.roles import Role  # noqa: PLC0415
-    from fleet_server.auth.store import AuthError  # noqa: PLC0415
+    from fleet_server.errors import AuthError  # noqa: PLC0415
     from haodian.fleet_cli import table  # noqa: PLC0415
 
     async with _auth_store(args) as store:

@@ -18,11 +18,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
-from firmware_protocols.messages import Ack, AckStatus
+from firmware_protocols.messages import HEARD, Ack
 from payment_bridge.notifications import PaymentNotice
 
 # Statuses that mean the merchant heard it (a duplicate ack: the device played it before).
-DELIVERED = (AckStatus.PLAYED.value, AckStatus.DUPLICATE.value, AckStatus.SILENCED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +229,7 @@ class PaymentStore:
             known = {(row[0], row[1]) for row in await cur.fetchall()}
             unheard: dict[str, list[str]] = {}
             for a in acks:
-                if a.ack.status.value not in DELIVERED and (a.ack.payment_id, a.ack.device_id) in known:
+                if a.ack.status not in HEARD and (a.ack.payment_id, a.ack.device_id) in known:
                     unheard.setdefault(a.ack.status.value, []).append(a.ack.payment_id)
             for reason, payment_ids in unheard.items():
                 await _flag_not_announced(conn, payment_ids, reason=reason)
@@ -289,7 +288,7 @@ class PaymentStore:
                 "   CASE WHEN d.status = 'played' THEN"
                 "     extract(epoch FROM d.acked_at - p.received_at) * 1000 END AS rtt"
                 f"   FROM deliveries d JOIN payments p USING (payment_id) WHERE {since_clause}) d",
-                {"since": since, "delivered": list(DELIVERED)},
+                {"since": since, "delivered": sorted(HEARD)},
             )
             row = await cur.fetchone()
         assert payments is not None  # noqa: S101 - aggregates always return a row.
@@ -457,5 +456,5 @@ async def _flag_not_announced(conn: AsyncConnection[Any], payment_ids: list[str]
         "   SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id"
         "   AND (d.status = 'pending' OR d.status = ANY(%(delivered)s)))"
         " ON CONFLICT (payment_id, event) DO NOTHING",
-        {"ids": payment_ids, "reason": reason, "delivered": list(DELIVERED)},
+        {"ids": payment_ids, "reason": reason, "delivered": sorted(HEARD)},
     )

@@ -21,8 +21,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
-from fleet_server.states import Signal
-from fleet_server.tracker import CLEAN_REPORTS_TO_VERIFY, DeviceCursor, Observation, Transition, fold
+from fleet_server.devices.states import Signal
+from fleet_server.devices.tracker import CLEAN_REPORTS_TO_VERIFY, DeviceCursor, Observation, Transition, fold
 
 # Spread of the log-normal repair time: the slowest repairs take several times the mean.
 REPAIR_SIGMA = 0.8

@@ -17,12 +17,13 @@ from dataclasses import replace
 from typing import Annotated, Any, Final
 
 from fastapi import Depends, Request
-from psycopg_pool import AsyncConnectionPool
 
-from fleet_server.api_errors import ApiError, ErrorResponse
 from fleet_server.auth.roles import Permission, Principal
 from fleet_server.auth.store import AuthStore
-from fleet_server.registry import DEVICE_HIERARCHY
+from fleet_server.devices.registry import DeviceRegistry
+from fleet_server.errors import ApiError
+from fleet_server.http.errors import ErrorResponse
+from fleet_server.http.services import provide, services_of
 
 SESSION_COOKIE: Final = "hd_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
@@ -31,12 +32,7 @@ _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
 
 
-async def auth_store(request: Request) -> AuthStore:
-    store: AuthStore = request.app.state.auth
-    return store
-
-
-AuthDep = Annotated[AuthStore, Depends(auth_store)]
+AuthDep = Annotated[AuthStore, Depends(provide(AuthStore))]
 
 
 class Audit:
@@ -145,20 +141,15 @@ class Reach:
     def __init__(self, request: Request, audit: Audit) -> None:
         self._path = request.url.path
         self._audit = audit
-        self._pool: AsyncConnectionPool = request.app.state.pool
+        self._services = services_of(request.app)
 
     async def device(self, principal: Principal, device_id: str) -> None:
         """Return if `device_id` is within reach; 403 (audited) otherwise. An unknown device is
         refused the same way for those who do not see the whole fleet: nobody learns which ids exist."""
         if principal.sees_whole_fleet:
             return
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT st.store_id, b.merchant_id FROM {DEVICE_HIERARCHY} WHERE d.device_id = %s",  # noqa: S608 - a constant join.
-                (device_id,),
-            )
-            row = await cur.fetchone()
-        if row is not None and within_reach(principal, store_id=row[0], merchant_id=row[1]):
+        place = await self._services.get(DeviceRegistry).place(device_id)
+        if place is not None and within_reach(principal, store_id=place[0], merchant_id=place[1]):
             return
         await self._refuse(principal, device_id, "device")
 

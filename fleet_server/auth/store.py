@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from fleet_server.auth.roles import Principal, Role
-from fleet_server.errors import FleetError
+from fleet_server.errors import AuthError
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +35,6 @@ _HASHER: Final = PasswordHasher()
 # Verified against when the login is unknown, so that a wrong login and a wrong password take
 # the same time and say the same thing.
 _DUMMY_HASH: Final = _HASHER.hash(secrets.token_urlsafe(16))
-
-
-class AuthError(FleetError):
-    """An account action that cannot be done, with a message for people in both languages."""
 
 
 class User(BaseModel):

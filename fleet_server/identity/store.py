@@ -27,14 +27,10 @@ from firmware_protocols.credentials import (
     derive_device_secret,
 )
 from firmware_protocols.errors import MessageError
-from fleet_server.errors import FleetError
+from fleet_server.errors import IdentityError
 from fleet_server.identity.access import Account, AccountKind
 
 log = structlog.get_logger(__name__)
-
-
-class IdentityError(FleetError):
-    """A provisioning or revocation request that cannot be done."""
 
 
 class CredentialStatus(BaseModel):

@@ -25,8 +25,8 @@ from pydantic import BaseModel
 
 from firmware_protocols.messages import DailySpan, OtaStatus
 from firmware_protocols.ota import ReleaseManifest, Version
-from fleet_server.db import columns
-from fleet_server.errors import FleetError
+from fleet_server.db.batch import columns
+from fleet_server.errors import OtaError
 from fleet_server.ota.policy import (
     ENDED,
     IN_PROGRESS,
@@ -46,10 +46,6 @@ from fleet_server.ota.policy import (
 _ROUND_LOCK = 0x07A0_0001
 # Failures offered again (while attempts remain): the network, the disk, a newer offer.
 RETRIED_FAILURES = ("download", "install", "superseded")
-
-
-class OtaError(FleetError):
-    """A request the OTA store refuses, with a code and the message in English and Chinese."""
 
 
 class ReleaseView(BaseModel):

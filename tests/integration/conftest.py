@@ -20,7 +20,7 @@ from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
 from firmware_protocols.signing import Signer
 from fleet_server.auth.roles import Role
-from fleet_server.fieldcrypt import FieldKeys
+from fleet_server.contacts.cipher import FieldKeys
 from haodian.embedded import EmbeddedBroker
 from haodian.keys import ServerKeys
 from haodian.server import Part, ServerStack

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from fleet_server.auth.roles import Role
-from fleet_server.auth.store import TOKEN_PREFIX, AuthError
+from fleet_server.auth.store import TOKEN_PREFIX
+from fleet_server.errors import AuthError
 from haodian.demo import merchants_for, registry_csv
 from haodian.settings import Settings
 from tests.integration.conftest import api_client, in_process_stack

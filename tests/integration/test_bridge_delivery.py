@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from edge_agent.hardware.audio import MemorySink
-from fleet_server.db import open_pool
+from fleet_server.db.pool import open_pool
 from haodian.settings import Settings
 from payment_bridge.notifications import verify_backend_notification
 from payment_bridge.store import PaymentStore

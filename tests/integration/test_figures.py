@@ -25,8 +25,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from fleet_server.db import migrate, open_pool
-from fleet_server.figures import FleetFigures, Level, rating, state_counts
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.errors import FiguresError
+from fleet_server.figures.figures import FleetFigures, Level, rating, state_counts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -205,7 +207,7 @@ async def test_point_in_time_intact_rate(figures):
 
 async def test_bad_windows_are_refused(figures):
     engine, _ = figures
-    with pytest.raises(ValueError, match="empty window"):
+    with pytest.raises(FiguresError, match="empty window"):
         await engine.compute(END, START)
 
 

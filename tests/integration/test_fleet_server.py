@@ -9,14 +9,15 @@ import psycopg
 import pytest
 
 from firmware_protocols.messages import CellReport, Event, GpsFix, Health, Hello, Presence
-from fleet_server.db import migrate, open_pool
-from fleet_server.figures import FleetFigures
-from fleet_server.ingest import IngestPolicy, Received, write_batch
-from fleet_server.inspection import InspectionThresholds
-from fleet_server.inspector import Inspector
-from fleet_server.registry_import import ImportError_, import_registry
-from fleet_server.tasks import TaskError
-from fleet_server.telemetry import StorageMode, TelemetryStore
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.devices.importer import import_registry
+from fleet_server.errors import ImportRefused, TaskError
+from fleet_server.figures.figures import FleetFigures
+from fleet_server.ingest.consumer import IngestPolicy, Received, write_batch
+from fleet_server.ingest.telemetry import StorageMode, TelemetryStore
+from fleet_server.inspection.detectors import InspectionThresholds
+from fleet_server.inspection.inspector import Inspector
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -116,7 +117,7 @@ async def test_registry_import_applies_good_rows_and_keeps_binding_rules(pool):
             " JOIN stores s ON s.store_id = m.store_id JOIN districts di ON di.district_id = s.district_id ORDER BY 1"
         )
         assert await cur.fetchall() == [("D1", "M1", "S1", "WJ", "BJ", 39.99), ("D2", "M2", "S1", "WJ", "BJ", 39.99)]
-    with pytest.raises(ImportError_, match="lacks district_id, store_id, merchant_id, device_id, model"):
+    with pytest.raises(ImportRefused, match="lacks district_id, store_id, merchant_id, device_id, model"):
         await import_registry(pool, "city_id,serial\nBJ,1\n", dry_run=True)
 
 

@@ -16,8 +16,9 @@ from psycopg import sql
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Health
-from fleet_server.db import migrate, open_pool
-from fleet_server.ingest import Ingest
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.ingest.consumer import Ingest
 from mqtt_link.link import probe
 from tests.integration.conftest import eventually
 

@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
 from fleet_server.auth.roles import Role
-from fleet_server.db import migrate, open_pool
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.devices.importer import import_registry
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import OtaStore
-from fleet_server.registry_import import import_registry
 from haodian.cli import build_parser
 from haodian.ota_cli import run
 from haodian.settings import Settings

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from fleet_server.auth.roles import Role
-from fleet_server.inspection import Finding, FindingKind
+from fleet_server.inspection.detectors import Finding, FindingKind
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from haodian.demo import merchants_for, registry_csv
 from haodian.settings import Settings
@@ -139,7 +139,7 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
             issued_at=now_ms,
             expires_at=now_ms + 86_400_000,
         )
-        ota = server.app.state.ota_store
+        ota = server.ota_store
         await ota.add_release(sign_manifest(manifest, release_key))
 
         async def chunks() -> AsyncIterator[bytes]:

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from firmware_protocols.messages import Ack, AckStatus, AnnounceKind, Channel
-from fleet_server.db import migrate, open_pool
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
 from payment_bridge.notifications import PaymentNotice
 from payment_bridge.store import AckReceived, NewPayment, PaymentStore
 

@@ -14,8 +14,9 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Ack, AckStatus, AnnounceKind, Channel, Health
 from firmware_protocols.signing import Signer
-from fleet_server.db import migrate, open_pool
-from fleet_server.ingest import Ingest
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.ingest.consumer import Ingest
 from mqtt_link.link import probe
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.notifications import PaymentNotice

@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fleet_server.db import migrate, open_pool
-from fleet_server.figures import FleetFigures
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
+from fleet_server.figures.figures import FleetFigures
 from simulators.history import FleetHistory, HistoryParameters
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

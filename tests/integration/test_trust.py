@@ -19,9 +19,10 @@ import pytest
 
 from firmware_protocols.credentials import encode_secret, mqtt_password
 from fleet_server.auth.roles import Role
-from fleet_server.contacts import Contacts
-from fleet_server.db import migrate, open_pool
-from fleet_server.fieldcrypt import FieldCipher, FieldKeys
+from fleet_server.contacts.cipher import FieldCipher, FieldKeys
+from fleet_server.contacts.contacts import Contacts
+from fleet_server.db.migrate import migrate
+from fleet_server.db.pool import open_pool
 from fleet_server.identity.certs import CertificateAuthority
 from fleet_server.identity.mosquitto import MosquittoTls, write_config
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
@@ -264,7 +265,7 @@ async def test_agents_and_the_api_over_tls_with_provisioned_credentials(
             device_secret=issued["device_secret"],
         )
         assert issued["device_secret"] == encode_secret(
-            DeviceCredentials(server.app.state.pool, server_keys.device_master_key).secret(device, 1)
+            DeviceCredentials(server.pool, server_keys.device_master_key).secret(device, 1)
         )
         link = Link(
             config.broker_endpoint(),
@@ -344,7 +345,7 @@ async def test_sensitive_fields_are_sealed_at_rest_found_by_keyed_hash_and_rewra
             assert clear_value not in row[0], "nothing in clear at rest"
         assert "13900139000" not in agent[0]
         # Rotation: a new active key; the rewrap re-seals every envelope under it.
-        contacts = server.app.state.contacts
+        contacts = server.contacts
         old = server_keys.field_keys
         rotated = FieldKeys("k2", {**old.keys, "k2": os.urandom(32)}, old.hash_key)
         fresh = Contacts(contacts.pool, FieldCipher(rotated))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fleet_server.recent import Recent
+from fleet_server.figures.recent import Recent
 from payment_bridge.coalesce import Coalescer, CoalescerClosed
 
 pytestmark = pytest.mark.anyio

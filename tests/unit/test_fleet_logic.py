@@ -6,7 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleet_server.inspection import (
+from fleet_server.devices.states import DeviceState as S
+from fleet_server.devices.states import Signal, next_state
+from fleet_server.devices.tracker import DeviceCursor, Observation, fold
+from fleet_server.inspection.detectors import (
     CellSeen,
     DeviceFacts,
     FindingKind,
@@ -18,9 +21,6 @@ from fleet_server.inspection import (
     distance_m,
     placement,
 )
-from fleet_server.states import DeviceState as S
-from fleet_server.states import Signal, next_state
-from fleet_server.tracker import DeviceCursor, Observation, fold
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 T = InspectionThresholds()

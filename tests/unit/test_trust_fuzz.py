@@ -3,7 +3,7 @@
 Each decoder is fed what an attacker controls and may raise only its documented error:
 device passwords and secrets (`CredentialError`), sealed fields and key files
 (`FieldCryptError`), message payloads nested past the stack (`MessageError`), broker URLs
-(`ProtocolError`), registry CSV (`ImportError_`). The access rules are checked as properties:
+(`ProtocolError`), registry CSV (`ImportRefused`). The access rules are checked as properties:
 no topic or filter a device can name reaches another device's subtree.
 """
 
@@ -28,10 +28,11 @@ from firmware_protocols.credentials import (
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError, ProtocolError
 from firmware_protocols.messages import DOWN_MODELS, UP_MODELS, parse_payload
-from fleet_server.fieldcrypt import FieldCipher, FieldCryptError, FieldKeys, mask, normalise
+from fleet_server.contacts.cipher import FieldCipher, FieldKeys, mask, normalise
+from fleet_server.devices.importer import check_row, read_csv
+from fleet_server.errors import FieldCryptError, ImportRefused
+from fleet_server.http.ratelimit import RateLimiter
 from fleet_server.identity.access import Account, AccountKind, may_publish, may_receive, may_subscribe
-from fleet_server.ratelimit import RateLimiter
-from fleet_server.registry_import import ImportError_, check_row, read_csv
 
 # How many hostile examples each property gets; the closing note counts from these.
 EXAMPLES = 300
@@ -181,7 +182,7 @@ def test_broker_urls_parse_or_raise_protocol_error(url: str) -> None:
 @FUZZ
 @given(st.text(max_size=400))
 def test_registry_csv_reads_or_raises_import_error(text: str) -> None:
-    with contextlib.suppress(ImportError_):
+    with contextlib.suppress(ImportRefused):
         for line, values in read_csv(text):
             check_row(line, values)
 

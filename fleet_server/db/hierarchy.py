@@ -1,0 +1,23 @@
+"""Where a device sits: city → district (商圈) → store → merchant → device, said once.
+
+A device belongs to its merchant's store, else to the store the registry gave it (a device in
+stock or not yet bound). Every fleet query that places a device (lists, reach, figures, tasks,
+OTA targeting) joins through `DEVICE_HIERARCHY` and names its store with `STORE_OF_DEVICE`, so a
+rebound device is everywhere in its new merchant's store.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The store of a device, over the aliases of DEVICE_HIERARCHY.
+STORE_OF_DEVICE: Final = "COALESCE(m.store_id, d.store_id)"
+
+# A device with its place in the hierarchy, under the aliases every fleet query uses: d device,
+# b binding, m merchant, st store (the merchant's, else the device's own), di district.
+DEVICE_HIERARCHY: Final = (
+    "devices d LEFT JOIN bindings b ON b.device_id = d.device_id"
+    " LEFT JOIN merchants m ON m.merchant_id = b.merchant_id"
+    f" LEFT JOIN stores st ON st.store_id = {STORE_OF_DEVICE}"
+    " LEFT JOIN districts di ON di.district_id = st.district_id"
+)

@@ -1,0 +1,65 @@
+"""The schema: the numbered SQL files in `migrations/`, applied in order, each in its own
+transaction, under an advisory lock so that several processes starting at once apply each
+exactly once."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from fleet_server.errors import DatabaseError
+
+log = structlog.get_logger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Any constant works; it only has to be the same in every process of this schema.
+_MIGRATION_LOCK = 0x4844_0001
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped, in order."""
+    found = []
+    for entry in resources.files("fleet_server.db").joinpath("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(pool: AsyncConnectionPool) -> list[int]:
+    """Bring the schema up to date; return the versions applied now."""
+    applied_now: list[int] = []
+    async with pool.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in await cur.fetchall()}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql.encode())
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                log.info("migration applied", version=version, name=name)
+                applied_now.append(version)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"migration failed: {exc}") from exc
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
+
+
+async def timescaledb_available(pool: AsyncConnectionPool) -> bool:
+    """Whether the server could load the timescaledb extension (reported at start)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        return await cur.fetchone() is not None

@@ -1,0 +1,25 @@
+"""The connection pool every server part shares."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from fleet_server.errors import DatabaseError
+
+
+@asynccontextmanager
+async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[AsyncConnectionPool]:
+    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True})
+    try:
+        await pool.open(wait=True, timeout=15)
+    except psycopg.Error as exc:
+        await pool.close()
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()

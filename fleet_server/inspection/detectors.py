@@ -1,0 +1,239 @@
+"""Inspection detectors (设备巡检): what is wrong with a device, from facts about it.
+
+Pure functions over `DeviceFacts` (which `inspector.py` reads from the database) and the
+thresholds in settings. Each returns a `Finding` with its evidence, a confidence in [0, 1] and
+the action suggested to the field agent, or None.
+
+- idle (停用): in service, but its merchant took no payment for `idle_after_days` after having
+  taken payments before;
+- faulty (故障): in the faulty state, the audio self-test failing, repeated fault events, or a
+  flapping connection (many reconnects);
+- suspected lost (疑似遗失): offline for more than `lost_after_days` with no planned removal;
+- relocated (移机): since it first reported a cell outside its learned fingerprint it has not
+  been back in one, with a few reports to rule out a passing handover; a different tracking
+  area raises the confidence, and a GPS fix decides where there is one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from fleet_server.devices.states import DeviceState
+
+
+class InspectionThresholds(BaseModel):
+    # A device reports health every this many seconds; offline after 1.5 x it without a word.
+    heartbeat_interval_s: float = Field(default=60.0, gt=0)
+    idle_after_days: float = Field(default=7.0, gt=0)
+    fault_events: int = Field(default=3, ge=1)  # fault events in the last two local days
+    flapping_reconnects: int = Field(default=12, ge=2)  # reconnects in the last two local days
+    lost_after_days: float = Field(default=3.0, gt=0)
+    relocation_min_reports: int = Field(default=3, ge=1)
+    relocation_min_confidence: float = Field(default=0.6, ge=0, le=1)
+    relocation_gps_m: float = Field(default=500.0, gt=0)
+    # How often the inspector runs.
+    interval_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def offline_after_s(self) -> float:
+        return 1.5 * self.heartbeat_interval_s
+
+
+class FindingKind(StrEnum):
+    IDLE = "idle"
+    FAULTY = "faulty"
+    LOST = "lost"
+    RELOCATED = "relocated"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    device_id: str
+    kind: FindingKind
+    confidence: float
+    evidence: dict[str, Any]
+    action_zh: str
+    action_en: str
+
+
+@dataclass(frozen=True, slots=True)
+class CellSeen:
+    cell: str
+    area: str
+    learned: bool
+    first_seen: datetime
+    last_seen: datetime
+    reports: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    device_id: str
+    state: DeviceState | None
+    last_seen: datetime | None
+    planned_removal: bool = False
+    merchant_first_payment_at: datetime | None = None
+    merchant_last_payment_at: datetime | None = None
+    fault_events: int = 0
+    audio_failures: int = 0
+    reconnects: int = 0
+    state_cause: str | None = None
+    # Kinds of this device's tasks closed within the counting window (the last two local days):
+    # the counts below still hold the events that task was about, so they cannot reopen it.
+    recently_closed: frozenset[str] = frozenset()
+    cells: tuple[CellSeen, ...] = ()
+    install_position: tuple[float, float] | None = None
+    gps: tuple[float, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_idle(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:
+    if f.state is not DeviceState.IN_SERVICE or f.merchant_first_payment_at is None:
+        return None
+    quiet_since = f.merchant_last_payment_at or f.merchant_first_payment_at
+    quiet_days = (now - quiet_since) / timedelta(days=1)
+    if quiet_days < t.idle_after_days:
+        return None
+    return Finding(
+        f.device_id,
+        FindingKind.IDLE,
+        confidence=min(1.0, 0.6 + 0.4 * (quiet_days - t.idle_after_days) / t.idle_after_days),
+        evidence={"last_payment_at": quiet_since.isoformat(), "quiet_days": round(quiet_days, 1)},
+        action_zh="回访商户：是否停业、换用其他收款方式，或需要回收设备",
+        action_en="Visit the merchant: closed, using another way to get paid, or should the device be collected",
+    )
+
+
+_REPAIR_ACTION = (
+    "上门检修：远程诊断后检查喇叭/电源/SIM卡，必要时更换设备",
+    "Repair on site: run remote diagnose, check speaker, power and SIM; replace if needed",
+)
+_FLAPPING_ACTION = (
+    "检查信号与供电：连接频繁中断，建议调整位置或更换SIM卡",
+    "Check signal and power: the connection keeps dropping; move the device or change the SIM",
+)
+
+
+def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:  # noqa: ARG001 - one signature for all detectors.
+    reasons: list[str] = []
+    if f.state is DeviceState.FAULTY:
+        reasons.append(f"state faulty ({f.state_cause or 'unknown cause'})")
+    # A failing audio self-test already made the device faulty (ingest); the counts matter on
+    # their own: repeated faults of parts that recover, and a flapping connection.
+    counts_fresh = FindingKind.FAULTY.value not in f.recently_closed
+    if counts_fresh and f.fault_events >= t.fault_events:
+        reasons.append(f"{f.fault_events} fault events")
+    flapping = counts_fresh and f.reconnects >= t.flapping_reconnects
+    if flapping:
+        reasons.append(f"connection flapping: {f.reconnects} reconnects")
+    if not reasons:
+        return None
+    audio = (f.state_cause or "").startswith(("audio", "fault_audio"))
+    only_flapping = flapping and len(reasons) == 1
+    return Finding(
+        f.device_id,
+        FindingKind.FAULTY,
+        confidence=1.0 if f.state is DeviceState.FAULTY or audio else 0.8,
+        evidence={
+            "reasons": reasons,
+            "fault_events": f.fault_events,
+            "audio_failures": f.audio_failures,
+            "reconnects": f.reconnects,
+        },
+        action_zh=_FLAPPING_ACTION[0] if only_flapping else _REPAIR_ACTION[0],
+        action_en=_FLAPPING_ACTION[1] if only_flapping else _REPAIR_ACTION[1],
+    )
+
+
+def detect_lost(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:
+    if f.planned_removal or f.state not in (DeviceState.OFFLINE, DeviceState.SUSPECTED_LOST) or f.last_seen is None:
+        return None
+    offline_days = (now - f.last_seen) / timedelta(days=1)
+    if offline_days < t.lost_after_days:
+        return None
+    return Finding(
+        f.device_id,
+        FindingKind.LOST,
+        confidence=min(1.0, 0.7 + 0.3 * (offline_days - t.lost_after_days) / t.lost_after_days),
+        evidence={"last_seen": f.last_seen.isoformat(), "offline_days": round(offline_days, 1)},
+        action_zh="联系商户确认设备下落；找不到则登记遗失并停用",
+        action_en="Call the merchant to find the device; if it is gone, report it lost and retire it",
+    )
+
+
+def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance in metres (haversine)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6_371_000 * math.asin(math.sqrt(h))
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the device is against its fingerprint: away (with a confidence) or back in place."""
+
+    away: bool
+    confidence: float
+    evidence: dict[str, Any]
+
+
+def placement(f: DeviceFacts, t: InspectionThresholds) -> Placement | None:
+    """None when there is nothing to judge by (no fingerprint learned, or no cell since)."""
+    learned = [c for c in f.cells if c.learned]
+    foreign = [c for c in f.cells if not c.learned]
+    if not learned:
+        return None
+    last_home = max(c.last_seen for c in learned)
+    # Foreign cells seen since the device was last in a learned one: where it is now.
+    since_move = [c for c in foreign if c.last_seen > last_home]
+    evidence: dict[str, Any] = {
+        "learned_cells": sorted(c.cell for c in learned),
+        "current_cells": sorted(c.cell for c in since_move),
+        "last_in_learned_cell": last_home.isoformat(),
+    }
+    if not since_move or min(c.first_seen for c in since_move) <= last_home:
+        back = not since_move
+        return Placement(away=not back, confidence=0.0, evidence=evidence) if back else None
+    reports = sum(c.reports for c in since_move)
+    if reports < t.relocation_min_reports:
+        return None
+    new_area = not {c.area for c in since_move} & {c.area for c in learned}
+    confidence = 0.9 if new_area else 0.6
+    evidence.update(reports_away=reports, new_tracking_area=new_area)
+    if f.gps is not None and f.install_position is not None:
+        metres = distance_m(f.gps, f.install_position)
+        evidence["gps_distance_m"] = round(metres)
+        if metres >= t.relocation_gps_m:
+            confidence = max(confidence, 0.98)
+        elif metres < t.relocation_gps_m / 2:
+            confidence *= 0.3  # the fix says it is where it was installed: a network change
+    return Placement(away=True, confidence=round(confidence, 2), evidence=evidence)
+
+
+def detect_relocated(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:  # noqa: ARG001 - one signature for all detectors.
+    if f.state not in (DeviceState.IN_SERVICE, DeviceState.IDLE, DeviceState.RELOCATED):
+        return None
+    where = placement(f, t)
+    if where is None or not where.away or where.confidence < t.relocation_min_confidence:
+        return None
+    return Finding(
+        f.device_id,
+        FindingKind.RELOCATED,
+        confidence=where.confidence,
+        evidence=where.evidence,
+        action_zh="核实设备位置：未经登记的移机须搬回原址，或按新地址重新登记安装",
+        action_en="Check where the device is: move it back, or register the new installation address",
+    )
+
+
+DETECTORS = (detect_faulty, detect_lost, detect_relocated, detect_idle)
+
+
+def inspect(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> list[Finding]:
+    return [finding for detector in DETECTORS if (finding := detector(f, t, now)) is not None]

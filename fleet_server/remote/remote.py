@@ -1,0 +1,259 @@
+"""Acting on devices from the pages: remote commands with their results, and the merchant's
+settings.
+
+    async with DeviceRemote(pool, endpoint, signer, client_id=...) as remote:
+        view = await remote.command("SPK1", "diagnose", {}, issued_by="agent7", wait_s=15)
+
+A command is recorded, signed and sent on `down/command`; the device answers on `up/result`
+(accepted at once, then succeeded / failed / refused). Results are stored as they arrive, so
+any server process can answer for a command another one sent (with shared subscriptions the
+result may reach a sibling); a waiter wakes on its own process's result or finds it by polling.
+
+Settings are signed and published retained on `down/settings` with a version (epoch ms): a
+device that is off takes the latest when it connects, and its health reports say which version
+it holds, so the page can tell "saved" from "on the device".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from firmware_protocols import topics
+from firmware_protocols.endpoint import BrokerEndpoint
+from firmware_protocols.messages import Command, CommandResult, DailySpan, Settings
+from firmware_protocols.signing import Signer
+from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_row
+from fleet_server.devices.queries import DEVICE_KNOWN
+from fleet_server.errors import RemoteError
+from fleet_server.remote import queries
+from mqtt_link.errors import LinkDown
+from mqtt_link.link import Link
+from mqtt_link.routing import Inbound, Router
+
+log = structlog.get_logger(__name__)
+
+# A command is only worth running soon after it was asked for: a reboot an hour late surprises
+# the merchant. The page shows "no answer" after the wait and the device refuses it after this.
+COMMAND_TTL_S: Final = 120
+_POLL_S: Final = 0.5
+
+
+class CommandView(BaseModel):
+    command_id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    issued_by: str
+    issued_at: datetime
+    status: str  # sent, or the device's latest answer
+    reason: str | None
+    result: dict[str, Any]
+    updated_at: datetime
+
+    @property
+    def final(self) -> bool:
+        return self.status in queries.FINAL_STATUSES
+
+
+class SettingsChange(BaseModel):
+    volume: int | None = None
+    repeat: int | None = None
+    quiet_hours: DailySpan | None = None
+    clear_quiet_hours: bool = False
+
+
+class SettingsView(BaseModel):
+    device_id: str
+    version: int | None  # None: never set from here; the device runs its defaults
+    volume: int
+    repeat: int
+    quiet_hours: DailySpan | None
+    updated_by: str | None
+    updated_at: datetime | None
+    device_version: int | None  # the version the device last reported holding
+    applied: bool
+
+
+class DeviceRemote:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        endpoint: BrokerEndpoint,
+        signer: Signer,
+        *,
+        client_id: str,
+        share_group: str | None = None,
+    ) -> None:
+        self._pool = pool
+        self._signer = signer
+        self._waiters: dict[str, asyncio.Event] = {}
+        self.results_in = Router("remote", topics.Direction.UP)
+        self.results_in.route(topics.Up.RESULT, CommandResult, self._on_result)
+        self._link = Link(
+            endpoint,
+            client_id=client_id,
+            subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.RESULT), share_group)],
+            on_message=self.results_in.deliver,
+        )
+
+    async def __aenter__(self) -> Self:
+        await self._link.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._link.close()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await self._link.wait_connected(timeout_s)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def command(
+        self, device_id: str, name: str, args: dict[str, Any], *, issued_by: str, wait_s: float
+    ) -> CommandView:
+        """Send a command and wait up to `wait_s` for its final result; the view as it stands then."""
+        now_ms = _now_ms()
+        command_id = f"c-{now_ms}-{secrets.token_hex(4)}"
+        issued_at = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+        async with self._pool.connection() as conn:
+            if await fetch_row(conn, DEVICE_KNOWN, (device_id,)) is None:
+                # Nothing would ever answer: say so now rather than hold the caller for wait_s
+                # (found by the OpenAPI fuzzing, issue 10).
+                raise RemoteError(
+                    "DEVICE_NOT_FOUND", f"device {device_id} is not known to the fleet", f"设备 {device_id} 不存在"
+                )
+            await execute(
+                conn,
+                queries.INSERT_COMMAND,
+                (command_id, device_id, name, json.dumps(args), issued_by, issued_at, queries.SENT, issued_at),
+            )
+        message = self._signer.sign(
+            Command(
+                device_id=device_id,
+                ts=now_ms,
+                key_id=self._signer.key_id,
+                issued_at=now_ms,
+                ttl_s=COMMAND_TTL_S,
+                command_id=command_id,
+                name=name,
+                args=args,
+            )
+        )
+        done = self._waiters[command_id] = asyncio.Event()
+        try:
+            try:
+                await self._link.publish(topics.down(device_id, topics.Down.COMMAND), message.to_json())
+            except LinkDown as exc:
+                await self._set_status(command_id, queries.UNSENT, str(exc), {})
+                raise RemoteError(
+                    "BROKER_DOWN", f"the command could not be sent: {exc}", "指令未能发出：服务器与设备通道断开"
+                ) from exc
+            log.info("command sent", device_id=device_id, command=name, command_id=command_id, by=issued_by)
+            deadline = asyncio.get_running_loop().time() + wait_s
+            while True:
+                view = await self.get_command(command_id)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if view.final or remaining <= 0:
+                    return view
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), min(_POLL_S, remaining))
+                done.clear()
+        finally:
+            self._waiters.pop(command_id, None)
+
+    async def get_command(self, command_id: str, *, device_id: str | None = None) -> CommandView:
+        """One command; `device_id`: only if it was sent to that device (else not found)."""
+        view = await fetch_model(self._pool, CommandView, queries.COMMAND, (command_id,))
+        if view is None or (device_id is not None and view.device_id != device_id):
+            raise RemoteError("COMMAND_NOT_FOUND", f"command {command_id} not found", f"指令 {command_id} 不存在")
+        return view
+
+    async def recent_commands(self, device_id: str, *, limit: int = 20) -> list[CommandView]:
+        return await fetch_models(self._pool, CommandView, queries.RECENT_COMMANDS, (device_id, limit))
+
+    async def _on_result(self, inbound: Inbound[CommandResult]) -> None:
+        result = inbound.message
+        await self._set_status(
+            result.command_id, result.status.value, result.reason, result.result, device_id=result.device_id
+        )
+        waiter = self._waiters.get(result.command_id)
+        if waiter is not None:
+            waiter.set()
+
+    async def _set_status(
+        self, command_id: str, status: str, reason: str | None, result: dict[str, Any], *, device_id: str | None = None
+    ) -> None:
+        await execute(
+            self._pool,
+            queries.SET_STATUS,
+            {
+                "status": status,
+                "reason": reason,
+                "result": json.dumps(result, ensure_ascii=False),
+                "id": command_id,
+                "device": device_id,
+            },
+        )
+
+    # -- settings ---------------------------------------------------------------------------
+
+    async def settings_of(self, device_id: str) -> SettingsView:
+        [row] = await fetch_dicts(self._pool, queries.SETTINGS_OF, {"d": device_id})
+        stored = Settings.model_validate(row["settings"]) if row["settings"] else None
+        device_version = row["device_version"]
+        return SettingsView(
+            device_id=device_id,
+            version=row["version"],
+            volume=stored.volume if stored else (row["device_volume"] if row["device_volume"] is not None else 7),
+            repeat=stored.repeat if stored else 1,
+            quiet_hours=stored.quiet_hours if stored else None,
+            updated_by=row["updated_by"],
+            updated_at=row["updated_at"],
+            device_version=device_version,
+            applied=stored is None or (device_version is not None and device_version >= stored.version),
+        )
+
+    async def change_settings(self, device_id: str, change: SettingsChange, *, updated_by: str) -> SettingsView:
+        """Merge `change` into the device's settings, sign and publish them retained, and keep them."""
+        current = await self.settings_of(device_id)
+        now_ms = _now_ms()
+        quiet = None if change.clear_quiet_hours else (change.quiet_hours or current.quiet_hours)
+        settings = self._signer.sign(
+            Settings(
+                device_id=device_id,
+                ts=now_ms,
+                key_id=self._signer.key_id,
+                version=max(now_ms, (current.version or 0) + 1),
+                volume=change.volume if change.volume is not None else current.volume,
+                repeat=change.repeat if change.repeat is not None else current.repeat,
+                quiet_hours=quiet,
+            )
+        )
+        try:
+            await self._link.publish(topics.down(device_id, topics.Down.SETTINGS), settings.to_json(), retain=True)
+        except LinkDown as exc:
+            raise RemoteError(
+                "BROKER_DOWN", f"the settings could not be sent: {exc}", "设置未能发出：服务器与设备通道断开"
+            ) from exc
+        await execute(
+            self._pool, queries.SAVE_SETTINGS, (device_id, settings.version, settings.model_dump_json(), updated_by)
+        )
+        log.info("settings sent", device_id=device_id, version=settings.version, by=updated_by)
+        return await self.settings_of(device_id)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
