@@ -39,7 +39,8 @@ from fleet_server.http.app import AUTH_ROUTERS, FLEET_ROUTERS, create_app
 from fleet_server.http.ratelimit import RateLimiter
 from fleet_server.http.services import HttpPolicy, Services, services_of
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
-from fleet_server.ingest.consumer import Ingest, IngestPolicy
+from fleet_server.ingest.batch import IngestPolicy
+from fleet_server.ingest.consumer import Ingest
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection.inspector import Inspector
 from fleet_server.ota.conductor import OtaConductor

@@ -31,11 +31,12 @@ from typing import Any, Self
 
 import httpx
 import structlog
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols.signing import Signer
+from fleet_server.db.fetch import execute, fetch_dicts
 from mqtt_link.tasks import cancel_and_wait
+from payment_bridge import queries
 
 log = structlog.get_logger(__name__)
 
@@ -100,17 +101,7 @@ class WebhookSender:
         The batch is claimed in a short transaction that pushes its next attempt a lease ahead
         (another bridge skips it meanwhile), then sent with no database connection held, then
         each outcome written back."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "UPDATE payment_events e SET next_attempt_at = now() + make_interval(secs => %s)"
-                " FROM payments p WHERE p.payment_id = e.payment_id AND e.id IN ("
-                "   SELECT id FROM payment_events WHERE delivered_at IS NULL AND next_attempt_at <= now()"
-                "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " RETURNING e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.amount_fen,"
-                " p.channel, p.paid_at",
-                (LEASE_S, BATCH),
-            )
-            claimed = await cur.fetchall()
+        claimed = await fetch_dicts(self._pool, queries.CLAIM_EVENTS, (LEASE_S, BATCH))
         await asyncio.gather(*(self._send(event) for event in claimed))
         return len(claimed)
 
@@ -132,18 +123,14 @@ class WebhookSender:
         async with self._pool.connection() as conn:
             if error is None:
                 self.sent += 1
-                await conn.execute("UPDATE payment_events SET delivered_at = now() WHERE id = %s", (event["id"],))
+                await execute(conn, queries.EVENT_DELIVERED, (event["id"],))
                 return
             self.failures += 1
             delay = retry_delay(event["attempts"] + 1)
             log.warning(
                 "webhook not delivered; will retry", payment_id=event["payment_id"], error=error, retry_in=str(delay)
             )
-            await conn.execute(
-                "UPDATE payment_events SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s"
-                " WHERE id = %s",
-                (error[:500], datetime.now(tz=UTC) + delay, event["id"]),
-            )
+            await execute(conn, queries.EVENT_RETRY, (error[:500], datetime.now(tz=UTC) + delay, event["id"]))
 
     async def _post(self, body: bytes) -> str | None:
         """POST one event; None when the backend took it, else why not."""

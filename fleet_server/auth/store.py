@@ -19,11 +19,12 @@ from typing import Any, Final
 import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from fleet_server.auth import queries
 from fleet_server.auth.roles import Principal, Role
+from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_row
 from fleet_server.errors import AuthError
 
 log = structlog.get_logger(__name__)
@@ -82,13 +83,6 @@ def check_password_strength(password: str) -> None:
         )
 
 
-_USER_COLUMNS: Final = (
-    "u.user_id, u.login, u.name, u.role, u.merchant_id, u.agent_id, u.disabled, u.created_at,"
-    " COALESCE(ARRAY(SELECT store_id FROM user_stores s WHERE s.user_id = u.user_id ORDER BY store_id),"
-    " '{}') AS stores"
-)
-
-
 class AuthStore:
     def __init__(self, pool: AsyncConnectionPool, *, session_ttl: timedelta = SESSION_TTL) -> None:
         self._pool = pool
@@ -117,37 +111,27 @@ class AuthStore:
             check_password_strength(password)
             password_hash = await asyncio.to_thread(_HASHER.hash, password)
         async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "INSERT INTO users (login, name, role, password_hash, merchant_id, agent_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (login) DO NOTHING RETURNING user_id",
-                (login, name or login, role.value, password_hash, merchant_id, agent_id),
+            row = await fetch_row(
+                conn, queries.INSERT_USER, (login, name or login, role.value, password_hash, merchant_id, agent_id)
             )
-            row = await cur.fetchone()
             if row is None:
                 raise AuthError("LOGIN_TAKEN", f"login {login!r} is taken", f"登录名 {login} 已被占用")
             await self._set_stores(conn, row[0], stores or [])
         return await self.user(login)
 
     async def _set_stores(self, conn: Any, user_id: int, stores: list[str]) -> None:
-        await conn.execute("DELETE FROM user_stores WHERE user_id = %s", (user_id,))
+        await execute(conn, queries.CLEAR_STORES, (user_id,))
         if stores:
-            await conn.execute(
-                "INSERT INTO user_stores (user_id, store_id) SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                (user_id, stores),
-            )
+            await execute(conn, queries.ADD_STORES, (user_id, stores))
 
     async def user(self, login: str) -> User:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.login = %s", (login,))  # noqa: S608 - constant columns; values are parameters.
-            row = await cur.fetchone()
-        if row is None:
+        user = await fetch_model(self._pool, User, queries.USER, (login,))
+        if user is None:
             raise AuthError("USER_NOT_FOUND", f"no account {login!r}", f"账号 {login} 不存在")
-        return User.model_validate(row)
+        return user
 
     async def users(self) -> list[User]:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(f"SELECT {_USER_COLUMNS} FROM users u ORDER BY u.login")  # noqa: S608 - constant columns; values are parameters.
-            return [User.model_validate(row) for row in await cur.fetchall()]
+        return await fetch_models(self._pool, User, queries.USERS)
 
     async def update_user(
         self,
@@ -165,29 +149,18 @@ class AuthStore:
             check_password_strength(password)
             password_hash = await asyncio.to_thread(_HASHER.hash, password)
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE users SET password_hash = COALESCE(%s, password_hash), disabled = COALESCE(%s, disabled)"
-                " WHERE user_id = %s",
-                (password_hash, disabled, user.user_id),
-            )
+            await execute(conn, queries.UPDATE_USER, (password_hash, disabled, user.user_id))
             if stores is not None:
                 await self._set_stores(conn, user.user_id, stores)
             if password is not None or disabled:
-                await conn.execute(
-                    "UPDATE sessions SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL",
-                    (user.user_id,),
-                )
+                await execute(conn, queries.END_SESSIONS, (user.user_id,))
         return await self.user(login)
 
     # -- signing in -------------------------------------------------------------------------
 
     async def login(self, login: str, password: str) -> IssuedToken:
         """A browser session for a good login and password; `AuthError` BAD_LOGIN otherwise."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT password_hash, disabled FROM users WHERE login = %s AND password_hash IS NOT NULL", (login,)
-            )
-            row = await cur.fetchone()
+        row = await fetch_row(self._pool, queries.LOGIN, (login,))
         stored, disabled = row if row is not None else (_DUMMY_HASH, True)
         try:
             await asyncio.to_thread(_HASHER.verify, stored, password)
@@ -198,8 +171,7 @@ class AuthStore:
             raise AuthError("BAD_LOGIN", "wrong login or password", "账号或密码错误")
         if _HASHER.check_needs_rehash(stored):
             new_hash = await asyncio.to_thread(_HASHER.hash, password)
-            async with self._pool.connection() as conn:
-                await conn.execute("UPDATE users SET password_hash = %s WHERE login = %s", (new_hash, login))
+            await execute(self._pool, queries.REHASH, (new_hash, login))
         return await self.issue(login, kind="session")
 
     async def issue(self, login: str, *, kind: str = "api", ttl: timedelta | None = None) -> IssuedToken:
@@ -212,11 +184,7 @@ class AuthStore:
         # the OTA CLI test failed on such a token, issue 10).
         token, csrf = TOKEN_PREFIX + secrets.token_urlsafe(32), secrets.token_urlsafe(16)
         expires_at = datetime.now(tz=UTC) + (ttl or self._session_ttl)
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO sessions (token_sha256, user_id, kind, csrf, expires_at) VALUES (%s, %s, %s, %s, %s)",
-                (token_digest(token), user.user_id, kind, csrf, expires_at),
-            )
+        await execute(self._pool, queries.INSERT_SESSION, (token_digest(token), user.user_id, kind, csrf, expires_at))
         return IssuedToken(token, csrf, expires_at, _principal(user, csrf))
 
     async def service_token(self, login: str, role: Role, **fields: Any) -> str:
@@ -230,23 +198,13 @@ class AuthStore:
 
     async def resolve(self, token: str) -> Principal | None:
         """The principal a token stands for, or None if unknown, expired, revoked or disabled."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"SELECT {_USER_COLUMNS}, s.csrf FROM sessions s JOIN users u USING (user_id)"  # noqa: S608 - constant columns; values are parameters.
-                " WHERE s.token_sha256 = %s AND s.revoked_at IS NULL AND s.expires_at > now() AND NOT u.disabled",
-                (token_digest(token),),
-            )
-            row = await cur.fetchone()
-        if row is None:
+        rows = await fetch_dicts(self._pool, queries.RESOLVE, (token_digest(token),))
+        if not rows:
             return None
-        return _principal(User.model_validate(row), row["csrf"])
+        return _principal(User.model_validate(rows[0]), rows[0]["csrf"])
 
     async def revoke(self, token: str) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "UPDATE sessions SET revoked_at = now() WHERE token_sha256 = %s AND revoked_at IS NULL",
-                (token_digest(token),),
-            )
+        await execute(self._pool, queries.REVOKE_SESSION, (token_digest(token),))
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -261,35 +219,27 @@ class AuthStore:
         client_ip: str | None = None,
         login: str | None = None,
     ) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO audit_log (user_id, login, role, action, target, outcome, detail, client_ip)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    principal.user_id if principal else None,
-                    principal.login if principal else (login or "-"),
-                    principal.role.value if principal else "-",
-                    action,
-                    target,
-                    outcome,
-                    json.dumps(detail or {}, ensure_ascii=False, default=str),
-                    client_ip,
-                ),
-            )
+        await execute(
+            self._pool,
+            queries.INSERT_AUDIT,
+            (
+                principal.user_id if principal else None,
+                principal.login if principal else (login or "-"),
+                principal.role.value if principal else "-",
+                action,
+                target,
+                outcome,
+                json.dumps(detail or {}, ensure_ascii=False, default=str),
+                client_ip,
+            ),
+        )
         log.info("audit", action=action, target=target, outcome=outcome, login=principal.login if principal else login)
 
     async def audit_log(
         self, *, limit: int = 200, target: str | None = None, login: str | None = None
     ) -> list[AuditEntry]:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT audit_id, at, login, role, action, target, outcome, detail, client_ip FROM audit_log"
-                " WHERE (%(target)s::text IS NULL OR target = %(target)s)"
-                " AND (%(login)s::text IS NULL OR login = %(login)s)"
-                " ORDER BY audit_id DESC LIMIT %(limit)s",
-                {"target": target, "login": login, "limit": limit},
-            )
-            return [AuditEntry.model_validate(row) for row in await cur.fetchall()]
+        params = {"target": target, "login": login, "limit": limit}
+        return await fetch_models(self._pool, AuditEntry, queries.AUDIT_LOG, params)
 
 
 def _principal(user: User, csrf: str) -> Principal:

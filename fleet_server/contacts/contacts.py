@@ -12,7 +12,9 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from fleet_server.contacts import queries
 from fleet_server.contacts.cipher import FieldCipher, mask
+from fleet_server.db.fetch import execute, fetch_rows
 
 log = structlog.get_logger(__name__)
 
@@ -23,20 +25,6 @@ SEALED_FIELDS = (
     ("merchants", "merchant_id", "settlement_account_enc", "merchants.settlement_account"),
     ("field_agents", "agent_id", "phone_enc", "field_agents.phone"),
 )
-
-
-_MERCHANT_COLUMNS = (
-    "SELECT merchant_id, name, store_id, contact_name_enc, phone_enc, settlement_account_enc FROM merchants"
-)
-_MERCHANTS_BY_PHONE = _MERCHANT_COLUMNS + " WHERE phone_hash = %s ORDER BY merchant_id LIMIT 50"
-_MERCHANTS_BY_ID = _MERCHANT_COLUMNS + " WHERE merchant_id = %s"
-
-
-_MERCHANT_COLUMNS = (
-    "SELECT merchant_id, name, store_id, contact_name_enc, phone_enc, settlement_account_enc FROM merchants"
-)
-_MERCHANTS_BY_PHONE = _MERCHANT_COLUMNS + " WHERE phone_hash = %s ORDER BY merchant_id LIMIT 50"
-_MERCHANTS_BY_ID = _MERCHANT_COLUMNS + " WHERE merchant_id = %s"
 
 
 class MerchantContact(BaseModel):
@@ -58,12 +46,12 @@ class Contacts:
 
     async def merchants(self, *, merchant_id: str | None = None, phone: str | None = None) -> list[MerchantContact]:
         """Merchants by id or by phone (through the keyed hash), with their details decrypted."""
-        async with self.pool.connection() as conn:
-            if phone is not None:
-                cur = await conn.execute(_MERCHANTS_BY_PHONE, (self.cipher.lookup_hash(phone, kind="phone"),))
-            else:
-                cur = await conn.execute(_MERCHANTS_BY_ID, (merchant_id,))
-            rows = await cur.fetchall()
+        if phone is not None:
+            rows = await fetch_rows(
+                self.pool, queries.MERCHANTS_BY_PHONE, (self.cipher.lookup_hash(phone, kind="phone"),)
+            )
+        else:
+            rows = await fetch_rows(self.pool, queries.MERCHANT_BY_ID, (merchant_id,))
         return [
             MerchantContact(
                 merchant_id=m,
@@ -81,19 +69,13 @@ class Contacts:
         done = 0
         for table, key, column, context in SEALED_FIELDS:
             async with self.pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(
-                    f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names.
-                    f" AND {column} NOT LIKE %s FOR UPDATE",
-                    (f"{self.cipher.active_key_id}:%",),
+                rows = await fetch_rows(
+                    conn, queries.not_under_key(table, key, column), (f"{self.cipher.active_key_id}:%",)
                 )
-                rows = await cur.fetchall()
                 for row_key, envelope in rows:
                     clear = self.cipher.decrypt(envelope, context=f"{context}:{row_key}")
                     sealed = self.cipher.encrypt(clear, context=f"{context}:{row_key}")
-                    await conn.execute(
-                        f"UPDATE {table} SET {column} = %s WHERE {key} = %s",  # noqa: S608 - fixed names.
-                        (sealed, row_key),
-                    )
+                    await execute(conn, queries.reseal(table, key, column), (sealed, row_key))
                 done += len(rows)
         log.info("field envelopes re-sealed", count=done, active_key=self.cipher.active_key_id)
         return done
@@ -101,15 +83,11 @@ class Contacts:
     async def seal_legacy(self) -> int:
         """Encrypt field agents' phones stored in clear before encryption existed, and clear them."""
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT agent_id, phone_plaintext_legacy FROM field_agents"
-                " WHERE phone_plaintext_legacy IS NOT NULL FOR UPDATE"
-            )
-            rows = await cur.fetchall()
+            rows = await fetch_rows(conn, queries.LEGACY_PHONES)
             for agent_id, phone in rows:
-                await conn.execute(
-                    "UPDATE field_agents SET phone_enc = %s, phone_hash = %s, phone_plaintext_legacy = NULL"
-                    " WHERE agent_id = %s",
+                await execute(
+                    conn,
+                    queries.SEAL_LEGACY_PHONE,
                     (
                         self.cipher.encrypt(phone, context=f"field_agents.phone:{agent_id}"),
                         self.cipher.lookup_hash(phone, kind="phone"),

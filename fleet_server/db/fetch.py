@@ -28,15 +28,21 @@ Params = Sequence[Any] | Mapping[str, Any] | None
 Query = LiteralString | str | sql.Composable
 
 
-def statement(text: str, **values: StrEnum | Iterable[StrEnum]) -> str:
-    """`text` with each `{name}` replaced by the SQL literal of `values[name]`: an enum member's
-    value, or an array of the members' values (for `= ANY(...)`), sorted. `%s` parameters are
-    left alone; a literal `{` or `}` in the text is written twice."""
+def statement(text: str, **values: str | Iterable[str]) -> LiteralString:
+    """`text` with each `{name}` replaced by the SQL literal of `values[name]`: a name (an enum
+    member's value), or an array of names (for `= ANY(...)`), sorted. `%s` parameters are left
+    alone; a literal `{` or `}` in the text is written twice. Unused values are ignored, so a
+    queries module can hand every statement the same table of names."""
     literals = {
-        name: sql.Literal(value.value if isinstance(value, StrEnum) else sorted(v.value for v in value))
+        name: sql.Literal(_name(value) if isinstance(value, str) else sorted(_name(v) for v in value))
         for name, value in values.items()
     }
+    # Our constant text with psycopg's own quoting of our own names: a constant statement.
     return sql.SQL(text).format(**literals).as_string()
+
+
+def _name(value: str) -> str:
+    return value.value if isinstance(value, StrEnum) else value
 
 
 @asynccontextmanager

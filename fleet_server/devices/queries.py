@@ -141,3 +141,21 @@ UPSERT_DEVICE: Final = (
 )
 # A device's first binding; a device bound already keeps its merchant (checked before).
 BIND_NEW: Final = "INSERT INTO bindings (device_id, merchant_id) VALUES (%s, %s) ON CONFLICT (device_id) DO NOTHING"
+
+# -- the tracker --------------------------------------------------------------------------
+
+# The given devices' states and clean-report streaks, locked in device id order (so ingest
+# processes sharing the stream never deadlock): (device_id, state, healthy_streak).
+LOCK_STATES: Final = (
+    "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
+)
+# New states, since when, and streaks, as unnest() columns (state, since, streak, device_id); a
+# NULL since keeps the state's start.
+SET_STATES: Final = (
+    "UPDATE devices d SET state = u.state, state_since = COALESCE(u.since, d.state_since),"
+    " healthy_streak = u.streak"
+    " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[]) AS u(state, since, streak, device_id)"
+    " WHERE d.device_id = u.device_id"
+)
+# The transitions, appended to the history the figures are computed from.
+COPY_TRANSITIONS: Final = "COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN"

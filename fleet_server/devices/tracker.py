@@ -17,6 +17,7 @@ from typing import Any
 from psycopg import AsyncCursor
 
 from fleet_server.db.batch import columns, copy_rows
+from fleet_server.devices import queries
 from fleet_server.devices.states import DeviceState, Signal, next_state
 
 # A device is verified healthy after this many clean health reports in a row: one clean report
@@ -84,7 +85,7 @@ async def apply(
         by_device[obs.device_id].append(obs)
     ids = sorted(by_device)
     await cur.execute(
-        "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+        queries.LOCK_STATES,
         (ids,),
     )
     current = {row[0]: DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2]) for row in await cur.fetchall()}
@@ -102,16 +103,13 @@ async def apply(
             updates.append((cursor.state.value if cursor.state else None, since, cursor.streak, device_id))
     if updates:
         await cur.execute(
-            "UPDATE devices d SET state = u.state, state_since = COALESCE(u.since, d.state_since),"
-            " healthy_streak = u.streak"
-            " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[]) AS u(state, since, streak, device_id)"
-            " WHERE d.device_id = u.device_id",
+            queries.SET_STATES,
             columns(updates, 4),
         )
     if transitions:
         await copy_rows(
             cur,
-            "COPY device_states (device_id, at, state, previous, cause, detail) FROM STDIN",
+            queries.COPY_TRANSITIONS,
             (
                 (
                     t.device_id,

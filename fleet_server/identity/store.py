@@ -27,7 +27,9 @@ from firmware_protocols.credentials import (
     derive_device_secret,
 )
 from firmware_protocols.errors import MessageError
-from fleet_server.errors import IdentityError
+from fleet_server.db.fetch import execute, fetch_model, fetch_row, fetch_rows
+from fleet_server.errors import FleetError, IdentityError
+from fleet_server.identity import queries
 from fleet_server.identity.access import Account, AccountKind
 
 log = structlog.get_logger(__name__)
@@ -66,10 +68,7 @@ class DeviceCredentials:
         except MessageError as exc:
             raise IdentityError("BAD_DEVICE_ID", str(exc), f"设备编号无效：{device_id!r}") from exc
         async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT generation, revoked_at FROM device_credentials WHERE device_id = %s FOR UPDATE", (device_id,)
-            )
-            row = await cur.fetchone()
+            row = await fetch_row(conn, queries.LOCK_CREDENTIALS, (device_id,))
             if row is not None and not rotate:
                 raise IdentityError(
                     "ALREADY_PROVISIONED",
@@ -77,84 +76,42 @@ class DeviceCredentials:
                     f"设备 {device_id} 已发放过凭据（第 {row[0]} 代）；如需重发请轮换",
                 )
             generation = 1 if row is None else row[0] + 1
-            await conn.execute(
-                "INSERT INTO device_credentials (device_id, generation, issued_by) VALUES (%s, %s, %s)"
-                " ON CONFLICT (device_id) DO UPDATE SET generation = EXCLUDED.generation, issued_at = now(),"
-                " issued_by = EXCLUDED.issued_by, revoked_at = NULL, revoked_by = NULL, cert_serial = NULL",
-                (device_id, generation, by),
-            )
+            await execute(conn, queries.ISSUE, (device_id, generation, by))
         log.info("device credentials issued", device_id=device_id, generation=generation, by=by)
         return Issued(device_id, generation, self.secret(device_id, generation))
 
     async def provision_many(self, device_ids: list[str], *, by: str) -> dict[str, bytes]:
         """Secrets of devices provisioned now or before (the simulators' and the demo's fleet)."""
         async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO device_credentials (device_id, generation, issued_by)"
-                " SELECT unnest(%s::text[]), 1, %s ON CONFLICT (device_id) DO NOTHING",
-                (device_ids, by),
-            )
-            cur = await conn.execute(
-                "SELECT device_id, generation FROM device_credentials WHERE device_id = ANY(%s)", (device_ids,)
-            )
-            return {device_id: self.secret(device_id, generation) for device_id, generation in await cur.fetchall()}
+            await execute(conn, queries.ISSUE_MISSING, (device_ids, by))
+            rows = await fetch_rows(conn, queries.GENERATIONS, (device_ids,))
+        return {device_id: self.secret(device_id, generation) for device_id, generation in rows}
 
     async def revoke(self, device_id: str, *, by: str) -> CredentialStatus:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE device_credentials SET revoked_at = COALESCE(revoked_at, now()),"
-                " revoked_by = COALESCE(revoked_by, %s) WHERE device_id = %s"
-                " RETURNING device_id, generation, issued_at, issued_by, revoked_at, revoked_by",
-                (by, device_id),
-            )
-            row = await cur.fetchone()
-        if row is None:
+        status = await fetch_model(self._pool, CredentialStatus, queries.REVOKE, (by, device_id))
+        if status is None:
             raise IdentityError("NOT_PROVISIONED", f"{device_id} has no credentials", f"设备 {device_id} 没有凭据")
         log.warning("device credentials revoked", device_id=device_id, by=by)
-        return _status(row)
+        return status
 
     async def status(self, device_id: str) -> CredentialStatus | None:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT device_id, generation, issued_at, issued_by, revoked_at, revoked_by"
-                " FROM device_credentials WHERE device_id = %s",
-                (device_id,),
-            )
-            row = await cur.fetchone()
-        return None if row is None else _status(row)
+        return await fetch_model(self._pool, CredentialStatus, queries.STATUS, (device_id,))
 
     async def current_generation(self, device_id: str) -> int | None:
         """The generation a connect must prove, None if never provisioned or revoked."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT generation FROM device_credentials WHERE device_id = %s AND revoked_at IS NULL", (device_id,)
-            )
-            row = await cur.fetchone()
+        row = await fetch_row(self._pool, queries.CURRENT_GENERATION, (device_id,))
         return None if row is None else int(row[0])
 
 
 async def record_certificate(pool: AsyncConnectionPool, device_id: str, serial: int) -> bool:
     """Keep a client certificate's serial with the device's credentials (for the CRL);
     False if the device is not provisioned."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "UPDATE device_credentials SET cert_serial = %s WHERE device_id = %s", (serial, device_id)
-        )
-        return cur.rowcount == 1
+    return await execute(pool, queries.RECORD_CERTIFICATE, (serial, device_id)) == 1
 
 
 async def revoked_certificate_serials(pool: AsyncConnectionPool) -> list[int]:
     """The serials of the client certificates of revoked devices: the CRL's content."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT cert_serial FROM device_credentials WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL"
-        )
-        return [int(serial) for (serial,) in await cur.fetchall()]
-
-
-def _status(row: tuple[object, ...]) -> CredentialStatus:
-    keys = ("device_id", "generation", "issued_at", "issued_by", "revoked_at", "revoked_by")
-    return CredentialStatus.model_validate(dict(zip(keys, row, strict=True)))
+    return [int(serial) for (serial,) in await fetch_rows(pool, queries.REVOKED_SERIALS)]
 
 
 class BrokerAuthority:
@@ -217,5 +174,8 @@ class BrokerAuthority:
         return Account(username, AccountKind.DEVICE)
 
 
-class _RefusedError(Exception):
-    pass
+class _RefusedError(FleetError):
+    """A connect the broker refuses; the reason is logged, never told to the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("CONNECT_REFUSED", reason, "连接被拒绝")

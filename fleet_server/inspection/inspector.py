@@ -14,17 +14,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import psycopg
 import structlog
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from fleet_server.db.fetch import fetch_dicts, fetch_rows
 from fleet_server.devices import tracker
-from fleet_server.devices.states import UP_STATES, DeviceState, Signal
+from fleet_server.devices.states import DeviceState, Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest.telemetry import TelemetryStore
+from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import CellSeen, DeviceFacts, Finding, InspectionThresholds, inspect, placement
 from fleet_server.inspection.tasks import TaskBook
 from mqtt_link.tasks import cancel_and_wait
@@ -45,42 +46,6 @@ class RoundReport:
     active_again: int = 0
     closed_tasks: list[int] = field(default_factory=list)
     skipped: bool = False
-
-
-_FACTS = """
-WITH merchant_payments AS (
-    SELECT merchant_id, min(received_at) AS first_at, max(received_at) AS last_at FROM payments GROUP BY merchant_id
-),
-recent AS (
-    SELECT device_id, sum(fault_events) AS fault_events, sum(audio_failures) AS audio_failures,
-           sum(reconnects) AS reconnects
-    FROM device_daily WHERE day >= %(since_day)s GROUP BY device_id
-),
-closed AS (
-    SELECT device_id, array_agg(DISTINCT kind) AS kinds FROM tasks
-    WHERE status = 'closed' AND closed_at >= %(since)s GROUP BY device_id
-),
-last_cause AS (
-    SELECT DISTINCT ON (device_id) device_id, cause FROM device_states
-    WHERE device_id IN (SELECT device_id FROM devices WHERE state = 'faulty')
-    ORDER BY device_id, at DESC, seq DESC
-)
-SELECT d.device_id, d.state, d.last_seen, d.planned_removal, d.install_lat, d.install_lon,
-       d.last_gps_lat, d.last_gps_lon, mp.first_at, mp.last_at, lc.cause,
-       COALESCE(r.fault_events, 0) AS fault_events, COALESCE(r.audio_failures, 0) AS audio_failures,
-       COALESCE(r.reconnects, 0) AS reconnects, COALESCE(cl.kinds, '{}') AS closed_kinds
-FROM devices d
-LEFT JOIN bindings b USING (device_id)
-LEFT JOIN merchant_payments mp USING (merchant_id)
-LEFT JOIN recent r USING (device_id)
-LEFT JOIN last_cause lc USING (device_id)
-LEFT JOIN closed cl USING (device_id)
-WHERE d.state IS NOT NULL AND d.state <> 'retired'
-  AND (d.state IN ('faulty', 'offline', 'suspected_lost', 'relocated')
-       OR r.fault_events > 0 OR r.audio_failures > 0 OR r.reconnects >= %(flapping)s
-       OR (mp.last_at < %(idle_before)s AND d.state = 'in_service')
-       OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id AND NOT c.learned))
-"""
 
 
 def _pair(a: float | None, b: float | None) -> tuple[float, float] | None:
@@ -126,7 +91,7 @@ class Inspector:
     async def run_once(self, now: datetime) -> RoundReport:
         report = RoundReport(at=now)
         async with self._pool.connection() as lock_conn:
-            cur = await lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (_ROUND_LOCK,))
+            cur = await lock_conn.execute(queries.TRY_ROUND_LOCK, (_ROUND_LOCK,))
             row = await cur.fetchone()
             if not row or not row[0]:
                 report.skipped = True
@@ -134,7 +99,7 @@ class Inspector:
             try:
                 await self._round(now, report)
             finally:
-                await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (_ROUND_LOCK,))
+                await lock_conn.execute(queries.ROUND_UNLOCK, (_ROUND_LOCK,))
         self.last_round, self.rounds = report, self.rounds + 1
         if report.went_offline or report.opened or report.closed_tasks or report.back_in_place:
             log.info(
@@ -173,11 +138,7 @@ class Inspector:
         """Devices in an up state silent for 1.5 x the interval go offline, as of that moment."""
         silent_for = timedelta(seconds=self.thresholds.offline_after_s)
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.execute(
-                "SELECT device_id, GREATEST(last_seen + %s, state_since) FROM devices"
-                " WHERE state = ANY(%s) AND last_seen < %s",
-                (silent_for, sorted(s.value for s in UP_STATES), now - silent_for),
-            )
+            await cur.execute(queries.SILENT, (silent_for, now - silent_for))
             observations = [
                 Observation(device, at, Signal.HEARTBEAT_MISSED, "heartbeat_missed", {"silent_s": silent_for.seconds})
                 for device, at in await cur.fetchall()
@@ -187,13 +148,7 @@ class Inspector:
 
     async def _active_again(self, now: datetime, signals: list[Observation]) -> int:
         """Idle devices whose merchant took a payment after they went idle."""
-        async with self._pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT d.device_id FROM devices d JOIN bindings b USING (device_id)"
-                " WHERE d.state = 'idle' AND EXISTS (SELECT 1 FROM payments p"
-                "  WHERE p.merchant_id = b.merchant_id AND p.received_at > d.state_since)"
-            )
-            devices = [row[0] for row in await cur.fetchall()]
+        devices = [row[0] for row in await fetch_rows(self._pool, queries.ACTIVE_AGAIN)]
         signals.extend(Observation(device, now, Signal.ACTIVE, "merchant_payment") for device in devices)
         return len(devices)
 
@@ -201,9 +156,10 @@ class Inspector:
         """Facts of every device that could have a finding (the rest cannot, by the SQL filter)."""
         t = self.thresholds
         since_day = (now + self._offset).date() - timedelta(days=1)
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                _FACTS,
+        async with self._pool.connection() as conn:
+            rows = await fetch_dicts(
+                conn,
+                queries.FACTS,
                 {
                     "since_day": since_day,
                     "since": datetime.combine(since_day, datetime.min.time(), tzinfo=UTC) - self._offset,
@@ -211,18 +167,12 @@ class Inspector:
                     "idle_before": now - timedelta(days=t.idle_after_days),
                 },
             )
-            rows: list[dict[str, Any]] = await cur.fetchall()
-            ids = [row["device_id"] for row in rows]
-            await cur.execute(
-                "SELECT device_id, cell, area, learned, first_seen, last_seen, reports FROM device_cells"
-                " WHERE device_id = ANY(%s)",
-                (ids,),
+            cell_rows = await fetch_dicts(conn, queries.CELLS, ([row["device_id"] for row in rows],))
+        cells: dict[str, list[CellSeen]] = defaultdict(list)
+        for c in cell_rows:
+            cells[c["device_id"]].append(
+                CellSeen(c["cell"], c["area"], c["learned"], c["first_seen"], c["last_seen"], c["reports"])
             )
-            cells: dict[str, list[CellSeen]] = defaultdict(list)
-            for c in await cur.fetchall():
-                cells[c["device_id"]].append(
-                    CellSeen(c["cell"], c["area"], c["learned"], c["first_seen"], c["last_seen"], c["reports"])
-                )
         return [
             DeviceFacts(
                 device_id=row["device_id"],

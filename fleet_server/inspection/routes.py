@@ -13,7 +13,8 @@ from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, Reach, ReachDep, TaskA
 from fleet_server.auth.roles import Principal
 from fleet_server.http.errors import NOT_FOUND
 from fleet_server.http.services import provide
-from fleet_server.inspection.tasks import Task, TaskBook, TaskStatus
+from fleet_server.inspection.rules import TaskStatus
+from fleet_server.inspection.tasks import Task, TaskBook
 
 TasksDep = Annotated[TaskBook, Depends(provide(TaskBook))]
 TaskId = Annotated[int, Path(ge=1)]

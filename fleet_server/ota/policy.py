@@ -17,11 +17,22 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from firmware_protocols.messages import DailySpan, OtaFailure, OtaState
+
+
+class CampaignStatus(StrEnum):
+    """Where a campaign, or one of its lanes, stands."""
+
+    RUNNING = "running"
+    PAUSED = "paused"  # by an operator, or by itself on failures the release is to blame for
+    COMPLETED = "completed"
+    ABORTED = "aborted"  # by an operator; campaigns only
+
 
 # Target states beyond the device's own (OtaState): not offered yet, offered and not yet
 # answered, and offline when its time ran out.

@@ -21,7 +21,8 @@ from fleet_server.http.errors import NOT_FOUND
 from fleet_server.http.services import provide, provide_optional
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
-from fleet_server.ota.store import CampaignProgress, OtaStore, ReleaseView
+from fleet_server.ota.progress import CampaignProgress
+from fleet_server.ota.store import OtaStore, ReleaseView
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,13 @@ from fleet_server.auth.roles import Role
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from fleet_server.devices.importer import import_registry
+from fleet_server.errors import OtaError
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import OtaStore
 from haodian.cli import build_parser
 from haodian.ota_cli import run
 from haodian.settings import Settings
+from payment_bridge.store import PaymentStore
 from simulators.ota_campaign import OtaSimOptions, run_ota_simulation
 from tests.integration.conftest import api_client, in_process_stack
 
@@ -267,3 +269,33 @@ async def test_a_campaign_targets_by_tag_and_place_from_the_imported_registry(tm
             policy=CampaignPolicy(), campaign_id="bj-pilot",
         )  # fmt: skip
         assert beijing_pilot.targeted == 1
+
+
+async def test_a_rebound_device_is_targeted_by_its_merchants_store(tmp_path, embedded_database, release_key):
+    """A device moved to a merchant of another store belongs to that store for OTA targeting, as
+    it does for the pages, reach and figures (one hierarchy for every query)."""
+    header = "city_id,district_id,store_id,merchant_id,device_id,serial,model\n"
+    rows = ["BJ,WJ,RS-A,RM-A,RB1,RBSN1,HD-S1", "BJ,WJ,RS-B,RM-B,RB2,RBSN2,HD-S1"]
+    async with open_pool(embedded_database) as pool:
+        await migrate(pool)
+        assert (await import_registry(pool, header + "\n".join(rows) + "\n", dry_run=False)).applied == 2
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE devices SET firmware = '1.0.0' WHERE device_id IN ('RB1', 'RB2')")
+        await PaymentStore(pool).bind("RB1", "RM-B")  # RB1 now serves a merchant of store RS-B
+        store = OtaStore(pool, tmp_path / "artifacts")
+        await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
+
+        async def chunks():
+            yield ARTIFACT
+
+        await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+        store_b = await store.create_campaign(
+            release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(stores=["RS-B"]),
+            policy=CampaignPolicy(), campaign_id="rebound-b",
+        )  # fmt: skip
+        assert store_b.targeted == 2
+        with pytest.raises(OtaError, match="no device matches"):
+            await store.create_campaign(
+                release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(stores=["RS-A"]),
+                policy=CampaignPolicy(), campaign_id="rebound-a",
+            )  # fmt: skip

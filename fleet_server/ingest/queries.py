@@ -1,0 +1,61 @@
+"""The SQL of the ingest: each table gets one statement per batch whatever the batch's size."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Each table gets one statement per batch whatever the batch's size: the rows go in as arrays
+# through unnest() (upserts) or COPY (append-only tables). Device rows are touched in device id
+# order so that ingest processes sharing the stream lock them in the same order and never deadlock.
+UPSERT_DEVICES: Final = """
+INSERT INTO devices (device_id, first_contact, last_seen, last_cell, last_gps_lat, last_gps_lon)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::float8[], %s::float8[])
+ORDER BY 1
+ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
+    first_contact = LEAST(devices.first_contact, EXCLUDED.first_contact),
+    last_cell = COALESCE(EXCLUDED.last_cell, devices.last_cell),
+    last_gps_lat = COALESCE(EXCLUDED.last_gps_lat, devices.last_gps_lat),
+    last_gps_lon = COALESCE(EXCLUDED.last_gps_lon, devices.last_gps_lon)
+"""
+HELLOS: Final = """
+UPDATE devices d SET reported_serial = h.serial, model = h.model, firmware = h.firmware, boot_id = h.boot_id,
+    slot = h.slot, hello_at = h.at
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+    AS h(serial, model, firmware, boot_id, slot, at, device_id)
+WHERE d.device_id = h.device_id
+"""
+# Ordered by arrival at the server: a last will carries the time its device connected, so the
+# device's own clock cannot order it against the "online" that followed.
+PRESENCES: Final = """
+UPDATE devices d SET online = p.online, presence_reason = p.reason, presence_at = p.at
+FROM unnest(%s::boolean[], %s::text[], %s::timestamptz[], %s::text[]) AS p(online, reason, at, device_id)
+WHERE d.device_id = p.device_id AND (d.presence_at IS NULL OR d.presence_at <= p.at)
+"""
+COPY_EVENTS: Final = "COPY device_events (device_id, ts, received_at, kind, detail) FROM STDIN"
+COPY_HEALTH: Final = (
+    "COPY device_health (device_id, ts, received_at, uptime_s, rssi_dbm, volume,"
+    " queue_depth, played_total, mem_rss_kb, payload) FROM STDIN"
+)
+UPSERT_DAILY: Final = """
+INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, audio_failures,
+    reconnects, min_rssi_dbm, first_at, last_at)
+SELECT * FROM unnest(%s::text[], %s::date[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+    %s::int2[], %s::timestamptz[], %s::timestamptz[])
+ON CONFLICT (device_id, day) DO UPDATE SET messages = t.messages + EXCLUDED.messages,
+    health_reports = t.health_reports + EXCLUDED.health_reports,
+    fault_events = t.fault_events + EXCLUDED.fault_events,
+    audio_failures = t.audio_failures + EXCLUDED.audio_failures,
+    reconnects = t.reconnects + EXCLUDED.reconnects,
+    min_rssi_dbm = LEAST(t.min_rssi_dbm, EXCLUDED.min_rssi_dbm),
+    first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)
+"""
+UPSERT_CELLS: Final = """
+INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)
+SELECT c.device_id, c.cell, c.area, c.first_seen, c.last_seen, c.reports,
+    c.first_seen <= GREATEST(d.installed_at, d.first_contact) + make_interval(secs => %s)
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int8[])
+    AS c(device_id, cell, area, first_seen, last_seen, reports)
+JOIN devices d USING (device_id)
+ON CONFLICT (device_id, cell) DO UPDATE SET last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),
+    reports = t.reports + EXCLUDED.reports, learned = t.learned OR EXCLUDED.learned
+"""

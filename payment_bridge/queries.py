@@ -1,0 +1,224 @@
+"""The SQL of the payment bridge: payments and their deliveries recorded in one statement, the
+devices' acks, the retry scan, the figures of delivery, bindings, and the outbox of events for
+the backend's webhook. The statuses come from the protocol's `AckStatus`, `HEARD`, and the
+bridge's own names below.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from firmware_protocols.messages import HEARD, AckStatus
+from fleet_server.db.fetch import statement
+
+# A delivery's status before its device answers, and after its TTL passed unanswered; the
+# device's answers are AckStatus values.
+PENDING: Final = "pending"
+MISSED: Final = "missed"
+# A payment recorded without an announcement (Alipay's WAIT_BUYER_PAY): its kind.
+UNANNOUNCED: Final = "none"
+# The event a payment nobody heard gets, and why when no device is bound to its merchant.
+NOT_ANNOUNCED: Final = "not_announced"
+NO_BOUND_DEVICE: Final = "no_bound_device"
+
+_NAMES: Final[dict[str, str | frozenset[str]]] = {
+    "pending": PENDING,
+    "missed": MISSED,
+    "open": frozenset({PENDING, MISSED}),
+    "played": AckStatus.PLAYED,
+    "refused": AckStatus.REFUSED,
+    "failed": AckStatus.FAILED,
+    "heard": HEARD,
+    "unannounced": UNANNOUNCED,
+    "not_announced": NOT_ANNOUNCED,
+    "no_bound_device": NO_BOUND_DEVICE,
+}
+
+# A refused notification, kept for the record.
+RECORD_REJECTED: Final = (
+    "INSERT INTO rejected_notifications (received_at, source, code, reason, body, headers)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+# One more attempt, published at a time, for each (payment_id, device_id): (at, payment ids, device ids).
+MARK_PUBLISHED: Final = (
+    "UPDATE deliveries d SET attempts = d.attempts + 1, last_published_at = %s"
+    " FROM unnest(%s::text[], %s::text[]) AS r (payment_id, device_id)"
+    " WHERE d.payment_id = r.payment_id AND d.device_id = r.device_id"
+)
+# Pending deliveries still within their TTL and unacked since before a moment, oldest first.
+# Rows: PendingDelivery. Parameters: now, the moment, the limit.
+DUE_FOR_RETRY: Final = statement(
+    "SELECT d.payment_id, d.device_id, p.merchant_id, p.amount_fen, p.channel, p.kind, p.paid_at,"
+    " p.received_at, d.expires_at FROM deliveries d JOIN payments p USING (payment_id)"
+    " WHERE d.status = {pending} AND d.expires_at > %s AND d.last_published_at < %s"
+    " ORDER BY d.last_published_at LIMIT %s",
+    **_NAMES,
+)
+# Pending deliveries past their TTL (and the grace for a last ack) become missed: (payment_id).
+MARK_MISSED: Final = statement(
+    "UPDATE deliveries SET status = {missed} WHERE status = {pending} AND expires_at < %s RETURNING payment_id",
+    **_NAMES,
+)
+# Payments received since a moment (NULL: all), and those announced to nobody: one row
+# (payments, unrouted_payments).
+PAYMENT_COUNTS: Final = statement(
+    "SELECT count(*) AS payments,"
+    " count(*) FILTER (WHERE p.kind <> {unannounced} AND NOT EXISTS"
+    "   (SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id)) AS unrouted_payments"
+    " FROM payments p WHERE %(since)s::timestamptz IS NULL OR p.received_at >= %(since)s",
+    **_NAMES,
+)
+# Deliveries of payments received since a moment (NULL: all) by outcome, with latency and ack
+# round-trip percentiles of the played ones: one row.
+DELIVERY_COUNTS: Final = statement(
+    "SELECT count(*) AS deliveries,"
+    " count(*) FILTER (WHERE d.status = ANY({heard})) AS delivered,"
+    " count(*) FILTER (WHERE d.status = {pending}) AS pending,"
+    " count(*) FILTER (WHERE d.status = {missed}) AS missed,"
+    " count(*) FILTER (WHERE d.status = {refused}) AS refused,"
+    " count(*) FILTER (WHERE d.status = {failed}) AS failed,"
+    " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lat) AS lat_p,"
+    " max(lat) AS lat_max,"
+    " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY rtt) AS rtt_p,"
+    " max(rtt) AS rtt_max"
+    " FROM (SELECT d.status,"
+    "   CASE WHEN d.status = {played} THEN"
+    "     extract(epoch FROM d.play_started_at - p.received_at) * 1000 END AS lat,"
+    "   CASE WHEN d.status = {played} THEN"
+    "     extract(epoch FROM d.acked_at - p.received_at) * 1000 END AS rtt"
+    "   FROM deliveries d JOIN payments p USING (payment_id)"
+    "   WHERE %(since)s::timestamptz IS NULL OR p.received_at >= %(since)s) d",
+    **_NAMES,
+)
+# One payment. Rows: PaymentView without deliveries.
+PAYMENT: Final = (
+    "SELECT payment_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at"
+    " FROM payments WHERE payment_id = %s"
+)
+# A payment's deliveries by device. Rows: DeliveryView.
+DELIVERIES: Final = (
+    "SELECT device_id, status, attempts, acked_at, play_started_at, text, reason"
+    " FROM deliveries WHERE payment_id = %s ORDER BY device_id"
+)
+# A device bound to a merchant, moved from any previous one. Rows: Binding.
+BIND: Final = (
+    "INSERT INTO bindings (device_id, merchant_id) VALUES (%s, %s)"
+    " ON CONFLICT (device_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id, bound_at = now()"
+    " RETURNING device_id, merchant_id, bound_at"
+)
+UNBIND: Final = "DELETE FROM bindings WHERE device_id = %s"
+# Bindings by merchant, device id or a serial (the registry's or the reported one); NULL matches
+# all. Rows: Binding.
+BINDINGS: Final = (
+    "SELECT device_id, merchant_id, bound_at FROM bindings"
+    " WHERE (%(m)s::text IS NULL OR merchant_id = %(m)s) AND (%(d)s::text IS NULL OR device_id = %(d)s)"
+    " AND (%(s)s::text IS NULL OR device_id IN"
+    "   (SELECT device_id FROM devices WHERE serial = %(s)s OR reported_serial = %(s)s))"
+    " ORDER BY merchant_id, device_id"
+)
+# Payments nobody heard, newest first, by merchant and since (NULL matches all). Rows: NotAnnounced.
+NOT_ANNOUNCED_PAYMENTS: Final = statement(
+    "SELECT p.payment_id, p.merchant_id, p.amount_fen, p.channel, p.paid_at, p.received_at, e.reason,"
+    " e.created_at AS concluded_at, e.delivered_at AS backend_told_at"
+    " FROM payment_events e JOIN payments p USING (payment_id)"
+    " WHERE e.event = {not_announced} AND (%(m)s::text IS NULL OR p.merchant_id = %(m)s)"
+    " AND (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
+    " ORDER BY p.received_at DESC LIMIT %(limit)s",
+    **_NAMES,
+)
+# A `not_announced` event for each of the payments no device played or may still play, in the
+# caller's transaction: (ids, reason).
+FLAG_NOT_ANNOUNCED: Final = statement(
+    "INSERT INTO payment_events (payment_id, event, reason)"
+    " SELECT p.payment_id, {not_announced}, %(reason)s FROM payments p"
+    " WHERE p.payment_id = ANY(%(ids)s) AND p.kind <> {unannounced} AND NOT EXISTS ("
+    "   SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id"
+    "   AND (d.status = {pending} OR d.status = ANY({heard})))"
+    " ON CONFLICT (payment_id, event) DO NOTHING",
+    **_NAMES,
+)
+
+# -- the webhook's outbox -----------------------------------------------------------------
+
+# Claim up to a batch of due events for a lease (another bridge skips them meanwhile), with
+# their payments: (lease seconds, batch). Rows: the event and its payment.
+CLAIM_EVENTS: Final = (
+    "UPDATE payment_events e SET next_attempt_at = now() + make_interval(secs => %s)"
+    " FROM payments p WHERE p.payment_id = e.payment_id AND e.id IN ("
+    "   SELECT id FROM payment_events WHERE delivered_at IS NULL AND next_attempt_at <= now()"
+    "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.amount_fen,"
+    " p.channel, p.paid_at"
+)
+EVENT_DELIVERED: Final = "UPDATE payment_events SET delivered_at = now() WHERE id = %s"
+
+# New payments (or ones taken again, see record_payments), their deliveries to the devices bound
+# to their merchants if they announce, and the not-announced event for any that announces to
+# nobody, in one statement. The first publish follows at once: attempts starts at 1 and
+# last_published_at at the time of receipt, so the retry loop leaves the delivery alone until the
+# ack timeout has passed. Answers one row per payment taken: (payment_id, its device ids).
+RECORD_PAYMENTS: Final = statement(
+    """
+WITH n AS (
+    SELECT * FROM unnest(%(payment_id)s::text[], %(source)s::text[], %(notify_id)s::text[],
+                         %(merchant_id)s::text[], %(amount_fen)s::bigint[], %(channel)s::text[], %(kind)s::text[],
+                         %(status)s::text[], %(paid_at)s::timestamptz[], %(received_at)s::timestamptz[],
+                         %(raw)s::text[], %(expires_at)s::timestamptz[])
+        AS n (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at,
+              raw, expires_at)
+),
+p AS (
+    INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at,
+                          received_at, raw)
+    SELECT payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at,
+           raw::jsonb
+    FROM n
+    ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,
+        status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,
+        received_at = EXCLUDED.received_at, raw = EXCLUDED.raw
+    WHERE payments.kind = {unannounced} AND EXCLUDED.kind <> {unannounced}
+    RETURNING payment_id, kind
+),
+d AS (
+    INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at, attempts)
+    SELECT p.payment_id, b.device_id, n.expires_at, n.received_at, 1
+    FROM p JOIN n USING (payment_id) JOIN bindings b ON b.merchant_id = n.merchant_id
+    WHERE p.kind <> {unannounced}
+    ORDER BY p.payment_id, b.device_id
+    RETURNING payment_id, device_id
+),
+e AS (
+    INSERT INTO payment_events (payment_id, event, reason)
+    SELECT p.payment_id, {not_announced}, {no_bound_device} FROM p
+    WHERE p.kind <> {unannounced} AND NOT EXISTS (SELECT 1 FROM d WHERE d.payment_id = p.payment_id)
+    ON CONFLICT (payment_id, event) DO NOTHING
+)
+SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d WHERE d.payment_id = p.payment_id)
+FROM p
+""",
+    **_NAMES,
+)
+
+# Devices' acks onto their deliveries; answers (payment_id, device_id) of each delivery found.
+# An ack takes the delivery when it is still open, or when it says played and nothing did before.
+RECORD_ACKS: Final = statement(
+    """
+UPDATE deliveries d SET acks = d.acks + 1,
+    status = CASE WHEN d.status = ANY({open}) OR (a.status = {played} AND d.status <> {played})
+             THEN a.status ELSE d.status END,
+    acked_at = CASE WHEN d.status = ANY({open}) OR (a.status = {played} AND d.status <> {played})
+               THEN a.acked_at ELSE d.acked_at END,
+    play_started_at = COALESCE(d.play_started_at, a.play_started),
+    text = COALESCE(d.text, a.text), reason = COALESCE(d.reason, a.reason)
+FROM unnest(%(payment_id)s::text[], %(device_id)s::text[], %(status)s::text[], %(acked_at)s::timestamptz[],
+            %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[])
+    AS a (payment_id, device_id, status, acked_at, play_started, text, reason)
+WHERE d.payment_id = a.payment_id AND d.device_id = a.device_id
+RETURNING d.payment_id, d.device_id
+""",
+    **_NAMES,
+)
+# A failed attempt, and when to try again: (error, next attempt at, id).
+EVENT_RETRY: Final = (
+    "UPDATE payment_events SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s WHERE id = %s"
+)
