@@ -195,7 +195,7 @@ def _codecs(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
 
 
 def _demo(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
-    from haodian.demo import DemoOptions, run_demo  # noqa: PLC0415
+    from haodian.scenarios.demo import DemoOptions, run_demo  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
 
     parameters = {"devices": args.devices or 20, "tps": args.tps, "duration_s": args.duration or 20.0}

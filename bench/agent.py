@@ -41,7 +41,7 @@ from bench.stats import fmt, percentiles
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce, Channel
 from firmware_protocols.signing import Signer, encode_public_key
-from haodian.embedded import free_port
+from simulators.netproxy import free_port
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 

@@ -50,9 +50,9 @@ from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
-from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
+from simulators.netproxy import free_port
 
 START_TIMEOUT_S = 90.0
 SETTLE_S = 30.0

@@ -28,8 +28,8 @@ from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
-from haodian.embedded import free_port
 from simulators.history import FleetHistory, HistoryParameters
+from simulators.netproxy import free_port
 
 CONNECTIONS = 64
 SUMMARY_SHARE = 0.05

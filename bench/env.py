@@ -12,6 +12,9 @@ Brokers:
 
 Databases: `machine` (a fresh database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards)
 or `embedded` (a private PostgreSQL from the pgserver package in a temporary folder).
+
+The benchmarks' one error, `BenchError`, is what a scenario cannot set up or measure (a broker
+that will not start, a part that never answers); `python -m bench` prints it in one line.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ import psycopg
 from psycopg import sql
 
 from bench.stats import percentiles
-from haodian.embedded import EmbeddedDatabase, free_port
+from haodian.embedded import EmbeddedDatabase
 from simulators.mosquitto import MosquittoError, PrivateMosquitto
+from simulators.netproxy import free_port
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MACHINE_MQTT = ("127.0.0.1", 1883)

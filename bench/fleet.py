@@ -42,8 +42,8 @@ from firmware_protocols.messages import CellReport, Health
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from fleet_server.figures.figures import FleetFigures, Level
-from haodian.embedded import free_port
 from simulators.history import FleetHistory, HistoryParameters
+from simulators.netproxy import free_port
 
 PIPELINE = 100
 PUBLISHERS = 4

@@ -5,6 +5,8 @@
      ├── SignatureError           a signature that is missing, malformed, from an unknown key,
      │                            or does not verify
      ├── ManifestError            a release manifest or artifact that must not be installed
+     ├── CredentialError          a device secret or MQTT password that cannot be used or
+     │                            does not prove the device (credentials.py)
      └── CodecError               bytes from a serial line (TTS chip, modem, printer) that do not
                                   decode; carries the stream offset and the reason
 

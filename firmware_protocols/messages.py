@@ -4,6 +4,9 @@ Every payload is a UTF-8 JSON object with a schema version `v` and a `type`. Unk
 kept (`extra="allow"`), so an older reader passes a newer writer's additions through, and they
 are covered by the announce signature. Times are integer epoch milliseconds and money is
 integer fen (分), so every language reads the same numbers.
+
+Longer than 400 lines because it is the contract: every message of protocol v1 in one module, as
+the other implementations (Android, iOS, C) read it, with its one parser.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +24,9 @@ from psycopg import sql
 from firmware_protocols.endpoint import BrokerEndpoint
 from fleet_server.identity import access
 from fleet_server.identity.store import BrokerAuthority
+from simulators.netproxy import free_port
 
 log = structlog.get_logger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class IdentifiedClientsOnly(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints.

@@ -23,10 +23,11 @@ from firmware_protocols.signing import encode_public_key
 from fleet_server.contacts.cipher import FieldKeys
 from fleet_server.errors import FieldCryptError
 from fleet_server.identity.certs import write_private
+from haodian.errors import HaodianError
 from haodian.settings import Settings
 
 
-class KeyFileError(Exception):
+class KeyFileError(HaodianError):
     """A key file is missing or unreadable."""
 
 

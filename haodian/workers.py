@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import structlog
 
-from haodian.embedded import free_port
+from haodian.errors import HaodianError
+from simulators.netproxy import free_port
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +27,7 @@ MAX_QUICK_DEATHS = 5
 STOP_GRACE_S = 15.0
 
 
-class WorkersError(RuntimeError):
+class WorkersError(HaodianError):
     """The workers cannot be started as asked."""
 
 

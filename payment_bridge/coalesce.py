@@ -20,12 +20,13 @@ from types import TracebackType
 from typing import Generic, Self, TypeVar
 
 from mqtt_link.tasks import cancel_and_wait
+from payment_bridge.errors import BridgeError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class CoalescerClosed(RuntimeError):
+class CoalescerClosed(BridgeError):
     """Submitted after the coalescer stopped."""
 
 

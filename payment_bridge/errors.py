@@ -1,7 +1,8 @@
 """The bridge's error tree.
 
 BridgeError
- └── NotificationRejected      refused notification, with an HTTP status and a code
+ ├── NotificationRejected      refused notification, with an HTTP status and a code
+ └── CoalescerClosed           a write submitted after the group commit stopped (coalesce.py)
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from haodian.embedded import free_port
+from simulators.errors import SimulatorError
+from simulators.netproxy import free_port
 
 START_TIMEOUT_S = 10.0
 
 
-class MosquittoError(Exception):
+class MosquittoError(SimulatorError):
     """Mosquitto is not installed, or did not start listening."""
 
 

@@ -1,4 +1,5 @@
-"""A TCP proxy between devices and the broker that can cut, delay and reset the network.
+"""Loopback networking for the simulators and tests: a free port, and a TCP proxy between devices
+and the broker that can cut, delay and reset the network.
 
     async with NetProxy(upstream=("127.0.0.1", 1883)) as proxy:   # listens on proxy.port
         proxy.cut()       # the 4G link goes silent: bytes are dropped, new connections refused
@@ -14,12 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from types import TracebackType
 from typing import Self
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick), for a server started next."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 class NetProxy:

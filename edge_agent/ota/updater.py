@@ -1,5 +1,8 @@
 """The device's side of an update: one job at a time, a state per step, each reported.
 
+Longer than 400 lines because the job is one state machine: each step, how it resumes after a
+restart and what it reports read together; split, the steps would pass the job between modules.
+
     queued → downloading → verifying → waiting_window → installing → rebooting
            → (restart into the new slot, as a trial) → health_check → committed
     any failure before the reboot → failed (the running slot was never touched)

@@ -1,5 +1,9 @@
 """AT commands of the device's 4G modem (Quectel EC200/EC25/EG25 style), sans-IO.
 
+Longer than 400 lines because it is one codec: the command builder, the parser of responses,
+final result codes and URCs, and the value parsers of each command share the dialect's grammar,
+and the language-neutral vectors (vectors/at.json) test it as one.
+
     parser = AtParser()
     line.write(parser.expect(build("+CSQ")))          # b"AT+CSQ\\r", and the parser waits for it
     parser.feed(line.read())
@@ -27,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
-from firmware_protocols.errors import CodecError
+from firmware_protocols.errors import CodecError, ProtocolError
 from firmware_protocols.serial._stream import ByteStream
 
 # Longer than any response line we expect (+QENG is ~120 characters); a line without an end is
@@ -247,7 +251,7 @@ def _final(line: str) -> tuple[Final, str | None] | None:
 # -- values ------------------------------------------------------------------------------------
 
 
-class _Bad(Exception):
+class _Bad(ProtocolError):
     """A value that does not parse; `_values` turns it into a CodecError at the response's offset."""
 
 

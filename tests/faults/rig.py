@@ -32,11 +32,10 @@ import psycopg
 from bench.http import wait_http
 from firmware_protocols.messages import Channel
 from firmware_protocols.signing import encode_public_key
-from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
 from simulators.mosquitto import PrivateMosquitto
-from simulators.netproxy import NetProxy
+from simulators.netproxy import NetProxy, free_port
 from tests.integration.resilience_kit import plays
 from tests.processes import Processes, cli_token
 

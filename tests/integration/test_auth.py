@@ -11,7 +11,7 @@ import pytest
 from fleet_server.auth.roles import Role
 from fleet_server.auth.store import TOKEN_PREFIX
 from fleet_server.errors import AuthError
-from haodian.demo import merchants_for, registry_csv
+from haodian.scenarios.demo import merchants_for, registry_csv
 from haodian.settings import Settings
 from tests.integration.conftest import api_client, in_process_stack
 
@@ -21,7 +21,7 @@ PASSWORD = "test-only-password-1b2c"  # noqa: S105 - a test account in a databas
 ANOTHER_PASSWORD = "test-only-password-9z8y"  # noqa: S105 - the same
 SHORT_PASSWORD = "short"  # noqa: S105 - refused for its length
 
-# Devices of the registry below: M00003 is in store S-WJ, M00001 in S-HLG (haodian.demo's layout).
+# Devices of the registry below: M00003 is in store S-WJ, M00001 in S-HLG (haodian.scenarios.demo's layout).
 DEVICES = [f"AU{i}" for i in range(1, 6)]
 
 

@@ -21,9 +21,9 @@ import pytest
 
 from firmware_protocols.messages import Channel
 from firmware_protocols.signing import encode_public_key
-from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
+from simulators.netproxy import free_port
 from tests.processes import Processes, cli_token
 
 pytestmark = pytest.mark.integration

@@ -21,10 +21,10 @@ from fleet_server.errors import OtaError
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
 from fleet_server.ota.store import OtaStore
 from haodian.cli import build_parser
-from haodian.ota_cli import run
+from haodian.cli.ota import run
+from haodian.scenarios.ota_campaign import OtaSimOptions, run_ota_simulation
 from haodian.settings import Settings
 from payment_bridge.store import PaymentStore
-from simulators.ota_campaign import OtaSimOptions, run_ota_simulation
 from tests.integration.conftest import api_client, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

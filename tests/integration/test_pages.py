@@ -28,7 +28,7 @@ from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from fleet_server.auth.roles import Role
 from fleet_server.inspection.detectors import Finding, FindingKind
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
-from haodian.demo import merchants_for, registry_csv
+from haodian.scenarios.demo import merchants_for, registry_csv
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
 from simulators.fleet import SimulatedFleet

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from haodian.embedded import free_port
 from haodian.keys import dev_key_paths, ensure_dev_keys
+from simulators.netproxy import free_port
 from tests.processes import alive, children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

@@ -22,9 +22,11 @@ from typing import Any
 import httpx
 
 from haodian.api_client import DEFAULT_SERVER, checked, save_token
+from haodian.cli.kit import in_thread
+from haodian.cli.output import table
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     users = sub.add_parser(
         "users",
         help="accounts and roles, on the database (the first ops-admin is made here)",
@@ -32,6 +34,7 @@ def add_parsers(sub: Any) -> None:
         " one in --data-dir). 账号管理：运营管理员、运营查看、经纪人、商户、支付后台。",
     )
     users.add_argument("--data-dir", default=None, help="data folder of the embedded database (default .haodian)")
+    users.set_defaults(run=run_users)
     action = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     add = action.add_parser("add", help="create an account")
     add.add_argument("login")
@@ -60,8 +63,10 @@ def add_parsers(sub: Any) -> None:
     login.add_argument("--server", default=DEFAULT_SERVER, help=f"fleet server base URL (default {DEFAULT_SERVER})")
     login.add_argument("--login", dest="login_name", required=True, help="your login")
     login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    login.set_defaults(run=in_thread(run_login))
     logout = sub.add_parser("logout", help="end the saved session and forget its token")
     logout.add_argument("--server", default=DEFAULT_SERVER, help=f"fleet server base URL (default {DEFAULT_SERVER})")
+    logout.set_defaults(run=in_thread(run_logout))
 
 
 def _password(args: argparse.Namespace, *, confirm: bool) -> str:
@@ -98,7 +103,6 @@ async def _auth_store(args: argparse.Namespace) -> AsyncIterator[Any]:
 async def run_users(args: argparse.Namespace) -> int:
     from fleet_server.auth.roles import Role  # noqa: PLC0415
     from fleet_server.errors import AuthError  # noqa: PLC0415
-    from haodian.fleet_cli import table  # noqa: PLC0415
 
     async with _auth_store(args) as store:
         try:

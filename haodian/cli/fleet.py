@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import httpx
 
 from fleet_server.identity.certs import write_private
 from haodian.api_client import add_server_arguments, checked, open_client
+from haodian.cli.kit import in_thread
+from haodian.cli.output import table
 
 LABELS = {
     "intact_rate": "完好率 intact",
@@ -57,6 +58,7 @@ def add_parser(sub: Any) -> None:
         description="Talk to a running fleet server's API: reliability figures, field-agent tasks, registry import.",
     )
     add_server_arguments(fleet)
+    fleet.set_defaults(run=in_thread(run))
     action = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
     action.add_parser("summary", help="devices by state and the last 24 h against the targets")
     figures = action.add_parser("figures", help="figures by slice over a window")
@@ -80,19 +82,6 @@ def add_parser(sub: Any) -> None:
     )
     revoke = action.add_parser("revoke", help="revoke a device's credentials: refused from its next connect")
     revoke.add_argument("device_id")
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(_width(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(str(c) + " " * (w - _width(str(c))) for c, w in zip(cells, widths, strict=False)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def fmt(name: str, value: float | None) -> str:

@@ -22,8 +22,9 @@ from fleet_server.identity.certs import CertificateAuthority, write_private
 from fleet_server.identity.mosquitto import MosquittoTls, write_config
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     tls = sub.add_parser("tls", help="make a development CA and certificates (TLS for MQTT and HTTPS)")
+    tls.set_defaults(run=run_tls)
     action = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
     ca = action.add_parser("dev-ca", help="a CA and a server certificate, for development and tests only")
     ca.add_argument("--out", type=Path, required=True, help="folder for ca.pem, ca.key, server.pem, server.key")
@@ -36,6 +37,7 @@ def add_parsers(sub: Any) -> None:
     broker = sub.add_parser(
         "broker-config", help="write the Mosquitto ACL, password file, CRL and listeners for the fleet"
     )
+    broker.set_defaults(run=run_broker_config)
     broker.add_argument("--out", type=Path, required=True, help="folder to write into")
     broker.add_argument("--ca", type=Path, required=True, help="folder with ca.pem and ca.key (signs the CRL)")
     broker.add_argument("--cert", type=Path, required=True, help="the broker's certificate (PEM)")

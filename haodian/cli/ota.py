@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
 from haodian.api_client import add_server_arguments, checked, open_client
-from haodian.fleet_cli import table
+from haodian.cli.kit import in_thread
+from haodian.cli.output import table
 
 STATES_ZH = {
     "pending": "未下发 pending",
@@ -55,6 +56,7 @@ def add_parser(sub: Any) -> None:
         description="Make and sign releases (offline), upload them, and run OTA campaigns on a fleet server.",
     )
     add_server_arguments(ota)
+    ota.set_defaults(run=in_thread(run))
     action = ota.add_subparsers(dest="ota_command", required=True, metavar="ACTION")
     key = action.add_parser("release-key", help="create a release key pair (keep the private key offline)")
     key.add_argument("--out", type=Path, required=True, help="folder for release.key and release.pub")
