@@ -16,7 +16,8 @@ Each part owns one job and takes the ports it needs:
     ota_host    the updater (`ota/`) and what it needs from the running agent (`ota_host`)
 
 `EdgeAgent` builds them, wires the downlink's routes to them, and starts and stops them in
-order on one `AsyncExitStack`: if a start fails part way, what started is stopped again.
+order on one `AsyncExitStack` (`mqtt_link.tasks.Component`): if a start fails part way, what
+started is stopped again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Self
 
 import httpx
 import structlog
@@ -52,6 +52,7 @@ from firmware_protocols.messages import Announce, Command, Hello, OtaOffer, Sett
 from firmware_protocols.signing import Verifier, decode_public_key, key_id_of
 from mqtt_link.backoff import Backoff
 from mqtt_link.link import Delivery, Link, Session
+from mqtt_link.tasks import Component
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ CAPABILITIES = [
 ]
 
 
-class EdgeAgent:
+class EdgeAgent(Component):
     def __init__(
         self,
         config: AgentConfig,
@@ -91,7 +92,6 @@ class EdgeAgent:
         self.boot: Boot | None = None
         self._http_transport = http_transport
         self._lock = StateLock(state)
-        self._stack: AsyncExitStack | None = None
         self._halted = False
         self._log = log.bind(device_id=self.device_id)
 
@@ -192,52 +192,43 @@ class EdgeAgent:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            self._lock.acquire()
-            stack.callback(self._lock.release)
-            # The bootloader's step: which slot runs, and whether a trial slot was just dropped.
-            booted = self.boot_control.boot()
-            self.live.booted(booted.version, booted.slot)
-            record = BootRecord(
-                self.live.current.state_dir, self.clock.now_ms(), reason="rollback" if booted.rolled_back else None
-            )
-            self.restart.record = record
-            self.boot = self.reporter.boot = record.boot
-            stack.callback(self._stopped, record)
-            self._log.info(
-                "agent starting",
-                boot_id=record.boot.boot_id,
-                boot_reason=record.boot.reason,
-                outbox=len(self.uplink.outbox),
-            )
-            for part in (self.uplink, self.announcer, self.reporter, self.commands, self.link):
-                await stack.enter_async_context(part)
-            updater = self._updater(booted)
-            self.ota_host.updater = updater
-            stack.push_async_callback(updater.close)
-            updater.start()
-            self._stack = stack.pop_all()
-        return self
+    async def _start(self, stack: AsyncExitStack) -> None:
+        self._lock.acquire()
+        stack.callback(self._lock.release)
+        # The bootloader's step: which slot runs, and whether a trial slot was just dropped.
+        booted = self.boot_control.boot()
+        self.live.booted(booted.version, booted.slot)
+        record = BootRecord(
+            self.live.current.state_dir, self.clock.now_ms(), reason="rollback" if booted.rolled_back else None
+        )
+        self.restart.record = record
+        self.boot = self.reporter.boot = record.boot
+        stack.callback(self._stopped, record)
+        self._log.info(
+            "agent starting",
+            boot_id=record.boot.boot_id,
+            boot_reason=record.boot.reason,
+            outbox=len(self.uplink.outbox),
+        )
+        for part in (self.uplink, self.announcer, self.reporter, self.commands, self.link):
+            await stack.enter_async_context(part)
+        updater = self._updater(booted)
+        self.ota_host.updater = updater
+        stack.push_async_callback(updater.close)
+        updater.start()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._stack is None:
-            return  # halted, or never started
-        await self.uplink.goodbye()
-        await self._close()
+        if self._stack is not None:  # not halted, not stopped already
+            await self.uplink.goodbye()
+        await self.aclose()
 
     async def halt(self) -> None:
         """Stop dead, as a power cut would: no goodbye, no clean-stop record, work left where it
         was. For simulators and tests; on a board the power does this."""
         self._halted = True
-        await self._close()
-
-    async def _close(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
+        await self.aclose()
 
     def _stopped(self, record: BootRecord) -> None:
         if not self._halted and not self.restart.pending:

@@ -13,9 +13,9 @@ settings arrive here too (`apply_settings`), as does a field agent's test announ
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 
@@ -37,7 +37,7 @@ from firmware_protocols import topics
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import Ack, AckStatus, AlertCode, Announce, AnnounceKind, Settings, parse_payload
 from mqtt_link.link import Delivery
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,7 @@ class _Playback:
     started: asyncio.Future[int] | None = None
 
 
-class Announcer:
+class Announcer(Component):
     def __init__(
         self,
         device_id: str,
@@ -80,20 +80,12 @@ class Announcer:
         self._config = config
         self._printer = printer
         self._queue: asyncio.Queue[_Playback] = asyncio.Queue()
-        self._player: asyncio.Task[None] | None = None
         self._log = log.bind(device_id=device_id)
 
-    async def __aenter__(self) -> Self:
+    async def _start(self, stack: AsyncExitStack) -> None:
+        stack.callback(self._seen.close)
         self.replay_unplayed()
-        self._player = asyncio.create_task(self._play_loop(), name=f"player:{self.device_id}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._player is not None:
-            await cancel_and_wait(self._player)
-        self._seen.close()
+        spawn(stack, self._play_loop(), name=f"player:{self.device_id}")
 
     @property
     def queued(self) -> int:

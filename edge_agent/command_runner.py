@@ -12,9 +12,9 @@ agent's parts.
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 
@@ -32,12 +32,12 @@ from edge_agent.uplink import Uplink
 from firmware_protocols import topics
 from firmware_protocols.messages import Command, CommandResult, CommandStatus
 from mqtt_link.link import Delivery
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
 
-class CommandRunner:
+class CommandRunner(Component):
     def __init__(
         self,
         device_id: str,
@@ -59,15 +59,13 @@ class CommandRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._log = log.bind(device_id=device_id)
 
-    async def __aenter__(self) -> Self:
-        return self
+    async def _start(self, stack: AsyncExitStack) -> None:
+        stack.callback(self._seen.close)
+        stack.push_async_callback(self._cancel_running)
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def _cancel_running(self) -> None:
         for task in list(self._running):
             await cancel_and_wait(task)
-        self._seen.close()
 
     async def take(self, command: Command, _delivery: Delivery) -> None:
         """Check one signed command, answer at once, and run it in the background."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from types import TracebackType
-from typing import Self
+from contextlib import AsyncExitStack
 
 import structlog
 
@@ -31,7 +30,7 @@ from edge_agent.voice import Speaker
 from firmware_protocols import topics
 from firmware_protocols.messages import Health
 from mqtt_link.link import Link
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +39,7 @@ log = structlog.get_logger(__name__)
 WATCH_INTERVAL_S = 10.0
 
 
-class HealthReporter:
+class HealthReporter(Component):
     def __init__(
         self,
         device_id: str,
@@ -74,18 +73,10 @@ class HealthReporter:
         self._announcer = announcer
         self._started_ms = clock.now_ms()
         self._watch = PartWatch()
-        self._task: asyncio.Task[None] | None = None
         self._log = log.bind(device_id=device_id)
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._watch_loop(), name=f"health:{self.device_id}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+    async def _start(self, stack: AsyncExitStack) -> None:
+        spawn(stack, self._watch_loop(), name=f"health:{self.device_id}")
 
     async def health(self) -> Health:
         """A health report, with what every hardware port says now."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from types import TracebackType
-from typing import Literal, Protocol, Self
+from contextlib import AsyncExitStack
+from typing import Literal, Protocol
 
 import aiomqtt
 import structlog
@@ -22,7 +22,7 @@ from edge_agent.outbox import Outbox
 from firmware_protocols import topics
 from firmware_protocols.messages import Event, Hello, Message, Presence
 from mqtt_link.errors import LinkDown
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,7 @@ def last_will(device_id: str, clock: Clock) -> aiomqtt.Will:
     )
 
 
-class DeviceUplink:
+class DeviceUplink(Component):
     def __init__(
         self, device_id: str, link: Publisher, outbox: Outbox, clock: Clock, *, hello: Callable[[], Hello]
     ) -> None:
@@ -83,19 +83,11 @@ class DeviceUplink:
         self._clock = clock
         self._hello = hello
         self._wakeup = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
         self._log = log.bind(device_id=device_id)
 
-    async def __aenter__(self) -> Self:
-        self._flusher = asyncio.create_task(self._flush_loop(), name=f"outbox:{self.device_id}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._flusher is not None:
-            await cancel_and_wait(self._flusher)
-        self.outbox.close()
+    async def _start(self, stack: AsyncExitStack) -> None:
+        stack.callback(self.outbox.close)
+        spawn(stack, self._flush_loop(), name=f"outbox:{self.device_id}")
 
     async def send(self, kind: topics.Up, message: Message) -> None:
         """Publish now if the link is up and nothing older waits, else keep it for the flusher."""

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from enum import StrEnum
-from types import TracebackType
-from typing import Self
 
 import structlog
 import uvicorn
@@ -50,6 +48,7 @@ from fleet_server.remote.remote import DeviceRemote
 from haodian.embedded import BrokerTls, EmbeddedBroker
 from haodian.keys import ServerKeys
 from haodian.settings import Settings
+from mqtt_link.tasks import Component
 from payment_bridge import routes as bridge_routes
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.keyring import PlatformKeys
@@ -90,7 +89,7 @@ def build_app(parts: set[Part], *, instance: str = "haodian") -> FastAPI:
     return create_app(routers, pages=Part.FLEET in parts, instance=instance, parts=sorted(parts))
 
 
-class ServerStack:
+class ServerStack(Component):
     def __init__(
         self,
         settings: Settings,
@@ -118,7 +117,6 @@ class ServerStack:
         self.bridge: PaymentBridge | None = None
         self.ota: OtaConductor | None = None
         self.remote: DeviceRemote | None = None
-        self._stack = AsyncExitStack()
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
@@ -130,17 +128,9 @@ class ServerStack:
         scheme = "https" if self.settings.http_tls_cert_file else "http"
         return f"{scheme}://{host}:{port}"
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def _start(self) -> None:
+    async def _start(self, stack: AsyncExitStack) -> None:
         prefix = self.settings.mqtt_client_prefix
-        pool = await self._stack.enter_async_context(open_pool(self.database_url))
+        pool = await stack.enter_async_context(open_pool(self.database_url))
         applied = await migrate(pool)
         telemetry = TelemetryStore(pool, retention_days=self.settings.telemetry_retention_days)
         # Partitions are made by the fleet part's inspector, whose first round runs at once.
@@ -167,7 +157,7 @@ class ServerStack:
         )
         offset = self.settings.fleet_utc_offset_min
         if self.parts & {Part.FLEET, Part.INGEST}:
-            self.ingest = await self._stack.enter_async_context(self._ingest(pool))
+            self.ingest = await stack.enter_async_context(self._ingest(pool))
             self.services.add(self.ingest.stats)
         if Part.FLEET in self.parts:
             self.credentials = DeviceCredentials(pool, self.keys.device_master_key)
@@ -175,7 +165,7 @@ class ServerStack:
             await self.contacts.seal_legacy()
             registry = DeviceRegistry(pool)
             figures = FleetFigures(pool, fleet_utc_offset_min=offset)
-            self.inspector = await self._stack.enter_async_context(
+            self.inspector = await stack.enter_async_context(
                 Inspector(pool, self.settings.inspection, telemetry=telemetry, fleet_utc_offset_min=offset)
             )
             self.ota_store = OtaStore(pool, self.settings.ota_artifacts_dir or self.settings.data_dir / "ota-artifacts")
@@ -191,7 +181,7 @@ class ServerStack:
                 ReleaseKeys({key_id_of(k): k for k in release_keys}),
             ):
                 self.services.add(service)
-            self.remote = await self._stack.enter_async_context(
+            self.remote = await stack.enter_async_context(
                 DeviceRemote(
                     pool,
                     self.endpoint,
@@ -204,17 +194,17 @@ class ServerStack:
         if Part.BRIDGE in self.parts:
             store = PaymentStore(pool)
             self.services.add(store)
-            self.bridge = await self._stack.enter_async_context(self._bridge(store))
+            self.bridge = await stack.enter_async_context(self._bridge(store))
             self.services.add(self.bridge)
             if self.settings.backend_webhook_url:
-                await self._stack.enter_async_context(
+                await stack.enter_async_context(
                     WebhookSender(pool, self.settings.backend_webhook_url, Signer(self.keys.signing_key))
                 )
         await self._wait_broker()
-        await self._start_http()
+        await self._start_http(stack)
         if self.ota_store is not None:
             # After the HTTP server: offers name it as the place to download artifacts from.
-            conductor = await self._stack.enter_async_context(
+            conductor = await stack.enter_async_context(
                 OtaConductor(
                     self.ota_store,
                     self.endpoint,
@@ -248,7 +238,7 @@ class ServerStack:
             share_group=_share(self.settings.mqtt_share_group, "ingest"),
         )
 
-    async def _start_http(self) -> None:
+    async def _start_http(self, stack: AsyncExitStack) -> None:
         # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they
         # are TCP. Without it every keep-alive response waited for the client's delayed ACK
         # (Nagle): 40-45 ms on each API answer, 5 ms with it (bench bridge, issue 6).
@@ -259,7 +249,7 @@ class ServerStack:
             # the connections over them.
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._socket.bind((self.settings.http_host, self.settings.http_port))
-        self._stack.callback(self._socket.close)
+        stack.callback(self._socket.close)
         tls = self.settings
         config = uvicorn.Config(
             self.app,
@@ -271,7 +261,7 @@ class ServerStack:
         )
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
-        self._stack.push_async_callback(self._stop_http)
+        stack.push_async_callback(self._stop_http)
         while not self._http.started:
             if self._http_task.done():
                 self._http_task.result()
@@ -316,11 +306,6 @@ class ServerStack:
             self._http.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._stack.aclose()
 
 
 def _share(group: str | None, part: str) -> str | None:

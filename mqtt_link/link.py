@@ -23,10 +23,10 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
 import aiomqtt
 import structlog
@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 from firmware_protocols.endpoint import BrokerEndpoint
 from mqtt_link.backoff import Backoff
 from mqtt_link.errors import LinkDown, TlsSetupError
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +120,7 @@ def tls_context(
     return context
 
 
-class Link:
+class Link(Component):
     def __init__(  # noqa: PLR0913 - one keyword per connection option, as aiomqtt.Client has.
         self,
         endpoint: BrokerEndpoint,
@@ -153,24 +153,16 @@ class Link:
         self._session = session or Session()
         self._tls = tls if tls is not None else (ssl.create_default_context() if endpoint.tls else None)
         self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.connects = 0
         self._log = log.bind(client_id=client_id, broker=endpoint.url())
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name=f"link:{self.client_id}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    async def _start(self, stack: AsyncExitStack) -> None:
+        spawn(stack, self._run(), name=f"link:{self.client_id}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        """Leave the broker (the same as leaving the context)."""
+        await self.aclose()
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout_s)

@@ -31,9 +31,10 @@ from typing import Any, Generic, Literal, TypeVar
 import structlog
 
 from firmware_protocols import topics
+from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError
 from firmware_protocols.messages import Message, parse_payload
-from mqtt_link.link import Delivery
+from mqtt_link.link import Delivery, Link
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,14 @@ class Router:
         # The table holds handlers of Inbound[Any]; each route's handler gets its own model's messages.
         self._routes[kind] = _Route(model, handler, retained)
 
+    def subscriptions(self, share_group: str | None = None) -> list[str]:
+        """The topic filters that bring what this router takes: a device's whole `down/` subtree,
+        or each routed kind from every device (as a shared subscription of `share_group`, if
+        given, so processes of one kind split the stream)."""
+        if self._device_id is not None:
+            return [topics.device_downlink_filter(self._device_id)]
+        return [topics.shared(topics.fleet_uplink_filter(topics.Up(kind)), share_group) for kind in self._routes]
+
     async def deliver(self, delivery: Delivery) -> None:
         """Take one message through the steps; never raises for bad input."""
         self.stats.received += 1
@@ -160,3 +169,17 @@ class Router:
             # Whatever the hook did, a message that cannot be taken must not be sent again.
             if delivery.receipt is not None:
                 delivery.receipt.ack()
+
+
+def consumer_link(
+    router: Router, endpoint: BrokerEndpoint, *, client_id: str, share_group: str | None = None, **options: Any
+) -> Link:
+    """A `Link` that subscribes to what `router` takes (`router.subscriptions(share_group)`) and
+    hands it every message; `options` are the Link's own (manual_ack, session, ...)."""
+    return Link(
+        endpoint,
+        client_id=client_id,
+        subscriptions=router.subscriptions(share_group),
+        on_message=router.deliver,
+        **options,
+    )

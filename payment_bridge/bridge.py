@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Self
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -26,9 +25,9 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
 from mqtt_link.errors import LinkDown
-from mqtt_link.link import Link, Receipt
-from mqtt_link.routing import Inbound, Router
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.link import Receipt
+from mqtt_link.routing import Inbound, Router, consumer_link
+from mqtt_link.tasks import Component, spawn
 from payment_bridge.alipay import verify_alipay_notification
 from payment_bridge.coalesce import Coalescer, CoalescerClosed
 from payment_bridge.errors import NotificationRejected
@@ -69,7 +68,7 @@ def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
-class PaymentBridge:
+class PaymentBridge(Component):
     def __init__(
         self,
         store: PaymentStore,
@@ -90,7 +89,6 @@ class PaymentBridge:
         self._ttl = timedelta(seconds=ttl_s)
         self._ack_timeout = timedelta(seconds=ack_timeout_s)
         self.stats = BridgeStats()
-        self._retry_task: asyncio.Task[None] | None = None
         # Group commit: notifications and acks that arrive while a write is in flight share the
         # next one. One writer each: at 1,000/s a batch takes about a millisecond, and a second
         # payment writer measured no better (bench announce, issue 9).
@@ -102,35 +100,27 @@ class PaymentBridge:
         )
         self.acks_in = Router("bridge", topics.Direction.UP)
         self.acks_in.route(topics.Up.ACK, Ack, self._on_ack)
-        self._link = Link(
+        # Acks change only the database, so any bridge of a shared group may take any ack.
+        self._link = consumer_link(
+            self.acks_in,
             endpoint,
             client_id=client_id,
-            # Acks change only the database, so any bridge of a shared group may take any ack.
-            subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.ACK), share_group)],
-            on_message=self.acks_in.deliver,
+            share_group=share_group,
             # A device's ack is acknowledged to the broker once it is stored: a bridge that dies
             # in between has the broker send it again rather than losing it.
             manual_ack=True,
         )
 
-    async def __aenter__(self) -> Self:
-        await self._payments.__aenter__()
-        await self._acks.__aenter__()
-        await self._link.__aenter__()
-        self._retry_task = asyncio.create_task(self._retry_loop(), name="bridge-retry")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._retry_task is not None:
-            await cancel_and_wait(self._retry_task)
-        await self._payments.__aexit__(None, None, None)
-        # Let announces already handed to the connection reach the broker; any left stay pending
-        # in the database and the next bridge publishes them.
-        await self._link.drain(PUBLISH_DRAIN_S)
-        await self._link.close()
-        await self._acks.__aexit__(None, None, None)
+    async def _start(self, stack: AsyncExitStack) -> None:
+        # Unwound in reverse: the retry loop stops, the payment writer answers what it holds,
+        # announces already handed to the connection reach the broker (any left stay pending in
+        # the database and the next bridge publishes them), the link closes, the acks in flight
+        # are stored.
+        await stack.enter_async_context(self._acks)
+        await stack.enter_async_context(self._link)
+        stack.push_async_callback(self._link.drain, PUBLISH_DRAIN_S)
+        await stack.enter_async_context(self._payments)
+        spawn(stack, self._retry_loop(), name="bridge-retry")
 
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from types import TracebackType
-from typing import Generic, Self, TypeVar
+from contextlib import AsyncExitStack
+from typing import Generic, TypeVar
 
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 from payment_bridge.errors import BridgeError
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ class CoalescerClosed(BridgeError):
     """Submitted after the coalescer stopped."""
 
 
-class Coalescer(Generic[T, R]):
+class Coalescer(Component, Generic[T, R]):
     def __init__(
         self,
         write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
@@ -47,25 +47,21 @@ class Coalescer(Generic[T, R]):
         self._name = name
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._ready = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._unanswered: set[asyncio.Future[R]] = set()
         self.batches = 0
         self.items = 0
 
-    async def __aenter__(self) -> Self:
-        self._tasks = [asyncio.create_task(self._run(), name=f"{self._name}-{n}") for n in range(self._writers)]
-        return self
+    async def _start(self, stack: AsyncExitStack) -> None:
+        for n in range(self._writers):
+            spawn(stack, self._run(), name=f"{self._name}-{n}")
+        stack.push_async_callback(self._answer_all)
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._closed = True
+    async def _answer_all(self) -> None:
         # What was submitted (queued or being written) is answered before the writers stop.
+        self._closed = True
         if self._unanswered:
             await asyncio.wait(self._unanswered)
-        for task in self._tasks:
-            await cancel_and_wait(task)
 
     def submit_nowait(self, item: T) -> asyncio.Future[R]:
         if self._closed:

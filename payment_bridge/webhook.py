@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import structlog
@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols.signing import Signer
 from fleet_server.db.fetch import execute, fetch_dicts
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 from payment_bridge import queries
 
 log = structlog.get_logger(__name__)
@@ -55,7 +55,7 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(seconds=min(MAX_DELAY_S, 2.0 * 2 ** max(0, attempts - 1)))
 
 
-class WebhookSender:
+class WebhookSender(Component):
     def __init__(
         self,
         pool: AsyncConnectionPool,
@@ -70,20 +70,12 @@ class WebhookSender:
         self._signer = signer
         self._scan_s = scan_s
         self._client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, transport=transport)
-        self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.failures = 0
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._loop(), name="bridge-webhook")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-        await self._client.aclose()
+    async def _start(self, stack: AsyncExitStack) -> None:
+        stack.push_async_callback(self._client.aclose)
+        spawn(stack, self._loop(), name="bridge-webhook")
 
     async def _loop(self) -> None:
         while True:

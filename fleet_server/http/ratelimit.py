@@ -37,6 +37,10 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def __len__(self) -> int:
+        """Keys being tracked (at most `max_keys`: the idlest is forgotten past it)."""
+        return len(self._buckets)
+
     def take(self, key: str) -> float | None:
         """Spend one token of `key`: None if allowed, else the seconds until one is back."""
         now = self._clock()

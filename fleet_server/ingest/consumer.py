@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
 
 import psycopg
 import structlog
@@ -36,9 +35,9 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import UP_MODELS, Message
 from fleet_server.ingest.batch import IngestPolicy, Received, write_batch
 from mqtt_link.backoff import Backoff
-from mqtt_link.link import Link, Session
-from mqtt_link.routing import Inbound, Router, RouteStats
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.link import Session
+from mqtt_link.routing import Inbound, Router, RouteStats, consumer_link
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +63,7 @@ class IngestStats:
         return self.inbound.rejected
 
 
-class Ingest:
+class Ingest(Component):
     def __init__(
         self,
         pool: AsyncConnectionPool,
@@ -88,31 +87,25 @@ class Ingest:
         for kind in INGESTED_KINDS:
             self.router.route(kind, UP_MODELS[kind], self._take)
         self.stats = IngestStats(self.router.stats)
-        self._writer: asyncio.Task[None] | None = None
-        self._link = Link(
+        self._link = consumer_link(
+            self.router,
             endpoint,
             client_id=client_id,
-            subscriptions=[topics.shared(topics.fleet_uplink_filter(kind), share_group) for kind in INGESTED_KINDS],
-            on_message=self.router.deliver,
+            share_group=share_group,
             manual_ack=ack_after_commit,
             # MQTT 5 lets us cap what is in flight to us unacknowledged at what the queue holds.
             session=Session(mqtt_version="5", receive_maximum=min(queue_size, 65_535)) if ack_after_commit else None,
         )
 
-    async def __aenter__(self) -> Self:
-        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
-        await self._link.__aenter__()
-        return self
+    async def _start(self, stack: AsyncExitStack) -> None:
+        spawn(stack, self._write_loop(), name="ingest-writer")
+        stack.push_async_callback(self._let_queue_drain)
+        await stack.enter_async_context(self._link)
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._link.close()
-        # Give what is already queued a moment to reach the database before stopping.
+    async def _let_queue_drain(self) -> None:
+        # After the link is closed: what is already queued gets a moment to reach the database.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout=5.0)
-        if self._writer is not None:
-            await cancel_and_wait(self._writer)
 
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Self
 
 import psycopg
 import structlog
@@ -28,7 +27,7 @@ from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import CellSeen, DeviceFacts, Finding, InspectionThresholds, inspect, placement
 from fleet_server.inspection.tasks import TaskBook
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +51,7 @@ def _pair(a: float | None, b: float | None) -> tuple[float, float] | None:
     return None if a is None or b is None else (a, b)
 
 
-class Inspector:
+class Inspector(Component):
     def __init__(
         self,
         pool: AsyncConnectionPool,
@@ -66,19 +65,11 @@ class Inspector:
         self.tasks = TaskBook(pool)
         self._telemetry = telemetry
         self._offset = timedelta(minutes=fleet_utc_offset_min)
-        self._loop: asyncio.Task[None] | None = None
         self.last_round: RoundReport | None = None
         self.rounds = 0
 
-    async def __aenter__(self) -> Self:
-        self._loop = asyncio.create_task(self._run(), name="inspector")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._loop is not None:
-            await cancel_and_wait(self._loop)
+    async def _start(self, stack: AsyncExitStack) -> None:
+        spawn(stack, self._run(), name="inspector")
 
     async def _run(self) -> None:
         while True:

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import psycopg
 import structlog
@@ -29,9 +28,8 @@ from firmware_protocols.ota import ReleaseManifest
 from firmware_protocols.signing import Signer
 from fleet_server.ota.store import OtaStore, PlannedOffer
 from mqtt_link.errors import LinkDown
-from mqtt_link.link import Link
-from mqtt_link.routing import Inbound, Router
-from mqtt_link.tasks import cancel_and_wait
+from mqtt_link.routing import Inbound, Router, consumer_link
+from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +48,7 @@ class ConductorStats:
     round_errors: int = 0
 
 
-class OtaConductor:
+class OtaConductor(Component):
     def __init__(
         self,
         store: OtaStore,
@@ -68,31 +66,15 @@ class OtaConductor:
         self._signer = signer
         self._round_s = round_s
         self._reports: asyncio.Queue[OtaStatus] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
         self.reports_in = Router("ota", topics.Direction.UP)
         self.reports_in.route(topics.Up.OTA, OtaStatus, self._on_report)
-        self._link = Link(
-            endpoint,
-            client_id=client_id,
-            subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.OTA), share_group)],
-            on_message=self.reports_in.deliver,
-        )
+        self._link = consumer_link(self.reports_in, endpoint, client_id=client_id, share_group=share_group)
 
-    async def __aenter__(self) -> Self:
-        await self._link.__aenter__()
-        self._tasks = [
-            asyncio.create_task(self._store_reports(), name="ota-reports"),
-            asyncio.create_task(self._rounds(), name="ota-rounds"),
-        ]
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for task in self._tasks:
-            await cancel_and_wait(task)
-        await self._link.close()
+    async def _start(self, stack: AsyncExitStack) -> None:
+        await stack.enter_async_context(self._link)
+        spawn(stack, self._store_reports(), name="ota-reports")
+        spawn(stack, self._rounds(), name="ota-rounds")
 
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -317,15 +317,8 @@ class OtaStore:
         )
         for row in rows:
             policy = CampaignPolicy.model_validate(row["policy"])
-            counts = LaneCounts(
-                wave_targets=row["wave_targets"],
-                wave_ended=row["wave_ended"],
-                wave_committed=row["wave_committed"],
-                wave_failed=row["wave_failed"],
-                ended=row["ended"],
-                release_failures=row["release_failures"],
-                lane_targets=row["lane_targets"],
-            )
+            # LANE_COUNTS names its columns after LaneCounts' fields.
+            counts = LaneCounts(**{f.name: row[f.name] for f in fields(LaneCounts)})
             decision = decide(counts, policy, row["wave"])
             if decision.action == "hold":
                 continue

@@ -21,9 +21,9 @@ import contextlib
 import json
 import secrets
 import time
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
@@ -38,8 +38,8 @@ from fleet_server.devices.queries import DEVICE_KNOWN
 from fleet_server.errors import RemoteError
 from fleet_server.remote import queries
 from mqtt_link.errors import LinkDown
-from mqtt_link.link import Link
-from mqtt_link.routing import Inbound, Router
+from mqtt_link.routing import Inbound, Router, consumer_link
+from mqtt_link.tasks import Component
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ class SettingsView(BaseModel):
     applied: bool
 
 
-class DeviceRemote:
+class DeviceRemote(Component):
     def __init__(
         self,
         pool: AsyncConnectionPool,
@@ -100,21 +100,10 @@ class DeviceRemote:
         self._waiters: dict[str, asyncio.Event] = {}
         self.results_in = Router("remote", topics.Direction.UP)
         self.results_in.route(topics.Up.RESULT, CommandResult, self._on_result)
-        self._link = Link(
-            endpoint,
-            client_id=client_id,
-            subscriptions=[topics.shared(topics.fleet_uplink_filter(topics.Up.RESULT), share_group)],
-            on_message=self.results_in.deliver,
-        )
+        self._link = consumer_link(self.results_in, endpoint, client_id=client_id, share_group=share_group)
 
-    async def __aenter__(self) -> Self:
-        await self._link.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._link.close()
+    async def _start(self, stack: AsyncExitStack) -> None:
+        await stack.enter_async_context(self._link)
 
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 
 from fleet_server.identity.certs import write_private
-from haodian.api_client import add_server_arguments, checked, open_client
-from haodian.cli.kit import in_thread
+from haodian.api_client import checked, open_client
+from haodian.cli.kit import api_command
 from haodian.cli.output import table
 
 LABELS = {
@@ -52,14 +52,13 @@ RATES = {
 
 
 def add_parser(sub: Any) -> None:
-    fleet = sub.add_parser(
+    action = api_command(
+        sub,
         "fleet",
         help="fleet figures, tasks and registry import from a running server",
         description="Talk to a running fleet server's API: reliability figures, field-agent tasks, registry import.",
+        run=run,
     )
-    add_server_arguments(fleet)
-    fleet.set_defaults(run=in_thread(run))
-    action = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
     action.add_parser("summary", help="devices by state and the last 24 h against the targets")
     figures = action.add_parser("figures", help="figures by slice over a window")
     figures.add_argument("--by", choices=["city", "district", "store", "merchant", "device", "model", "firmware"])

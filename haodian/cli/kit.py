@@ -11,6 +11,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from haodian.api_client import add_server_arguments
+
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 # `haodian agent run` returns this when the agent asked for its own restart (a remote reboot);
@@ -57,6 +59,15 @@ def server_key(text: str) -> str:
         except OSError as exc:
             raise argparse.ArgumentTypeError(f"cannot read server key file {text[1:]}: {exc}") from exc
     return text
+
+
+def api_command(sub: Any, name: str, *, help: str, description: str, run: Callable[[argparse.Namespace], int]) -> Any:
+    """A command that is a client of the fleet API (`--server`, `--token`), run on a thread; its
+    actions' subparsers, which set `<name>_command`."""
+    command = sub.add_parser(name, help=help, description=description)
+    add_server_arguments(command)
+    command.set_defaults(run=in_thread(run))
+    return command.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
 def in_thread(run: Callable[[argparse.Namespace], int]) -> Command:

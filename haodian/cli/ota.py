@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
-from haodian.api_client import add_server_arguments, checked, open_client
-from haodian.cli.kit import in_thread
+from haodian.api_client import checked, open_client
+from haodian.cli.kit import api_command
 from haodian.cli.output import table
 
 STATES_ZH = {
@@ -50,14 +50,13 @@ STATES_ZH = {
 
 
 def add_parser(sub: Any) -> None:
-    ota = sub.add_parser(
+    action = api_command(
+        sub,
         "ota",
         help="firmware releases and OTA campaigns / 固件发布与升级",
         description="Make and sign releases (offline), upload them, and run OTA campaigns on a fleet server.",
+        run=run,
     )
-    add_server_arguments(ota)
-    ota.set_defaults(run=in_thread(run))
-    action = ota.add_subparsers(dest="ota_command", required=True, metavar="ACTION")
     key = action.add_parser("release-key", help="create a release key pair (keep the private key offline)")
     key.add_argument("--out", type=Path, required=True, help="folder for release.key and release.pub")
     sign = action.add_parser("sign", help="write the signed manifest of an artifact to stdout")

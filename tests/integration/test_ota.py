@@ -47,6 +47,18 @@ def manifest_json(key: Ed25519PrivateKey, version: str = "2.0.0", artifact: byte
     return sign_manifest(manifest, key).model_dump(mode="json", exclude_none=True)
 
 
+async def store_with_release(pool, tmp_path, release_key) -> OtaStore:
+    """An OTA store holding release 2.0.0 with its artifact uploaded."""
+    store = OtaStore(pool, tmp_path / "artifacts")
+    await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
+
+    async def chunks():
+        yield ARTIFACT
+
+    await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+    return store
+
+
 @pytest.fixture(scope="module")
 def release_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()  # made for this run: test-only
@@ -195,13 +207,7 @@ async def test_the_hello_version_is_the_truth_and_offline_devices_are_reported_a
     whether they are online."""
     async with open_pool(embedded_database) as pool:
         await migrate(pool)
-        store = OtaStore(pool, tmp_path / "artifacts")
-        await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
-
-        async def chunks():
-            yield ARTIFACT
-
-        await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+        store = await store_with_release(pool, tmp_path, release_key)
         async with pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO devices (device_id, model, firmware, online, hello_at) VALUES"
@@ -252,13 +258,7 @@ async def test_a_campaign_targets_by_tag_and_place_from_the_imported_registry(tm
         assert (await import_registry(pool, header + "\n".join(rows) + "\n", dry_run=False)).applied == 3
         async with pool.connection() as conn:
             await conn.execute("UPDATE devices SET firmware = '1.0.0'")
-        store = OtaStore(pool, tmp_path / "artifacts")
-        await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
-
-        async def chunks():
-            yield ARTIFACT
-
-        await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+        store = await store_with_release(pool, tmp_path, release_key)
         pilot = await store.create_campaign(
             release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(tags=["pilot"]),
             policy=CampaignPolicy(), campaign_id="pilot",
@@ -282,13 +282,7 @@ async def test_a_rebound_device_is_targeted_by_its_merchants_store(tmp_path, emb
         async with pool.connection() as conn:
             await conn.execute("UPDATE devices SET firmware = '1.0.0' WHERE device_id IN ('RB1', 'RB2')")
         await PaymentStore(pool).bind("RB1", "RM-B")  # RB1 now serves a merchant of store RS-B
-        store = OtaStore(pool, tmp_path / "artifacts")
-        await store.add_release(ReleaseManifest.model_validate(manifest_json(release_key)))
-
-        async def chunks():
-            yield ARTIFACT
-
-        await store.store_artifact("haodian-speaker", "2.0.0", chunks())
+        store = await store_with_release(pool, tmp_path, release_key)
         store_b = await store.create_campaign(
             release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(stores=["RS-B"]),
             policy=CampaignPolicy(), campaign_id="rebound-b",

@@ -11,7 +11,7 @@ from edge_agent.boot import BootRecord, StateFolderBusy, StateLock
 from edge_agent.hardware.audio import MemorySink
 from edge_agent.hardware.ports import SystemStatus
 from edge_agent.hardware.system import FakeSystemInfo
-from firmware_protocols.messages import DailySpan
+from firmware_protocols.messages import DailySpan, Health
 from firmware_protocols.signing import Signer
 from tests.unit.agent_kit import announce, command, deliver, make_agent, make_config, play_all, settings, uplinks
 
@@ -275,10 +275,26 @@ async def test_diagnose_checklist_names_what_fails_and_how_to_fix_it(tmp_path, c
     assert json.dumps(summary, ensure_ascii=False).count("服务器连接") == 1
 
 
+def checks_of(health: dict, now_ms: int, config) -> dict[str, diagnose.Check]:
+    """The checklist over a health report, as a diagnose run beside the agent makes it."""
+    observed = diagnose.Observed(
+        health=Health.model_validate(health),
+        broker_ok=True,
+        broker_detail="mqtt://127.0.0.1:1883",
+        now_ms=now_ms,
+        agent_pid=1,
+        last_announcement=None,
+    )
+    return {c.key: c for c in diagnose.checklist(observed, config)}
+
+
+BASE_HEALTH = {"device_id": "SPK1", "ts": 1, "uptime_s": 1, "volume": 5, "queue_depth": 0, "played_total": 0}
+
+
 def test_a_bad_clock_fails_the_clock_check(tmp_path, clock):
-    assert diagnose._clock(0).status == "fail"
-    assert diagnose._clock(clock.now_ms() + 10**12).status == "pass"
-    assert make_config(tmp_path).state_dir == tmp_path
+    config = make_config(tmp_path)
+    assert checks_of(BASE_HEALTH, 0, config)["clock"].status == "fail"
+    assert checks_of(BASE_HEALTH, clock.now_ms() + 10**12, config)["clock"].status == "pass"
 
 
 class SpeakerThatHangsOn(MemorySink):
@@ -320,10 +336,8 @@ async def test_announcements_a_killed_agent_took_but_never_started_are_played_af
     ]
 
 
-def test_a_printer_out_of_paper_fails_with_a_hint_and_no_printer_means_no_check(clock):
-    from firmware_protocols.messages import Health  # noqa: PLC0415
-
-    base = {"device_id": "SPK1", "ts": clock.now_ms(), "uptime_s": 1, "volume": 5, "queue_depth": 0, "played_total": 0}
-    assert diagnose._printer(Health.model_validate(base)) == []
-    [check] = diagnose._printer(Health.model_validate({**base, "printer": "paper_out"}))
+def test_a_printer_out_of_paper_fails_with_a_hint_and_no_printer_means_no_check(tmp_path, clock):
+    config = make_config(tmp_path)
+    assert "printer" not in checks_of(BASE_HEALTH, clock.now_ms(), config)
+    check = checks_of({**BASE_HEALTH, "printer": "paper_out"}, clock.now_ms(), config)["printer"]
     assert (check.status, check.hint_zh) == ("fail", "缺纸：装入热敏纸卷")

@@ -201,4 +201,4 @@ def test_the_rate_limiter_allows_a_burst_then_the_rate() -> None:
     assert limiter.take("a") is None
     assert limiter.take("b") is None  # keys are independent
     limiter.take("c")  # the table is bounded: the idlest key is forgotten
-    assert len(limiter._buckets) == 2
+    assert len(limiter) == 2
