@@ -13,7 +13,7 @@ A service of a part this process does not run (the bridge's store on a fleet-onl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -69,20 +69,22 @@ def services_of(app: FastAPI) -> Services:
     return services
 
 
-def provide(kind: type[T]) -> Callable[[Request], T]:
+def provide(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
     """A dependency giving the registered `kind`; 503 if this process has none."""
 
-    def dependency(request: Request) -> T:
+    # A coroutine, not a function: FastAPI runs a plain function dependency on its thread pool,
+    # a thread hop on every request for a dictionary lookup.
+    async def dependency(request: Request) -> T:
         return services_of(request.app).get(kind)
 
     dependency.__name__ = f"provide_{kind.__name__}"
     return dependency
 
 
-def provide_optional(kind: type[T]) -> Callable[[Request], T | None]:
+def provide_optional(kind: type[T]) -> Callable[[Request], Awaitable[T | None]]:
     """A dependency giving the registered `kind`, or None."""
 
-    def dependency(request: Request) -> T | None:
+    async def dependency(request: Request) -> T | None:
         return services_of(request.app).find(kind)
 
     dependency.__name__ = f"provide_optional_{kind.__name__}"
