@@ -6,5 +6,6 @@
 Error tree (see `errors`):
 
     BridgeError
-     └── NotificationRejected      a notification we refuse (bad signature, malformed, ...)
+     ├── NotificationRejected      a notification we refuse (bad signature, malformed, ...)
+     └── CoalescerClosed           a write submitted after the group commit stopped
 """
