@@ -45,10 +45,10 @@ from edge_agent.ota_host import OtaHost
 from edge_agent.outbox import Outbox
 from edge_agent.reporter import HealthReporter
 from edge_agent.stats import AgentStats
-from edge_agent.uplink import DeviceUplink, last_will
+from edge_agent.uplink import DeviceUplink
 from edge_agent.voice import Speaker
 from firmware_protocols import topics
-from firmware_protocols.messages import Announce, Command, Hello, OtaOffer, Settings
+from firmware_protocols.messages import SIGNED_REPORTS, Announce, Command, Hello, OtaOffer, Settings
 from firmware_protocols.signing import Verifier, decode_public_key, key_id_of
 from mqtt_link.backoff import Backoff
 from mqtt_link.link import Delivery, Link, Session
@@ -101,7 +101,7 @@ class EdgeAgent(Component):
             subscriptions=[topics.device_downlink_filter(self.device_id)],
             on_message=self._deliver,
             on_connect=self._on_connect,
-            will=last_will(self.device_id, self.clock),
+            will=lambda: self.uplink.will(),  # noqa: PLW0108 - the uplink is made after the link
             keepalive_s=config.keepalive_s,
             backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s),
             session=Session(mqtt_version=config.mqtt_version, expiry_s=config.session_expiry_s),
@@ -109,7 +109,9 @@ class EdgeAgent(Component):
             password=config.mqtt_password,
         )
         outbox = Outbox(state / "outbox.sqlite3", max_telemetry=config.outbox_max_telemetry)
-        self.uplink = DeviceUplink(self.device_id, self.link, outbox, self.clock, hello=self._hello)
+        self.uplink = DeviceUplink(
+            self.device_id, self.link, outbox, self.clock, hello=self._hello, report_key=config.report_key()
+        )
         self.announcer = Announcer(
             self.device_id,
             uplink=self.uplink,
@@ -275,5 +277,5 @@ class EdgeAgent(Component):
             boot_id=self.boot.boot_id if self.boot else "",
             boot_reason=self.boot.reason if self.boot else None,
             slot=config.slot,
-            capabilities=CAPABILITIES,
+            capabilities=[*CAPABILITIES, SIGNED_REPORTS] if self.uplink.signs else CAPABILITIES,
         )

@@ -31,6 +31,7 @@ from edge_agent.state_files import read_json, write_json
 from firmware_protocols.credentials import CredentialError, decode_secret, mqtt_password
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import describe_errors
+from firmware_protocols.reports import report_key
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from mqtt_link.errors import TlsSetupError
 from mqtt_link.link import tls_context
@@ -147,6 +148,12 @@ class AgentConfig(BaseModel):
             except CredentialError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    def report_key(self) -> bytes | None:
+        """The key this device signs its reports with, if it holds a secret (`reports`)."""
+        if self.device_secret is None:
+            return None
+        return report_key(decode_secret(self.device_secret.get_secret_value()))
 
     def mqtt_password(self) -> str | None:
         """A fresh signed password (at each connect), or the fixed one, or None."""

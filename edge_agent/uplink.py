@@ -4,12 +4,19 @@
 otherwise it goes into the on-disk outbox (`outbox.py`), which the flusher empties in order once
 the link is back. At every connect the device first says who it is: presence (retained, online)
 and hello. The other parts take the `Uplink` port; their tests pass a `RecordingUplink`.
+
+A device that holds a secret signs everything it sends (`firmware_protocols.reports`), here, at
+the one way out; messages waiting in the outbox were signed when they were made. Each
+connection is a session with a fresh random name, carried by its online presence and by the
+will the link sets for it (`will()`, asked for at every connect), so the servers take an
+offline only for the connection they saw come online.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Literal, Protocol
@@ -20,7 +27,8 @@ import structlog
 from edge_agent.clock import Clock
 from edge_agent.outbox import Outbox
 from firmware_protocols import topics
-from firmware_protocols.messages import Event, Hello, Message, Presence
+from firmware_protocols.messages import Event, Hello, Presence, Report
+from firmware_protocols.reports import sign_report
 from mqtt_link.errors import LinkDown
 from mqtt_link.tasks import Component, spawn
 
@@ -38,7 +46,7 @@ PresenceReason = Literal["connected", "shutdown", "lost"]
 class Uplink(Protocol):
     """Where a part's messages to the servers go."""
 
-    async def send(self, kind: topics.Up, message: Message) -> None: ...
+    async def send(self, kind: topics.Up, message: Report) -> None: ...
 
     async def event(self, kind: str, **detail: object) -> None:
         """Send an `up/event` of `kind` with `detail`, stamped now."""
@@ -53,46 +61,66 @@ class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None: ...
 
 
-def presence(device_id: str, ts: int, *, online: bool, reason: PresenceReason) -> Presence:
-    return Presence(device_id=device_id, ts=ts, online=online, reason=reason)
-
-
 def event_now(device_id: str, clock: Clock, kind: str, detail: dict[str, object]) -> Event:
     """An `up/event` of `kind` stamped with the device's time now."""
     return Event(device_id=device_id, ts=clock.now_ms(), kind=kind, detail=detail)
 
 
-def last_will(device_id: str, clock: Clock) -> aiomqtt.Will:
-    """What the broker publishes for the device when its connection dies unannounced."""
-    return aiomqtt.Will(
-        topics.up(device_id, topics.Up.PRESENCE),
-        presence(device_id, clock.now_ms(), online=False, reason="lost").to_json(),
-        qos=1,
-        retain=True,
-    )
-
-
 class DeviceUplink(Component):
     def __init__(
-        self, device_id: str, link: Publisher, outbox: Outbox, clock: Clock, *, hello: Callable[[], Hello]
+        self,
+        device_id: str,
+        link: Publisher,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        hello: Callable[[], Hello],
+        report_key: bytes | None = None,
     ) -> None:
-        """`hello`: the device's hello as of now (firmware, slot, boot), sent at every connect."""
+        """`hello`: the device's hello as of now (firmware, slot, boot), sent at every connect.
+        `report_key`: the key this device signs its reports with (None: it has no secret and
+        sends them unsigned, as protocol v1 devices before signing did)."""
         self.device_id = device_id
         self.outbox = outbox
+        self.session = secrets.token_urlsafe(12)
         self._link = link
         self._clock = clock
         self._hello = hello
+        self._key = report_key
         self._wakeup = asyncio.Event()
         self._log = log.bind(device_id=device_id)
+
+    @property
+    def signs(self) -> bool:
+        return self._key is not None
+
+    def sign(self, message: Report) -> Report:
+        return message if self._key is None else sign_report(self._key, message)
+
+    def _presence(self, *, online: bool, reason: PresenceReason) -> bytes:
+        message = Presence(
+            device_id=self.device_id, ts=self._clock.now_ms(), online=online, reason=reason, session=self.session
+        )
+        return self.sign(message).to_json()
+
+    def will(self) -> aiomqtt.Will:
+        """The last will of the connection about to be made: a new session begins with it."""
+        self.session = secrets.token_urlsafe(12)
+        return aiomqtt.Will(
+            topics.up(self.device_id, topics.Up.PRESENCE),
+            self._presence(online=False, reason="lost"),
+            qos=1,
+            retain=True,
+        )
 
     async def _start(self, stack: AsyncExitStack) -> None:
         stack.callback(self.outbox.close)
         spawn(stack, self._flush_loop(), name=f"outbox:{self.device_id}")
 
-    async def send(self, kind: topics.Up, message: Message) -> None:
+    async def send(self, kind: topics.Up, message: Report) -> None:
         """Publish now if the link is up and nothing older waits, else keep it for the flusher."""
         topic = topics.up(self.device_id, kind)
-        payload = message.to_json()
+        payload = self.sign(message).to_json()
         if not len(self.outbox) and self._link.connected.is_set():
             try:
                 await self._link.publish(topic, payload)
@@ -109,11 +137,9 @@ class DeviceUplink(Component):
     async def on_connect(self) -> None:
         """Presence and hello first, then whatever waited in the outbox."""
         await self._link.publish(
-            topics.up(self.device_id, topics.Up.PRESENCE),
-            presence(self.device_id, self._clock.now_ms(), online=True, reason="connected").to_json(),
-            retain=True,
+            topics.up(self.device_id, topics.Up.PRESENCE), self._presence(online=True, reason="connected"), retain=True
         )
-        await self._link.publish(topics.up(self.device_id, topics.Up.HELLO), self._hello().to_json())
+        await self._link.publish(topics.up(self.device_id, topics.Up.HELLO), self.sign(self._hello()).to_json())
         self._wakeup.set()
 
     async def goodbye(self) -> None:
@@ -122,7 +148,7 @@ class DeviceUplink(Component):
             await asyncio.wait_for(
                 self._link.publish(
                     topics.up(self.device_id, topics.Up.PRESENCE),
-                    presence(self.device_id, self._clock.now_ms(), online=False, reason="shutdown").to_json(),
+                    self._presence(online=False, reason="shutdown"),
                     retain=True,
                 ),
                 timeout=GOODBYE_TIMEOUT_S,
@@ -151,15 +177,15 @@ class RecordingUplink:
 
     def __init__(self, device_id: str, clock: Clock) -> None:
         self.device_id = device_id
-        self.sent: list[tuple[topics.Up, Message]] = []
+        self.sent: list[tuple[topics.Up, Report]] = []
         self._clock = clock
 
-    async def send(self, kind: topics.Up, message: Message) -> None:
+    async def send(self, kind: topics.Up, message: Report) -> None:
         self.sent.append((kind, message))
 
     async def event(self, kind: str, **detail: object) -> None:
         await self.send(topics.Up.EVENT, event_now(self.device_id, self._clock, kind, detail))
 
-    def of(self, kind: topics.Up) -> list[Message]:
+    def of(self, kind: topics.Up) -> list[Report]:
         """What was sent of `kind`, oldest first."""
         return [message for sent_kind, message in self.sent if sent_kind is kind]

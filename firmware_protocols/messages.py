@@ -28,6 +28,7 @@ from firmware_protocols.fields import EpochMs as EpochMs  # noqa: PLC0414
 from firmware_protocols.fields import Identifier as Identifier  # noqa: PLC0414
 from firmware_protocols.fields import PaymentId as PaymentId  # noqa: PLC0414
 from firmware_protocols.fields import ShortText as ShortText  # noqa: PLC0414
+from firmware_protocols.fields import unstorable
 from firmware_protocols.ota import ReleaseManifest, VersionText
 from firmware_protocols.topics import Down, Up
 
@@ -36,6 +37,9 @@ SCHEMA_VERSION: Final = 1
 # Refuse absurd payloads before parsing them: the largest real message (hello with
 # capabilities) is well under 2 KiB.
 MAX_PAYLOAD_BYTES = 16 * 1024
+
+# The widest of the health columns the fleet stores as 32-bit integers.
+INT32_MAX: Final = 2**31 - 1
 
 # 10 billion yuan: far above any single retail payment, and still read correctly.
 MAX_AMOUNT_FEN = 10**12
@@ -94,19 +98,46 @@ class Message(BaseModel):
     device_id: DeviceId
     ts: EpochMs
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # Valid JSON that no store can hold (NUL, unpaired surrogates, 65-bit integers, NaN) is
+        # refused here, at the boundary, not by PostgreSQL mid-batch (issue 22).
+        if (problem := unstorable(data)) is not None:
+            raise ValueError(problem)
+        return data
+
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
 
-class Presence(Message):
-    """Retained on `up/presence`; the offline form is also the device's last will."""
+# What a device that signs its reports says in its hello's capabilities (see `reports`).
+SIGNED_REPORTS: Final = "signed_reports"
+
+ReportSig = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
+
+
+class Report(Message):
+    """A message a device sends up. A device that holds a secret signs each one (`reports`):
+    HMAC-SHA256 over the canonical bytes, so no one on the broker can forge what it says."""
+
+    sig: ReportSig | None = None
+
+
+class Presence(Report):
+    """Retained on `up/presence`; the offline form is also the device's last will.
+
+    `session` names one connection (a fresh random value at every connect, the same in the
+    online presence and in the will set for that connection): an `offline` counts only for the
+    connection the servers saw come online, so an old will replayed later changes nothing."""
 
     type: Literal["presence"] = "presence"
     online: bool
     reason: Literal["connected", "shutdown", "lost"]
+    session: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
 
-class Hello(Message):
+class Hello(Report):
     """Sent on every connect: who the device is and what it runs."""
 
     type: Literal["hello"] = "hello"
@@ -143,16 +174,16 @@ class GpsFix(BaseModel):
     accuracy_m: Annotated[float, Field(ge=0)] | None = None
 
 
-class Health(Message):
+class Health(Report):
     """Periodic health report."""
 
     type: Literal["health"] = "health"
     uptime_s: Annotated[int, Field(ge=0)]
     rssi_dbm: Annotated[int, Field(ge=-150, le=0)] | None = None
     volume: Annotated[int, Field(ge=0, le=10)]
-    queue_depth: Annotated[int, Field(ge=0)]
+    queue_depth: Annotated[int, Field(ge=0, le=INT32_MAX)]
     played_total: Annotated[int, Field(ge=0)]
-    mem_rss_kb: Annotated[int, Field(ge=0)] | None = None
+    mem_rss_kb: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     # What the device's parts report (absent on devices without the part, or older agents).
     signal_bars: Annotated[int, Field(ge=0, le=5)] | None = None
     modem: Literal["ok", "unreachable"] | None = None
@@ -182,7 +213,7 @@ class Health(Message):
     errors: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
 
 
-class Event(Message):
+class Event(Report):
     """Something that happened on the device worth keeping (refused message, fault, ...)."""
 
     type: Literal["event"] = "event"
@@ -232,7 +263,7 @@ class Announce(Expiring):
         return f"announce {self.payment_id} for {self.device_id}"
 
 
-class Ack(Message):
+class Ack(Report):
     """The device's answer to one announce."""
 
     type: Literal["ack"] = "ack"
@@ -267,7 +298,7 @@ class CommandStatus(StrEnum):
     DUPLICATE = "duplicate"  # this command id was handled before; not run again
 
 
-class CommandResult(Message):
+class CommandResult(Report):
     """The device's answer to a command: accepted at once, then its outcome."""
 
     type: Literal["result"] = "result"
@@ -383,7 +414,7 @@ class OtaOffer(Expiring):
         return f"ota offer {self.campaign_id} ({self.manifest.version}) for {self.device_id}"
 
 
-class OtaStatus(Message):
+class OtaStatus(Report):
     """The device's report of one update (`up/ota`), sent on every state change."""
 
     type: Literal["ota_status"] = "ota_status"
@@ -401,8 +432,9 @@ class OtaStatus(Message):
 
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound=Signed)
+R = TypeVar("R", bound=Report)
 
-UP_MODELS: dict[Up, type[Message]] = {
+UP_MODELS: dict[Up, type[Report]] = {
     Up.HELLO: Hello,
     Up.HEALTH: Health,
     Up.EVENT: Event,

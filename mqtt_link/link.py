@@ -129,7 +129,7 @@ class Link(Component):
         subscriptions: list[str],
         on_message: MessageHandler,
         on_connect: ConnectHandler | None = None,
-        will: aiomqtt.Will | None = None,
+        will: aiomqtt.Will | Callable[[], aiomqtt.Will] | None = None,
         keepalive_s: int = 30,
         backoff: Backoff | None = None,
         max_inflight: int = 100,
@@ -229,7 +229,8 @@ class Link(Component):
             username=self.endpoint.username or self.client_id,
             password=self._password() if self._password is not None else self.endpoint.password,
             identifier=self.client_id,
-            will=self._will,
+            # A callable will is asked for at every connect: each connection gets its own.
+            will=self._will() if callable(self._will) else self._will,
             keepalive=self._keepalive,
             tls_context=self._tls,
             max_inflight_messages=self._max_inflight,

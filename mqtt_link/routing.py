@@ -13,7 +13,10 @@ acks, command results, OTA reports) takes its messages through the same steps, h
 2. its kind is routed here;
 3. the payload decodes and validates with the protocol's one parser (`parse_payload`); a retained
    route takes an empty payload as a cleared retained message and ignores it;
-4. an uplink message names the device of its topic (a device cannot speak for another).
+4. an uplink message names the device of its topic (a device cannot speak for another);
+5. with a `verify` hook (the servers' `ReportAuthority`), the message is signed by its device,
+   or comes from a device that has never signed (protocol v1 before signing): the hook says
+   which, and raises `SignatureError` for a forgery.
 
 What fails a step is a `Rejected`: counted, logged with the consumer, topic and reason, handed
 to the router's one reject hook, and then acknowledged (with `manual_ack`), so that no single
@@ -32,8 +35,8 @@ import structlog
 
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.errors import MessageError
-from firmware_protocols.messages import Message, parse_payload
+from firmware_protocols.errors import MessageError, ProtocolError
+from firmware_protocols.messages import Message, Report, parse_payload
 from mqtt_link.link import Delivery, Link
 
 log = structlog.get_logger(__name__)
@@ -48,16 +51,19 @@ class Inbound(Generic[M]):
     topic: topics.Topic
     message: M
     delivery: Delivery
+    # The message's signature was verified (`verify` hook); False: the device does not sign.
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A message that did not pass. `stage` says which step refused it: the topic (not v1, or a
-    kind not routed here) or the payload (not a valid message, or naming another device)."""
+    kind not routed here), the payload (not a valid message, or naming another device) or the
+    signature (forged, or unsigned from a device that signs)."""
 
     delivery: Delivery
-    error: MessageError
-    stage: Literal["topic", "payload"]
+    error: ProtocolError
+    stage: Stage
     topic: topics.Topic | None
 
 
@@ -68,8 +74,12 @@ class RouteStats:
     ignored: int = 0  # outside the router's scope, or a cleared retained message
 
 
+Stage = Literal["topic", "payload", "signature"]
 Handler = Callable[[Inbound[Any]], Awaitable[None]]
 RejectHook = Callable[[Rejected], Awaitable[None]]
+# Says whether a report is signed by its device (True), or from a device that does not sign
+# (False); raises SignatureError for one that must not be believed.
+VerifyHook = Callable[[Report], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +97,17 @@ class Router:
         *,
         device_id: str | None = None,
         on_reject: RejectHook | None = None,
+        verify: VerifyHook | None = None,
     ) -> None:
         """`consumer` names this router in logs; `direction` is what it takes (a device takes
-        `down`, servers `up`); `device_id` limits it to one device's subtree."""
+        `down`, servers `up`); `device_id` limits it to one device's subtree; `verify` checks
+        each uplink report's signature."""
         self.consumer = consumer
         self.stats = RouteStats()
         self._direction = direction
         self._device_id = device_id
         self._on_reject = on_reject
+        self._verify = verify
         self._routes: dict[topics.Up | topics.Down, _Route] = {}
         self._log = log.bind(consumer=consumer, **({"device_id": device_id} if device_id else {}))
 
@@ -149,7 +162,14 @@ class Router:
         except MessageError as exc:
             await self._reject(delivery, exc, "payload", topic)
             return
-        await route.handler(Inbound(topic, message, delivery))
+        signed = False
+        if self._verify is not None and isinstance(message, Report):
+            try:
+                signed = await self._verify(message)
+            except ProtocolError as exc:
+                await self._reject(delivery, exc, "signature", topic)
+                return
+        await route.handler(Inbound(topic, message, delivery, signed))
 
     def _ignore(self, delivery: Delivery, why: str) -> None:
         self.stats.ignored += 1
@@ -157,9 +177,7 @@ class Router:
         if delivery.receipt is not None:
             delivery.receipt.ack()
 
-    async def _reject(
-        self, delivery: Delivery, error: MessageError, stage: Literal["topic", "payload"], topic: topics.Topic | None
-    ) -> None:
+    async def _reject(self, delivery: Delivery, error: ProtocolError, stage: Stage, topic: topics.Topic | None) -> None:
         self.stats.rejected += 1
         self._log.warning("malformed message dropped", topic=delivery.topic, stage=stage, error=str(error))
         try:

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench.env import BenchError
 from bench.http import wait_http
 from firmware_protocols.messages import Channel
 from firmware_protocols.signing import encode_public_key
@@ -203,7 +204,12 @@ class Rig:
     # -- waiting and checking ---------------------------------------------------------------
 
     async def wait_http(self, port: int) -> None:
-        await wait_http(port, timeout_s=SETTLE_S)
+        """Until the server on `port` answers; on failure the error carries every process's log
+        (a CI run once timed out here with nothing to read)."""
+        try:
+            await wait_http(port, timeout_s=SETTLE_S)
+        except BenchError as exc:
+            raise AssertionError(f"{exc} (port {port})\n{self.procs.logs()}") from exc
 
     async def until(self, check: object, what: str, timeout_s: float = SETTLE_S) -> None:
         deadline = time.monotonic() + timeout_s
