@@ -36,6 +36,7 @@ from fleet_server.figures.overview import FleetOverview
 from fleet_server.http.app import AUTH_ROUTERS, FLEET_ROUTERS, create_app
 from fleet_server.http.ratelimit import RateLimiter
 from fleet_server.http.services import HttpPolicy, Services, services_of
+from fleet_server.identity.reports import ReportAuthority
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
 from fleet_server.ingest.batch import IngestPolicy
 from fleet_server.ingest.consumer import Ingest
@@ -44,6 +45,7 @@ from fleet_server.inspection.inspector import Inspector
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.routes import ReleaseKeys
 from fleet_server.ota.store import OtaStore
+from fleet_server.quarantine.store import Quarantine
 from fleet_server.remote.remote import DeviceRemote
 from haodian.embedded import BrokerTls, EmbeddedBroker
 from haodian.keys import ServerKeys
@@ -109,6 +111,8 @@ class ServerStack(Component):
         # Set once started: the pool and accounts of every part; the fleet part's stores.
         self.pool: AsyncConnectionPool
         self.auth: AuthStore
+        self.quarantine: Quarantine
+        self.reports: ReportAuthority
         self.credentials: DeviceCredentials | None = None
         self.contacts: Contacts | None = None
         self.ota_store: OtaStore | None = None
@@ -156,6 +160,11 @@ class ServerStack(Component):
             )
         )
         offset = self.settings.fleet_utc_offset_min
+        # One quarantine and one judge of device signatures for every consumer of this process.
+        self.quarantine = Quarantine(pool)
+        self.services.add(self.quarantine)
+        self.reports = ReportAuthority(pool, DeviceCredentials(pool, self.keys.device_master_key))
+        self.services.add(self.reports.stats)
         if self.parts & {Part.FLEET, Part.INGEST}:
             self.ingest = await stack.enter_async_context(self._ingest(pool))
             self.services.add(self.ingest.stats)
@@ -188,6 +197,8 @@ class ServerStack(Component):
                     Signer(self.keys.signing_key),
                     client_id=f"{prefix}-remote",
                     share_group=_share(self.settings.mqtt_share_group, "remote"),
+                    quarantine=self.quarantine,
+                    authority=self.reports,
                 )
             )
             self.services.add(self.remote)
@@ -213,6 +224,8 @@ class ServerStack(Component):
                     client_id=f"{prefix}-ota",
                     round_s=self.settings.ota_round_s,
                     share_group=_share(self.settings.mqtt_share_group, "ota"),
+                    quarantine=self.quarantine,
+                    authority=self.reports,
                 )
             )
             self.ota = conductor
@@ -236,6 +249,8 @@ class ServerStack(Component):
                 else self.settings.mqtt_url is not None
             ),
             share_group=_share(self.settings.mqtt_share_group, "ingest"),
+            quarantine=self.quarantine,
+            authority=self.reports,
         )
 
     async def _start_http(self, stack: AsyncExitStack) -> None:
@@ -283,6 +298,8 @@ class ServerStack(Component):
                 wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
             ),
             share_group=_share(self.settings.mqtt_share_group, "bridge"),
+            quarantine=self.quarantine,
+            authority=self.reports,
         )
 
     async def _wait_broker(self) -> None:

@@ -7,12 +7,18 @@ Each `accept_*` returns only after the payment is durably recorded (and raises
 `NotificationRejected`, after recording the rejection, for anything refused). Announces go out
 right away; a retry loop republishes any without an ack after `ack_timeout_s`, until the
 announce's TTL, after which the delivery is counted as missed.
+
+A device's ack counts only if its device signed it (`ReportAuthority`, when given): a forged or
+wrongly signed one is quarantined and changes nothing. No ack can hold the others: a write the
+database refuses for the data's sake is split until the bad ack is alone, which is quarantined
+and acknowledged; the rest are stored (`db.isolate.write_apart`). Only an outage keeps acks for
+another try.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,8 +30,12 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
+from fleet_server.db import failures
+from fleet_server.db.isolate import write_apart
+from fleet_server.identity.reports import ReportAuthority
+from fleet_server.quarantine.store import Quarantine
 from mqtt_link.errors import LinkDown
-from mqtt_link.link import Receipt
+from mqtt_link.link import Delivery
 from mqtt_link.routing import Inbound, Router, consumer_link
 from mqtt_link.tasks import Component, spawn
 from payment_bridge.alipay import verify_alipay_notification
@@ -61,7 +71,9 @@ class BridgeStats:
     republished: int = 0
     publish_failures: int = 0
     acks: int = 0
+    signed_acks: int = 0
     stray_acks: int = 0
+    poisoned_acks: int = 0  # refused by the database: quarantined
 
 
 def _ms(at: datetime) -> int:
@@ -81,8 +93,13 @@ class PaymentBridge(Component):
         ack_timeout_s: float = 10.0,
         platform_keys: PlatformKeys | None = None,
         share_group: str | None = None,
+        quarantine: Quarantine | None = None,
+        authority: ReportAuthority | None = None,
     ) -> None:
+        """`authority`: checks each ack's signature (None: every ack is believed)."""
         self._store = store
+        self.quarantine = quarantine or Quarantine(store.pool)
+        self._holding: set[asyncio.Future[None]] = set()
         self._keys = platform_keys or PlatformKeys()
         self._signer = signer
         self._backend_key = backend_key
@@ -95,10 +112,15 @@ class PaymentBridge(Component):
         self._payments: Coalescer[NewPayment, Recorded] = Coalescer(
             store.record_payments, key=lambda p: p.notice.payment_id, name="payments"
         )
-        self._acks: Coalescer[AckReceived, bool] = Coalescer(
-            store.record_acks, key=lambda a: (a.ack.payment_id, a.ack.device_id), name="acks"
+        self._acks: Coalescer[AckReceived, bool | Exception] = Coalescer(
+            self._record_acks, key=lambda a: (a.ack.payment_id, a.ack.device_id), name="acks"
         )
-        self.acks_in = Router("bridge", topics.Direction.UP)
+        self.acks_in = Router(
+            "bridge",
+            topics.Direction.UP,
+            on_reject=self.quarantine.hook("bridge"),
+            verify=authority.verify if authority is not None else None,
+        )
         self.acks_in.route(topics.Up.ACK, Ack, self._on_ack)
         # Acks change only the database, so any bridge of a shared group may take any ack.
         self._link = consumer_link(
@@ -279,23 +301,47 @@ class PaymentBridge(Component):
     # -- acks back -------------------------------------------------------------------------
 
     async def _on_ack(self, inbound: Inbound[Ack]) -> None:
-        receipt = inbound.delivery.receipt
-        assert receipt is not None  # noqa: S101 - the ack link acknowledges by hand (manual_ack).
         # Not awaited: the next ack is read while this one waits for its batch to commit.
-        self._store_ack(AckReceived(inbound.message, datetime.now(tz=UTC)), receipt, inbound.delivery.topic)
+        self._store_ack(AckReceived(inbound.message, datetime.now(tz=UTC), inbound.signed), inbound.delivery)
 
-    def _store_ack(self, item: AckReceived, receipt: Receipt, topic: str) -> None:
-        def stored(future: asyncio.Future[bool]) -> None:
+    async def _record_acks(self, acks: Sequence[AckReceived]) -> list[bool | Exception]:
+        """Each ack recorded (True: its delivery exists), or the error that keeps it from ever
+        being recorded. An outage raises: every ack of the write is tried again."""
+        known: dict[int, bool | Exception] = {}
+
+        async def write(part: Sequence[AckReceived]) -> None:
+            for item, found in zip(part, await self._store.record_acks(part), strict=True):
+                known[id(item)] = found
+
+        for item, exc in await write_apart(acks, write):
+            known[id(item)] = exc
+        return [known[id(item)] for item in acks]
+
+    def _store_ack(self, item: AckReceived, delivery: Delivery) -> None:
+        receipt, topic = delivery.receipt, delivery.topic
+        assert receipt is not None  # noqa: S101 - the ack link acknowledges by hand (manual_ack).
+
+        def stored(future: asyncio.Future[bool | Exception]) -> None:
             if future.cancelled():
                 return
             if (exc := future.exception()) is not None:
                 # Not acknowledged to the broker; kept and tried again while the link lasts.
                 log.warning("ack not stored; will retry", topic=topic, error=str(exc), retry_in_s=ACK_RETRY_S)
-                asyncio.get_running_loop().call_later(ACK_RETRY_S, self._store_ack, item, receipt, topic)
+                asyncio.get_running_loop().call_later(ACK_RETRY_S, self._store_ack, item, delivery)
+                return
+            result = future.result()
+            if isinstance(result, Exception):
+                self.stats.poisoned_acks += 1
+                why = failures.describe(result)
+                hold = asyncio.ensure_future(self.quarantine.hold("bridge", delivery, "store", why))
+                self._holding.add(hold)
+                hold.add_done_callback(self._holding.discard)
+                hold.add_done_callback(lambda _: receipt.ack())
                 return
             receipt.ack()
-            if future.result():
+            if result:
                 self.stats.acks += 1
+                self.stats.signed_acks += item.signed
             else:
                 self.stats.stray_acks += 1
                 log.warning("ack for unknown delivery", topic=topic, payment_id=item.ack.payment_id)

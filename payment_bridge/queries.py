@@ -208,11 +208,13 @@ UPDATE deliveries d SET acks = d.acks + 1,
              THEN a.status ELSE d.status END,
     acked_at = CASE WHEN d.status = ANY({open}) OR (a.status = {played} AND d.status <> {played})
                THEN a.acked_at ELSE d.acked_at END,
+    ack_signed = CASE WHEN d.status = ANY({open}) OR (a.status = {played} AND d.status <> {played})
+               THEN a.signed ELSE d.ack_signed END,
     play_started_at = COALESCE(d.play_started_at, a.play_started),
     text = COALESCE(d.text, a.text), reason = COALESCE(d.reason, a.reason)
 FROM unnest(%(payment_id)s::text[], %(device_id)s::text[], %(status)s::text[], %(acked_at)s::timestamptz[],
-            %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[])
-    AS a (payment_id, device_id, status, acked_at, play_started, text, reason)
+            %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[], %(signed)s::boolean[])
+    AS a (payment_id, device_id, status, acked_at, play_started, text, reason, signed)
 WHERE d.payment_id = a.payment_id AND d.device_id = a.device_id
 RETURNING d.payment_id, d.device_id
 """,

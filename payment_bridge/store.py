@@ -46,6 +46,7 @@ class NewPayment:
 class AckReceived:
     ack: Ack
     acked_at: datetime
+    signed: bool = False  # verified as its device's (`ReportAuthority`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,10 @@ class Binding(BaseModel):
 class PaymentStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._pool
 
     async def record_rejected(
         self, *, source: str, code: str, reason: str, body: bytes, headers: Mapping[str, str], received_at: datetime
@@ -222,6 +227,7 @@ class PaymentStore:
                     "play_started": [started(a.ack, a.acked_at) for a in acks],
                     "text": [a.ack.text for a in acks],
                     "reason": [a.ack.reason for a in acks],
+                    "signed": [a.signed for a in acks],
                 },
             )
             known = {(row[0], row[1]) for row in await cur.fetchall()}

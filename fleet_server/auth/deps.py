@@ -132,6 +132,7 @@ PaymentReader = Annotated[Principal, Depends(require(Permission.PAYMENT_READ))]
 BindingWriter = Annotated[Principal, Depends(require(Permission.BINDING_WRITE))]
 UsersAdmin = Annotated[Principal, Depends(require(Permission.USERS_ADMIN))]
 AuditReader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
+QuarantineAdmin = Annotated[Principal, Depends(require(Permission.QUARANTINE_ADMIN))]
 
 
 class Reach:

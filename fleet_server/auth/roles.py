@@ -41,6 +41,7 @@ class Permission(StrEnum):
     BINDING_WRITE = "binding.write"
     USERS_ADMIN = "users.admin"
     AUDIT_READ = "audit.read"
+    QUARANTINE_ADMIN = "quarantine.admin"  # read held messages (raw payloads) and purge them
 
 
 _READ_ALL: Final = {

@@ -17,11 +17,15 @@ from fleet_server.figures.figures import Figures, FleetFigures, Level
 from fleet_server.figures.overview import SUMMARY_REUSE_S, Alert, FleetOverview, FleetSummary, TrendPoint
 from fleet_server.http.params import End, Start, window
 from fleet_server.http.services import provide, provide_optional
+from fleet_server.identity.reports import ReportStats
 from fleet_server.ingest.consumer import IngestStats
+from fleet_server.quarantine.store import HeldCount, Quarantine
 
 FiguresDep = Annotated[FleetFigures, Depends(provide(FleetFigures))]
 OverviewDep = Annotated[FleetOverview, Depends(provide(FleetOverview))]
 IngestStatsDep = Annotated[IngestStats | None, Depends(provide_optional(IngestStats))]
+QuarantineOptional = Annotated[Quarantine | None, Depends(provide_optional(Quarantine))]
+ReportStatsDep = Annotated[ReportStats | None, Depends(provide_optional(ReportStats))]
 
 router = APIRouter(prefix="/api/v1", tags=["devices"], responses=AUTH_ERRORS)
 metrics_router = APIRouter(tags=["ops"], responses=AUTH_ERRORS)
@@ -102,6 +106,47 @@ async def alerts(_: FleetReader, overview: OverviewDep) -> list[Alert]:
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics: fleet gauges", response_class=PlainTextResponse)
-async def metrics(_: FleetReader, overview: OverviewDep, ingest: IngestStatsDep) -> PlainTextResponse:
+async def metrics(
+    _: FleetReader,
+    overview: OverviewDep,
+    ingest: IngestStatsDep,
+    quarantine: QuarantineOptional,
+    reports: ReportStatsDep,
+) -> PlainTextResponse:
     text = await overview.metrics(datetime.now(tz=UTC), ingest)
+    if quarantine is not None:
+        text += quarantine_metrics(await quarantine.counts())
+    if reports is not None:
+        text += report_metrics(reports)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def quarantine_metrics(counts: list[HeldCount]) -> str:
+    """Prometheus text: messages held in quarantine, by consumer and reason (every process's)."""
+    lines = [
+        "# HELP haodian_quarantined_messages Messages held in quarantine (distinct), by consumer and reason.",
+        "# TYPE haodian_quarantined_messages gauge",
+    ]
+    lines += [
+        f'haodian_quarantined_messages{{consumer="{c.consumer}",reason="{c.reason}"}} {c.messages}' for c in counts
+    ]
+    lines += [
+        "# HELP haodian_quarantined_copies Copies of held messages the broker delivered, by consumer and reason.",
+        "# TYPE haodian_quarantined_copies gauge",
+    ]
+    lines += [f'haodian_quarantined_copies{{consumer="{c.consumer}",reason="{c.reason}"}} {c.copies}' for c in counts]
+    return "\n".join(lines) + "\n"
+
+
+def report_metrics(stats: ReportStats) -> str:
+    """Prometheus text: device reports by what their signature said, in this process."""
+    lines = [
+        "# HELP haodian_device_reports_total Device reports checked, by signature: signed, unsigned (devices"
+        " that have never signed), refused (forged).",
+        "# TYPE haodian_device_reports_total counter",
+    ]
+    lines += [
+        f'haodian_device_reports_total{{signature="{name}"}} {getattr(stats, name)}'
+        for name in ("signed", "unsigned", "refused")
+    ]
+    return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from fleet_server.http.errors import install_error_handlers
 from fleet_server.identity import routes as identity_routes
 from fleet_server.inspection import routes as inspection_routes
 from fleet_server.ota import routes as ota_routes
+from fleet_server.quarantine import routes as quarantine_routes
 from fleet_server.remote import routes as remote_routes
 
 # Every process signs people in; the other routers come with the fleet part.
@@ -36,6 +37,7 @@ FLEET_ROUTERS: tuple[APIRouter, ...] = (
     remote_routes.router,
     identity_routes.router,
     contacts_routes.router,
+    quarantine_routes.router,
 )
 
 

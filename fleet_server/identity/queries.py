@@ -12,7 +12,8 @@ LOCK_CREDENTIALS: Final = "SELECT generation, revoked_at FROM device_credentials
 ISSUE: Final = (
     "INSERT INTO device_credentials (device_id, generation, issued_by) VALUES (%s, %s, %s)"
     " ON CONFLICT (device_id) DO UPDATE SET generation = EXCLUDED.generation, issued_at = now(),"
-    " issued_by = EXCLUDED.issued_by, revoked_at = NULL, revoked_by = NULL, cert_serial = NULL"
+    " issued_by = EXCLUDED.issued_by, revoked_at = NULL, revoked_by = NULL, cert_serial = NULL,"
+    " signs_reports_at = NULL"
 )
 # Generation 1 for each of the devices that has none: (device_ids, by).
 ISSUE_MISSING: Final = (
@@ -35,4 +36,12 @@ RECORD_CERTIFICATE: Final = "UPDATE device_credentials SET cert_serial = %s WHER
 # The CRL's content: serials of revoked devices' certificates.
 REVOKED_SERIALS: Final = (
     "SELECT cert_serial FROM device_credentials WHERE revoked_at IS NOT NULL AND cert_serial IS NOT NULL"
+)
+
+# What a report's signature is checked against: (generation, signs_reports_at) of one device.
+REPORT_TRUST: Final = "SELECT generation, signs_reports_at FROM device_credentials WHERE device_id = %s"
+# The device signs from now on (its first verified report at this generation): (device_id, generation).
+SIGNS_REPORTS: Final = (
+    "UPDATE device_credentials SET signs_reports_at = now()"
+    " WHERE device_id = %s AND generation = %s AND signs_reports_at IS NULL"
 )

@@ -19,14 +19,16 @@ from fleet_server.devices import tracker
 from fleet_server.devices.states import Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest import queries
-from mqtt_link.link import Receipt
+from mqtt_link.link import Delivery
 
 
 @dataclass(frozen=True, slots=True)
 class Received:
     received_at: datetime
     message: Message
-    receipt: Receipt | None = None
+    # What the broker handed over (None in tests that write batches directly): acknowledged
+    # once the batch holding it commits, or quarantined as it came if it can never be stored.
+    delivery: Delivery | None = None
 
 
 def _at(ms: int) -> datetime:
@@ -148,7 +150,7 @@ class _Rows:
         if isinstance(msg, Hello):
             self.hellos[msg.device_id] = (msg.serial, msg.model, msg.firmware, msg.boot_id, msg.slot, at, msg.device_id)
         elif isinstance(msg, Presence):
-            self.presences[msg.device_id] = (msg.online, msg.reason, at, msg.device_id)
+            self.presences[msg.device_id] = (msg.online, msg.reason, at, msg.session, msg.device_id)
         elif isinstance(msg, Event):
             self.events.append((msg.device_id, _at(msg.ts), at, msg.kind, json.dumps(msg.detail)))
         elif isinstance(msg, Health):
@@ -200,7 +202,7 @@ async def write_batch(
         if rows.hellos:
             await cur.execute(queries.HELLOS, columns(rows.hellos.values(), 7))
         if rows.presences:
-            await cur.execute(queries.PRESENCES, columns(rows.presences.values(), 4))
+            await cur.execute(queries.PRESENCES, columns(rows.presences.values(), 5))
         if rows.events:
             await copy_rows(cur, queries.COPY_EVENTS, rows.events)
         if rows.health:

@@ -1,9 +1,18 @@
 """MQTT → validated → batched into PostgreSQL.
 
 Every uplink message (hello, health, event, presence) is validated against its v1 model by the
-link's router; a bad one is logged with its topic, acknowledged and dropped, and the ingest goes on. Good ones wait
-in a bounded queue; a writer flushes them in one transaction per batch (COPY for the append-only
-tables, one set-based upsert per table for the rest).
+link's router, and its signature checked (`ReportAuthority`); a bad or forged one goes to the
+quarantine and the ingest goes on. Good ones wait in a bounded queue; a writer flushes them in
+one transaction per batch (COPY for the append-only tables, one set-based upsert per table for
+the rest).
+
+No message can stop the stream (issue 22). A batch the database refuses for the data's sake
+(`db.failures`) is split until the message(s) at fault are alone (`db.isolate.write_apart`):
+the rest commit, each bad one is quarantined with PostgreSQL's reason and acknowledged. Only an
+outage (connection lost, server shutting down, out of resources) keeps a batch for retry.
+
+An offline presence counts only for the connection the fleet saw come online: one that names
+another session (an old will, replayed) is quarantined as `session`, and the device stays as it is.
 
 Nothing acknowledged is lost. With `ack_after_commit` (the default on an external broker) a
 message is acknowledged to the broker only after the transaction holding it commits, and the
@@ -22,18 +31,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.messages import UP_MODELS, Message
+from firmware_protocols.messages import UP_MODELS, Presence, Report
+from fleet_server.db import failures
+from fleet_server.db.fetch import fetch_row
+from fleet_server.db.isolate import write_apart
+from fleet_server.identity.reports import ReportAuthority
+from fleet_server.ingest import queries
 from fleet_server.ingest.batch import IngestPolicy, Received, write_batch
+from fleet_server.quarantine.store import Quarantine
 from mqtt_link.backoff import Backoff
 from mqtt_link.link import Session
 from mqtt_link.routing import Inbound, Router, RouteStats, consumer_link
@@ -49,7 +64,9 @@ class IngestStats:
     inbound: RouteStats = field(default_factory=RouteStats)  # received and rejected, by the router
     written: int = 0
     batches: int = 0
-    write_failures: int = 0
+    write_failures: int = 0  # a batch kept for retry: the database was away
+    poisoned: int = 0  # refused by the database for the data's sake: quarantined
+    stale_presences: int = 0  # an offline presence of a connection other than the current one
     # Stored, but the connection that brought them had gone before the acknowledgement: the
     # broker sends them again and they are stored twice.
     acks_void: int = 0
@@ -76,14 +93,24 @@ class Ingest(Component):
         policy: IngestPolicy | None = None,
         ack_after_commit: bool = True,
         share_group: str | None = None,
+        quarantine: Quarantine | None = None,
+        authority: ReportAuthority | None = None,
     ) -> None:
+        """`authority`: checks each report's signature (None: every report is believed)."""
         self._pool = pool
+        self.quarantine = quarantine or Quarantine(pool)
+        self._sessions: dict[str, str | None] = {}
         self.ack_after_commit = ack_after_commit
         self._policy = policy or IngestPolicy()
         self._batch_size = batch_size
         self._flush_s = flush_s
         self._queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=queue_size)
-        self.router = Router("ingest", topics.Direction.UP)
+        self.router = Router(
+            "ingest",
+            topics.Direction.UP,
+            on_reject=self.quarantine.hook("ingest"),
+            verify=authority.verify if authority is not None else None,
+        )
         for kind in INGESTED_KINDS:
             self.router.route(kind, UP_MODELS[kind], self._take)
         self.stats = IngestStats(self.router.stats)
@@ -110,9 +137,36 @@ class Ingest(Component):
     async def wait_connected(self, timeout_s: float) -> None:
         await self._link.wait_connected(timeout_s)
 
-    async def _take(self, inbound: Inbound[Message]) -> None:
+    async def _take(self, inbound: Inbound[Report]) -> None:
+        message = inbound.message
+        if isinstance(message, Presence) and not await self._current_session(message):
+            self.stats.stale_presences += 1
+            await self.quarantine.hold(
+                "ingest",
+                inbound.delivery,
+                "session",
+                f"offline presence of session {message.session!r}, not the one {message.device_id} is online on",
+            )
+            if inbound.delivery.receipt is not None:
+                inbound.delivery.receipt.ack()
+            return
         # Blocks when the queue is full: back-pressure onto the broker, never a drop.
-        await self._queue.put(Received(datetime.now(tz=UTC), inbound.message, inbound.delivery.receipt))
+        await self._queue.put(Received(datetime.now(tz=UTC), message, inbound.delivery))
+
+    async def _current_session(self, presence: Presence) -> bool:
+        """Whether `presence` speaks for the device's current connection. An online presence
+        starts one; an offline one must name it (a device that names no sessions: any)."""
+        device = presence.device_id
+        if presence.online:
+            self._sessions[device] = presence.session
+            return True
+        if presence.session is None:
+            return True
+        if device not in self._sessions:
+            row = await fetch_row(self._pool, queries.PRESENCE_SESSION, (device,))
+            self._sessions[device] = row[0] if row else None
+        current = self._sessions[device]
+        return current is None or current == presence.session
 
     async def _next_batch(self) -> list[Received]:
         batch = [await self._queue.get()]
@@ -129,27 +183,31 @@ class Ingest(Component):
 
     async def _write_loop(self) -> None:
         backoff = Backoff(0.2, 5.0)
+
+        async def write(part: Sequence[Received]) -> None:
+            await write_batch(self._pool, list(part), self._policy)
+
+        async def wait_out(exc: Exception) -> None:
+            self.stats.write_failures += 1
+            delay = backoff.next_delay()
+            log.warning(
+                "ingest write failed; batch kept for retry", error=failures.describe(exc), retry_in_s=round(delay, 2)
+            )
+            await asyncio.sleep(delay)
+
         while True:
             batch = await self._next_batch()
-            while True:
-                try:
-                    await write_batch(self._pool, batch, self._policy)
-                    break
-                except psycopg.Error as exc:
-                    self.stats.write_failures += 1
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "ingest write failed; batch kept for retry",
-                        rows=len(batch),
-                        error=str(exc),
-                        retry_in_s=round(delay, 2),
-                    )
-                    await asyncio.sleep(delay)
+            poisoned = await write_apart(batch, write, on_transient=wait_out)
             backoff.reset()
+            for item, exc in poisoned:
+                self.stats.poisoned += 1
+                if item.delivery is not None:
+                    await self.quarantine.hold("ingest", item.delivery, "store", failures.describe(exc))
             for item in batch:
-                if item.receipt is not None and not item.receipt.ack():
+                receipt = item.delivery.receipt if item.delivery is not None else None
+                if receipt is not None and not receipt.ack():
                     self.stats.acks_void += 1
-            self.stats.written += len(batch)
+            self.stats.written += len(batch) - len(poisoned)
             self.stats.batches += 1
             for _ in batch:
                 self._queue.task_done()

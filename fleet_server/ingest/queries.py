@@ -26,11 +26,16 @@ WHERE d.device_id = h.device_id
 """
 # Ordered by arrival at the server: a last will carries the time its device connected, so the
 # device's own clock cannot order it against the "online" that followed.
+# An online presence names the session an offline one must match (its `session`, if any).
 PRESENCES: Final = """
-UPDATE devices d SET online = p.online, presence_reason = p.reason, presence_at = p.at
-FROM unnest(%s::boolean[], %s::text[], %s::timestamptz[], %s::text[]) AS p(online, reason, at, device_id)
+UPDATE devices d SET online = p.online, presence_reason = p.reason, presence_at = p.at,
+    presence_session = CASE WHEN p.online THEN p.session ELSE d.presence_session END
+FROM unnest(%s::boolean[], %s::text[], %s::timestamptz[], %s::text[], %s::text[])
+    AS p(online, reason, at, session, device_id)
 WHERE d.device_id = p.device_id AND (d.presence_at IS NULL OR d.presence_at <= p.at)
 """
+# The session a device last came online on: (device_id,).
+PRESENCE_SESSION: Final = "SELECT presence_session FROM devices WHERE device_id = %s"
 COPY_EVENTS: Final = "COPY device_events (device_id, ts, received_at, kind, detail) FROM STDIN"
 COPY_HEALTH: Final = (
     "COPY device_health (device_id, ts, received_at, uptime_s, rssi_dbm, volume,"

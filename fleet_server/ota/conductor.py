@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -26,7 +27,11 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import OtaOffer, OtaStatus
 from firmware_protocols.ota import ReleaseManifest
 from firmware_protocols.signing import Signer
+from fleet_server.db import failures
+from fleet_server.db.isolate import write_apart
+from fleet_server.identity.reports import ReportAuthority
 from fleet_server.ota.store import OtaStore, PlannedOffer
+from fleet_server.quarantine.store import Quarantine
 from mqtt_link.errors import LinkDown
 from mqtt_link.routing import Inbound, Router, consumer_link
 from mqtt_link.tasks import Component, spawn
@@ -59,15 +64,23 @@ class OtaConductor(Component):
         client_id: str,
         round_s: float = 5.0,
         share_group: str | None = None,
+        quarantine: Quarantine | None = None,
+        authority: ReportAuthority | None = None,
     ) -> None:
         self.store = store
         self.stats = ConductorStats()
         self.artifact_base_url = artifact_base_url.rstrip("/")
         self._signer = signer
         self._round_s = round_s
-        self._reports: asyncio.Queue[OtaStatus] = asyncio.Queue()
+        self._reports: asyncio.Queue[Inbound[OtaStatus]] = asyncio.Queue()
         self._wakeup = asyncio.Event()
-        self.reports_in = Router("ota", topics.Direction.UP)
+        self.quarantine = quarantine or Quarantine(store.pool)
+        self.reports_in = Router(
+            "ota",
+            topics.Direction.UP,
+            on_reject=self.quarantine.hook("ota"),
+            verify=authority.verify if authority is not None else None,
+        )
         self.reports_in.route(topics.Up.OTA, OtaStatus, self._on_report)
         self._link = consumer_link(self.reports_in, endpoint, client_id=client_id, share_group=share_group)
 
@@ -86,22 +99,25 @@ class OtaConductor(Component):
     # -- reports in ------------------------------------------------------------------------
 
     async def _on_report(self, inbound: Inbound[OtaStatus]) -> None:
-        self._reports.put_nowait(inbound.message)
+        self._reports.put_nowait(inbound)
 
     async def _store_reports(self) -> None:
+        async def write(part: Sequence[Inbound[OtaStatus]]) -> None:
+            await self.store.record_reports([inbound.message for inbound in part])
+
+        async def wait_out(exc: Exception) -> None:
+            log.warning("ota reports not stored; retrying", error=failures.describe(exc))
+            await asyncio.sleep(1.0)
+
         while True:
             batch = [await self._reports.get()]
             while not self._reports.empty() and len(batch) < REPORT_BATCH:
                 batch.append(self._reports.get_nowait())
-            while True:
-                try:
-                    await self.store.record_reports(batch)
-                    break
-                except psycopg.Error as exc:
-                    log.warning("ota reports not stored; retrying", reports=len(batch), error=str(exc))
-                    await asyncio.sleep(1.0)
+            # An outage is waited out; a report the database can never take is quarantined.
+            for inbound, exc in await write_apart(batch, write, on_transient=wait_out):
+                await self.quarantine.hold("ota", inbound.delivery, "store", failures.describe(exc))
             self.stats.reports += len(batch)
-            if any(s.state.terminal for s in batch):
+            if any(inbound.message.state.terminal for inbound in batch):
                 self._wakeup.set()  # a wave may have ended
 
     # -- rounds ----------------------------------------------------------------------------

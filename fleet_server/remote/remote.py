@@ -21,6 +21,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -33,15 +34,22 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import Command, CommandResult, DailySpan, Settings
 from firmware_protocols.signing import Signer
+from fleet_server.db import failures
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_row
+from fleet_server.db.isolate import write_apart
 from fleet_server.devices.queries import DEVICE_KNOWN
 from fleet_server.errors import RemoteError
+from fleet_server.identity.reports import ReportAuthority
+from fleet_server.quarantine.store import Quarantine
 from fleet_server.remote import queries
 from mqtt_link.errors import LinkDown
 from mqtt_link.routing import Inbound, Router, consumer_link
 from mqtt_link.tasks import Component
 
 log = structlog.get_logger(__name__)
+
+# A result that could not be stored (database away) is tried again after this long.
+STORE_RETRY_S = 1.0
 
 # A command is only worth running soon after it was asked for: a reboot an hour late surprises
 # the merchant. The page shows "no answer" after the wait and the device refuses it after this.
@@ -85,6 +93,11 @@ class SettingsView(BaseModel):
     applied: bool
 
 
+async def _wait_out(exc: Exception) -> None:
+    log.warning("command result not stored; retrying", error=failures.describe(exc), retry_in_s=STORE_RETRY_S)
+    await asyncio.sleep(STORE_RETRY_S)
+
+
 class DeviceRemote(Component):
     def __init__(
         self,
@@ -94,11 +107,20 @@ class DeviceRemote(Component):
         *,
         client_id: str,
         share_group: str | None = None,
+        quarantine: Quarantine | None = None,
+        authority: ReportAuthority | None = None,
     ) -> None:
+        """`authority`: checks each result's signature (None: every result is believed)."""
         self._pool = pool
         self._signer = signer
         self._waiters: dict[str, asyncio.Event] = {}
-        self.results_in = Router("remote", topics.Direction.UP)
+        self.quarantine = quarantine or Quarantine(pool)
+        self.results_in = Router(
+            "remote",
+            topics.Direction.UP,
+            on_reject=self.quarantine.hook("remote"),
+            verify=authority.verify if authority is not None else None,
+        )
         self.results_in.route(topics.Up.RESULT, CommandResult, self._on_result)
         self._link = consumer_link(self.results_in, endpoint, client_id=client_id, share_group=share_group)
 
@@ -175,9 +197,17 @@ class DeviceRemote(Component):
 
     async def _on_result(self, inbound: Inbound[CommandResult]) -> None:
         result = inbound.message
-        await self._set_status(
-            result.command_id, result.status.value, result.reason, result.result, device_id=result.device_id
-        )
+
+        async def store(_: Sequence[Inbound[CommandResult]]) -> None:
+            await self._set_status(
+                result.command_id, result.status.value, result.reason, result.result, device_id=result.device_id
+            )
+
+        # An outage is waited out here (the broker holds the rest); a result the database can
+        # never take is quarantined, not retried.
+        for _, exc in await write_apart([inbound], store, on_transient=_wait_out):
+            await self.quarantine.hold("remote", inbound.delivery, "store", failures.describe(exc))
+            return
         waiter = self._waiters.get(result.command_id)
         if waiter is not None:
             waiter.set()
