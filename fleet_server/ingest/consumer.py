@@ -112,7 +112,8 @@ class Ingest(Component):
             verify=authority.verify if authority is not None else None,
         )
         for kind in INGESTED_KINDS:
-            self.router.route(kind, UP_MODELS[kind], self._take)
+            # Presence is retained: an empty payload is a retained copy cleared, not a bad message.
+            self.router.route(kind, UP_MODELS[kind], self._take, retained=kind is topics.Up.PRESENCE)
         self.stats = IngestStats(self.router.stats)
         self._link = consumer_link(
             self.router,
