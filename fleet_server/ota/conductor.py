@@ -82,7 +82,11 @@ class OtaConductor(Component):
             verify=authority.verify if authority is not None else None,
         )
         self.reports_in.route(topics.Up.OTA, OtaStatus, self._on_report)
-        self._link = consumer_link(self.reports_in, endpoint, client_id=client_id, share_group=share_group)
+        # A report is acknowledged to the broker once stored (or quarantined): a server killed in
+        # between has the broker send it again.
+        self._link = consumer_link(
+            self.reports_in, endpoint, client_id=client_id, share_group=share_group, manual_ack=True
+        )
 
     async def _start(self, stack: AsyncExitStack) -> None:
         await stack.enter_async_context(self._link)
@@ -116,6 +120,9 @@ class OtaConductor(Component):
             # An outage is waited out; a report the database can never take is quarantined.
             for inbound, exc in await write_apart(batch, write, on_transient=wait_out):
                 await self.quarantine.hold("ota", inbound.delivery, "store", failures.describe(exc))
+            for inbound in batch:
+                if inbound.delivery.receipt is not None:
+                    inbound.delivery.receipt.ack()
             self.stats.reports += len(batch)
             if any(inbound.message.state.terminal for inbound in batch):
                 self._wakeup.set()  # a wave may have ended

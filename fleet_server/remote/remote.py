@@ -122,7 +122,11 @@ class DeviceRemote(Component):
             verify=authority.verify if authority is not None else None,
         )
         self.results_in.route(topics.Up.RESULT, CommandResult, self._on_result)
-        self._link = consumer_link(self.results_in, endpoint, client_id=client_id, share_group=share_group)
+        # A result is acknowledged to the broker once stored (or quarantined): a server killed in
+        # between has the broker send it again.
+        self._link = consumer_link(
+            self.results_in, endpoint, client_id=client_id, share_group=share_group, manual_ack=True
+        )
 
     async def _start(self, stack: AsyncExitStack) -> None:
         await stack.enter_async_context(self._link)
@@ -205,8 +209,12 @@ class DeviceRemote(Component):
 
         # An outage is waited out here (the broker holds the rest); a result the database can
         # never take is quarantined, not retried.
-        for _, exc in await write_apart([inbound], store, on_transient=_wait_out):
+        poisoned = await write_apart([inbound], store, on_transient=_wait_out)
+        for _, exc in poisoned:
             await self.quarantine.hold("remote", inbound.delivery, "store", failures.describe(exc))
+        if inbound.delivery.receipt is not None:
+            inbound.delivery.receipt.ack()
+        if poisoned:
             return
         waiter = self._waiters.get(result.command_id)
         if waiter is not None:
