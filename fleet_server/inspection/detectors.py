@@ -6,8 +6,9 @@ the action suggested to the field agent, or None.
 
 - idle (停用): in service, but its merchant took no payment for `idle_after_days` after having
   taken payments before;
-- faulty (故障): in the faulty state, the audio self-test failing, repeated fault events, or a
-  flapping connection (many reconnects);
+- faulty (故障): in the faulty state, the audio self-test failing, repeated fault events, a
+  flapping connection (many reconnects), or a stream of messages no consumer can take (held in
+  quarantine: corrupt firmware or storage, or someone publishing in its name);
 - suspected lost (疑似遗失): offline for more than `lost_after_days` with no planned removal;
 - relocated (移机): since it first reported a cell outside its learned fingerprint it has not
   been back in one, with a few reports to rule out a passing handover; a different tracking
@@ -33,6 +34,7 @@ class InspectionThresholds(BaseModel):
     idle_after_days: float = Field(default=7.0, gt=0)
     fault_events: int = Field(default=3, ge=1)  # fault events in the last two local days
     flapping_reconnects: int = Field(default=12, ge=2)  # reconnects in the last two local days
+    poison_messages: int = Field(default=20, ge=1)  # of its messages quarantined in the last two local days
     lost_after_days: float = Field(default=3.0, gt=0)
     relocation_min_reports: int = Field(default=3, ge=1)
     relocation_min_confidence: float = Field(default=0.6, ge=0, le=1)
@@ -83,6 +85,7 @@ class DeviceFacts:
     fault_events: int = 0
     audio_failures: int = 0
     reconnects: int = 0
+    quarantined: int = 0
     state_cause: str | None = None
     # Kinds of this device's tasks closed within the counting window (the last two local days):
     # the counts below still hold the events that task was about, so they cannot reopen it.
@@ -114,6 +117,11 @@ _REPAIR_ACTION = (
     "上门检修：远程诊断后检查喇叭/电源/SIM卡，必要时更换设备",
     "Repair on site: run remote diagnose, check speaker, power and SIM; replace if needed",
 )
+_POISON_ACTION = (
+    "检查设备固件：设备持续发送无法处理的消息，请远程诊断并升级或重刷固件，必要时更换设备",
+    "Check the firmware: the device keeps sending messages that cannot be taken; diagnose, update"
+    " or reflash it, replace it if need be",
+)
 _FLAPPING_ACTION = (
     "检查信号与供电：连接频繁中断，建议调整位置或更换SIM卡",
     "Check signal and power: the connection keeps dropping; move the device or change the SIM",
@@ -132,10 +140,16 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
     flapping = counts_fresh and f.reconnects >= t.flapping_reconnects
     if flapping:
         reasons.append(f"connection flapping: {f.reconnects} reconnects")
+    poisoning = counts_fresh and f.quarantined >= t.poison_messages
+    if poisoning:
+        reasons.append(f"{f.quarantined} messages quarantined")
     if not reasons:
         return None
     audio = (f.state_cause or "").startswith(("audio", "fault_audio"))
     only_flapping = flapping and len(reasons) == 1
+    action = (
+        _POISON_ACTION if poisoning and len(reasons) == 1 else _FLAPPING_ACTION if only_flapping else _REPAIR_ACTION
+    )
     return Finding(
         f.device_id,
         FindingKind.FAULTY,
@@ -145,9 +159,10 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
             "fault_events": f.fault_events,
             "audio_failures": f.audio_failures,
             "reconnects": f.reconnects,
+            "quarantined": f.quarantined,
         },
-        action_zh=_FLAPPING_ACTION[0] if only_flapping else _REPAIR_ACTION[0],
-        action_en=_FLAPPING_ACTION[1] if only_flapping else _REPAIR_ACTION[1],
+        action_zh=action[0],
+        action_en=action[1],
     )
 
 

@@ -156,6 +156,7 @@ class Inspector(Component):
                     "since": datetime.combine(since_day, datetime.min.time(), tzinfo=UTC) - self._offset,
                     "flapping": t.flapping_reconnects,
                     "idle_before": now - timedelta(days=t.idle_after_days),
+                    "poison": t.poison_messages,
                 },
             )
             cell_rows = await fetch_dicts(conn, queries.CELLS, ([row["device_id"] for row in rows],))
@@ -175,6 +176,7 @@ class Inspector(Component):
                 fault_events=int(row["fault_events"]),
                 audio_failures=int(row["audio_failures"]),
                 reconnects=int(row["reconnects"]),
+                quarantined=int(row["quarantined"]),
                 state_cause=row["cause"],
                 recently_closed=frozenset(row["closed_kinds"]),
                 cells=tuple(cells.get(row["device_id"], ())),

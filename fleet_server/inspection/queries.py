@@ -18,7 +18,8 @@ S = DeviceState
 # Facts of every device that could have a finding (the rest cannot): its state and when it was
 # last seen, its merchant's first and last payment, the last two local days' fault events, audio
 # failures and reconnects, the cause of a fault, the kinds of its tasks closed since, its
-# installation and last GPS position. Parameters: since_day, since, flapping, idle_before.
+# installation and last GPS position, the messages of it quarantined since. Parameters:
+# since_day, since, flapping, idle_before, poison.
 FACTS: Final = statement(
     """
 WITH merchant_payments AS (
@@ -33,6 +34,10 @@ closed AS (
     SELECT device_id, array_agg(DISTINCT kind) AS kinds FROM tasks
     WHERE status = {closed} AND closed_at >= %(since)s GROUP BY device_id
 ),
+poison AS (
+    SELECT device_id, count(*) AS quarantined FROM quarantine
+    WHERE device_id IS NOT NULL AND last_at >= %(since)s GROUP BY device_id
+),
 last_cause AS (
     SELECT DISTINCT ON (device_id) device_id, cause FROM device_states
     WHERE device_id IN (SELECT device_id FROM devices WHERE state = {faulty})
@@ -41,16 +46,19 @@ last_cause AS (
 SELECT d.device_id, d.state, d.last_seen, d.planned_removal, d.install_lat, d.install_lon,
        d.last_gps_lat, d.last_gps_lon, mp.first_at, mp.last_at, lc.cause,
        COALESCE(r.fault_events, 0) AS fault_events, COALESCE(r.audio_failures, 0) AS audio_failures,
-       COALESCE(r.reconnects, 0) AS reconnects, COALESCE(cl.kinds, '{{}}') AS closed_kinds
+       COALESCE(r.reconnects, 0) AS reconnects, COALESCE(cl.kinds, '{{}}') AS closed_kinds,
+       COALESCE(po.quarantined, 0) AS quarantined
 FROM devices d
 LEFT JOIN bindings b USING (device_id)
 LEFT JOIN merchant_payments mp USING (merchant_id)
 LEFT JOIN recent r USING (device_id)
 LEFT JOIN last_cause lc USING (device_id)
 LEFT JOIN closed cl USING (device_id)
+LEFT JOIN poison po USING (device_id)
 WHERE d.state IS NOT NULL AND d.state <> {retired}
   AND (d.state = ANY({watched})
        OR r.fault_events > 0 OR r.audio_failures > 0 OR r.reconnects >= %(flapping)s
+       OR po.quarantined >= %(poison)s
        OR (mp.last_at < %(idle_before)s AND d.state = {in_service})
        OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id AND NOT c.learned))
 """,

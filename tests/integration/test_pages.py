@@ -11,6 +11,7 @@ error; a field agent cannot open another store's device by URL or by API. Screen
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -20,10 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_protocols import topics
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from fleet_server.auth.roles import Role
 from fleet_server.inspection.detectors import Finding, FindingKind
@@ -126,6 +129,15 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
             [Finding(ours, FindingKind.FAULTY, **finding), Finding(theirs, FindingKind.FAULTY, **finding)],
             datetime.now(tz=UTC),
         )
+        # A poison message from one device, for the quarantine card: NUL inside valid JSON.
+        async with aiomqtt.Client(broker.host, broker.port, identifier="pages-poisoner", username="poisoner") as raw:
+            poison = {"v": 1, "type": "health", "device_id": ours, "ts": 1, "note": "a\u0000b"}
+            await raw.publish(topics.up(ours, topics.Up.HEALTH), json.dumps(poison).encode(), qos=1)
+
+        async def held() -> bool:
+            return (await http.get("/api/v1/quarantine/summary")).json()["total"] == 1
+
+        await eventually(held, what="the poison message quarantined")
         # An OTA campaign for the dashboard to show, paused by an operator before its first offer.
         release_key = Ed25519PrivateKey.generate()  # test-only, made for this run
         artifact = b"firmware 0.2.0 for the page tests"
@@ -240,6 +252,9 @@ async def test_ops_admin_walks_the_dashboard(world):
         return [(e["action"], e["login"]) for e in audit] == [("ota.resume", "ops")]
 
     await eventually(resumed, what="the resume in the audit log")
+    # The poison message, held: its device and reason on the quarantine card.
+    await page.wait_for_selector(f"#quarantine tr[data-device='{world['ours']}'] >> text=格式无效")
+    assert "1" in await page.text_content("#quarantine-total")
     await page.click("#periods button[data-period='7d']")
     await s.shot("ops-dashboard")
     await page.click("#lang")

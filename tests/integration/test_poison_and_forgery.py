@@ -31,6 +31,7 @@ from fleet_server.db.isolate import write_apart
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from fleet_server.ingest.batch import Received, write_batch
+from fleet_server.inspection.detectors import FindingKind, inspect
 from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
@@ -221,6 +222,9 @@ async def test_poison_on_every_ingest_stream_is_quarantined_once_and_the_rest_is
     host, port = server.endpoint.host, server.endpoint.port
     sent_health = 0
     async with aiomqtt.Client(host, port, identifier=f"raw{unique}") as raw:
+        # The poisoning device is a registered one: it once said a proper hello.
+        hello = {"v": 1, "device_id": bad_device, "ts": 1, **GOOD[topics.Up.HELLO]}
+        await raw.publish(topics.up(bad_device, topics.Up.HELLO), json.dumps(hello).encode(), qos=1)
         for round_ in range(3):
             for kind, fields in GOOD.items():
                 now = int(datetime.now(tz=UTC).timestamp() * 1000)
@@ -251,6 +255,13 @@ async def test_poison_on_every_ingest_stream_is_quarantined_once_and_the_rest_is
     assert len(held) == 3 * len(GOOD) * len(POISON), "each poison message held exactly once"
     assert {(consumer, reason) for consumer, reason, _, _ in held} == {("ingest", "payload")}
     assert sorted(copies for *_, copies in held)[-len(GOOD) :] == [2] * len(GOOD)
+    # A device that keeps sending poison is an inspection finding (through the inspector's SQL).
+    assert server.inspector is not None
+    facts = {f.device_id: f for f in await server.inspector.facts(datetime.now(tz=UTC))}
+    assert facts[bad_device].quarantined == len(held)
+    findings = inspect(facts[bad_device], server.inspector.thresholds, datetime.now(tz=UTC))
+    assert [f.kind for f in findings] == [FindingKind.FAULTY]
+    assert f"{len(held)} messages quarantined" in findings[0].evidence["reasons"]
     async with http_of(server) as http:
         assert (await http.get(f"/api/v1/devices/{good_device}")).json()["firmware"] == "1.0.0"
         summary = (await http.get("/api/v1/quarantine/summary")).json()

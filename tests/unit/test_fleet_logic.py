@@ -107,6 +107,15 @@ def test_faulty_from_state_fault_events_or_flapping_not_from_noise():
     assert detect_faulty(facts(fault_events=9, recently_closed=frozenset({"faulty"})), T, NOW) is None
 
 
+def test_a_device_that_keeps_sending_poison_is_a_finding():
+    assert detect_faulty(facts(quarantined=T.poison_messages - 1), T, NOW) is None
+    poisoning = detect_faulty(facts(quarantined=T.poison_messages), T, NOW)
+    assert poisoning is not None
+    assert poisoning.evidence["quarantined"] == T.poison_messages
+    assert "固件" in poisoning.action_zh
+    assert detect_faulty(facts(quarantined=99, recently_closed=frozenset({"faulty"})), T, NOW) is None
+
+
 def test_lost_after_days_offline_unless_removal_was_planned():
     assert detect_lost(facts(state=S.OFFLINE, last_seen=NOW - timedelta(days=1)), T, NOW) is None
     assert detect_lost(facts(state=S.IN_SERVICE, last_seen=NOW - timedelta(days=9)), T, NOW) is None

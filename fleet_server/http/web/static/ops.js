@@ -122,12 +122,26 @@
     fill(document.getElementById("campaigns"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
   }
 
+  async function quarantine() {
+    // Messages no consumer could take (bad data, forged signatures): by consumer and reason,
+    // and the devices that sent them in the last 24 h.
+    const q = await api("/api/v1/quarantine/summary");
+    document.getElementById("quarantine-total").textContent = `${q.total} ${t("quarantined")}`;
+    fill(document.getElementById("quarantine-counts"), q.counts.map((c) =>
+      el("span", { class: "badge" }, `${c.consumer} · ${t(`qreason_${c.reason}`)}: ${c.messages}`)));
+    const head = el("tr", {}, [t("col_device"), t("col_messages"), t("col_reason"), t("col_last")].map((h) => el("th", {}, h)));
+    const rows = q.devices.map((d) => el("tr", { "data-device": d.device_id },
+      el("td", {}, d.device_id), el("td", {}, String(d.messages)),
+      el("td", {}, d.reasons.map((r) => t(`qreason_${r}`)).join("、")), el("td", {}, time(d.last_at))));
+    fill(document.getElementById("quarantine"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
+  }
+
   async function act(id, action) {
     await show(async () => { await api(`/api/v1/ota/campaigns/${encodeURIComponent(id)}/${action}`, { method: "POST" }); await campaigns(); });
   }
 
   async function refresh() {
-    await Promise.all([show(summary), show(alerts), show(campaigns)]);
+    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine)]);
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
