@@ -3,7 +3,8 @@
     tts.json                  SYN6288 / XFS5152 frames, chip replies, broken streams
     at.json                   AT command bytes, modem transcripts and the values they mean
     escpos.json               ESC/POS commands and real-time status bytes
-    device_protocol_v1.json   MQTT topics, v1 messages, canonical form and Ed25519 signatures
+    device_protocol_v1.json   MQTT topics, v1 messages, canonical form and Ed25519 signatures,
+                              and the HMAC-signed reports devices send up
 
 Each file says its own format in its "format" field, and each vector says where it comes from.
 Our tests run from these same files.

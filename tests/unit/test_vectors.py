@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -16,8 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.speech import announcement_text
 from firmware_protocols import topics
+from firmware_protocols.credentials import decode_secret
 from firmware_protocols.errors import CodecError, MessageError, SignatureError
-from firmware_protocols.messages import Ack, Announce, Presence, parse_payload
+from firmware_protocols.messages import Ack, Announce, CommandResult, Presence, parse_payload
+from firmware_protocols.reports import report_key, sign_report, verify_report
 from firmware_protocols.serial import at, escpos, tts
 from firmware_protocols.signing import Signer, Verifier, canonical_bytes, decode_public_key, key_id_of
 from firmware_protocols.vectors import load
@@ -345,3 +349,34 @@ def test_v1_invalid_messages(vector: dict[str, Any]) -> None:
     model = {"presence": Presence, "ack": Ack, "announce": Announce}[vector["message"]["type"]]
     with pytest.raises(MessageError):
         parse_payload(model, _json(vector["message"]), topic="hd/v1/SPK0001/up/x")
+
+
+REPORTS = V1["signed_reports"]
+REPORT_MODELS = {"presence": Presence, "ack": Ack, "result": CommandResult}
+
+
+def _report_key() -> bytes:
+    secret = bytes.fromhex(REPORTS["device_secret_hex"])
+    assert decode_secret(REPORTS["device_secret_base64url"]) == secret
+    key = report_key(secret)
+    assert key.hex() == REPORTS["report_key_hex"]
+    return key
+
+
+@pytest.mark.parametrize("vector", REPORTS["reports"], ids=_name)
+def test_v1_signed_report_canonical_form_and_mac(vector: dict[str, Any]) -> None:
+    message = vector["message"]
+    assert canonical_bytes(message).decode() == vector["canonical"]
+    key = _report_key()
+    mac = hmac.new(key, vector["canonical"].encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64encode(mac).decode().rstrip("=") == message["sig"]
+    report = parse_payload(REPORT_MODELS[message["type"]], _json(message), topic=vector["topic"])
+    verify_report(key, report)
+    assert sign_report(key, report.model_copy(update={"sig": None})).sig == message["sig"]
+
+
+@pytest.mark.parametrize("vector", REPORTS["forged"], ids=_name)
+def test_v1_forged_reports_are_refused(vector: dict[str, Any]) -> None:
+    report = parse_payload(REPORT_MODELS[vector["message"]["type"]], _json(vector["message"]))
+    with pytest.raises(SignatureError):
+        verify_report(_report_key(), report)
