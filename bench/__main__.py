@@ -14,6 +14,8 @@ Scenarios (each also measures the ceiling it runs against, on the same run):
   connections  concurrent device MQTT connections held (--devices), and memory per connection
   agent        one agent's idle RSS and CPU (as on a device), and its announce path cost
   codecs       decode throughput of the serial codecs (TTS chips, modem AT, ESC/POS)
+  reports      the per-message cost of signing a device's ack and of verifying it; ceiling: the
+               raw HMAC-SHA256
   demo         the demo's end-to-end run (embedded broker and database, real agents)
 
 --broker private|machine|embedded and --database machine|embedded choose where it runs (see
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 
 import uvloop
 
-from bench import agent, announce, api, codecs, connections, fleet
+from bench import agent, announce, api, codecs, connections, fleet, reports
 from bench.env import BROKERS, DATABASES, BenchError, machine
 from haodian import logs
 
@@ -45,7 +47,7 @@ class Figures(Protocol):
     def lines(self) -> list[str]: ...
 
 
-SCENARIOS = ("announce", "ingest", "query", "api", "connections", "agent", "codecs", "demo")
+SCENARIOS = ("announce", "ingest", "query", "api", "connections", "agent", "codecs", "reports", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--reports", type=int, default=3, help="ingest: health reports per device (default 3)")
     parser.add_argument("--days", type=int, default=30, help="query: days of history (default 30)")
-    parser.add_argument("--repeats", type=int, default=3, help="query, codecs: runs of each measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="query, codecs, reports: runs of each measurement")
     parser.add_argument("--processes", type=int, default=2, help="connections: simulator processes (default 2)")
     parser.add_argument("--tps", type=float, default=5.0, help="demo: payments per second (default 5)")
     parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
+    parser.add_argument("--messages", type=int, default=20_000, help="reports: messages per run")
     parser.add_argument("--warmup", type=float, default=15.0, help="agent: seconds before measuring idle")
     parser.add_argument("--window", type=float, default=60.0, help="agent: seconds of idle CPU measured")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
@@ -81,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("rate", "duration", "devices", "bridges", "ingesters", "reports", "days", "repeats", "processes"):
+    for name in (
+        "rate",
+        "duration",
+        "devices",
+        "bridges",
+        "ingesters",
+        "reports",
+        "days",
+        "repeats",
+        "processes",
+        "messages",
+    ):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise SystemExit(f"haodian bench: --{name} must be positive, not {value}")
@@ -194,6 +208,11 @@ def _codecs(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
     return parameters, codecs.CodecFigures(codecs.measure(frames=args.frames, repeats=args.repeats))
 
 
+def _reports(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"messages": args.messages, "repeats": args.repeats}
+    return parameters, reports.measure(messages=args.messages, repeats=args.repeats)
+
+
 def _demo(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
     from haodian.scenarios.demo import DemoOptions, run_demo  # noqa: PLC0415
     from haodian.settings import Settings  # noqa: PLC0415
@@ -244,6 +263,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], Figures]
     "connections": _connections,
     "agent": _agent,
     "codecs": _codecs,
+    "reports": _reports,
     "demo": _demo,
 }
 

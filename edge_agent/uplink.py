@@ -28,7 +28,7 @@ from edge_agent.clock import Clock
 from edge_agent.outbox import Outbox
 from firmware_protocols import topics
 from firmware_protocols.messages import Event, Hello, Presence, Report
-from firmware_protocols.reports import sign_report
+from firmware_protocols.reports import signed_payload
 from mqtt_link.errors import LinkDown
 from mqtt_link.tasks import Component, spawn
 
@@ -94,14 +94,15 @@ class DeviceUplink(Component):
     def signs(self) -> bool:
         return self._key is not None
 
-    def sign(self, message: Report) -> Report:
-        return message if self._key is None else sign_report(self._key, message)
+    def payload(self, message: Report) -> bytes:
+        """What goes on the wire: the message, signed if this device signs."""
+        return message.to_json() if self._key is None else signed_payload(self._key, message)
 
     def _presence(self, *, online: bool, reason: PresenceReason) -> bytes:
         message = Presence(
             device_id=self.device_id, ts=self._clock.now_ms(), online=online, reason=reason, session=self.session
         )
-        return self.sign(message).to_json()
+        return self.payload(message)
 
     def will(self) -> aiomqtt.Will:
         """The last will of the connection about to be made: a new session begins with it."""
@@ -120,7 +121,7 @@ class DeviceUplink(Component):
     async def send(self, kind: topics.Up, message: Report) -> None:
         """Publish now if the link is up and nothing older waits, else keep it for the flusher."""
         topic = topics.up(self.device_id, kind)
-        payload = self.sign(message).to_json()
+        payload = self.payload(message)
         if not len(self.outbox) and self._link.connected.is_set():
             try:
                 await self._link.publish(topic, payload)
@@ -139,7 +140,7 @@ class DeviceUplink(Component):
         await self._link.publish(
             topics.up(self.device_id, topics.Up.PRESENCE), self._presence(online=True, reason="connected"), retain=True
         )
-        await self._link.publish(topics.up(self.device_id, topics.Up.HELLO), self.sign(self._hello()).to_json())
+        await self._link.publish(topics.up(self.device_id, topics.Up.HELLO), self.payload(self._hello()))
         self._wakeup.set()
 
     async def goodbye(self) -> None:

@@ -79,7 +79,8 @@ Handler = Callable[[Inbound[Any]], Awaitable[None]]
 RejectHook = Callable[[Rejected], Awaitable[None]]
 # Says whether a report is signed by its device (True), or from a device that does not sign
 # (False); raises SignatureError for one that must not be believed.
-VerifyHook = Callable[[Report], Awaitable[bool]]
+# Gets the report and the bytes it came as (which the signature covers).
+VerifyHook = Callable[[Report, bytes], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,7 @@ class Router:
         signed = False
         if self._verify is not None and isinstance(message, Report):
             try:
-                signed = await self._verify(message)
+                signed = await self._verify(message, bytes(delivery.payload))
             except ProtocolError as exc:
                 await self._reject(delivery, exc, "signature", topic)
                 return

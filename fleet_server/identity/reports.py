@@ -64,16 +64,16 @@ class ReportAuthority:
         self._read_at: dict[str, float] = {}
         self.stats = ReportStats()
 
-    async def verify(self, message: Report) -> bool:
+    async def verify(self, message: Report, payload: bytes | None = None) -> bool:
         """True: signed by its device. False: unsigned, from a device that does not sign.
-        `SignatureError`: not to be believed."""
+        `SignatureError`: not to be believed. `payload`: the bytes it came as."""
         try:
-            return await self._verify(message)
+            return await self._verify(message, payload)
         except SignatureError:
             self.stats.refused += 1
             raise
 
-    async def _verify(self, message: Report) -> bool:
+    async def _verify(self, message: Report, payload: bytes | None) -> bool:
         device = message.device_id
         trust = await self._lookup(device, max_age_s=CACHE_S)
         if message.sig is None:
@@ -87,12 +87,12 @@ class ReportAuthority:
             self.stats.unsigned += 1
             return False
         try:
-            verify_report(trust.key, message)
+            verify_report(trust.key, message, payload)
         except SignatureError:
             fresh = await self._lookup(device, max_age_s=REFRESH_S)
             if fresh is None or fresh.generation == trust.generation:
                 raise
-            verify_report(fresh.key, message)  # signed with the secret of a rotation since cached
+            verify_report(fresh.key, message, payload)  # signed with the secret of a rotation since cached
             trust = fresh
         if not trust.signs:
             await execute(self._pool, queries.SIGNS_REPORTS, (device, trust.generation))
