@@ -22,6 +22,7 @@ from typing import Final
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from firmware_protocols.fields import unstorable
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.contacts.cipher import FieldCipher
 from fleet_server.devices import queries
@@ -112,6 +113,8 @@ def tags_of(values: dict[str, str]) -> list[str]:
 def check_row(line: int, values: dict[str, str]) -> tuple[DeviceRow | None, list[str]]:
     """Check one row on its own."""
     errors = [f"{name} is required" for name in REQUIRED if not values.get(name)]
+    # What PostgreSQL text cannot hold is refused here, by name, not by the database mid-import.
+    errors.extend(problem for name, value in values.items() if (problem := unstorable(value, name)) is not None)
     errors.extend(
         f"{name} {values[name]!r} may only hold letters, digits, '_', '.', '-' (1-64)"
         for name in ("city_id", "district_id", "store_id", "merchant_id", "agent_id", "serial")

@@ -180,3 +180,14 @@ async def test_without_a_wait_an_outage_is_raised_to_the_caller() -> None:
 def test_quarantine_text_is_storable() -> None:
     assert storable_text("a\x00b\ud800") == "a\\u0000b?"
     assert len(storable_text("x" * 5000)) == 1000
+
+
+def test_a_registry_row_with_text_postgresql_cannot_hold_is_refused_by_name() -> None:
+    from fleet_server.devices.importer import check_row, read_csv  # noqa: PLC0415 - one test of the importer
+
+    header = "device_id,serial,merchant_id,merchant_name,store_id,city_id,district_id,model\n"
+    for bad in ("a\x00b", "\ud800"):
+        rows = read_csv(header + f'SPK1,S1,M1,"{bad}",S,C,D,HD\n')
+        row, errors = check_row(*rows[0])
+        assert row is None
+        assert errors[0].startswith("merchant_name:")
