@@ -43,7 +43,7 @@ from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import UP_MODELS, Presence, Report
 from fleet_server.db import failures
-from fleet_server.db.fetch import fetch_row
+from fleet_server.db.fetch import fetch_rows
 from fleet_server.db.isolate import write_apart
 from fleet_server.identity.reports import ReportAuthority
 from fleet_server.ingest import queries
@@ -139,35 +139,30 @@ class Ingest(Component):
         await self._link.wait_connected(timeout_s)
 
     async def _take(self, inbound: Inbound[Report]) -> None:
-        message = inbound.message
-        if isinstance(message, Presence) and not await self._current_session(message):
-            self.stats.stale_presences += 1
-            await self.quarantine.hold(
-                "ingest",
-                inbound.delivery,
-                "session",
-                f"offline presence of session {message.session!r}, not the one {message.device_id} is online on",
-            )
-            if inbound.delivery.receipt is not None:
-                inbound.delivery.receipt.ack()
-            return
         # Blocks when the queue is full: back-pressure onto the broker, never a drop.
-        await self._queue.put(Received(datetime.now(tz=UTC), message, inbound.delivery))
+        await self._queue.put(Received(datetime.now(tz=UTC), inbound.message, inbound.delivery))
 
-    async def _current_session(self, presence: Presence) -> bool:
-        """Whether `presence` speaks for the device's current connection. An online presence
-        starts one; an offline one must name it (a device that names no sessions: any)."""
-        device = presence.device_id
-        if presence.online:
-            self._sessions[device] = presence.session
-            return True
-        if presence.session is None:
-            return True
-        if device not in self._sessions:
-            row = await fetch_row(self._pool, queries.PRESENCE_SESSION, (device,))
-            self._sessions[device] = row[0] if row else None
-        current = self._sessions[device]
-        return current is None or current == presence.session
+    async def _stale_presences(self, batch: list[Received]) -> list[Received]:
+        """The offline presences of `batch` that name another session than the one their device
+        came online on (judged in arrival order; the sessions of devices not seen by this
+        process are read from the database). An online presence starts a session; an offline
+        one naming none counts as before (devices that name no sessions)."""
+        presences = [item.message for item in batch if isinstance(item.message, Presence)]
+        unknown = {p.device_id for p in presences if not p.online and p.session} - self._sessions.keys()
+        if unknown:
+            rows = await fetch_rows(self._pool, queries.PRESENCE_SESSIONS, (sorted(unknown),))
+            self._sessions.update(dict.fromkeys(unknown))
+            self._sessions.update(dict(rows))
+        stale = []
+        for item in batch:
+            msg = item.message
+            if not isinstance(msg, Presence):
+                continue
+            if msg.online:
+                self._sessions[msg.device_id] = msg.session
+            elif msg.session is not None and self._sessions.get(msg.device_id) not in (None, msg.session):
+                stale.append(item)
+        return stale
 
     async def _next_batch(self) -> list[Received]:
         batch = [await self._queue.get()]
@@ -198,7 +193,25 @@ class Ingest(Component):
 
         while True:
             batch = await self._next_batch()
-            poisoned = await write_apart(batch, write, on_transient=wait_out)
+            while True:
+                try:
+                    stale = await self._stale_presences(batch)
+                    break
+                except Exception as error:
+                    if not failures.is_transient(error):
+                        # Never a reason to stop the stream: take the presences as they come.
+                        log.error("presence sessions not read", error=failures.describe(error))  # noqa: TRY400
+                        stale = []
+                        break
+                    await wait_out(error)
+            ids = {id(item) for item in stale}
+            poisoned = await write_apart([i for i in batch if id(i) not in ids], write, on_transient=wait_out)
+            for item in stale:
+                self.stats.stale_presences += 1
+                assert isinstance(item.message, Presence)  # noqa: S101 - only presences are stale
+                if item.delivery is not None:
+                    why = f"offline presence of session {item.message.session!r}, not the one its device is online on"
+                    await self.quarantine.hold("ingest", item.delivery, "session", why)
             backoff.reset()
             for item, exc in poisoned:
                 self.stats.poisoned += 1
@@ -208,7 +221,7 @@ class Ingest(Component):
                 receipt = item.delivery.receipt if item.delivery is not None else None
                 if receipt is not None and not receipt.ack():
                     self.stats.acks_void += 1
-            self.stats.written += len(batch) - len(poisoned)
+            self.stats.written += len(batch) - len(poisoned) - len(stale)
             self.stats.batches += 1
             for _ in batch:
                 self._queue.task_done()

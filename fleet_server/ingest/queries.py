@@ -34,8 +34,8 @@ FROM unnest(%s::boolean[], %s::text[], %s::timestamptz[], %s::text[], %s::text[]
     AS p(online, reason, at, session, device_id)
 WHERE d.device_id = p.device_id AND (d.presence_at IS NULL OR d.presence_at <= p.at)
 """
-# The session a device last came online on: (device_id,).
-PRESENCE_SESSION: Final = "SELECT presence_session FROM devices WHERE device_id = %s"
+# The session each of some devices last came online on: (device_ids). Rows: (device_id, session).
+PRESENCE_SESSIONS: Final = "SELECT device_id, presence_session FROM devices WHERE device_id = ANY(%s)"
 COPY_EVENTS: Final = "COPY device_events (device_id, ts, received_at, kind, detail) FROM STDIN"
 COPY_HEALTH: Final = (
     "COPY device_health (device_id, ts, received_at, uptime_s, rssi_dbm, volume,"
