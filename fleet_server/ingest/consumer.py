@@ -197,7 +197,7 @@ class Ingest(Component):
                 try:
                     stale = await self._stale_presences(batch)
                     break
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - an outage is waited out, anything else logged
                     if not failures.is_transient(error):
                         # Never a reason to stop the stream: take the presences as they come.
                         log.error("presence sessions not read", error=failures.describe(error))  # noqa: TRY400
