@@ -15,9 +15,11 @@ For each report the device's current secret is derived (`DeviceCredentials.secre
 
 So a device cannot be downgraded by a forged hello: once it has signed, only a rotation of its
 secret (a new generation, unmarked) makes an unsigned report acceptable again. The trust of
-each device is cached (`CACHE_S`); an unsigned report or a failed signature reads it afresh
-(at most once a second per device) so that a mark set by another server process or a rotation
-is seen at once.
+each device is cached (`CACHE_S`; a signed report from a device read as having no credentials
+reads it afresh at most once a second); an unsigned report reads it afresh at most every
+`UNSIGNED_REFRESH_S` (a mark set by another server process: the bridge may take an unsigned
+forgery for that long after the ingest saw a device's first signature, and not after the bridge
+saw one itself), and a failed signature at most once a second (a rotation is seen at once).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from fleet_server.db.fetch import execute, fetch_row
 from fleet_server.identity import queries
 from fleet_server.identity.store import DeviceCredentials
 
-CACHE_S = 30.0
+CACHE_S = 300.0
+# An unsigned report from a device with credentials reads afresh whether it signs, at most this
+# often: another server process may have seen its first signature.
+UNSIGNED_REFRESH_S = 10.0
 REFRESH_S = 1.0
 
 
@@ -77,11 +82,14 @@ class ReportAuthority:
         device = message.device_id
         trust = await self._lookup(device, max_age_s=CACHE_S)
         if message.sig is None:
-            trust = await self._lookup(device, max_age_s=REFRESH_S)
+            if trust is not None and not trust.signs:
+                trust = await self._lookup(device, max_age_s=UNSIGNED_REFRESH_S)
             if trust is not None and trust.signs:
                 raise SignatureError(f"{type(message).__name__.lower()} from {device}: unsigned, and {device} signs")
             self.stats.unsigned += 1
             return False
+        if trust is None:
+            trust = await self._lookup(device, max_age_s=REFRESH_S)  # provisioned since it was read?
         if trust is None:
             # No credentials: nothing to check the signature with; as good as unsigned.
             self.stats.unsigned += 1
