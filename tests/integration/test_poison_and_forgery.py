@@ -304,3 +304,40 @@ async def test_a_batch_the_database_refuses_is_written_apart_and_only_the_bad_me
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM device_health WHERE device_id LIKE %s", (f"W{unique}%",))
             assert await cur.fetchone() == (9,)
+
+
+async def test_the_report_authority_through_first_signature_and_rotation(machine_database, unique) -> None:
+    """Against the credentials in PostgreSQL: a device without credentials is believed unsigned;
+    once it has signed, unsigned or wrongly signed reports from it are refused (no downgrade);
+    after a rotation its new secret verifies at once and the old one does not."""
+    from firmware_protocols.errors import SignatureError  # noqa: PLC0415
+    from fleet_server.identity.reports import ReportAuthority  # noqa: PLC0415
+    from fleet_server.identity.store import DeviceCredentials  # noqa: PLC0415
+
+    device = f"RA{unique}"
+    now = int(datetime.now(tz=UTC).timestamp() * 1000)
+    ack = Ack(device_id=device, ts=now, payment_id="P1", status=AckStatus.PLAYED, received_at=now)
+    async with open_pool(machine_database, max_size=2) as pool:
+        await migrate(pool)
+        credentials = DeviceCredentials(pool, os.urandom(32))
+        authority = ReportAuthority(pool, credentials)
+        assert await authority.verify(ack) is False  # no credentials: believed, counted unsigned
+        first = await credentials.provision(device, by="test")
+        authority = ReportAuthority(pool, credentials)  # a fresh process
+        assert await authority.verify(ack) is False  # credentials, never signed: still believed
+        signed = sign_report(report_key(first.secret), ack)
+        assert await authority.verify(signed, signed.to_json()) is True
+        with pytest.raises(SignatureError, match="unsigned"):
+            await authority.verify(ack)
+        other_process = ReportAuthority(pool, credentials)  # the mark is in the database
+        with pytest.raises(SignatureError, match="unsigned"):
+            await other_process.verify(ack)
+        with pytest.raises(SignatureError, match="does not verify"):
+            await authority.verify(sign_report(report_key(os.urandom(32)), ack))
+        rotated = await credentials.provision(device, by="test", rotate=True)
+        await asyncio.sleep(1.1)  # past the once-a-second re-read after a failed signature
+        assert await authority.verify(sign_report(report_key(rotated.secret), ack)) is True
+        with pytest.raises(SignatureError):
+            await authority.verify(signed)  # the old secret's signature
+        assert authority.stats.signed == 2
+        assert authority.stats.refused == 3
