@@ -65,9 +65,14 @@ PAYMENT_COUNTS: Final = statement(
     "SELECT count(*) AS payments,"
     " count(*) FILTER (WHERE p.kind <> {unannounced} AND NOT EXISTS"
     "   (SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id)) AS unrouted_payments"
-    " FROM payments p WHERE %(since)s::timestamptz IS NULL OR p.received_at >= %(since)s",
+    " FROM payments p WHERE (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
+    " AND (%(merchant)s::text IS NULL OR p.merchant_id = %(merchant)s)"
+    " AND (%(stores)s::text[] IS NULL OR p.merchant_id IN"
+    "   (SELECT merchant_id FROM merchants WHERE store_id = ANY(%(stores)s)))",
     **_NAMES,
 )
+# Both counts take a scope: one merchant's payments (%(merchant)s), or those of the merchants of
+# some stores (%(stores)s); NULL: no limit. A payment is its merchant's as recorded when it came.
 # Deliveries of payments received since a moment (NULL: all) by outcome, with latency and ack
 # round-trip percentiles of the played ones: one row.
 DELIVERY_COUNTS: Final = statement(
@@ -87,7 +92,10 @@ DELIVERY_COUNTS: Final = statement(
     "   CASE WHEN d.status = {played} THEN"
     "     extract(epoch FROM d.acked_at - p.received_at) * 1000 END AS rtt"
     "   FROM deliveries d JOIN payments p USING (payment_id)"
-    "   WHERE %(since)s::timestamptz IS NULL OR p.received_at >= %(since)s) d",
+    "   WHERE (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
+    "   AND (%(merchant)s::text IS NULL OR p.merchant_id = %(merchant)s)"
+    "   AND (%(stores)s::text[] IS NULL OR p.merchant_id IN"
+    "     (SELECT merchant_id FROM merchants WHERE store_id = ANY(%(stores)s)))) d",
     **_NAMES,
 )
 # One payment. Rows: PaymentView without deliveries.

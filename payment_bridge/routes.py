@@ -147,9 +147,13 @@ async def get_payment(
     return payment
 
 
-@router.get("/deliveries/summary", summary="Announcement delivery rate and latency")
-async def delivery_summary(_: PaymentReader, store: StoreDep) -> DeliverySummary:
-    return await store.summary()
+@router.get(
+    "/deliveries/summary",
+    summary="Announcement delivery rate and latency: a merchant's own, a field agent's stores', or the fleet's",
+)
+async def delivery_summary(principal: PaymentReader, store: StoreDep) -> DeliverySummary:
+    stores, merchant_id = principal.reach()
+    return await store.summary(merchant_id=merchant_id, stores=stores)
 
 
 class BindRequest(BaseModel):

@@ -8,7 +8,7 @@ of the same notification finds the payment already there and announces nothing t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -251,10 +251,15 @@ class PaymentStore:
             await _flag_not_announced(conn, sorted({row[0] for row in rows}), reason=queries.MISSED)
             return len(rows)
 
-    async def summary(self, *, since: datetime | None = None) -> DeliverySummary:
+    async def summary(
+        self, *, since: datetime | None = None, merchant_id: str | None = None, stores: Iterable[str] | None = None
+    ) -> DeliverySummary:
+        """The delivery figures of the payments received since `since`: of one merchant, of the
+        merchants of `stores`, or (neither) of the whole fleet."""
+        params = {"since": since, "merchant": merchant_id, "stores": sorted(stores) if stores is not None else None}
         async with self._pool.connection() as conn:
-            [payments] = await fetch_dicts(conn, queries.PAYMENT_COUNTS, {"since": since})
-            [row] = await fetch_dicts(conn, queries.DELIVERY_COUNTS, {"since": since})
+            [payments] = await fetch_dicts(conn, queries.PAYMENT_COUNTS, params)
+            [row] = await fetch_dicts(conn, queries.DELIVERY_COUNTS, params)
 
         def percentiles(values: list[float] | None, top: float | None) -> Percentiles:
             if not values:
