@@ -8,10 +8,12 @@ every device's `up/` (directly or as a `$share` group); they cannot publish as a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from firmware_protocols import topics
+from firmware_protocols.errors import MessageError
 
 _PREFIX = f"{topics.ROOT}/{topics.VERSION}/"
 
@@ -80,3 +82,19 @@ def may_receive(account: Account, topic: str) -> bool:
         return True
     split = _split(topic)
     return split is not None and split[0] == account.username and split[1] == topics.Direction.DOWN
+
+
+def device_identity_refusal(name: str, *, server_accounts: Iterable[str], client_prefix: str) -> str | None:
+    """Why `name` may not be a device's identity (a certificate's common name), or None. A device
+    identity must be a device id, and never one the servers use: a server account, or a client
+    id of a server process (`<prefix>-ingest`, `<prefix>-bridge`, ...), which a device holding
+    it could take over on the broker."""
+    try:
+        topics.check_device_id(name)
+    except MessageError as exc:
+        return str(exc)
+    if name in set(server_accounts):
+        return f"{name!r} is a server account"
+    if name == client_prefix or name.startswith(f"{client_prefix}-"):
+        return f"{name!r} is (or could be) a server process's client id (prefix {client_prefix!r})"
+    return None

@@ -18,6 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from fleet_server.identity.access import device_identity_refusal
 from fleet_server.identity.certs import CertificateAuthority, write_private
 from fleet_server.identity.mosquitto import MosquittoTls, write_config
 
@@ -29,7 +30,11 @@ def add_parser(sub: Any) -> None:
     ca = action.add_parser("dev-ca", help="a CA and a server certificate, for development and tests only")
     ca.add_argument("--out", type=Path, required=True, help="folder for ca.pem, ca.key, server.pem, server.key")
     ca.add_argument("--host", action="append", default=[], help="a name or address the server is reached at")
-    device = action.add_parser("device", help="a device's client certificate signed by the CA in --ca")
+    device = action.add_parser(
+        "device",
+        help="a device's client certificate signed by the CA in --ca (the device must be provisioned;"
+        " its serial is recorded, so revoking the device revokes it)",
+    )
     device.add_argument("device_id")
     device.add_argument("--ca", type=Path, required=True, help="folder with ca.pem and ca.key")
     device.add_argument("--out", type=Path, required=True, help="folder for <device>.pem and <device>.key")
@@ -55,30 +60,42 @@ async def run_tls(args: argparse.Namespace) -> int:
         ca.issue_server(hosts[0], hosts).write(args.out / "server.pem", args.out / "server.key")
         print(f"CA and server certificate for {', '.join(hosts)} in {args.out} (development only)")
         return 0
+    from haodian.server import SERVER_ACCOUNT  # noqa: PLC0415
+    from haodian.settings import Settings  # noqa: PLC0415
+
+    settings = Settings()
+    refusal = device_identity_refusal(
+        args.device_id, server_accounts={SERVER_ACCOUNT}, client_prefix=settings.mqtt_client_prefix
+    )
+    if refusal is not None:
+        raise SystemExit(f"haodian tls device: refused: {refusal}")
+    if not settings.database_url:
+        raise SystemExit(
+            "haodian tls device: set HAODIAN_DATABASE_URL: every certificate is recorded with its device,"
+            " so that revoking the device revokes it"
+        )
     ca = _load_ca(args.ca)
     issued = ca.issue_device(args.device_id)
+    if not await _record_serial(settings.database_url, args.device_id, issued.serial):
+        raise SystemExit(
+            f"haodian tls device: {args.device_id} is not provisioned (haodian fleet provision {args.device_id});"
+            " no certificate issued"
+        )
     issued.write(args.out / f"{args.device_id}.pem", args.out / f"{args.device_id}.key")
-    print(f"{args.device_id}: certificate serial {issued.serial} in {args.out}")
-    await _record_serial(args.device_id, issued.serial)
+    print(f"{args.device_id}: certificate serial {issued.serial} in {args.out} (recorded)")
     return 0
 
 
-async def _record_serial(device_id: str, serial: int) -> None:
+async def _record_serial(database_url: str, device_id: str, serial: int) -> bool:
     """Keep the serial with the device's credentials, so revoking the device puts this
-    certificate on the CRL that `broker-config` writes."""
+    certificate on the CRL that `broker-config` writes; False if the device is not provisioned."""
     from fleet_server.db.migrate import migrate  # noqa: PLC0415
     from fleet_server.db.pool import open_pool  # noqa: PLC0415
     from fleet_server.identity.store import record_certificate  # noqa: PLC0415
-    from haodian.settings import Settings  # noqa: PLC0415
 
-    database_url = Settings().database_url
-    if not database_url:
-        print("note: HAODIAN_DATABASE_URL is unset, so the serial is not recorded; revocation will not list it")
-        return
     async with open_pool(database_url, max_size=1) as pool:
         await migrate(pool)
-        if not await record_certificate(pool, device_id, serial):
-            print(f"note: {device_id} is not provisioned (haodian fleet provision); the serial is not recorded")
+        return await record_certificate(pool, device_id, serial)
 
 
 def _load_ca(folder: Path) -> CertificateAuthority:
