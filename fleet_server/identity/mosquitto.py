@@ -10,6 +10,10 @@ plugins (`access`):
     pattern read  hd/v1/%u/down/#      and hears only its own down/
     user <server>  topic write hd/v1/+/down/#  /  topic read hd/v1/+/up/#
 
+Identity: on the device listener the client id is the certificate's common name
+(`use_username_as_clientid`), so no device can connect under another's client id and close its
+connection ("already connected, closing old connection"), nor under a server process's.
+
 Revocation: write the CRL again (`haodian broker-config` does, from the revoked devices) and
 send the broker SIGHUP, or restart it; the device is refused at its next connect.
 """
@@ -78,6 +82,10 @@ def write_config(
         f"keyfile {tls.key_file}",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id is the certificate's common name, whatever the client asked for: a
+        # device cannot take another device's session, nor a server process's (whose client ids
+        # `haodian tls device` never issues as a common name).
+        "use_username_as_clientid true",
         f"acl_file {acl}",
     ]
     if tls.crl_file is not None:

@@ -157,9 +157,11 @@ async def test_a_device_reaches_only_its_own_topics_on_the_embedded_broker(machi
     assert got_target == []
 
 
-async def test_the_generated_mosquitto_configuration_enforces_the_same_rules(tmp_path, test_ca, unique):
-    ca, folder = test_ca
-    me, victim = f"MQ{unique}", f"MV{unique}"
+async def generated_mosquitto(
+    tmp_path: Path, ca: CertificateAuthority, folder: Path
+) -> tuple[mosquitto.PrivateMosquitto, Path, int, int]:
+    """A private Mosquitto started on the configuration `haodian broker-config` writes, with an
+    empty CRL: (broker, crl file, device port, server port); skips if Mosquitto is not here."""
     crl = tmp_path / "crl.pem"
     crl.write_bytes(ca.crl([]))
     device_port, server_port = mosquitto.free_port(), mosquitto.free_port()
@@ -176,6 +178,13 @@ async def test_the_generated_mosquitto_configuration_enforces_the_same_rules(tmp
     except mosquitto.MosquittoError as exc:
         pytest.skip(str(exc))
     await asyncio.to_thread(broker.start)
+    return broker, crl, device_port, server_port
+
+
+async def test_the_generated_mosquitto_configuration_enforces_the_same_rules(tmp_path, test_ca, unique):
+    ca, folder = test_ca
+    me, victim = f"MQ{unique}", f"MV{unique}"
+    broker, crl, device_port, server_port = await generated_mosquitto(tmp_path, ca, folder)
     cert = ca.issue_device(me)
     cert.write(tmp_path / "me.pem", tmp_path / "me.key")
 
@@ -217,6 +226,59 @@ async def test_the_generated_mosquitto_configuration_enforces_the_same_rules(tmp
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(broker.start)
         assert not await connects(device_port, None, None, me, tls_context=tls(True))
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_on_the_generated_mosquitto_configuration_no_device_can_take_another_clients_identity(
+    tmp_path, test_ca, unique
+):
+    """A device with its own certificate connecting under the client id of device B, of the
+    bridge or of the ingest closes none of them: its client id is its certificate's name."""
+    ca, folder = test_ca
+    me, victim = f"MT{unique}", f"MW{unique}"
+    broker, _, device_port, server_port = await generated_mosquitto(tmp_path, ca, folder)
+    for name in (me, victim):
+        ca.issue_device(name).write(tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+
+    def tls(name: str | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+        if name is not None:
+            context.load_cert_chain(tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+        return context
+
+    def server(client_id: str) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1",
+            server_port,
+            username=SERVER_ACCOUNT,
+            password=SERVER_PASSWORD,
+            identifier=client_id,
+            tls_context=tls(None),
+        )
+
+    try:
+        async with (
+            aiomqtt.Client("127.0.0.1", device_port, identifier=victim, tls_context=tls(victim)) as device_b,
+            server("haodian-bridge") as bridge,
+            server("haodian-ingest") as ingest,
+        ):
+            for client in (device_b, bridge, ingest):
+                await client.subscribe(
+                    f"hd/v1/{me}/up/#" if client is not device_b else f"hd/v1/{victim}/down/#", qos=1
+                )
+            for borrowed in (victim, "haodian-bridge", "haodian-ingest"):
+                for _ in range(3):  # repeated, as the tester did
+                    async with aiomqtt.Client(
+                        "127.0.0.1", device_port, identifier=borrowed, tls_context=tls(me)
+                    ) as impostor:
+                        await impostor.publish(f"hd/v1/{me}/up/health", b"{}", qos=1)
+            # Everyone is still connected on their first connection: each still hears its own.
+            await bridge.publish(f"hd/v1/{victim}/down/announce", b"{}", qos=1)
+            assert await received(device_b, 1.0) == [f"hd/v1/{victim}/down/announce"]
+            for held in (bridge, ingest):
+                got = await received(held, 0.5)
+                assert got == [f"hd/v1/{me}/up/health"] * 9, got
     finally:
         await asyncio.to_thread(broker.stop)
 
