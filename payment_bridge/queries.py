@@ -10,6 +10,7 @@ from typing import Final
 
 from firmware_protocols.messages import HEARD, AckStatus
 from fleet_server.db.fetch import statement
+from fleet_server.db.hierarchy import PAYMENT_WITHIN_REACH
 
 # A delivery's status before its device answers, and after its TTL passed unanswered; the
 # device's answers are AckStatus values.
@@ -62,21 +63,18 @@ MARK_MISSED: Final = statement(
 # Payments received since a moment (NULL: all), and those announced to nobody: one row
 # (payments, unrouted_payments).
 PAYMENT_COUNTS: Final = statement(
-    "SELECT count(*) AS payments,"
+    "SELECT count(*) AS payments,"  # noqa: S608 - constant fragments; values are parameters.
     " count(*) FILTER (WHERE p.kind <> {unannounced} AND NOT EXISTS"
     "   (SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id)) AS unrouted_payments"
     " FROM payments p WHERE (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
-    " AND (%(merchant)s::text IS NULL OR p.merchant_id = %(merchant)s)"
-    " AND (%(stores)s::text[] IS NULL OR p.merchant_id IN"
-    "   (SELECT merchant_id FROM merchants WHERE store_id = ANY(%(stores)s)))",
+    f" AND {PAYMENT_WITHIN_REACH}",
     **_NAMES,
 )
-# Both counts take a scope: one merchant's payments (%(merchant)s), or those of the merchants of
-# some stores (%(stores)s); NULL: no limit. A payment is its merchant's as recorded when it came.
+# Both counts take a reach (PAYMENT_WITHIN_REACH): a payment is its merchant's as recorded.
 # Deliveries of payments received since a moment (NULL: all) by outcome, with latency and ack
 # round-trip percentiles of the played ones: one row.
 DELIVERY_COUNTS: Final = statement(
-    "SELECT count(*) AS deliveries,"
+    "SELECT count(*) AS deliveries,"  # noqa: S608 - constant fragments; values are parameters.
     " count(*) FILTER (WHERE d.status = ANY({heard})) AS delivered,"
     " count(*) FILTER (WHERE d.status = {pending}) AS pending,"
     " count(*) FILTER (WHERE d.status = {missed}) AS missed,"
@@ -93,9 +91,7 @@ DELIVERY_COUNTS: Final = statement(
     "     extract(epoch FROM d.acked_at - p.received_at) * 1000 END AS rtt"
     "   FROM deliveries d JOIN payments p USING (payment_id)"
     "   WHERE (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
-    "   AND (%(merchant)s::text IS NULL OR p.merchant_id = %(merchant)s)"
-    "   AND (%(stores)s::text[] IS NULL OR p.merchant_id IN"
-    "     (SELECT merchant_id FROM merchants WHERE store_id = ANY(%(stores)s)))) d",
+    f"   AND {PAYMENT_WITHIN_REACH}) d",
     **_NAMES,
 )
 # One payment. Rows: PaymentView without deliveries.

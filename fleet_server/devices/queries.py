@@ -10,7 +10,7 @@ from typing import Final
 
 from firmware_protocols.messages import HEARD
 from fleet_server.db.fetch import statement
-from fleet_server.db.hierarchy import DEVICE_HIERARCHY, STORE_OF_DEVICE
+from fleet_server.db.hierarchy import DEVICE_HIERARCHY, PAYMENT_WITHIN_REACH, STORE_OF_DEVICE, TASK_WITHIN_REACH
 
 # The columns of a device as lists show it (DeviceView), over DEVICE_HIERARCHY.
 _DEVICE_COLUMNS: Final = (
@@ -55,7 +55,7 @@ DEVICE_KNOWN: Final = "SELECT 1 FROM devices WHERE device_id = %s"
 # Rows: TimelineEntry (at, kind, summary, detail). Events are found by their device time a day
 # either side, then kept by arrival, so a device with a wrong clock still shows its events.
 TIMELINE: Final = (
-    "SELECT at, 'state' AS kind, state || ' (' || cause || ')' AS summary,"
+    "SELECT at, 'state' AS kind, state || ' (' || cause || ')' AS summary,"  # noqa: S608 - constant fragments; values are parameters.
     "  jsonb_build_object('state', state, 'previous', previous, 'cause', cause) || detail AS detail"
     " FROM device_states WHERE device_id = %(d)s AND at >= %(start)s AND at < %(end)s"
     " UNION ALL SELECT received_at, 'event', kind, detail FROM device_events"
@@ -66,20 +66,23 @@ TIMELINE: Final = (
     "   'latency_ms', extract(epoch FROM dl.play_started_at - p.received_at) * 1000)"
     "  FROM deliveries dl JOIN payments p USING (payment_id)"
     "  WHERE dl.device_id = %(d)s AND p.received_at >= %(start)s AND p.received_at < %(end)s"
-    " UNION ALL SELECT opened_at, 'task', kind || ' ' || status,"
-    "  jsonb_build_object('task_id', task_id, 'kind', kind, 'status', status, 'evidence', evidence)"
-    "  FROM tasks WHERE device_id = %(d)s AND opened_at < %(end)s"
-    "  AND COALESCE(closed_at, 'infinity') >= %(start)s"
+    f"  AND {PAYMENT_WITHIN_REACH}"
+    " UNION ALL SELECT t.opened_at, 'task', t.kind || ' ' || t.status,"
+    "  jsonb_build_object('task_id', t.task_id, 'kind', t.kind, 'status', t.status, 'evidence', t.evidence)"
+    "  FROM tasks t WHERE t.device_id = %(d)s AND t.opened_at < %(end)s"
+    "  AND COALESCE(t.closed_at, 'infinity') >= %(start)s"
+    f"  AND {TASK_WITHIN_REACH}"
     " ORDER BY 1 DESC LIMIT %(limit)s"
 )
 
 # The most recent announcements of a device, newest first, with whether the merchant heard
 # them. Rows: Announcement.
 ANNOUNCEMENTS: Final = statement(
-    "SELECT p.payment_id, p.amount_fen, p.channel, p.kind, p.received_at, dl.status,"
+    "SELECT p.payment_id, p.amount_fen, p.channel, p.kind, p.received_at, dl.status,"  # noqa: S608 - constant fragments; values are parameters.
     " dl.status = ANY({heard}) AS heard, dl.text, dl.reason,"
     " extract(epoch FROM dl.play_started_at - p.received_at) * 1000 AS latency_ms"
     " FROM deliveries dl JOIN payments p USING (payment_id) WHERE dl.device_id = %(d)s"
+    f" AND {PAYMENT_WITHIN_REACH}"
     " ORDER BY p.received_at DESC LIMIT %(limit)s",
     heard=HEARD,
 )

@@ -12,6 +12,15 @@ from fleet_server.db.fetch import fetch_dicts, fetch_model, fetch_models, fetch_
 from fleet_server.devices import queries
 from fleet_server.devices.states import STATE_NAMES_ZH, DeviceState
 
+# What a principal reaches (`Principal.reach()`): (stores, merchant id), None: no limit.
+Reach = tuple[frozenset[str] | None, str | None]
+WHOLE_FLEET: Reach = (None, None)
+
+
+def _reach_params(reach: Reach) -> dict[str, Any]:
+    stores, merchant = reach
+    return {"stores": sorted(stores) if stores is not None else None, "merchant": merchant}
+
 
 class HealthView(BaseModel):
     ts: datetime
@@ -137,15 +146,20 @@ class DeviceRegistry:
         row = await fetch_row(self._pool, queries.DEVICE_PLACE, (device_id,))
         return None if row is None else (row[0], row[1])
 
-    async def timeline(self, device_id: str, start: datetime, end: datetime, *, limit: int = 500) -> Timeline:
-        """States, device events, announcements and tasks of one device in [start, end), newest first."""
-        window = {"d": device_id, "start": start, "end": end, "limit": limit}
+    async def timeline(
+        self, device_id: str, start: datetime, end: datetime, *, limit: int = 500, reach: Reach = WHOLE_FLEET
+    ) -> Timeline:
+        """States, device events, announcements and tasks of one device in [start, end), newest
+        first; its payments and tasks only as far as `reach` (`Principal.reach()`) owned them."""
+        window = {"d": device_id, "start": start, "end": end, "limit": limit, **_reach_params(reach)}
         entries = await fetch_models(self._pool, TimelineEntry, queries.TIMELINE, window)
         return Timeline(device_id=device_id, start=start, end=end, entries=entries)
 
-    async def announcements(self, device_id: str, *, limit: int = 50) -> list[Announcement]:
-        """The device's most recent announcements, newest first, heard or not."""
-        return await fetch_models(self._pool, Announcement, queries.ANNOUNCEMENTS, {"d": device_id, "limit": limit})
+    async def announcements(self, device_id: str, *, limit: int = 50, reach: Reach = WHOLE_FLEET) -> list[Announcement]:
+        """The device's most recent announcements, newest first, heard or not: of the payments
+        `reach` owned when they were made."""
+        params = {"d": device_id, "limit": limit, **_reach_params(reach)}
+        return await fetch_models(self._pool, Announcement, queries.ANNOUNCEMENTS, params)
 
     async def summary(self) -> FleetSummary:
         summary = await fetch_model(self._pool, FleetSummary, queries.COUNTS)

@@ -77,7 +77,7 @@ async def device_timeline(
     await reach.device(principal, device_id)
     if not await registry.known(device_id):
         raise _not_found(device_id)
-    return await registry.timeline(device_id, *window(start, end), limit=limit)
+    return await registry.timeline(device_id, *window(start, end), limit=limit, reach=principal.reach())
 
 
 @router.get("/devices/{device_id}/announcements", summary="Recent announcements of a device: played or missed")
@@ -89,7 +89,7 @@ async def announcements(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[Announcement]:
     await reach.device(principal, device_id)
-    return await registry.announcements(device_id, limit=limit)
+    return await registry.announcements(device_id, limit=limit, reach=principal.reach())
 
 
 @registry_router.post("/import", summary="Import the registry from CSV (one row per device)")

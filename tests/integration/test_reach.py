@@ -42,3 +42,34 @@ async def test_a_merchant_reads_only_its_own_delivery_figures(server, backend_ke
             own = (await http.get("/api/v1/deliveries/summary")).json()
         assert own["payments"] == expected, merchant
         assert own["deliveries"] == expected, merchant
+
+
+async def test_after_a_device_moves_its_new_merchant_sees_only_its_own_period(server, backend_key, unique) -> None:
+    device, before, after = f"MV{unique}", f"MB{unique}", f"MA{unique}"
+    async with await api_client(server) as ops:
+
+        async def pay(merchant: str, count: int) -> None:
+            backend = PaymentBackend(backend_key, server.base_url, [merchant])
+            for _ in range(count):
+                body, headers = backend.notification()
+                answer = await ops.post("/api/v1/notifications/backend", content=body, headers=headers)
+                assert answer.is_success, answer.text
+
+        assert (await ops.post("/api/v1/bindings", json={"device_id": device, "merchant_id": before})).is_success
+        await pay(before, 2)
+        assert (await ops.delete(f"/api/v1/bindings/{device}")).status_code == 204
+        assert (await ops.post("/api/v1/bindings", json={"device_id": device, "merchant_id": after})).is_success
+        await pay(after, 1)
+        # A device row, as the ingest would have made it at the device's first hello.
+        async with server.pool.connection() as conn:
+            await conn.execute("INSERT INTO devices (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (device,))
+        everything = (await ops.get(f"/api/v1/devices/{device}/announcements")).json()
+        assert len(everything) == 3  # ops see the device's whole history
+    async with await api_client(server, Role.MERCHANT, merchant_id=after) as merchant:
+        mine = (await merchant.get(f"/api/v1/devices/{device}/announcements")).json()
+        timeline = (await merchant.get(f"/api/v1/devices/{device}/timeline")).json()
+    assert len(mine) == 1
+    shown = [e for e in timeline["entries"] if e["kind"] == "announcement"]
+    assert [e["detail"]["payment_id"] for e in shown] == [mine[0]["payment_id"]]
+    async with await api_client(server, Role.MERCHANT, merchant_id=before) as old_owner:
+        assert (await old_owner.get(f"/api/v1/devices/{device}/announcements")).status_code in (403, 404)

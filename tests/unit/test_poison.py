@@ -191,3 +191,22 @@ def test_a_registry_row_with_text_postgresql_cannot_hold_is_refused_by_name() ->
         row, errors = check_row(*rows[0])
         assert row is None
         assert errors[0].startswith("merchant_name:")
+
+
+def test_a_window_near_the_ends_of_the_calendar_is_a_clear_refusal() -> None:
+    """The OpenAPI fuzzer once sent `end=0001-01-01`: the default start overflowed into a 500."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from fleet_server.errors import ApiError  # noqa: PLC0415
+    from fleet_server.http.params import window  # noqa: PLC0415
+
+    for start, end in (
+        (None, datetime(1, 1, 1, tzinfo=UTC)),
+        (datetime(9999, 12, 31, tzinfo=UTC), None),
+        (datetime(1999, 12, 31, tzinfo=UTC), datetime(2000, 1, 2, tzinfo=UTC)),
+    ):
+        with pytest.raises(ApiError) as refused:
+            window(start, end)
+        assert refused.value.status == 422
+    start, end = window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
+    assert end > start
