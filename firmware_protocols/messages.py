@@ -453,6 +453,12 @@ DOWN_MODELS: dict[Down, type[Message]] = {
 
 def parse_payload(model: type[M], payload: bytes | bytearray, *, topic: str = "") -> M:
     """Decode and validate one payload, or raise `MessageError` saying what is wrong and where."""
+    return validate_fields(model, decode_payload(model, payload, topic=topic), topic=topic)
+
+
+def decode_payload(model: type[Message], payload: bytes | bytearray, *, topic: str = "") -> dict[str, Any]:
+    """The JSON object of a payload for `model` (named in errors), not yet validated: what a
+    report's signature covers (`reports`); `MessageError` if it is not one."""
     where = f" on {topic}" if topic else ""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"{model.__name__}{where}: payload of {len(payload)} bytes is too large")
@@ -466,9 +472,15 @@ def parse_payload(model: type[M], payload: bytes | bytearray, *, topic: str = ""
         raise MessageError(f"{model.__name__}{where}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise MessageError(f"{model.__name__}{where}: payload must be a JSON object")
+    return data
+
+
+def validate_fields(model: type[M], data: Mapping[str, Any], *, topic: str = "") -> M:
+    """A decoded payload validated as `model`, or `MessageError` naming each bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        where = f" on {topic}" if topic else ""
         raise MessageError(f"{model.__name__}{where}: {describe_errors(exc.errors())}") from exc
 
 

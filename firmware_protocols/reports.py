@@ -63,7 +63,7 @@ def report_mac(key: bytes, fields: Mapping[str, Any]) -> str:
 
 def signed_payload(key: bytes, message: Report) -> bytes:
     """`message` as a device sends it, signed: its JSON with `sig` added."""
-    fields = json.loads(message.to_json())
+    fields = message.model_dump(mode="json")
     fields.pop("sig", None)
     fields["sig"] = report_mac(key, fields)
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
@@ -71,19 +71,17 @@ def signed_payload(key: bytes, message: Report) -> bytes:
 
 def sign_report(key: bytes, message: R) -> R:
     """`message` with its `sig` over everything else it says."""
-    return message.model_copy(update={"sig": report_mac(key, json.loads(message.to_json()))})
+    return message.model_copy(update={"sig": report_mac(key, message.model_dump(mode="json"))})
 
 
-def verify_report(key: bytes, message: Report, payload: bytes | None = None) -> None:
+def verify_report(key: bytes, message: Report, sent: Mapping[str, Any] | None = None) -> None:
     """Return if the report carries a signature by `key` over what it says; else raise
-    `SignatureError` saying what is wrong. `payload`: the bytes it came as, whose fields the
+    `SignatureError` saying what is wrong. `sent`: its JSON object as it came, which the
     signature covers (a device may leave out fields that have defaults); without it, the
     message's own fields."""
     context = f"{type(message).__name__.lower()} from {message.device_id}"
     if not message.sig:
         raise SignatureError(f"{context}: unsigned")
-    fields = json.loads(payload) if payload is not None else json.loads(message.to_json())
-    if not isinstance(fields, dict):
-        raise SignatureError(f"{context}: not a JSON object")
+    fields = sent if sent is not None else message.model_dump(mode="json")
     if not hmac.compare_digest(message.sig.encode(), report_mac(key, fields).encode()):
         raise SignatureError(f"{context}: signature does not verify")

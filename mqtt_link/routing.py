@@ -11,7 +11,7 @@ acks, command results, OTA reports) takes its messages through the same steps, h
    or another device's subtree for a device's router) is ignored: some brokers hand a resumed
    session its own retained uplink;
 2. its kind is routed here;
-3. the payload decodes and validates with the protocol's one parser (`parse_payload`); a retained
+3. the payload decodes and validates with the protocol's one parser (`decode_payload`, `validate_fields`); a retained
    route takes an empty payload as a cleared retained message and ignores it;
 4. an uplink message names the device of its topic (a device cannot speak for another);
 5. with a `verify` hook (the servers' `ReportAuthority`), the message is signed by its device,
@@ -27,7 +27,7 @@ done what the message asks).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -36,7 +36,7 @@ import structlog
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.errors import MessageError, ProtocolError
-from firmware_protocols.messages import Message, Report, parse_payload
+from firmware_protocols.messages import Message, Report, decode_payload, validate_fields
 from mqtt_link.link import Delivery, Link
 
 log = structlog.get_logger(__name__)
@@ -79,8 +79,8 @@ Handler = Callable[[Inbound[Any]], Awaitable[None]]
 RejectHook = Callable[[Rejected], Awaitable[None]]
 # Says whether a report is signed by its device (True), or from a device that does not sign
 # (False); raises SignatureError for one that must not be believed.
-# Gets the report and the bytes it came as (which the signature covers).
-VerifyHook = Callable[[Report, bytes], Awaitable[bool]]
+# Gets the report and its fields as they came (which the signature covers).
+VerifyHook = Callable[[Report, Mapping[str, Any]], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,8 @@ class Router:
             self._ignore(delivery, "a cleared retained message")
             return
         try:
-            message = parse_payload(route.model, delivery.payload, topic=delivery.topic)
+            fields = decode_payload(route.model, delivery.payload, topic=delivery.topic)
+            message = validate_fields(route.model, fields, topic=delivery.topic)
             if topic.direction is topics.Direction.UP and message.device_id != topic.device_id:
                 raise MessageError(
                     f"{route.model.__name__} on {delivery.topic}: payload device_id {message.device_id!r}"
@@ -166,7 +167,7 @@ class Router:
         signed = False
         if self._verify is not None and isinstance(message, Report):
             try:
-                signed = await self._verify(message, bytes(delivery.payload))
+                signed = await self._verify(message, fields)
             except ProtocolError as exc:
                 await self._reject(delivery, exc, "signature", topic)
                 return

@@ -152,8 +152,7 @@ async def get_payment(
     summary="Announcement delivery rate and latency: a merchant's own, a field agent's stores', or the fleet's",
 )
 async def delivery_summary(principal: PaymentReader, store: StoreDep) -> DeliverySummary:
-    stores, merchant_id = principal.reach()
-    return await store.summary(merchant_id=merchant_id, stores=stores)
+    return await store.summary(reach=principal.reach())
 
 
 class BindRequest(BaseModel):

@@ -8,7 +8,7 @@ of the same notification finds the payment already there and announces nothing t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from firmware_protocols.messages import HEARD, Ack
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_rows
+from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from payment_bridge import queries
 from payment_bridge.notifications import PaymentNotice
 
@@ -251,12 +252,10 @@ class PaymentStore:
             await _flag_not_announced(conn, sorted({row[0] for row in rows}), reason=queries.MISSED)
             return len(rows)
 
-    async def summary(
-        self, *, since: datetime | None = None, merchant_id: str | None = None, stores: Iterable[str] | None = None
-    ) -> DeliverySummary:
-        """The delivery figures of the payments received since `since`: of one merchant, of the
-        merchants of `stores`, or (neither) of the whole fleet."""
-        params = {"since": since, "merchant": merchant_id, "stores": sorted(stores) if stores is not None else None}
+    async def summary(self, *, since: datetime | None = None, reach: Reach = WHOLE_FLEET) -> DeliverySummary:
+        """The delivery figures of the payments received since `since` within `reach`
+        (`Principal.reach()`: one merchant's, the merchants of some stores, or the fleet's)."""
+        params = {"since": since, **reach_params(reach)}
         async with self._pool.connection() as conn:
             [payments] = await fetch_dicts(conn, queries.PAYMENT_COUNTS, params)
             [row] = await fetch_dicts(conn, queries.DELIVERY_COUNTS, params)

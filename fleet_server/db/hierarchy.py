@@ -13,7 +13,8 @@ field agent see the device's payments and tasks from A's period only.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final
 
 # The store of a device, over the aliases of DEVICE_HIERARCHY.
 STORE_OF_DEVICE: Final = "COALESCE(m.store_id, d.store_id)"
@@ -36,3 +37,13 @@ PAYMENT_WITHIN_REACH: Final = (
 )
 # A task `t` within the same reach: its store's as opened; merchants see no tasks.
 TASK_WITHIN_REACH: Final = "%(merchant)s::text IS NULL AND (%(stores)s::text[] IS NULL OR t.store_id = ANY(%(stores)s))"
+
+# What a principal reaches (`Principal.reach()`): (stores, merchant id), None: no limit.
+Reach = tuple[Iterable[str] | None, str | None]
+WHOLE_FLEET: Final[Reach] = (None, None)
+
+
+def reach_params(reach: Reach) -> dict[str, Any]:
+    """The %(stores)s and %(merchant)s of the WITHIN_REACH fragments."""
+    stores, merchant = reach
+    return {"stores": sorted(stores) if stores is not None else None, "merchant": merchant}

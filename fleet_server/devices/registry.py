@@ -9,17 +9,9 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from fleet_server.db.fetch import fetch_dicts, fetch_model, fetch_models, fetch_row
+from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from fleet_server.devices import queries
 from fleet_server.devices.states import STATE_NAMES_ZH, DeviceState
-
-# What a principal reaches (`Principal.reach()`): (stores, merchant id), None: no limit.
-Reach = tuple[frozenset[str] | None, str | None]
-WHOLE_FLEET: Reach = (None, None)
-
-
-def _reach_params(reach: Reach) -> dict[str, Any]:
-    stores, merchant = reach
-    return {"stores": sorted(stores) if stores is not None else None, "merchant": merchant}
 
 
 class HealthView(BaseModel):
@@ -151,14 +143,14 @@ class DeviceRegistry:
     ) -> Timeline:
         """States, device events, announcements and tasks of one device in [start, end), newest
         first; its payments and tasks only as far as `reach` (`Principal.reach()`) owned them."""
-        window = {"d": device_id, "start": start, "end": end, "limit": limit, **_reach_params(reach)}
+        window = {"d": device_id, "start": start, "end": end, "limit": limit, **reach_params(reach)}
         entries = await fetch_models(self._pool, TimelineEntry, queries.TIMELINE, window)
         return Timeline(device_id=device_id, start=start, end=end, entries=entries)
 
     async def announcements(self, device_id: str, *, limit: int = 50, reach: Reach = WHOLE_FLEET) -> list[Announcement]:
         """The device's most recent announcements, newest first, heard or not: of the payments
         `reach` owned when they were made."""
-        params = {"d": device_id, "limit": limit, **_reach_params(reach)}
+        params = {"d": device_id, "limit": limit, **reach_params(reach)}
         return await fetch_models(self._pool, Announcement, queries.ANNOUNCEMENTS, params)
 
     async def summary(self) -> FleetSummary:

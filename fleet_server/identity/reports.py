@@ -25,8 +25,9 @@ saw one itself), and a failed signature at most once a second (a rotation is see
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -65,20 +66,19 @@ class ReportAuthority:
         self._pool = pool
         self._credentials = credentials
         self._clock = clock
-        self._trust: dict[str, _Trust | None] = {}
-        self._read_at: dict[str, float] = {}
+        self._trust: dict[str, tuple[float, _Trust | None]] = {}  # device -> (read at, trust)
         self.stats = ReportStats()
 
-    async def verify(self, message: Report, payload: bytes | None = None) -> bool:
+    async def verify(self, message: Report, sent: Mapping[str, Any] | None = None) -> bool:
         """True: signed by its device. False: unsigned, from a device that does not sign.
-        `SignatureError`: not to be believed. `payload`: the bytes it came as."""
+        `SignatureError`: not to be believed. `sent`: its JSON object as it came."""
         try:
-            return await self._verify(message, payload)
+            return await self._verify(message, sent)
         except SignatureError:
             self.stats.refused += 1
             raise
 
-    async def _verify(self, message: Report, payload: bytes | None) -> bool:
+    async def _verify(self, message: Report, sent: Mapping[str, Any] | None) -> bool:
         device = message.device_id
         trust = await self._lookup(device, max_age_s=CACHE_S)
         if message.sig is None:
@@ -95,12 +95,12 @@ class ReportAuthority:
             self.stats.unsigned += 1
             return False
         try:
-            verify_report(trust.key, message, payload)
+            verify_report(trust.key, message, sent)
         except SignatureError:
             fresh = await self._lookup(device, max_age_s=REFRESH_S)
             if fresh is None or fresh.generation == trust.generation:
                 raise
-            verify_report(fresh.key, message, payload)  # signed with the secret of a rotation since cached
+            verify_report(fresh.key, message, sent)  # signed with the secret of a rotation since cached
             trust = fresh
         if not trust.signs:
             await execute(self._pool, queries.SIGNS_REPORTS, (device, trust.generation))
@@ -110,14 +110,14 @@ class ReportAuthority:
 
     async def _lookup(self, device: str, *, max_age_s: float) -> _Trust | None:
         now = self._clock()
-        if device in self._trust and now - self._read_at[device] < max_age_s:
-            return self._trust[device]
+        cached = self._trust.get(device)
+        if cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
         row = await fetch_row(self._pool, queries.REPORT_TRUST, (device,))
         trust = None
         if row is not None:
             generation, signs_at = row
             key = report_key(self._credentials.secret(device, generation))
             trust = _Trust(generation, key, signs=signs_at is not None)
-        self._trust[device] = trust
-        self._read_at[device] = now
+        self._trust[device] = (now, trust)
         return trust

@@ -44,7 +44,6 @@ from firmware_protocols.endpoint import BrokerEndpoint
 from firmware_protocols.messages import UP_MODELS, Presence, Report
 from fleet_server.db import failures
 from fleet_server.db.fetch import fetch_rows
-from fleet_server.db.isolate import write_apart
 from fleet_server.identity.reports import ReportAuthority
 from fleet_server.ingest import queries
 from fleet_server.ingest.batch import IngestPolicy, Received, write_batch
@@ -205,7 +204,13 @@ class Ingest(Component):
                         break
                     await wait_out(error)
             ids = {id(item) for item in stale}
-            poisoned = await write_apart([i for i in batch if id(i) not in ids], write, on_transient=wait_out)
+            poisoned = await self.quarantine.store_apart(
+                "ingest",
+                [i for i in batch if id(i) not in ids],
+                write,
+                delivery_of=lambda item: item.delivery,
+                on_transient=wait_out,
+            )
             for item in stale:
                 self.stats.stale_presences += 1
                 assert isinstance(item.message, Presence)  # noqa: S101 - only presences are stale
@@ -213,15 +218,12 @@ class Ingest(Component):
                     why = f"offline presence of session {item.message.session!r}, not the one its device is online on"
                     await self.quarantine.hold("ingest", item.delivery, "session", why)
             backoff.reset()
-            for item, exc in poisoned:
-                self.stats.poisoned += 1
-                if item.delivery is not None:
-                    await self.quarantine.hold("ingest", item.delivery, "store", failures.describe(exc))
+            self.stats.poisoned += poisoned
             for item in batch:
                 receipt = item.delivery.receipt if item.delivery is not None else None
                 if receipt is not None and not receipt.ack():
                     self.stats.acks_void += 1
-            self.stats.written += len(batch) - len(poisoned) - len(stale)
+            self.stats.written += len(batch) - poisoned - len(stale)
             self.stats.batches += 1
             for _ in batch:
                 self._queue.task_done()

@@ -28,7 +28,6 @@ from firmware_protocols.messages import OtaOffer, OtaStatus
 from firmware_protocols.ota import ReleaseManifest
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
-from fleet_server.db.isolate import write_apart
 from fleet_server.identity.reports import ReportAuthority
 from fleet_server.ota.store import OtaStore, PlannedOffer
 from fleet_server.quarantine.store import Quarantine
@@ -118,8 +117,9 @@ class OtaConductor(Component):
             while not self._reports.empty() and len(batch) < REPORT_BATCH:
                 batch.append(self._reports.get_nowait())
             # An outage is waited out; a report the database can never take is quarantined.
-            for inbound, exc in await write_apart(batch, write, on_transient=wait_out):
-                await self.quarantine.hold("ota", inbound.delivery, "store", failures.describe(exc))
+            await self.quarantine.store_apart(
+                "ota", batch, write, delivery_of=lambda i: i.delivery, on_transient=wait_out
+            )
             for inbound in batch:
                 if inbound.delivery.receipt is not None:
                     inbound.delivery.receipt.ack()

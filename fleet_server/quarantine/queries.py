@@ -12,19 +12,17 @@ HOLD: Final = (
     " ON CONFLICT (digest) DO UPDATE SET copies = quarantine.copies + 1, last_at = EXCLUDED.last_at"
     " RETURNING copies"
 )
+# The columns of a held message as the API shows it (Held), but its payload's `head`.
+_HELD: Final = "SELECT id, consumer, topic, device_id, reason, error, payload_bytes, copies, first_at, last_at,"
 # The newest held messages, optionally of one device and one consumer: {device_id, consumer, limit}.
 RECENT: Final = (
-    "SELECT id, consumer, topic, device_id, reason, error, payload_bytes, copies, first_at, last_at,"
-    " substring(payload FROM 1 FOR 512) AS head FROM quarantine"
+    _HELD + " substring(payload FROM 1 FOR 512) AS head FROM quarantine"
     " WHERE (%(device_id)s::text IS NULL OR device_id = %(device_id)s)"
     " AND (%(consumer)s::text IS NULL OR consumer = %(consumer)s)"
     " ORDER BY last_at DESC, id DESC LIMIT %(limit)s"
 )
 # One held message with all its bytes: (id,).
-ONE: Final = (
-    "SELECT id, consumer, topic, device_id, reason, error, payload_bytes, copies, first_at, last_at,"
-    " payload AS head FROM quarantine WHERE id = %s"
-)
+ONE: Final = _HELD + " payload AS head FROM quarantine WHERE id = %s"
 # What is held by consumer and reason: (consumer, reason, messages, copies).
 COUNTS: Final = (
     "SELECT consumer, reason, count(*) AS messages, sum(copies)::bigint AS copies"

@@ -3,8 +3,7 @@
     quarantine = Quarantine(pool)
     router = Router("ingest", Direction.UP, on_reject=quarantine.hook("ingest"))
     ...
-    for item, error in await write_apart(batch, write):          # refused by the database
-        await quarantine.hold("ingest", item.delivery, "store", failures.describe(error))
+    held = await quarantine.store_apart("ingest", batch, write, delivery_of=..., on_transient=wait)
 
 A message is held once per consumer however often the broker sends it again: its row counts
 the copies. Holding waits out a database outage (backoff, up to `HOLD_PATIENCE_S`), so a message
@@ -19,9 +18,10 @@ import asyncio
 import base64
 import hashlib
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
@@ -31,12 +31,15 @@ from firmware_protocols import topics
 from firmware_protocols.errors import MessageError
 from fleet_server.db import failures
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_row
+from fleet_server.db.isolate import write_apart
 from fleet_server.quarantine import queries
 from mqtt_link.backoff import Backoff
 from mqtt_link.link import Delivery
 from mqtt_link.routing import Rejected, RejectHook
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 Reason = Literal["topic", "payload", "signature", "session", "store"]
 REASONS: tuple[Reason, ...] = ("topic", "payload", "signature", "session", "store")
@@ -161,6 +164,24 @@ class Quarantine:
                 error=storable_text(error, 300),
                 payload_bytes=len(payload),
             )
+
+    async def store_apart(
+        self,
+        consumer: str,
+        items: Sequence[T],
+        write: Callable[[Sequence[T]], Awaitable[object]],
+        *,
+        delivery_of: Callable[[T], Delivery | None],
+        on_transient: Callable[[Exception], Awaitable[None]],
+    ) -> int:
+        """Write `items` apart around what the database refuses (`db.isolate.write_apart`), and
+        hold each refused one as `store` with PostgreSQL's reason; returns how many were held."""
+        poisoned = await write_apart(items, write, on_transient=on_transient)
+        for item, exc in poisoned:
+            delivery = delivery_of(item)
+            if delivery is not None:
+                await self.hold(consumer, delivery, "store", failures.describe(exc))
+        return len(poisoned)
 
     async def recent(self, *, device_id: str | None = None, consumer: str | None = None, limit: int = 50) -> list[Held]:
         rows = await fetch_dicts(

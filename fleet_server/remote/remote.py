@@ -36,7 +36,6 @@ from firmware_protocols.messages import Command, CommandResult, DailySpan, Setti
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_row
-from fleet_server.db.isolate import write_apart
 from fleet_server.devices.queries import DEVICE_KNOWN
 from fleet_server.errors import RemoteError
 from fleet_server.identity.reports import ReportAuthority
@@ -209,12 +208,12 @@ class DeviceRemote(Component):
 
         # An outage is waited out here (the broker holds the rest); a result the database can
         # never take is quarantined, not retried.
-        poisoned = await write_apart([inbound], store, on_transient=_wait_out)
-        for _, exc in poisoned:
-            await self.quarantine.hold("remote", inbound.delivery, "store", failures.describe(exc))
+        held = await self.quarantine.store_apart(
+            "remote", [inbound], store, delivery_of=lambda i: i.delivery, on_transient=_wait_out
+        )
         if inbound.delivery.receipt is not None:
             inbound.delivery.receipt.ack()
-        if poisoned:
+        if held:
             return
         waiter = self._waiters.get(result.command_id)
         if waiter is not None:

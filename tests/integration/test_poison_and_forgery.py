@@ -326,7 +326,7 @@ async def test_the_report_authority_through_first_signature_and_rotation(machine
         authority = ReportAuthority(pool, credentials)  # a fresh process
         assert await authority.verify(ack) is False  # credentials, never signed: still believed
         signed = sign_report(report_key(first.secret), ack)
-        assert await authority.verify(signed, signed.to_json()) is True
+        assert await authority.verify(signed) is True
         with pytest.raises(SignatureError, match="unsigned"):
             await authority.verify(ack)
         other_process = ReportAuthority(pool, credentials)  # the mark is in the database
