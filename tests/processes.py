@@ -38,7 +38,8 @@ class Processes:
         self.started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log_path = self.folder / f"{name}.log"
+        # One log per process: a restarted one must not write over its predecessor's last words.
+        log_path = self.folder / f"{name}.{sum(n == name for n, _, _ in self.started)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "haodian.cli", *args],
