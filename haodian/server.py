@@ -36,6 +36,7 @@ from fleet_server.figures.overview import FleetOverview
 from fleet_server.http.app import AUTH_ROUTERS, FLEET_ROUTERS, create_app
 from fleet_server.http.ratelimit import RateLimiter
 from fleet_server.http.services import HttpPolicy, Services, services_of
+from fleet_server.identity.access import server_client_id
 from fleet_server.identity.reports import ReportAuthority
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
 from fleet_server.ingest.batch import IngestPolicy
@@ -195,7 +196,7 @@ class ServerStack(Component):
                     pool,
                     self.endpoint,
                     Signer(self.keys.signing_key),
-                    client_id=f"{prefix}-remote",
+                    client_id=server_client_id(prefix, "remote"),
                     share_group=_share(self.settings.mqtt_share_group, "remote"),
                     quarantine=self.quarantine,
                     authority=self.reports,
@@ -221,7 +222,7 @@ class ServerStack(Component):
                     self.endpoint,
                     Signer(self.keys.signing_key),
                     artifact_base_url=self.settings.ota_artifact_base_url or self.base_url,
-                    client_id=f"{prefix}-ota",
+                    client_id=server_client_id(prefix, "ota"),
                     round_s=self.settings.ota_round_s,
                     share_group=_share(self.settings.mqtt_share_group, "ota"),
                     quarantine=self.quarantine,
@@ -237,7 +238,7 @@ class ServerStack(Component):
         return Ingest(
             pool,
             self.endpoint,
-            client_id=f"{self.settings.mqtt_client_prefix}-ingest",
+            client_id=server_client_id(self.settings.mqtt_client_prefix, "ingest"),
             batch_size=self.settings.ingest_batch_size,
             flush_s=self.settings.ingest_flush_s,
             policy=IngestPolicy(
@@ -289,7 +290,7 @@ class ServerStack(Component):
             self.endpoint,
             Signer(self.keys.signing_key),
             self.keys.backend_public_key,
-            client_id=f"{self.settings.mqtt_client_prefix}-bridge",
+            client_id=server_client_id(self.settings.mqtt_client_prefix, "bridge"),
             ttl_s=self.settings.announce_ttl_s,
             ack_timeout_s=self.settings.ack_timeout_s,
             platform_keys=PlatformKeys(

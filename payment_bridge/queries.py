@@ -94,20 +94,22 @@ DELIVERY_COUNTS: Final = statement(
     f"   AND {PAYMENT_WITHIN_REACH}) d",
     **_NAMES,
 )
-# One payment. Rows: PaymentView without deliveries.
+# One payment within reach (PAYMENT_WITHIN_REACH). Rows: PaymentView without deliveries.
 PAYMENT: Final = (
-    "SELECT payment_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at"
-    " FROM payments WHERE payment_id = %s"
+    "SELECT payment_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at"  # noqa: S608 - constant fragments.
+    f" FROM payments p WHERE payment_id = %(id)s AND {PAYMENT_WITHIN_REACH}"
 )
 # A payment's deliveries by device. Rows: DeliveryView.
 DELIVERIES: Final = (
     "SELECT device_id, status, attempts, acked_at, play_started_at, text, reason"
     " FROM deliveries WHERE payment_id = %s ORDER BY device_id"
 )
-# A device bound to a merchant, moved from any previous one. Rows: Binding.
+# A device bound to a merchant, moved from any previous one; bound again to the same merchant it
+# keeps the time it was first bound (the merchant's period, `hierarchy.merchant_period`). Rows: Binding.
 BIND: Final = (
-    "INSERT INTO bindings (device_id, merchant_id) VALUES (%s, %s)"
-    " ON CONFLICT (device_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id, bound_at = now()"
+    "INSERT INTO bindings AS b (device_id, merchant_id) VALUES (%s, %s)"
+    " ON CONFLICT (device_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id,"
+    " bound_at = CASE WHEN b.merchant_id = EXCLUDED.merchant_id THEN b.bound_at ELSE now() END"
     " RETURNING device_id, merchant_id, bound_at"
 )
 UNBIND: Final = "DELETE FROM bindings WHERE device_id = %s"
@@ -122,10 +124,11 @@ BINDINGS: Final = (
 )
 # Payments nobody heard, newest first, by merchant and since (NULL matches all). Rows: NotAnnounced.
 NOT_ANNOUNCED_PAYMENTS: Final = statement(
-    "SELECT p.payment_id, p.merchant_id, p.amount_fen, p.channel, p.paid_at, p.received_at, e.reason,"
+    "SELECT p.payment_id, p.merchant_id, p.amount_fen, p.channel, p.paid_at, p.received_at, e.reason,"  # noqa: S608 - constant fragments.
     " e.created_at AS concluded_at, e.delivered_at AS backend_told_at"
     " FROM payment_events e JOIN payments p USING (payment_id)"
     " WHERE e.event = {not_announced} AND (%(m)s::text IS NULL OR p.merchant_id = %(m)s)"
+    f" AND {PAYMENT_WITHIN_REACH}"
     " AND (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
     " ORDER BY p.received_at DESC LIMIT %(limit)s",
     **_NAMES,

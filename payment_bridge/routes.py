@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
-from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader
+from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader, ReachDep
 from fleet_server.errors import ApiError
 from fleet_server.http.errors import NOT_FOUND, ErrorResponse
 from fleet_server.http.ratelimit import too_many
@@ -130,21 +130,17 @@ async def not_announced(
 ) -> list[NotAnnounced]:
     if since is not None and since.tzinfo is None:
         raise ApiError(400, "TIME_WITHOUT_ZONE", "since needs a time zone", "since 需要带时区")
-    own = principal.reach()[1]
-    if own is not None:
-        merchant_id = own  # a merchant sees their own payments, whatever they ask
-    return await store.not_announced(merchant_id=merchant_id, since=since, limit=limit)
+    # merchant_id narrows within the caller's reach; it never widens it.
+    return await store.not_announced(merchant_id=merchant_id, since=since, limit=limit, reach=principal.reach())
 
 
 @router.get("/payments/{payment_id}", summary="A payment and its per-device deliveries", responses=NOT_FOUND)
 async def get_payment(
-    principal: PaymentReader, store: StoreDep, payment_id: Annotated[str, Path(max_length=64)]
+    principal: PaymentReader, store: StoreDep, reach: ReachDep, payment_id: Annotated[str, Path(max_length=64)]
 ) -> PaymentView:
-    payment = await store.payment(payment_id)
-    own = principal.reach()[1]
-    if payment is None or (own is not None and payment.merchant_id != own):
-        raise ApiError(404, "PAYMENT_NOT_FOUND", f"payment {payment_id} not found", f"支付 {payment_id} 不存在")
-    return payment
+    found = await store.payment(payment_id, reach=principal.reach())
+    missing = ApiError(404, "PAYMENT_NOT_FOUND", f"payment {payment_id} not found", f"支付 {payment_id} 不存在")
+    return await reach.found(principal, found, "payment", payment_id, missing)
 
 
 @router.get(

@@ -280,9 +280,10 @@ class PaymentStore:
             ack_round_trip_ms=percentiles(row["rtt_p"], row["rtt_max"]),
         )
 
-    async def payment(self, payment_id: str) -> PaymentView | None:
+    async def payment(self, payment_id: str, *, reach: Reach = WHOLE_FLEET) -> PaymentView | None:
+        """The payment and its deliveries, if it is within `reach` (its merchant's as recorded)."""
         async with self._pool.connection() as conn:
-            rows = await fetch_dicts(conn, queries.PAYMENT, (payment_id,))
+            rows = await fetch_dicts(conn, queries.PAYMENT, {"id": payment_id, **reach_params(reach)})
             if not rows:
                 return None
             rows[0]["deliveries"] = await fetch_dicts(conn, queries.DELIVERIES, (payment_id,))
@@ -306,10 +307,16 @@ class PaymentStore:
         return await fetch_models(self._pool, Binding, queries.BINDINGS, params)
 
     async def not_announced(
-        self, *, merchant_id: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        *,
+        merchant_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        reach: Reach = WHOLE_FLEET,
     ) -> list[NotAnnounced]:
-        """Payments that should have been announced and were heard on no device, newest first."""
-        params = {"m": merchant_id, "since": since, "limit": limit}
+        """Payments within `reach` that should have been announced and were heard on no device,
+        newest first; `merchant_id` narrows to one merchant."""
+        params = {"m": merchant_id, "since": since, "limit": limit, **reach_params(reach)}
         return await fetch_models(self._pool, NotAnnounced, queries.NOT_ANNOUNCED_PAYMENTS, params)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 from fastapi import Depends, Request
 
@@ -28,6 +28,7 @@ from fleet_server.http.services import provide, services_of
 SESSION_COOKIE: Final = "hd_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+T = TypeVar("T")
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
 
@@ -136,8 +137,14 @@ QuarantineAdmin = Annotated[Principal, Depends(require(Permission.QUARANTINE_ADM
 
 
 class Reach:
-    """Whether a device or store is within a principal's reach: the whole fleet for ops and the
-    backend, the stores assigned for a field agent, their own devices for a merchant."""
+    """Whether what a request names is within the principal's reach, one rule per kind of
+    record (`db.hierarchy`): a device as placed now (the whole fleet for ops and the backend, the
+    stores assigned for a field agent, their own devices for a merchant); a payment, task,
+    command or settings by the merchant and store of the period it was made in, looked up by its
+    store with the principal's reach and handed to `found`.
+
+    Out of reach is a 403 (audited) for those who do not see the whole fleet, the same for an
+    id that does not exist: nobody learns which ids exist outside their reach."""
 
     def __init__(self, request: Request, audit: Audit) -> None:
         self._path = request.url.path
@@ -145,8 +152,7 @@ class Reach:
         self._services = services_of(request.app)
 
     async def device(self, principal: Principal, device_id: str) -> None:
-        """Return if `device_id` is within reach; 403 (audited) otherwise. An unknown device is
-        refused the same way for those who do not see the whole fleet: nobody learns which ids exist."""
+        """Return if `device_id` is within reach; 403 (audited) otherwise."""
         if principal.sees_whole_fleet:
             return
         place = await self._services.get(DeviceRegistry).place(device_id)
@@ -154,20 +160,27 @@ class Reach:
             return
         await self._refuse(principal, device_id, "device")
 
-    async def store(self, principal: Principal, store_id: str | None) -> None:
-        if principal.sees_whole_fleet or (store_id is not None and store_id in principal.stores):
-            return
-        await self._refuse(principal, store_id or "-", "store")
+    async def found(self, principal: Principal, record: T | None, what: str, target: str, missing: ApiError) -> T:
+        """`record` as its store looked it up within the principal's reach; None: `missing` (a
+        404) for those who see the whole fleet, a 403 (audited) for the others."""
+        if record is None:
+            if principal.sees_whole_fleet:
+                raise missing
+            await self._refuse(principal, target, what)
+        return record
 
-    async def _refuse(self, principal: Principal, target: str, what: str) -> None:
+    async def _refuse(self, principal: Principal, target: str, what: str) -> NoReturn:
         detail = {"path": self._path, "what": what}
         await self._audit(principal, "auth.out_of_reach", target, outcome="denied", detail=detail)
-        raise ApiError(
-            403,
-            "OUT_OF_REACH",
-            f"{what} {target} is not one of yours",
-            "该设备不在您负责的范围内" if what == "device" else "该门店不在您负责的范围内",
-        )
+        raise ApiError(403, "OUT_OF_REACH", f"{what} {target} is not one of yours", _OUT_OF_REACH_ZH[what])
+
+
+_OUT_OF_REACH_ZH: Final = {
+    "device": "该设备不在您负责的范围内",
+    "task": "该工单不在您负责的范围内",
+    "payment": "该笔支付不在您的范围内",
+    "command": "该指令不在您的范围内",
+}
 
 
 def within_reach(principal: Principal, *, store_id: str | None, merchant_id: str | None) -> bool:

@@ -7,8 +7,9 @@
     merchant     their own devices: settings, a test announcement, recent announcements
     backend      the payment backend's service account: bindings, payments, delivery figures
 
-Permissions are checked in the API (`fleet_server.auth.deps`); a device or task outside a
-principal's reach answers 403, whatever the page shows.
+Permissions are checked in the API (`fleet_server.auth.deps`); a device, payment, task or
+command outside a principal's reach answers 403, whatever the page shows. What each role may do
+with each operation is the table beside this one, `decisions.py`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ rebound device is everywhere in its new merchant's store.
 
 What a merchant owns is reached by who owned it when it was made, not by where the device is
 now: a payment is its merchant's as recorded (`PAYMENT_WITHIN_REACH`), a task its store's as
-opened (`TASK_WITHIN_REACH`). So after a device moves from merchant B to merchant A, A and A's
-field agent see the device's payments and tasks from A's period only.
+opened (`TASK_WITHIN_REACH`), a command or the settings by the merchant and store their device had
+when they were sent (`COMMAND_WITHIN_REACH`, `SETTINGS_WITHIN_REACH`), and a device's own record
+(states, events) by a merchant from their binding on (`MERCHANT_PERIOD`). So after a device
+moves from merchant B to merchant A, A and A's field agent see the device's past from A's period
+only. One fragment per kind of record; no route decides reach on its own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,30 @@ PAYMENT_WITHIN_REACH: Final = (
 )
 # A task `t` within the same reach: its store's as opened; merchants see no tasks.
 TASK_WITHIN_REACH: Final = "%(merchant)s::text IS NULL AND (%(stores)s::text[] IS NULL OR t.store_id = ANY(%(stores)s))"
+
+
+def _kept_within_reach(alias: str) -> str:
+    """A record `alias` that keeps the merchant and store its device had when it was made
+    (`merchant_id`, `store_id`; NULL: made before they were kept, reached by ops only)."""
+    return (
+        f"(%(merchant)s::text IS NULL OR {alias}.merchant_id = %(merchant)s)"
+        f" AND (%(stores)s::text[] IS NULL OR {alias}.store_id = ANY(%(stores)s))"
+    )
+
+
+# A remote command `c` and the settings `s` within the same reach.
+COMMAND_WITHIN_REACH: Final = _kept_within_reach("c")
+SETTINGS_WITHIN_REACH: Final = _kept_within_reach("s")
+
+
+def merchant_period(at: str, device: str = "%(d)s") -> str:
+    """A device's own record at time `at` within reach: for a merchant, only from the day the
+    device was bound to them (so not its previous merchant's); no limit for anyone else."""
+    return (
+        f"(%(merchant)s::text IS NULL OR {at} >= (SELECT bound_at FROM bindings"  # noqa: S608 - our own column names.
+        f" WHERE device_id = {device} AND merchant_id = %(merchant)s))"
+    )
+
 
 # What a principal reaches (`Principal.reach()`): (stores, merchant id), None: no limit.
 Reach = tuple[Iterable[str] | None, str | None]

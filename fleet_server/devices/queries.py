@@ -10,7 +10,13 @@ from typing import Final
 
 from firmware_protocols.messages import HEARD
 from fleet_server.db.fetch import statement
-from fleet_server.db.hierarchy import DEVICE_HIERARCHY, PAYMENT_WITHIN_REACH, STORE_OF_DEVICE, TASK_WITHIN_REACH
+from fleet_server.db.hierarchy import (
+    DEVICE_HIERARCHY,
+    PAYMENT_WITHIN_REACH,
+    STORE_OF_DEVICE,
+    TASK_WITHIN_REACH,
+    merchant_period,
+)
 
 # The columns of a device as lists show it (DeviceView), over DEVICE_HIERARCHY.
 _DEVICE_COLUMNS: Final = (
@@ -58,9 +64,10 @@ TIMELINE: Final = (
     "SELECT at, 'state' AS kind, state || ' (' || cause || ')' AS summary,"  # noqa: S608 - constant fragments; values are parameters.
     "  jsonb_build_object('state', state, 'previous', previous, 'cause', cause) || detail AS detail"
     " FROM device_states WHERE device_id = %(d)s AND at >= %(start)s AND at < %(end)s"
+    f" AND {merchant_period('at')}"
     " UNION ALL SELECT received_at, 'event', kind, detail FROM device_events"
     "  WHERE device_id = %(d)s AND ts >= %(start)s - interval '1 day' AND received_at >= %(start)s"
-    "  AND received_at < %(end)s"
+    f"  AND received_at < %(end)s AND {merchant_period('received_at')}"
     " UNION ALL SELECT p.received_at, 'announcement', dl.status || ' ' || p.payment_id,"
     "  jsonb_build_object('payment_id', p.payment_id, 'status', dl.status, 'amount_fen', p.amount_fen,"
     "   'latency_ms', extract(epoch FROM dl.play_started_at - p.received_at) * 1000)"

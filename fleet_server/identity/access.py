@@ -84,11 +84,21 @@ def may_receive(account: Account, topic: str) -> bool:
     return split is not None and split[0] == account.username and split[1] == topics.Direction.DOWN
 
 
+def server_client_id(prefix: str, process: str) -> str:
+    """The MQTT client id of a server process, `<prefix>.<process>` (`haodian.ingest`): the dot is
+    outside the device id pattern, so no device identity (a device id, or a certificate's name)
+    can ever be it, on any broker, and no device can close a server's connection by taking it."""
+    client_id = f"{prefix}.{process}"
+    if topics.DEVICE_ID_PATTERN.fullmatch(client_id) is not None:  # pragma: no cover - the dot forbids it
+        raise ValueError(f"server client id {client_id!r} would be a device id")
+    return client_id
+
+
 def device_identity_refusal(name: str, *, server_accounts: Iterable[str], client_prefix: str) -> str | None:
     """Why `name` may not be a device's identity (a certificate's common name), or None. A device
-    identity must be a device id, and never one the servers use: a server account, or a client
-    id of a server process (`<prefix>-ingest`, `<prefix>-bridge`, ...), which a device holding
-    it could take over on the broker."""
+    identity must be a device id, and never one the servers use: a server account, or anything
+    named like the servers (`<prefix>`, `<prefix>-...`; their client ids, `server_client_id`,
+    cannot be device ids at all)."""
     try:
         topics.check_device_id(name)
     except MessageError as exc:

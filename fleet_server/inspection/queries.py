@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Final
 
 from fleet_server.db.fetch import statement
-from fleet_server.db.hierarchy import DEVICE_HIERARCHY, STORE_OF_DEVICE
+from fleet_server.db.hierarchy import DEVICE_HIERARCHY, STORE_OF_DEVICE, TASK_WITHIN_REACH
 from fleet_server.devices.states import UP_STATES, DeviceState
 from fleet_server.inspection.rules import TaskStatus
 
@@ -120,12 +120,14 @@ FIND_TASKS: Final = statement(
     " AND (%(store)s::text IS NULL OR t.store_id = %(store)s)"
     " AND (%(device)s::text IS NULL OR t.device_id = %(device)s)"
     " AND (NOT %(open_only)s OR t.status <> {closed})"
-    " AND (%(stores)s::text[] IS NULL OR t.store_id = ANY(%(stores)s))"
+    f" AND {TASK_WITHIN_REACH}"
     " ORDER BY t.opened_at DESC LIMIT %(limit)s",
     closed=TaskStatus.CLOSED,
 )
 # One task. Rows: Task.
 TASK: Final = _TASK + " WHERE t.task_id = %s"
+# One task within reach (`reach_params`, TASK_WITHIN_REACH). Rows: Task.
+TASK_WITHIN: Final = _TASK + f" WHERE t.task_id = %(id)s AND {TASK_WITHIN_REACH}"
 # Tasks not yet closed, by kind: (kind, count).
 OPEN_COUNTS: Final = statement(
     "SELECT kind, count(*) FROM tasks WHERE status <> {closed} GROUP BY kind", closed=TaskStatus.CLOSED

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, Reach, ReachDep, TaskAssigner, TaskReader, TaskWorker
 from fleet_server.auth.roles import Principal
+from fleet_server.errors import ApiError
 from fleet_server.http.errors import NOT_FOUND
 from fleet_server.http.services import provide
 from fleet_server.inspection.rules import TaskStatus
@@ -47,15 +48,16 @@ async def list_tasks(
         agent_id=agent_id,
         store_id=store_id,
         device_id=device_id,
-        stores=principal.reach()[0],
+        reach=principal.reach(),
         limit=limit,
     )
 
 
 async def _within_reach(tasks: TaskBook, reach: Reach, principal: Principal, task_id: int) -> Task:
-    task = await tasks.get(task_id)
-    await reach.store(principal, task.store_id)
-    return task
+    missing = ApiError(404, "TASK_NOT_FOUND", f"task {task_id} not found", f"工单 {task_id} 不存在")
+    return await reach.found(
+        principal, await tasks.one(task_id, reach=principal.reach()), "task", str(task_id), missing
+    )
 
 
 @router.get("/{task_id}", summary="One task", responses=NOT_FOUND)

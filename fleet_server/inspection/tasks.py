@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from fleet_server.db.fetch import fetch_model, fetch_models, fetch_row, fetch_rows
+from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from fleet_server.devices import tracker
 from fleet_server.devices.states import DeviceState, Signal
 from fleet_server.devices.tracker import Observation
@@ -94,17 +95,17 @@ class TaskBook:
         agent_id: str | None = None,
         store_id: str | None = None,
         device_id: str | None = None,
-        stores: frozenset[str] | None = None,
+        reach: Reach = WHOLE_FLEET,
         limit: int = 500,
     ) -> list[Task]:
-        """Tasks matching every filter given; `stores` keeps those of these stores only."""
+        """Tasks matching every filter given, within `reach` (their stores' as opened)."""
         params = {
             "status": status.value if status is not None else None,
             "agent": agent_id,
             "store": store_id,
             "device": device_id,
             "open_only": open_only,
-            "stores": sorted(stores) if stores is not None else None,
+            **reach_params(reach),
             "limit": limit,
         }
         return await fetch_models(self._pool, Task, queries.FIND_TASKS, params)
@@ -112,6 +113,10 @@ class TaskBook:
     async def open_counts(self) -> dict[str, int]:
         """Tasks not yet closed, by kind."""
         return {kind: int(n) for kind, n in await fetch_rows(self._pool, queries.OPEN_COUNTS)}
+
+    async def one(self, task_id: int, *, reach: Reach) -> Task | None:
+        """The task, if it is within `reach` (its store's as opened), else None."""
+        return await fetch_model(self._pool, Task, queries.TASK_WITHIN, {"id": task_id, **reach_params(reach)})
 
     async def get(self, task_id: int) -> Task:
         task = await fetch_model(self._pool, Task, queries.TASK, (task_id,))

@@ -36,6 +36,7 @@ from firmware_protocols.messages import Command, CommandResult, DailySpan, Setti
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_row
+from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from fleet_server.devices.queries import DEVICE_KNOWN
 from fleet_server.errors import RemoteError
 from fleet_server.identity.reports import ReportAuthority
@@ -142,17 +143,12 @@ class DeviceRemote(Component):
         now_ms = _now_ms()
         command_id = f"c-{now_ms}-{secrets.token_hex(4)}"
         issued_at = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
-        async with self._pool.connection() as conn:
-            if await fetch_row(conn, DEVICE_KNOWN, (device_id,)) is None:
-                # Nothing would ever answer: say so now rather than hold the caller for wait_s
-                # (found by the OpenAPI fuzzing, issue 10).
-                raise RemoteError(
-                    "DEVICE_NOT_FOUND", f"device {device_id} is not known to the fleet", f"设备 {device_id} 不存在"
-                )
-            await execute(
-                conn,
-                queries.INSERT_COMMAND,
-                (command_id, device_id, name, json.dumps(args), issued_by, issued_at, queries.SENT, issued_at),
+        row = {"id": command_id, "d": device_id, "name": name, "args": json.dumps(args), "by": issued_by}
+        if not await execute(self._pool, queries.INSERT_COMMAND, row | {"at": issued_at, "status": queries.SENT}):
+            # Nothing would ever answer: say so now rather than hold the caller for wait_s
+            # (found by the OpenAPI fuzzing, issue 10).
+            raise RemoteError(
+                "DEVICE_NOT_FOUND", f"device {device_id} is not known to the fleet", f"设备 {device_id} 不存在"
             )
         message = self._signer.sign(
             Command(
@@ -188,15 +184,26 @@ class DeviceRemote(Component):
         finally:
             self._waiters.pop(command_id, None)
 
-    async def get_command(self, command_id: str, *, device_id: str | None = None) -> CommandView:
-        """One command; `device_id`: only if it was sent to that device (else not found)."""
-        view = await fetch_model(self._pool, CommandView, queries.COMMAND, (command_id,))
-        if view is None or (device_id is not None and view.device_id != device_id):
+    async def find_command(
+        self, command_id: str, *, device_id: str | None = None, reach: Reach = WHOLE_FLEET
+    ) -> CommandView | None:
+        """One command; `device_id`: only if it was sent to that device, `reach`: only if it was
+        sent in a period the reach covers."""
+        params = {"id": command_id, "d": device_id, **reach_params(reach)}
+        return await fetch_model(self._pool, CommandView, queries.COMMAND, params)
+
+    async def get_command(self, command_id: str) -> CommandView:
+        view = await self.find_command(command_id)
+        if view is None:
             raise RemoteError("COMMAND_NOT_FOUND", f"command {command_id} not found", f"指令 {command_id} 不存在")
         return view
 
-    async def recent_commands(self, device_id: str, *, limit: int = 20) -> list[CommandView]:
-        return await fetch_models(self._pool, CommandView, queries.RECENT_COMMANDS, (device_id, limit))
+    async def recent_commands(
+        self, device_id: str, *, limit: int = 20, reach: Reach = WHOLE_FLEET
+    ) -> list[CommandView]:
+        """The device's latest commands sent in a period `reach` covers."""
+        params = {"d": device_id, "limit": limit, **reach_params(reach)}
+        return await fetch_models(self._pool, CommandView, queries.RECENT_COMMANDS, params)
 
     async def _on_result(self, inbound: Inbound[CommandResult]) -> None:
         result = inbound.message
@@ -236,8 +243,9 @@ class DeviceRemote(Component):
 
     # -- settings ---------------------------------------------------------------------------
 
-    async def settings_of(self, device_id: str) -> SettingsView:
-        [row] = await fetch_dicts(self._pool, queries.SETTINGS_OF, {"d": device_id})
+    async def settings_of(self, device_id: str, *, reach: Reach = WHOLE_FLEET) -> SettingsView:
+        """The device's settings in force; who saved them only if `reach` covers when."""
+        [row] = await fetch_dicts(self._pool, queries.SETTINGS_OF, {"d": device_id, **reach_params(reach)})
         stored = Settings.model_validate(row["settings"]) if row["settings"] else None
         device_version = row["device_version"]
         return SettingsView(
@@ -252,8 +260,14 @@ class DeviceRemote(Component):
             applied=stored is None or (device_version is not None and device_version >= stored.version),
         )
 
-    async def change_settings(self, device_id: str, change: SettingsChange, *, updated_by: str) -> SettingsView:
+    async def change_settings(
+        self, device_id: str, change: SettingsChange, *, updated_by: str, reach: Reach = WHOLE_FLEET
+    ) -> SettingsView:
         """Merge `change` into the device's settings, sign and publish them retained, and keep them."""
+        if await fetch_row(self._pool, DEVICE_KNOWN, (device_id,)) is None:
+            raise RemoteError(
+                "DEVICE_NOT_FOUND", f"device {device_id} is not known to the fleet", f"设备 {device_id} 不存在"
+            )
         current = await self.settings_of(device_id)
         now_ms = _now_ms()
         quiet = None if change.clear_quiet_hours else (change.quiet_hours or current.quiet_hours)
@@ -275,10 +289,10 @@ class DeviceRemote(Component):
                 "BROKER_DOWN", f"the settings could not be sent: {exc}", "设置未能发出：服务器与设备通道断开"
             ) from exc
         await execute(
-            self._pool, queries.SAVE_SETTINGS, (device_id, settings.version, settings.model_dump_json(), updated_by)
+            self._pool, queries.SAVE_SETTINGS, (settings.version, settings.model_dump_json(), updated_by, device_id)
         )
         log.info("settings sent", device_id=device_id, version=settings.version, by=updated_by)
-        return await self.settings_of(device_id)
+        return await self.settings_of(device_id, reach=reach)
 
 
 def _now_ms() -> int:

@@ -71,7 +71,7 @@ async def recent_commands(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> list[CommandView]:
     await reach.device(principal, device_id)
-    return await remote.recent_commands(device_id, limit=limit)
+    return await remote.recent_commands(device_id, limit=limit, reach=principal.reach())
 
 
 @router.get("/{device_id}/commands/{command_id}", summary="One command and its result")
@@ -83,7 +83,9 @@ async def get_command(
     remote: RemoteDep,
 ) -> CommandView:
     await reach.device(principal, device_id)
-    return await remote.get_command(command_id, device_id=device_id)
+    found = await remote.find_command(command_id, device_id=device_id, reach=principal.reach())
+    missing = ApiError(404, "COMMAND_NOT_FOUND", f"command {command_id} not found", f"指令 {command_id} 不存在")
+    return await reach.found(principal, found, "command", command_id, missing)
 
 
 @router.get("/{device_id}/settings", summary="The merchant's settings: as saved, and whether the device holds them")
@@ -91,7 +93,7 @@ async def get_settings(
     principal: DeviceReader, device_id: DeviceIdPath, reach: ReachDep, remote: RemoteDep
 ) -> SettingsView:
     await reach.device(principal, device_id)
-    return await remote.settings_of(device_id)
+    return await remote.settings_of(device_id, reach=principal.reach())
 
 
 class SettingsBody(BaseModel):
@@ -112,7 +114,7 @@ async def put_settings(
 ) -> SettingsView:
     await reach.device(principal, device_id)
     view = await remote.change_settings(
-        device_id, SettingsChange.model_validate(body.model_dump()), updated_by=principal.login
+        device_id, SettingsChange.model_validate(body.model_dump()), updated_by=principal.login, reach=principal.reach()
     )
     await audit(
         principal,

@@ -63,6 +63,14 @@ async def test_after_a_device_moves_its_new_merchant_sees_only_its_own_period(se
         # A device row, as the ingest would have made it at the device's first hello.
         async with server.pool.connection() as conn:
             await conn.execute("INSERT INTO devices (device_id) VALUES (%s) ON CONFLICT DO NOTHING", (device,))
+            # The device's own record: a state in B's period, and one in A's.
+            await conn.execute(
+                "INSERT INTO device_states (device_id, at, state, cause) SELECT %s, bound_at + d, s, 'test'"
+                " FROM bindings, (VALUES (interval '-1 minute', 'faulty'), (interval '1 millisecond', 'online'))"
+                " v(d, s)"
+                " WHERE device_id = %s",
+                (device, device),
+            )
         everything = (await ops.get(f"/api/v1/devices/{device}/announcements")).json()
         assert len(everything) == 3  # ops see the device's whole history
     async with await api_client(server, Role.MERCHANT, merchant_id=after) as merchant:
@@ -71,5 +79,6 @@ async def test_after_a_device_moves_its_new_merchant_sees_only_its_own_period(se
     assert len(mine) == 1
     shown = [e for e in timeline["entries"] if e["kind"] == "announcement"]
     assert [e["detail"]["payment_id"] for e in shown] == [mine[0]["payment_id"]]
+    assert [e["detail"]["state"] for e in timeline["entries"] if e["kind"] == "state"] == ["online"]
     async with await api_client(server, Role.MERCHANT, merchant_id=before) as old_owner:
         assert (await old_owner.get(f"/api/v1/devices/{device}/announcements")).status_code in (403, 404)

@@ -23,6 +23,7 @@ from fleet_server.contacts.cipher import FieldCipher, FieldKeys
 from fleet_server.contacts.contacts import Contacts
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
+from fleet_server.identity.access import server_client_id
 from fleet_server.identity.certs import CertificateAuthority
 from fleet_server.identity.mosquitto import MosquittoTls, write_config
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
@@ -103,6 +104,8 @@ async def test_only_provisioned_devices_with_a_fresh_signed_password_connect(mac
         assert not await connects(port, device, mqtt_password(secret, device, now + 3600), device)
         assert not await connects(port, other, mqtt_password(secret, device, now), other)
         assert not await connects(port, device, mqtt_password(secret, device, now), other)
+        # Not even a server's client id built on its own name (a device named like the prefix).
+        assert not await connects(port, device, mqtt_password(secret, device, now), server_client_id(device, "ingest"))
         assert not await connects(port, other, mqtt_password(secret, other, now), other)
         assert not await connects(port, None, None, f"anon{unique}")
         assert not await connects(port, SERVER_ACCOUNT, "wrong", f"srv{unique}")
@@ -260,14 +263,14 @@ async def test_on_the_generated_mosquitto_configuration_no_device_can_take_anoth
     try:
         async with (
             aiomqtt.Client("127.0.0.1", device_port, identifier=victim, tls_context=tls(victim)) as device_b,
-            server("haodian-bridge") as bridge,
-            server("haodian-ingest") as ingest,
+            server("haodian.bridge") as bridge,
+            server("haodian.ingest") as ingest,
         ):
             for client in (device_b, bridge, ingest):
                 await client.subscribe(
                     f"hd/v1/{me}/up/#" if client is not device_b else f"hd/v1/{victim}/down/#", qos=1
                 )
-            for borrowed in (victim, "haodian-bridge", "haodian-ingest"):
+            for borrowed in (victim, "haodian.bridge", "haodian.ingest", "haodian-bridge"):
                 for _ in range(3):  # repeated, as the tester did
                     async with aiomqtt.Client(
                         "127.0.0.1", device_port, identifier=borrowed, tls_context=tls(me)
@@ -278,7 +281,7 @@ async def test_on_the_generated_mosquitto_configuration_no_device_can_take_anoth
             assert await received(device_b, 1.0) == [f"hd/v1/{victim}/down/announce"]
             for held in (bridge, ingest):
                 got = await received(held, 0.5)
-                assert got == [f"hd/v1/{me}/up/health"] * 9, got
+                assert got == [f"hd/v1/{me}/up/health"] * 12, got
     finally:
         await asyncio.to_thread(broker.stop)
 
