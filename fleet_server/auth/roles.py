@@ -61,7 +61,8 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.MERCHANT: frozenset(
         {Permission.DEVICE_READ, Permission.DEVICE_COMMAND, Permission.DEVICE_SETTINGS, Permission.PAYMENT_READ}
     ),
-    Role.BACKEND: frozenset({Permission.BINDING_WRITE, Permission.PAYMENT_READ, Permission.DEVICE_READ}),
+    # Bindings, payments and delivery figures only: not the devices' timelines, commands or settings.
+    Role.BACKEND: frozenset({Permission.BINDING_WRITE, Permission.PAYMENT_READ}),
 }
 # The remote commands each role may send; the device refuses anything else it does not know.
 COMMANDS_OF: Final[dict[Role, frozenset[str]]] = {
