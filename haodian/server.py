@@ -297,6 +297,8 @@ class ServerStack(Component):
                 alipay_public_key_file=self.settings.alipay_public_key_file,
                 wechatpay_keys_dir=self.settings.wechatpay_keys_dir,
                 wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
+                wechatpay_mchids=frozenset(self.settings.wechatpay_mchids),
+                alipay_app_ids=frozenset(self.settings.alipay_app_ids),
             ),
             share_group=_share(self.settings.mqtt_share_group, "bridge"),
             quarantine=self.quarantine,

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     alipay_public_key_file: Path | None = None
     wechatpay_keys_dir: Path | None = None
     wechatpay_apiv3_key_file: Path | None = None
+    # Who we are on each platform, as a JSON list: our WeChat Pay merchant ids (the service
+    # provider's `sp_mchid` in partner mode, `mchid` in direct mode) and our Alipay `app_id`s. A
+    # notification naming another is refused and recorded. Empty: not checked (development).
+    wechatpay_mchids: list[Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]] = []
+    alipay_app_ids: list[Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]] = []
     # A payment older than this is not announced: a merchant hearing a payment minutes late is
     # confusing, and the customer has long gone. Devices enforce it too.
     announce_ttl_s: Annotated[int, Field(ge=5, le=3600)] = 120

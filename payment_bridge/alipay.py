@@ -10,9 +10,12 @@ The signed content is every parameter except `sign` and `sign_type`, and except 
 empty value, sorted by name, as `name=value` joined with `&`, the values URL-decoded; the
 signature is RSA2 (SHA256withRSA) with the Alipay public key. Only `TRADE_SUCCESS` and
 `TRADE_FINISHED` are announced; one trade is one payment (`alipay:<trade_no>`), so a
-TRADE_FINISHED after the TRADE_SUCCESS of the same trade is a repeat. The merchant is the one
-our backend named in `passback_params` when it created the order. Alipay expects the literal
-body `success` once the notification is safely recorded, and retries anything else.
+TRADE_FINISHED after the TRADE_SUCCESS of the same trade is a repeat. `app_id` must be ours
+(Alipay asks integrators to check it; in ISV mode `auth_app_id` is the merchant's authorising
+app, kept with the payment). The merchant is the one our backend named in `passback_params`
+when it created the order, when it holds a merchant id of ours; else the merchant whose Alipay
+`seller_id` (its PID, 2088...) it is. Alipay expects the literal body `success` once the
+notification is safely recorded, and retries anything else.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from firmware_protocols.messages import MAX_AMOUNT_FEN, AnnounceKind, Channel
 from payment_bridge import rsa2
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.notifications import AMOUNT_PATTERN, MAX_BODY_BYTES, PaymentNotice, parse_yuan
+from payment_bridge.notifications import (
+    AMOUNT_PATTERN,
+    MAX_BODY_BYTES,
+    PaymentNotice,
+    check_provider,
+    our_merchant_id,
+    parse_yuan,
+)
 
 ANNOUNCED_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 KNOWN_STATUSES = ANNOUNCED_STATUSES | {"WAIT_BUYER_PAY", "TRADE_CLOSED"}
@@ -76,7 +86,9 @@ def _required(params: dict[str, str], *names: str) -> None:
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"missing {', '.join(missing)}")
 
 
-def verify_alipay_notification(body: bytes, public_keys: list[RSAPublicKey]) -> PaymentNotice:
+def verify_alipay_notification(
+    body: bytes, public_keys: list[RSAPublicKey], *, ours: frozenset[str] = frozenset()
+) -> PaymentNotice:
     """Check size, form, signature, then content; raise `NotificationRejected` for the first problem."""
     params = parse_form(body)
     if not public_keys:
@@ -92,7 +104,10 @@ def verify_alipay_notification(body: bytes, public_keys: list[RSAPublicKey]) -> 
     content = signed_content(params).encode()
     if not any(rsa2.verify(key, content, signature) for key in public_keys):
         raise NotificationRejected(401, "SIGNATURE_INVALID", "RSA2 signature does not verify against the Alipay key")
-    _required(params, "notify_id", "trade_no", "trade_status", "total_amount", "passback_params")
+    _required(params, "notify_id", "trade_no", "trade_status", "total_amount")
+    if not params.get("passback_params") and not params.get("seller_id"):
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", "missing both passback_params and seller_id")
+    check_provider("Alipay", "app_id", params.get("app_id"), ours)
     status = params["trade_status"]
     if status not in KNOWN_STATUSES:
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"unknown trade_status {status!r}")
@@ -103,14 +118,15 @@ def verify_alipay_notification(body: bytes, public_keys: list[RSAPublicKey]) -> 
         raise NotificationRejected(
             400, "NOTIFICATION_INVALID", f"total_amount {params['total_amount']} is out of range"
         )
-    for name in ("notify_id", "trade_no", "passback_params"):
-        if not _IDENTIFIER.match(params[name]):
+    for name in ("notify_id", "trade_no", "seller_id"):
+        if params.get(name) and not _IDENTIFIER.match(params[name]):
             raise NotificationRejected(400, "NOTIFICATION_INVALID", f"{name} {params[name]!r} is not an identifier")
     paid_at = _time(params, "gmt_payment" if params.get("gmt_payment") else "notify_time")
     return PaymentNotice(
         notify_id=params["notify_id"],
         payment_id=f"alipay:{params['trade_no']}",
-        merchant_id=params["passback_params"],
+        merchant_id=our_merchant_id(params.get("passback_params")),
+        platform_merchant_id=params.get("seller_id") or None,
         amount_fen=amount_fen,
         channel=Channel.ALIPAY,
         status=status,

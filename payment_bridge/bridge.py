@@ -168,7 +168,11 @@ class PaymentBridge(Component):
     ) -> Recorded:
         """Alipay's form-encoded asynchronous notification."""
         return await self._accept(
-            "alipay", lambda: verify_alipay_notification(body, self._keys.alipay()), body, headers, received_at
+            "alipay",
+            lambda: verify_alipay_notification(body, self._keys.alipay(), ours=self._keys.alipay_app_ids),
+            body,
+            headers,
+            received_at,
         )
 
     async def accept_wechatpay(
@@ -179,7 +183,12 @@ class PaymentBridge(Component):
         return await self._accept(
             "wechatpay",
             lambda: verify_wechatpay_notification(
-                body, headers, platform_key=self._keys.wechatpay, apiv3_key=self._keys.apiv3_key(), now=at
+                body,
+                headers,
+                platform_key=self._keys.wechatpay,
+                apiv3_key=self._keys.apiv3_key(),
+                now=at,
+                ours=self._keys.wechatpay_mchids,
             ),
             body,
             headers,
@@ -212,11 +221,16 @@ class PaymentBridge(Component):
             return recorded
         self.stats.accepted += 1
         if notification.kind is not None:
-            if not recorded.device_ids:
+            if recorded.merchant_id is None:
                 log.warning(
-                    "payment has no bound device",
+                    "payment for no merchant of ours; recorded, not announced",
                     payment_id=notification.payment_id,
-                    merchant_id=notification.merchant_id,
+                    given_merchant_id=notification.merchant_id,
+                    platform_merchant_id=notification.platform_merchant_id,
+                )
+            elif not recorded.device_ids:
+                log.warning(
+                    "payment has no bound device", payment_id=notification.payment_id, merchant_id=recorded.merchant_id
                 )
             expires_at = received_at + self._ttl
             now = datetime.now(tz=UTC)
@@ -228,7 +242,7 @@ class PaymentBridge(Component):
                     PendingDelivery(
                         payment_id=notification.payment_id,
                         device_id=device_id,
-                        merchant_id=notification.merchant_id,
+                        merchant_id=recorded.merchant_id or "",
                         amount_fen=notification.amount_fen,
                         channel=notification.channel.value,
                         kind=notification.kind.value,

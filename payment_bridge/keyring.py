@@ -85,9 +85,15 @@ class _Watched:
 
 @dataclass(slots=True)
 class PlatformKeys:
+    """The platforms' keys, and who we are on each: the WeChat Pay merchant ids that are ours
+    (`sp_mchid` in partner mode, `mchid` in direct mode) and our Alipay `app_id`s. A
+    notification for another provider is refused; empty: not checked (development)."""
+
     alipay_public_key_file: Path | None = None
     wechatpay_keys_dir: Path | None = None
     wechatpay_apiv3_key_file: Path | None = None
+    wechatpay_mchids: frozenset[str] = frozenset()
+    alipay_app_ids: frozenset[str] = frozenset()
     check_interval_s: float = 1.0
     _alipay: list[RSAPublicKey] = field(default_factory=list)
     _wechatpay: dict[str, RSAPublicKey] = field(default_factory=dict)

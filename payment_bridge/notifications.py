@@ -14,6 +14,7 @@ yuan strings, as every platform sends them, turned into integer fen here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,6 +32,23 @@ SIGN_TYPE_HEADER = "X-Haodian-Sign-Type"
 MAX_BODY_BYTES = 64 * 1024
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+_IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,64}$")
+
+
+def check_provider(platform: str, field: str, given: str | None, ours: frozenset[str]) -> None:
+    """Refuse a notification addressed to another service provider than us (`ours` empty: not
+    checked). Alipay asks integrators to check `app_id`; WeChat Pay's `sp_mchid` is the same."""
+    if ours and given not in ours:
+        raise NotificationRejected(
+            400, "NOT_OUR_PROVIDER", f"{platform} {field} {given!r} is not one of ours ({', '.join(sorted(ours))})"
+        )
+
+
+def our_merchant_id(value: str | None) -> str | None:
+    """The merchant id our backend put in a platform's free field, if it holds one: a platform
+    lets that field hold anything (WeChat's docs show `自定义数据`), and what is not an
+    identifier of ours is not a merchant id, so routing falls back to the platform's id."""
+    return value if value is not None and _IDENTIFIER.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +57,24 @@ class PaymentNotice:
 
     `payment_id` is the platform's trade id, prefixed with the platform, so that every
     notification about one trade (a platform's retries, Alipay's TRADE_FINISHED after
-    TRADE_SUCCESS) lands on one payment. `kind` None: recorded, not announced."""
+    TRADE_SUCCESS) lands on one payment. `kind` None: recorded, not announced.
+
+    The merchant: `merchant_id` is ours as our backend named it (its own notification, or the
+    field it puts in the order: WeChat Pay's `attach`, Alipay's `passback_params`), None when
+    the platform did not carry it; `platform_merchant_id` is the merchant's id on the platform
+    (WeChat Pay partner mode's `sub_mchid`, Alipay's `seller_id`). The store routes by ours when
+    it names a merchant we know, else by the platform's (`merchants.wechat_sub_mchid`, ...)."""
 
     notify_id: str
     payment_id: str
-    merchant_id: str
+    merchant_id: str | None
     amount_fen: int
     channel: Channel
     status: str
     kind: AnnounceKind | None
     paid_at: datetime
     raw: str  # JSON: what the platform sent, kept with the payment
+    platform_merchant_id: str | None = None
 
 
 def parse_yuan(amount: str) -> int:

@@ -21,6 +21,8 @@ UNANNOUNCED: Final = "none"
 # The event a payment nobody heard gets, and why when no device is bound to its merchant.
 NOT_ANNOUNCED: Final = "not_announced"
 NO_BOUND_DEVICE: Final = "no_bound_device"
+# ... and when no merchant of ours could be found for it (recorded, the platform told success).
+UNKNOWN_MERCHANT: Final = "unknown_merchant"
 
 _NAMES: Final[dict[str, str | frozenset[str]]] = {
     "pending": PENDING,
@@ -33,6 +35,7 @@ _NAMES: Final[dict[str, str | frozenset[str]]] = {
     "unannounced": UNANNOUNCED,
     "not_announced": NOT_ANNOUNCED,
     "no_bound_device": NO_BOUND_DEVICE,
+    "unknown_merchant": UNKNOWN_MERCHANT,
 }
 
 # A refused notification, kept for the record.
@@ -96,7 +99,7 @@ DELIVERY_COUNTS: Final = statement(
 )
 # One payment within reach (PAYMENT_WITHIN_REACH). Rows: PaymentView without deliveries.
 PAYMENT: Final = (
-    "SELECT payment_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at"  # noqa: S608 - constant fragments.
+    "SELECT payment_id, merchant_id, platform_merchant_id, amount_fen, channel, kind, status, paid_at, received_at"  # noqa: S608 - constant fragments.
     f" FROM payments p WHERE payment_id = %(id)s AND {PAYMENT_WITHIN_REACH}"
 )
 # A payment's deliveries by device. Rows: DeliveryView.
@@ -124,7 +127,8 @@ BINDINGS: Final = (
 )
 # Payments nobody heard, newest first, by merchant and since (NULL matches all). Rows: NotAnnounced.
 NOT_ANNOUNCED_PAYMENTS: Final = statement(
-    "SELECT p.payment_id, p.merchant_id, p.amount_fen, p.channel, p.paid_at, p.received_at, e.reason,"  # noqa: S608 - constant fragments.
+    "SELECT p.payment_id, p.merchant_id, p.platform_merchant_id, p.amount_fen, p.channel, p.paid_at,"  # noqa: S608 - constant fragments.
+    " p.received_at, e.reason,"
     " e.created_at AS concluded_at, e.delivered_at AS backend_told_at"
     " FROM payment_events e JOIN payments p USING (payment_id)"
     " WHERE e.event = {not_announced} AND (%(m)s::text IS NULL OR p.merchant_id = %(m)s)"
@@ -154,8 +158,8 @@ CLAIM_EVENTS: Final = (
     " FROM payments p WHERE p.payment_id = e.payment_id AND e.id IN ("
     "   SELECT id FROM payment_events WHERE delivered_at IS NULL AND next_attempt_at <= now()"
     "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-    " RETURNING e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.amount_fen,"
-    " p.channel, p.paid_at"
+    " RETURNING e.id, e.event, e.reason, e.attempts, p.payment_id, p.merchant_id, p.platform_merchant_id,"
+    " p.amount_fen, p.channel, p.paid_at"
 )
 EVENT_DELIVERED: Final = "UPDATE payment_events SET delivered_at = now() WHERE id = %s"
 
@@ -168,39 +172,57 @@ RECORD_PAYMENTS: Final = statement(
     """
 WITH n AS (
     SELECT * FROM unnest(%(payment_id)s::text[], %(source)s::text[], %(notify_id)s::text[],
-                         %(merchant_id)s::text[], %(amount_fen)s::bigint[], %(channel)s::text[], %(kind)s::text[],
-                         %(status)s::text[], %(paid_at)s::timestamptz[], %(received_at)s::timestamptz[],
-                         %(raw)s::text[], %(expires_at)s::timestamptz[])
-        AS n (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at,
-              raw, expires_at)
+                         %(merchant_id)s::text[], %(platform_merchant_id)s::text[], %(amount_fen)s::bigint[],
+                         %(channel)s::text[], %(kind)s::text[], %(status)s::text[], %(paid_at)s::timestamptz[],
+                         %(received_at)s::timestamptz[], %(raw)s::text[], %(expires_at)s::timestamptz[])
+        AS n (payment_id, source, notify_id, given, platform_merchant_id, amount_fen, channel, kind, status,
+              paid_at, received_at, raw, expires_at)
+),
+-- The merchant: ours as our backend named it, when it is a merchant we know (registered, or
+-- with a device bound) or the backend's own notification said so; else the merchant whose id on
+-- the platform it is; else none (recorded, not announced: unknown_merchant).
+r AS (
+    SELECT n.*, COALESCE(
+        CASE WHEN n.given IS NOT NULL AND (n.source = 'backend'
+                  OR EXISTS (SELECT 1 FROM merchants m WHERE m.merchant_id = n.given)
+                  OR EXISTS (SELECT 1 FROM bindings b WHERE b.merchant_id = n.given)) THEN n.given END,
+        (SELECT m.merchant_id FROM merchants m
+         WHERE n.channel = 'wechat' AND m.wechat_sub_mchid = n.platform_merchant_id),
+        (SELECT m.merchant_id FROM merchants m
+         WHERE n.channel = 'alipay' AND m.alipay_seller_id = n.platform_merchant_id),
+        (SELECT m.merchant_id FROM merchants m
+         WHERE n.channel = 'unionpay' AND m.unionpay_mer_id = n.platform_merchant_id)
+    ) AS merchant_id FROM n
 ),
 p AS (
-    INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at,
-                          received_at, raw)
-    SELECT payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status, paid_at, received_at,
-           raw::jsonb
-    FROM n
+    INSERT INTO payments (payment_id, source, notify_id, merchant_id, platform_merchant_id, amount_fen, channel,
+                          kind, status, paid_at, received_at, raw)
+    SELECT payment_id, source, notify_id, merchant_id, platform_merchant_id, amount_fen, channel, kind, status,
+           paid_at, received_at, raw::jsonb
+    FROM r
     ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,
         status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,
         received_at = EXCLUDED.received_at, raw = EXCLUDED.raw
     WHERE payments.kind = {unannounced} AND EXCLUDED.kind <> {unannounced}
-    RETURNING payment_id, kind
+    RETURNING payment_id, kind, merchant_id
 ),
 d AS (
     INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at, attempts)
-    SELECT p.payment_id, b.device_id, n.expires_at, n.received_at, 1
-    FROM p JOIN n USING (payment_id) JOIN bindings b ON b.merchant_id = n.merchant_id
+    SELECT p.payment_id, b.device_id, r.expires_at, r.received_at, 1
+    FROM p JOIN r USING (payment_id) JOIN bindings b ON b.merchant_id = p.merchant_id
     WHERE p.kind <> {unannounced}
     ORDER BY p.payment_id, b.device_id
     RETURNING payment_id, device_id
 ),
 e AS (
     INSERT INTO payment_events (payment_id, event, reason)
-    SELECT p.payment_id, {not_announced}, {no_bound_device} FROM p
+    SELECT p.payment_id, {not_announced},
+           CASE WHEN p.merchant_id IS NULL THEN {unknown_merchant} ELSE {no_bound_device} END FROM p
     WHERE p.kind <> {unannounced} AND NOT EXISTS (SELECT 1 FROM d WHERE d.payment_id = p.payment_id)
     ON CONFLICT (payment_id, event) DO NOTHING
 )
-SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d WHERE d.payment_id = p.payment_id)
+SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d WHERE d.payment_id = p.payment_id),
+       p.merchant_id
 FROM p
 """,
     **_NAMES,

@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from firmware_protocols.messages import HEARD, Ack
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_rows
@@ -31,6 +31,7 @@ class Recorded:
     payment_id: str
     is_new: bool
     device_ids: list[str]
+    merchant_id: str | None = None  # routed to (when new); None: no merchant of ours is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,8 @@ class DeliveryView(BaseModel):
 
 class PaymentView(BaseModel):
     payment_id: str
-    merchant_id: str
+    merchant_id: str | None  # None: no merchant of ours was found (platform_merchant_id names it there)
+    platform_merchant_id: str | None = None
     amount_fen: int
     channel: str
     kind: str
@@ -110,15 +112,22 @@ class PaymentView(BaseModel):
 
 class NotAnnounced(BaseModel):
     payment_id: str
-    merchant_id: str
+    merchant_id: str | None
+    platform_merchant_id: str | None
     amount_fen: int
     channel: str
     paid_at: datetime
     received_at: datetime
-    reason: str
+    reason: str  # no_bound_device, unknown_merchant, missed, expired, refused, failed
     concluded_at: datetime
     # When the backend acknowledged the webhook; None while it is still being told.
     backend_told_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def code(self) -> str:
+        """The reason as a code for programs: UNKNOWN_MERCHANT, NO_BOUND_DEVICE, MISSED, ..."""
+        return self.reason.upper()
 
 
 class Binding(BaseModel):
@@ -173,6 +182,7 @@ class PaymentStore:
                     "source": [p.source for p in payments],
                     "notify_id": [p.notice.notify_id for p in payments],
                     "merchant_id": [p.notice.merchant_id for p in payments],
+                    "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
                     "amount_fen": [p.notice.amount_fen for p in payments],
                     "channel": [p.notice.channel.value for p in payments],
                     "kind": [p.notice.kind.value if p.notice.kind else queries.UNANNOUNCED for p in payments],
@@ -183,13 +193,12 @@ class PaymentStore:
                     "expires_at": [p.expires_at for p in payments],
                 },
             )
-            taken = {row[0]: list(row[1] or []) for row in await cur.fetchall()}
-        return [
-            Recorded(
-                p.notice.payment_id, is_new=p.notice.payment_id in taken, device_ids=taken.get(p.notice.payment_id, [])
-            )
-            for p in payments
-        ]
+            taken = {row[0]: (list(row[1] or []), row[2]) for row in await cur.fetchall()}
+        recorded = []
+        for p in payments:
+            devices, merchant = taken.get(p.notice.payment_id, ([], None))
+            recorded.append(Recorded(p.notice.payment_id, p.notice.payment_id in taken, devices, merchant))
+        return recorded
 
     async def mark_published(self, deliveries: Sequence[PendingDelivery], at: datetime) -> None:
         """Count one more attempt, published `at`, for each of `deliveries` (one statement)."""

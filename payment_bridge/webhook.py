@@ -12,7 +12,11 @@ played (missed its TTL, expired, refused, failed). This loop posts each event to
     X-Haodian-Signature: base64(Ed25519(body))
 
     {"event": "payment.not_announced", "payment_id": "...", "merchant_id": "...",
-     "amount_fen": 1250, "channel": "wechat", "paid_at": "...", "reason": "missed"}
+     "platform_merchant_id": null, "amount_fen": 1250, "channel": "wechat", "paid_at": "...",
+     "reason": "missed"}
+
+(`merchant_id` null, reason `unknown_merchant`: no merchant of ours is known for the platform's
+`platform_merchant_id`; the platform was told success, nothing is announced.)
 
 until the backend answers 2xx, with a growing delay between tries (capped at 5 minutes). A batch
 is claimed with `FOR UPDATE SKIP LOCKED` and a lease on its next attempt, so several bridge
@@ -103,7 +107,8 @@ class WebhookSender(Component):
             {
                 "event": f"payment.{event['event']}",
                 "payment_id": event["payment_id"],
-                "merchant_id": event["merchant_id"],
+                "merchant_id": event["merchant_id"],  # None: no merchant of ours (reason unknown_merchant)
+                "platform_merchant_id": event["platform_merchant_id"],
                 "amount_fen": event["amount_fen"],
                 "channel": event["channel"],
                 "paid_at": event["paid_at"].isoformat(),

@@ -14,10 +14,16 @@
 The signature is checked against the platform key that `Wechatpay-Serial` names (a platform
 certificate's serial, or a platform public key id), over the raw body. A timestamp more than 5
 minutes from our clock is refused (a replayed notification), which the WeChat Pay SDKs do not
-check. `resource` is decrypted with the merchant's APIv3 key; the transaction inside names the
-payment (`transaction_id`), its state (only `SUCCESS` is announced), the amount in fen, and the
-merchant our backend put in `attach` when it created the order. WeChat Pay expects 200 or 204
-once the notification is recorded, and a 4xx/5xx with a JSON `{"code", "message"}` otherwise.
+check. `resource` is decrypted with the APIv3 key; the transaction inside names the payment
+(`transaction_id`), its state (only `SUCCESS` is announced) and the amount in fen.
+
+Two modes. Partner (服务商) mode, how an aggregator is paid: `sp_mchid` is us, the service
+provider, and `sub_mchid` the merchant. Direct mode: `mchid` is us. Either is checked against
+our configured merchant ids. The merchant is the one our backend put in `attach` when it created
+the order, when `attach` holds a merchant id of ours (it is optional, and free text: WeChat's
+docs show `自定义数据`); else, in partner mode, the merchant whose `sub_mchid` it is. WeChat Pay
+expects 200 or 204 once the notification is recorded, and a 4xx/5xx with a JSON
+`{"code", "message"}` otherwise.
 """
 
 from __future__ import annotations
@@ -28,17 +34,17 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from firmware_protocols.messages import MAX_AMOUNT_FEN, AnnounceKind, Channel, describe_errors
 from payment_bridge import rsa2
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.notifications import MAX_BODY_BYTES, PaymentNotice
+from payment_bridge.notifications import MAX_BODY_BYTES, PaymentNotice, check_provider, our_merchant_id
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 # WeChat Pay's own guidance: refuse a notification whose timestamp is this far from our clock.
@@ -55,15 +61,35 @@ class _Amount(BaseModel):
 
 
 class Transaction(BaseModel):
-    """The decrypted `resource` of a payment notification (the fields we use; others kept)."""
+    """The decrypted `resource` of a payment notification (the fields we use; others kept), in
+    direct mode (`mchid`) or partner mode (`sp_mchid` and `sub_mchid`)."""
 
     model_config = ConfigDict(extra="allow")
     transaction_id: Identifier
     out_trade_no: str
     trade_state: str
-    attach: Identifier
+    mchid: Identifier | None = None
+    sp_mchid: Identifier | None = None
+    sub_mchid: Identifier | None = None
+    attach: Annotated[str, StringConstraints(max_length=128)] | None = None
     success_time: AwareDatetime | None = None
     amount: _Amount
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Self:
+        partner = self.sp_mchid is not None or self.sub_mchid is not None
+        if partner and (self.sp_mchid is None or self.sub_mchid is None):
+            raise ValueError("partner mode names both sp_mchid and sub_mchid")
+        if partner == (self.mchid is not None):
+            raise ValueError("a transaction names mchid (direct mode) or sp_mchid and sub_mchid (partner mode)")
+        return self
+
+    @property
+    def provider(self) -> str:
+        """Our merchant id on WeChat Pay: the service provider's, or the direct merchant's."""
+        provider = self.sp_mchid or self.mchid
+        assert provider is not None  # noqa: S101 - _one_mode sees to it.
+        return provider
 
 
 class _Resource(BaseModel):
@@ -109,6 +135,7 @@ def verify_wechatpay_notification(
     platform_key: Callable[[str], RSAPublicKey | None],
     apiv3_key: bytes | None,
     now: datetime,
+    ours: frozenset[str] = frozenset(),
 ) -> PaymentNotice:
     """Check size, headers, signature, replay window, then decrypt; `headers` with lower-case names."""
     if len(body) > MAX_BODY_BYTES:
@@ -144,11 +171,13 @@ def verify_wechatpay_notification(
     announced = envelope.event_type == "TRANSACTION.SUCCESS" and transaction.trade_state == "SUCCESS"
     if transaction.amount.currency != "CNY":
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"currency {transaction.amount.currency!r}")
+    check_provider("WeChat Pay", "sp_mchid" if transaction.sp_mchid else "mchid", transaction.provider, ours)
     raw: dict[str, Any] = {"notification": json.loads(body), "transaction": transaction.model_dump(mode="json")}
     return PaymentNotice(
         notify_id=envelope.id,
         payment_id=f"wechat:{transaction.transaction_id}",
-        merchant_id=transaction.attach,
+        merchant_id=our_merchant_id(transaction.attach),
+        platform_merchant_id=transaction.sub_mchid,
         amount_fen=transaction.amount.total,
         channel=Channel.WECHAT,
         status=transaction.trade_state,

@@ -7,13 +7,19 @@ never real keys).
 
     wechat = WechatPayPlatform(private_key, serial="5157F0...", apiv3_key=b"32 bytes ...")
     body, headers = wechat.notification(transaction_id="...", merchant_id="M0001", amount_fen=1250)
+    # partner (服务商) mode, as an aggregator is paid: the merchant by its sub_mchid, no attach
+    body, headers = wechat.notification(transaction_id="...", merchant_id=None, sub_mchid="1900000109", ...)
+
+`deliver_until_accepted` retries a notification as the platform does until it is answered 2xx.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -61,20 +67,27 @@ def _yuan(amount_fen: int) -> str:
     return f"{amount_fen // 100}.{amount_fen % 100:02d}"
 
 
+# Our Alipay app in the simulations.
+ALIPAY_APP_ID = "2021000000000001"
+
+
 @dataclass(frozen=True, slots=True)
 class AlipayPlatform:
     key: RSAPrivateKey
-    app_id: str = "2021000000000001"
+    app_id: str = ALIPAY_APP_ID
 
     def notification(
         self,
         *,
         trade_no: str,
-        merchant_id: str,
+        merchant_id: str | None,
         amount_fen: int,
         status: str = "TRADE_SUCCESS",
         paid_at: datetime | None = None,
+        seller_id: str | None = None,
     ) -> tuple[bytes, dict[str, str]]:
+        """`merchant_id`: ours, in `passback_params` (None: left out, as an order our backend
+        did not create sends it); `seller_id`: the merchant's Alipay PID."""
         paid = (paid_at or datetime.now(tz=UTC)).astimezone(_BEIJING).strftime("%Y-%m-%d %H:%M:%S")
         params = {
             "notify_time": paid,
@@ -88,10 +101,33 @@ class AlipayPlatform:
             "trade_status": status,
             "total_amount": _yuan(amount_fen),
             "gmt_payment": paid,
-            "passback_params": merchant_id,
         }
+        if merchant_id is not None:
+            params["passback_params"] = merchant_id
+        if seller_id is not None:
+            params["seller_id"] = seller_id
         body = urlencode(alipay_sign(params, self.key)).encode()
         return body, {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
+
+
+# Our merchant id on WeChat Pay in the simulations: the service provider's (partner mode).
+SP_MCHID = "1900000001"
+# How WeChat Pay tries a notification again until it is answered 2xx: 15 tries over about 24 h.
+WECHATPAY_RETRY_S = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600)
+
+
+async def deliver_until_accepted(
+    send: Callable[[], Awaitable[int]], schedule_s: Sequence[float], *, time_scale: float = 0.0
+) -> list[int]:
+    """What a platform does with one notification: send it, and again after each delay of
+    `schedule_s` (scaled by `time_scale`; 0: at once) until an answer is 2xx. The statuses."""
+    statuses = [await send()]
+    for delay in schedule_s:
+        if 200 <= statuses[-1] < 300:
+            break
+        await asyncio.sleep(delay * time_scale)
+        statuses.append(await send())
+    return statuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,23 +140,37 @@ class WechatPayPlatform:
         self,
         *,
         transaction_id: str,
-        merchant_id: str,
+        merchant_id: str | None,
         amount_fen: int,
         trade_state: str = "SUCCESS",
         now: datetime | None = None,
+        sub_mchid: str | None = None,
+        sp_mchid: str = SP_MCHID,
     ) -> tuple[bytes, dict[str, str]]:
+        """A payment notification: in partner (服务商) mode when `sub_mchid` names the merchant
+        (`sp_mchid` is us), else in direct mode (`mchid` is us); `merchant_id` in `attach`, or
+        no `attach` at all when None."""
         at = now or datetime.now(tz=UTC)
+        who: dict[str, Any] = (
+            {"sp_appid": "wx0000000000000001", "sp_mchid": sp_mchid, "sub_mchid": sub_mchid}
+            if sub_mchid is not None
+            else {"appid": "wx0000000000000001", "mchid": sp_mchid}
+        )
+        payer = {"sp_openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"} if sub_mchid is not None else {"openid": "oUpF8uMu"}
         transaction: dict[str, Any] = {
-            "mchid": "1900000001",
-            "appid": "wx0000000000000001",
+            **who,
             "out_trade_no": f"HD{transaction_id[-12:]}",
             "transaction_id": transaction_id,
             "trade_type": "NATIVE",
             "trade_state": trade_state,
-            "attach": merchant_id,
+            "trade_state_desc": "支付成功",
+            "bank_type": "OTHERS",
             "success_time": at.astimezone(_BEIJING).isoformat(timespec="seconds"),
+            "payer": payer,
             "amount": {"total": amount_fen, "payer_total": amount_fen, "currency": "CNY", "payer_currency": "CNY"},
         }
+        if merchant_id is not None:
+            transaction["attach"] = merchant_id
         resource = wechatpay_resource(
             json.dumps(transaction).encode(), self.apiv3_key, nonce=secrets.token_hex(6), associated_data="transaction"
         )

@@ -34,6 +34,10 @@ class MerchantContact(BaseModel):
     contact_name: str | None
     phone: str | None
     settlement_account: str | None
+    # The merchant's ids on the payment platforms (not secret: they are on every receipt).
+    wechat_sub_mchid: str | None = None
+    alipay_seller_id: str | None = None
+    unionpay_mer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +64,11 @@ class Contacts:
                 contact_name=self._open(contact, f"merchants.contact_name:{m}"),
                 phone=self._open(phone_enc, f"merchants.phone:{m}"),
                 settlement_account=self._open(account, f"merchants.settlement_account:{m}"),
+                wechat_sub_mchid=wechat,
+                alipay_seller_id=alipay,
+                unionpay_mer_id=unionpay,
             )
-            for m, name, store, contact, phone_enc, account in rows
+            for m, name, store, contact, phone_enc, account, wechat, alipay, unionpay in rows
         ]
 
     async def rewrap(self) -> int:

@@ -8,7 +8,8 @@ from typing import Final
 from psycopg import sql
 
 _MERCHANT: Final = (
-    "SELECT merchant_id, name, store_id, contact_name_enc, phone_enc, settlement_account_enc FROM merchants"
+    "SELECT merchant_id, name, store_id, contact_name_enc, phone_enc, settlement_account_enc, wechat_sub_mchid,"
+    " alipay_seller_id, unionpay_mer_id FROM merchants"
 )
 # Merchants by the keyed hash of their phone (at most 50): (merchant_id, name, store_id,
 # contact_name_enc, phone_enc, settlement_account_enc).

@@ -28,6 +28,10 @@ from fleet_server.contacts.cipher import FieldCipher
 from fleet_server.devices import queries
 from fleet_server.errors import ImportRefused
 
+# The merchant's own ids on the payment platforms (WeChat Pay partner mode's sub_mchid, Alipay's
+# seller_id, UnionPay's merId), by which a notification without our backend's field is routed to
+# it; each belongs to one merchant.
+PLATFORM_ID_COLUMNS: Final = ("wechat_sub_mchid", "alipay_seller_id", "unionpay_mer_id")
 COLUMNS: Final = (
     "city_id",
     "city_name",
@@ -46,6 +50,7 @@ COLUMNS: Final = (
     "settlement_account",
     "business_open",
     "business_close",
+    *PLATFORM_ID_COLUMNS,
     "device_id",
     "serial",
     "model",
@@ -57,6 +62,7 @@ COLUMNS: Final = (
 )
 REQUIRED: Final = ("city_id", "district_id", "store_id", "merchant_id", "device_id", "serial", "model")
 _ID: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_PLATFORM_ID: Final = re.compile(r"^[A-Za-z0-9]{1,32}$")
 MAX_ROWS: Final = 200_000
 
 
@@ -125,6 +131,11 @@ def check_row(line: int, values: dict[str, str]) -> tuple[DeviceRow | None, list
         for tag in tags_of(values)
         if not _ID.match(tag)
     )
+    errors.extend(
+        f"{name} {values[name]!r} may only hold digits and letters (1-32)"
+        for name in PLATFORM_ID_COLUMNS
+        if values.get(name) and not _PLATFORM_ID.match(values[name])
+    )
     if values.get("device_id") and not DEVICE_ID_PATTERN.match(values["device_id"]):
         errors.append(f"device_id {values['device_id']!r} is not a valid device id")
     installed_at = None
@@ -191,24 +202,7 @@ async def import_registry(
     """Check (and unless `dry_run`, apply) a registry CSV; sensitive columns need `cipher`."""
     rows = read_csv(text)
     _check_sealable(rows, cipher)
-    problems: list[RowReport] = []
-    good: list[DeviceRow] = []
-    serials: dict[str, str] = {}
-    devices_in_file: dict[str, int] = {}
-    for line, values in rows:
-        row, errors = check_row(line, values)
-        device_id = values.get("device_id") or None
-        if device_id in devices_in_file:
-            errors.append(f"device {device_id} is already on line {devices_in_file[device_id]}")
-        elif device_id:
-            devices_in_file[device_id] = line
-        serial = values.get("serial")
-        if serial and serials.setdefault(serial, device_id or "") != (device_id or ""):
-            errors.append(f"serial {serial} is also given to device {serials[serial]} in this file")
-        if errors or row is None:
-            problems.append(RowReport(line=line, device_id=device_id, errors=errors))
-        else:
-            good.append(row)
+    good, problems = _check_file(rows)
     async with pool.connection() as conn, conn.cursor() as cur:
         ids = [r.values["device_id"] for r in good]
         await cur.execute(queries.SERIAL_OWNERS, ([r.values["serial"] for r in good],))
@@ -217,6 +211,9 @@ async def import_registry(
         bound: dict[str, str] = dict(await cur.fetchall())
         await cur.execute(queries.EXISTING_DEVICES, (ids,))
         existing = {row[0] for row in await cur.fetchall()}
+        given = {c: sorted({r.values[c] for r in good if r.values.get(c)}) for c in PLATFORM_ID_COLUMNS}
+        await cur.execute(queries.PLATFORM_ID_OWNERS, given)
+        platform_owner = {(column, value): merchant for column, value, merchant in await cur.fetchall()}
     applicable: list[DeviceRow] = []
     for row in good:
         v = row.values
@@ -224,6 +221,11 @@ async def import_registry(
         owner = serial_owner.get(v["serial"])
         if owner is not None and owner != v["device_id"]:
             errors.append(f"serial {v['serial']} already belongs to device {owner}")
+        errors.extend(
+            f"{column} {v[column]} already belongs to merchant {holder}"
+            for column in PLATFORM_ID_COLUMNS
+            if (holder := platform_owner.get((column, v.get(column, "")))) not in (None, v["merchant_id"])
+        )
         merchant = bound.get(v["device_id"])
         if merchant is not None and merchant != v["merchant_id"]:
             errors.append(
@@ -247,6 +249,37 @@ async def import_registry(
         updates=sum(r.values["device_id"] in existing for r in applicable),
         problems=problems,
     )
+
+
+def _check_file(rows: list[tuple[int, dict[str, str]]]) -> tuple[list[DeviceRow], list[RowReport]]:
+    """Each row on its own and against the rest of the file: a device, a serial or a platform id
+    given twice."""
+    problems: list[RowReport] = []
+    good: list[DeviceRow] = []
+    serials: dict[str, str] = {}
+    platform_ids: dict[tuple[str, str], str] = {}  # (column, id) -> the merchant it is given to
+    devices_in_file: dict[str, int] = {}
+    for line, values in rows:
+        row, errors = check_row(line, values)
+        device_id = values.get("device_id") or None
+        if device_id in devices_in_file:
+            errors.append(f"device {device_id} is already on line {devices_in_file[device_id]}")
+        elif device_id:
+            devices_in_file[device_id] = line
+        serial = values.get("serial")
+        if serial and serials.setdefault(serial, device_id or "") != (device_id or ""):
+            errors.append(f"serial {serial} is also given to device {serials[serial]} in this file")
+        merchant_id = values.get("merchant_id", "")
+        errors.extend(
+            f"{column} {values[column]} is also given to merchant {platform_ids[column, values[column]]} in this file"
+            for column in PLATFORM_ID_COLUMNS
+            if values.get(column) and platform_ids.setdefault((column, values[column]), merchant_id) != merchant_id
+        )
+        if errors or row is None:
+            problems.append(RowReport(line=line, device_id=device_id, errors=errors))
+        else:
+            good.append(row)
+    return good, problems
 
 
 def _sealed(cipher: FieldCipher | None, value: str | None, context: str) -> str | None:
@@ -314,6 +347,7 @@ async def _apply(pool: AsyncConnectionPool, rows: list[DeviceRow], cipher: Field
                     _sealed(cipher, r.values.get("merchant_phone"), f"merchants.phone:{merchant_id}"),
                     _phone_hash(cipher, r.values.get("merchant_phone")),
                     _sealed(cipher, r.values.get("settlement_account"), f"merchants.settlement_account:{merchant_id}"),
+                    *(r.values.get(column) or None for column in PLATFORM_ID_COLUMNS),
                 )
                 for merchant_id, r in sorted(merchants.items())
             ],

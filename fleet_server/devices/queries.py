@@ -103,6 +103,15 @@ COUNTS: Final = "SELECT count(*) AS devices, count(*) FILTER (WHERE online) AS o
 SERIAL_OWNERS: Final = "SELECT device_id, serial FROM devices WHERE serial = ANY(%s)"
 # The merchants the given devices are bound to: (device_id, merchant_id).
 BOUND_MERCHANTS: Final = "SELECT device_id, merchant_id FROM bindings WHERE device_id = ANY(%s)"
+# Which merchants hold the given platform ids: (column, id, merchant_id).
+PLATFORM_ID_OWNERS: Final = (
+    "SELECT 'wechat_sub_mchid', wechat_sub_mchid, merchant_id FROM merchants"
+    " WHERE wechat_sub_mchid = ANY(%(wechat_sub_mchid)s)"
+    " UNION ALL SELECT 'alipay_seller_id', alipay_seller_id, merchant_id FROM merchants"
+    " WHERE alipay_seller_id = ANY(%(alipay_seller_id)s)"
+    " UNION ALL SELECT 'unionpay_mer_id', unionpay_mer_id, merchant_id FROM merchants"
+    " WHERE unionpay_mer_id = ANY(%(unionpay_mer_id)s)"
+)
 # Which of the given devices exist: (device_id).
 EXISTING_DEVICES: Final = "SELECT device_id FROM devices WHERE device_id = ANY(%s)"
 
@@ -125,16 +134,20 @@ UPSERT_STORE: Final = (
     " agent_id = COALESCE(EXCLUDED.agent_id, stores.agent_id)"
 )
 # A merchant; sealed contact fields not given keep the ones held.
+# A merchant; sealed fields and platform ids not given keep the ones held.
 UPSERT_MERCHANT: Final = (
     "INSERT INTO merchants (merchant_id, store_id, name, business_open, business_close,"
-    " contact_name_enc, phone_enc, phone_hash, settlement_account_enc)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " contact_name_enc, phone_enc, phone_hash, settlement_account_enc, wechat_sub_mchid, alipay_seller_id,"
+    " unionpay_mer_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (merchant_id) DO UPDATE SET store_id = EXCLUDED.store_id, name = EXCLUDED.name,"
     " business_open = EXCLUDED.business_open, business_close = EXCLUDED.business_close,"
     " contact_name_enc = COALESCE(EXCLUDED.contact_name_enc, merchants.contact_name_enc),"
     " phone_enc = COALESCE(EXCLUDED.phone_enc, merchants.phone_enc),"
     " phone_hash = COALESCE(EXCLUDED.phone_hash, merchants.phone_hash),"
-    " settlement_account_enc = COALESCE(EXCLUDED.settlement_account_enc, merchants.settlement_account_enc)"
+    " settlement_account_enc = COALESCE(EXCLUDED.settlement_account_enc, merchants.settlement_account_enc),"
+    " wechat_sub_mchid = COALESCE(EXCLUDED.wechat_sub_mchid, merchants.wechat_sub_mchid),"
+    " alipay_seller_id = COALESCE(EXCLUDED.alipay_seller_id, merchants.alipay_seller_id),"
+    " unionpay_mer_id = COALESCE(EXCLUDED.unionpay_mer_id, merchants.unionpay_mer_id)"
 )
 # A device; installation facts not given keep the ones held; tags replace the held ones only
 # when the file gives some (the last parameter repeats the tags for that test).

@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from edge_agent.hardware.audio import MemorySink
 from haodian.settings import Settings
 from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
-from simulators.platforms import AlipayPlatform, WechatPayPlatform
+from simulators.platforms import (
+    ALIPAY_APP_ID,
+    SP_MCHID,
+    WECHATPAY_RETRY_S,
+    AlipayPlatform,
+    WechatPayPlatform,
+    deliver_until_accepted,
+)
 from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -48,6 +55,8 @@ async def stack(tmp_path, embedded_database, server_keys, platform_keys, unique)
         alipay_public_key_file=keys_dir / "alipay.pem",
         wechatpay_keys_dir=keys_dir / "wechatpay",
         wechatpay_apiv3_key_file=keys_dir / "apiv3.key",
+        wechatpay_mchids=[SP_MCHID],
+        alipay_app_ids=[ALIPAY_APP_ID],
     )
     async with in_process_stack(settings, embedded_database, server_keys) as (broker, server):
         yield broker, server, embedded_database
@@ -135,3 +144,83 @@ async def test_wechatpay_payment_is_answered_204_and_played(stack, server_keys, 
         await eventually(by_serial, what="the binding to be found by the device's serial")
         assert (await http.get("/api/v1/bindings", params={"serial": "NO-SUCH-SERIAL"})).json() == []
     assert [r.text for r in sinks[device].played] == ["微信收款十二点五元"]
+
+
+async def test_partner_mode_payments_are_routed_by_the_merchants_platform_ids_and_unknown_ones_still_received(
+    stack, server_keys, platform_keys, tmp_path, unique
+):
+    """As an aggregator is paid: WeChat Pay partner mode names the merchant by its sub_mchid (no
+    attach, or attach as free text), Alipay by its seller_id; a merchant we do not know is still
+    received (answered success, so the platform stops), recorded and listed UNKNOWN_MERCHANT; a
+    notification for another service provider is refused and recorded."""
+    broker, server, database = stack
+    merchant, device = f"PM{unique}", f"PD{unique}"
+    sub_mchid, seller_id = f"19{int(unique, 16) % 10**8:08d}", f"2088{int(unique, 16) % 10**12:012d}"
+    registry = (
+        "city_id,district_id,store_id,merchant_id,merchant_name,wechat_sub_mchid,alipay_seller_id,device_id,serial,model\n"
+        f"BJ,WJ,S-WJ,{merchant},商户,{sub_mchid},{seller_id},{device},SN{device},HD-S1\n"
+    )
+    async with AsyncExitStack() as exits:
+        sinks = await _speakers(exits, broker, server_keys, tmp_path, [device])
+        http = await exits.enter_async_context(await api_client(server))
+        imported = await http.post(
+            "/api/v1/registry/import",
+            params={"dry_run": "false"},
+            content=registry,
+            headers={"content-type": "text/csv"},
+        )
+        assert imported.json()["applied"] == 1, imported.text
+        shown = (await http.get("/api/v1/registry/merchants", params={"merchant_id": merchant})).json()
+        assert (shown[0]["wechat_sub_mchid"], shown[0]["alipay_seller_id"]) == (sub_mchid, seller_id)
+        wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)
+        alipay = AlipayPlatform(platform_keys["alipay"])
+
+        async def send(path: str, body: bytes, headers: dict[str, str]) -> list[int]:
+            async def once() -> int:
+                return (await http.post(path, content=body, headers=headers)).status_code
+
+            return await deliver_until_accepted(once, WECHATPAY_RETRY_S)
+
+        paid = f"4200000001{unique}"
+        body, headers = wechat.notification(transaction_id=paid, merchant_id=None, amount_fen=1250, sub_mchid=sub_mchid)
+        assert await send("/api/v1/notifications/wechatpay", body, headers) == [204]
+        trade = f"2026120122001{unique}"
+        body, headers = alipay.notification(trade_no=trade, merchant_id=None, amount_fen=300, seller_id=seller_id)
+        assert await send("/api/v1/notifications/alipay", body, headers) == [200]
+
+        async def played() -> bool:
+            return len(sinks[device].played) == 2
+
+        await eventually(played, what="both payments to play on the merchant's speaker")
+        assert sorted(r.text for r in sinks[device].played) == ["微信收款十二点五元", "支付宝到账三元"]
+        for payment in (f"wechat:{paid}", f"alipay:{trade}"):
+            assert (await http.get(f"/api/v1/payments/{payment}")).json()["merchant_id"] == merchant
+
+        # A sub_mchid no merchant of ours holds: answered at the first try, recorded, not announced.
+        lost = f"4200000002{unique}"
+        body, headers = wechat.notification(
+            transaction_id=lost, merchant_id=None, amount_fen=800, sub_mchid="1999999999"
+        )
+        assert await send("/api/v1/notifications/wechatpay", body, headers) == [204]
+        listed = (await http.get("/api/v1/payments/not-announced")).json()
+        [entry] = [e for e in listed if e["payment_id"] == f"wechat:{lost}"]
+        assert (entry["code"], entry["merchant_id"], entry["platform_merchant_id"]) == (
+            "UNKNOWN_MERCHANT",
+            None,
+            "1999999999",
+        )
+        # For another service provider: refused, and kept with the reason.
+        body, headers = wechat.notification(
+            transaction_id=f"4200000003{unique}",
+            merchant_id=None,
+            amount_fen=100,
+            sub_mchid=sub_mchid,
+            sp_mchid="1888888888",
+        )
+        refused = await http.post("/api/v1/notifications/wechatpay", content=body, headers=headers)
+        assert refused.status_code == 400
+        assert refused.json()["message"].startswith("NOT_OUR_PROVIDER")
+    with psycopg.connect(database) as conn:
+        codes = [row[0] for row in conn.execute("SELECT code FROM rejected_notifications WHERE source = 'wechatpay'")]
+    assert codes == ["NOT_OUR_PROVIDER"]
+    assert len(sinks[device].played) == 2  # nothing else was announced

@@ -30,6 +30,7 @@ from firmware_protocols.messages import AnnounceKind, Channel
 from payment_bridge.alipay import verify_alipay_notification
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.keyring import PlatformKeys
+from payment_bridge.notifications import PaymentNotice
 from payment_bridge.wechatpay import REPLAY_WINDOW_S, verify_wechatpay_notification
 from simulators.platforms import alipay_sign, wechatpay_headers, wechatpay_resource
 
@@ -251,6 +252,27 @@ TRANSACTION = {
     "amount": {"total": 1250, "payer_total": 1250, "currency": "CNY", "payer_currency": "CNY"},
 }
 
+# Partner (服务商) mode, with the fields of WeChat Pay's documented example: the merchant is
+# `sub_mchid`, `sp_mchid` is us; `attach` is free text (its docs show 自定义数据).
+PARTNER_TRANSACTION = {
+    "sp_appid": "wx8888888888888888",
+    "sp_mchid": "1230000109",
+    "sub_appid": "wxd678efh567hg6999",
+    "sub_mchid": "1900000109",
+    "out_trade_no": "1217752501201407033233368018",
+    "transaction_id": "1217752501201407033233368018",
+    "trade_type": "MICROPAY",
+    "trade_state": "SUCCESS",
+    "trade_state_desc": "支付成功",
+    "bank_type": "CMC",
+    "attach": "自定义数据",
+    "success_time": "2018-06-08T10:34:56+08:00",
+    "payer": {"sp_openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "sub_openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+    "amount": {"total": 100, "payer_total": 100, "currency": "CNY", "payer_currency": "CNY"},
+}
+PARTNER_NO_ATTACH = {k: v for k, v in PARTNER_TRANSACTION.items() if k != "attach"}
+DIRECT_NO_ATTACH = {k: v for k, v in TRANSACTION.items() if k != "attach"}
+
 
 def _certificate(key: rsa.RSAPrivateKey, serial: int) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (test only)")])
@@ -320,8 +342,20 @@ def _replace_header(signed: Signed, name: str, value: str) -> Signed:
     return Signed({**signed.headers, name: value}, signed.body)
 
 
+def _signed_transaction(transaction: dict[str, object]) -> Callable[[dict[str, rsa.RSAPrivateKey]], Signed]:
+    return lambda k: _wechat_signed(_body(_encrypt(transaction)), k["platform"])
+
+
 WECHAT_CASES = [
     WechatCase("valid, platform certificate", lambda k: _wechat_signed(_body(), k["platform"]), valid=True),
+    *(
+        WechatCase(f"valid, {name}", _signed_transaction(transaction), valid=True)
+        for name, transaction in (
+            ("partner mode as documented (attach 自定义数据)", PARTNER_TRANSACTION),
+            ("partner mode without attach", PARTNER_NO_ATTACH),
+            ("direct mode without attach", DIRECT_NO_ATTACH),
+        )
+    ),
     WechatCase(
         "valid, platform public key id",
         lambda k: _wechat_signed(_body(), k["platform"], serial=PUBLIC_KEY_ID),
@@ -529,3 +563,94 @@ def test_wechatpay_without_an_apiv3_key_refuses_with_a_clear_code(keys, platform
             now=dt.datetime.now(tz=dt.UTC),
         )
     assert (caught.value.status, caught.value.code) == (503, "KEY_NOT_CONFIGURED")
+
+
+def _notice(signed: Signed, ring: PlatformKeys, *, ours: frozenset[str] = frozenset()) -> PaymentNotice:
+    return verify_wechatpay_notification(
+        signed.body.encode(),
+        {n.lower(): v for n, v in signed.headers.items()},
+        platform_key=ring.wechatpay,
+        apiv3_key=ring.apiv3_key(),
+        now=dt.datetime.now(tz=dt.UTC),
+        ours=ours,
+    )
+
+
+@pytest.mark.parametrize(
+    ("transaction", "merchant", "sub_mchid"),
+    [
+        (PARTNER_TRANSACTION, None, "1900000109"),  # attach is free text, not a merchant id of ours
+        (PARTNER_NO_ATTACH, None, "1900000109"),
+        ({**PARTNER_TRANSACTION, "attach": "M0001"}, "M0001", "1900000109"),
+        (DIRECT_NO_ATTACH, None, None),
+    ],
+    ids=["partner, attach 自定义数据", "partner, no attach", "partner, attach ours", "direct, no attach"],
+)
+def test_wechatpay_partner_mode_names_the_merchant_by_sub_mchid_as_the_sdk_decrypts_it(
+    transaction, merchant, sub_mchid, keys, wechat_sdk, platform_keys
+):
+    signed = _wechat_signed(_body(_encrypt(transaction)), keys["platform"])
+    notice = _notice(signed, platform_keys)
+    assert (notice.merchant_id, notice.platform_merchant_id, notice.amount_fen) == (
+        merchant,
+        sub_mchid,
+        transaction["amount"]["total"],
+    )
+    # The SDK decrypts the same resource to the same merchant and payment.
+    resource = wechat_sdk(None).callback(signed.headers, signed.body)["resource"]
+    assert (resource.get("sub_mchid"), f"wechat:{resource['transaction_id']}") == (sub_mchid, notice.payment_id)
+
+
+def test_wechatpay_a_notification_for_another_service_provider_is_refused(keys, platform_keys):
+    partner = _wechat_signed(_body(_encrypt(PARTNER_TRANSACTION)), keys["platform"])
+    assert _notice(partner, platform_keys, ours=frozenset({"1230000109"})).platform_merchant_id == "1900000109"
+    with pytest.raises(NotificationRejected, match="sp_mchid '1230000109' is not one of ours") as caught:
+        _notice(partner, platform_keys, ours=frozenset({"1900000001"}))
+    assert caught.value.code == "NOT_OUR_PROVIDER"
+    direct = _wechat_signed(_body(), keys["platform"])
+    assert _notice(direct, platform_keys, ours=frozenset({"1900000001"})).merchant_id == "M0001"
+    with pytest.raises(NotificationRejected, match="mchid '1900000001' is not one of ours"):
+        _notice(direct, platform_keys, ours=frozenset({"1230000109"}))
+
+
+@pytest.mark.parametrize(
+    "transaction",
+    [
+        {k: v for k, v in PARTNER_TRANSACTION.items() if k != "sub_mchid"},
+        {**PARTNER_TRANSACTION, "mchid": "1900000001"},
+        {k: v for k, v in TRANSACTION.items() if k != "mchid"},
+    ],
+    ids=["sp_mchid without sub_mchid", "both modes", "no mode"],
+)
+def test_wechatpay_a_transaction_names_one_mode(transaction, keys, platform_keys):
+    signed = _wechat_signed(_body(_encrypt(transaction)), keys["platform"])
+    with pytest.raises(NotificationRejected) as caught:
+        _notice(signed, platform_keys)
+    assert caught.value.code == "NOTIFICATION_INVALID"
+
+
+def test_alipay_routes_by_seller_id_without_passback_params_and_checks_app_id(keys):
+    public = [keys["platform"].public_key()]
+    base = {
+        "notify_id": "ac05099524730693a8b330c5ecf72da9786",
+        "notify_time": "2026-11-21 12:00:02",
+        "notify_type": "trade_status_sync",
+        "app_id": "2014072300007148",
+        "charset": "utf-8",
+        "version": "1.0",
+        "trade_no": "2026112122001434581000000001",
+        "out_trade_no": "HD20261121000001",
+        "seller_id": "2088101106499364",
+        "trade_status": "TRADE_SUCCESS",
+        "total_amount": "12.50",
+        "gmt_payment": "2026-11-21 12:00:01",
+    }
+    body = urlencode(alipay_sign(base, keys["platform"])).encode()
+    notice = verify_alipay_notification(body, public, ours=frozenset({"2014072300007148"}))
+    assert (notice.merchant_id, notice.platform_merchant_id) == (None, "2088101106499364")
+    with pytest.raises(NotificationRejected) as caught:
+        verify_alipay_notification(body, public, ours=frozenset({"2021000000000001"}))
+    assert caught.value.code == "NOT_OUR_PROVIDER"
+    neither = {k: v for k, v in base.items() if k != "seller_id"}
+    with pytest.raises(NotificationRejected, match="passback_params and seller_id"):
+        verify_alipay_notification(urlencode(alipay_sign(neither, keys["platform"])).encode(), public)
