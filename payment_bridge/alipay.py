@@ -14,8 +14,10 @@ TRADE_FINISHED after the TRADE_SUCCESS of the same trade is a repeat. `app_id` m
 (Alipay asks integrators to check it; in ISV mode `auth_app_id` is the merchant's authorising
 app, kept with the payment). The merchant is the one our backend named in `passback_params`
 when it created the order, when it holds a merchant id of ours; else the merchant whose Alipay
-`seller_id` (its PID, 2088...) it is. Alipay expects the literal body `success` once the
-notification is safely recorded, and retries anything else.
+`seller_id` (its PID, 2088...) it is. A refund comes as the trade's notification again with
+`refund_fee` (the refunds so far), `out_biz_no` and `gmt_refund`: its own record
+(`alipay-refund:<trade_no>:<out_biz_no>`), announced as 退款. Alipay expects the literal body
+`success` once the notification is safely recorded, and retries anything else.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from payment_bridge.notifications import (
     check_provider,
     our_merchant_id,
     parse_yuan,
+    refund_payment_id,
 )
 
 ANNOUNCED_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
@@ -111,16 +114,12 @@ def verify_alipay_notification(
     status = params["trade_status"]
     if status not in KNOWN_STATUSES:
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"unknown trade_status {status!r}")
-    if not re.fullmatch(AMOUNT_PATTERN, params["total_amount"]):
-        raise NotificationRejected(400, "NOTIFICATION_INVALID", f"total_amount {params['total_amount']!r}")
-    amount_fen = parse_yuan(params["total_amount"])
-    if amount_fen > MAX_AMOUNT_FEN:
-        raise NotificationRejected(
-            400, "NOTIFICATION_INVALID", f"total_amount {params['total_amount']} is out of range"
-        )
+    amount_fen = _amount(params, "total_amount")
     for name in ("notify_id", "trade_no", "seller_id"):
         if params.get(name) and not _IDENTIFIER.match(params[name]):
             raise NotificationRejected(400, "NOTIFICATION_INVALID", f"{name} {params[name]!r} is not an identifier")
+    if params.get("refund_fee"):
+        return _refund_notice(params)
     paid_at = _time(params, "gmt_payment" if params.get("gmt_payment") else "notify_time")
     return PaymentNotice(
         notify_id=params["notify_id"],
@@ -132,5 +131,37 @@ def verify_alipay_notification(
         status=status,
         kind=AnnounceKind.PAYMENT if status in ANNOUNCED_STATUSES else None,
         paid_at=paid_at,
+        raw=json.dumps(params, ensure_ascii=False),
+    )
+
+
+def _amount(params: dict[str, str], name: str) -> int:
+    if not re.fullmatch(AMOUNT_PATTERN, params[name]):
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", f"{name} {params[name]!r}")
+    fen = parse_yuan(params[name])
+    if fen > MAX_AMOUNT_FEN:
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", f"{name} {params[name]} is out of range")
+    return fen
+
+
+def _refund_notice(params: dict[str, str]) -> PaymentNotice:
+    """A refund, as Alipay tells it: the trade's notification again (TRADE_SUCCESS after a partial
+    refund, TRADE_CLOSED after a full one) with `refund_fee` (refunded so far, cumulative),
+    `out_biz_no` (the refund request) and `gmt_refund`. Its own record, keyed by the request;
+    its amount is what it adds to the refunds recorded before (`refund_total_fen`)."""
+    _required(params, "out_biz_no")
+    total = _amount(params, "refund_fee")
+    return PaymentNotice(
+        notify_id=params["notify_id"],
+        payment_id=refund_payment_id("alipay-refund", f"{params['trade_no']}:{params['out_biz_no']}"),
+        refund_of=f"alipay:{params['trade_no']}",
+        refund_total_fen=total,
+        merchant_id=our_merchant_id(params.get("passback_params")),
+        platform_merchant_id=params.get("seller_id") or None,
+        amount_fen=total,
+        channel=Channel.ALIPAY,
+        status=params["trade_status"],
+        kind=AnnounceKind.REFUND,
+        paid_at=_time(params, "gmt_refund" if params.get("gmt_refund") else "notify_time"),
         raw=json.dumps(params, ensure_ascii=False),
     )

@@ -214,7 +214,12 @@ class PaymentBridge(Component):
                 source=source, code=exc.code, reason=exc.reason, body=body, headers=headers, received_at=received_at
             )
             raise
-        recorded = await self._payments.submit(NewPayment(notification, source, received_at, received_at + self._ttl))
+        new = NewPayment(notification, source, received_at, received_at + self._ttl)
+        # A refund is recorded on its own, against its payment (locked); payments share batches.
+        if notification.refund_of is not None:
+            recorded = await self._store.record_refund(new)
+        else:
+            recorded = await self._payments.submit(new)
         if not recorded.is_new:
             self.stats.duplicates += 1
             log.info("notification repeated; already recorded", source=source, payment_id=notification.payment_id)
@@ -243,7 +248,7 @@ class PaymentBridge(Component):
                         payment_id=notification.payment_id,
                         device_id=device_id,
                         merchant_id=recorded.merchant_id or "",
-                        amount_fen=notification.amount_fen,
+                        amount_fen=recorded.amount_fen if recorded.amount_fen is not None else notification.amount_fen,
                         channel=notification.channel.value,
                         kind=notification.kind.value,
                         paid_at=notification.paid_at,

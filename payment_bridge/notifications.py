@@ -14,6 +14,7 @@ yuan strings, as every platform sends them, turned into integer fen here.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,6 +76,20 @@ class PaymentNotice:
     paid_at: datetime
     raw: str  # JSON: what the platform sent, kept with the payment
     platform_merchant_id: str | None = None
+    # A refund: its own record (`payment_id` names the refund) of the payment `refund_of`,
+    # announced as 退款 with the amount refunded. `refund_total_fen`: the trade's refunds so far,
+    # as Alipay sends them (cumulative); this refund's amount is what it adds.
+    refund_of: str | None = None
+    refund_total_fen: int | None = None
+
+
+def refund_payment_id(prefix: str, key: str) -> str:
+    """The id of a refund's own record: `<prefix>:<key>`, or its digest when that would not fit
+    a payment id (64 printable characters; Alipay's refund request numbers may be 64 long)."""
+    candidate = f"{prefix}:{key}"
+    if len(candidate) <= 64 and _IDENTIFIER.fullmatch(candidate):
+        return candidate
+    return f"{prefix}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
 def parse_yuan(amount: str) -> int:
@@ -93,9 +108,12 @@ class BackendNotification(BaseModel):
     merchant_id: Identifier
     amount: Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
     channel: Channel
-    # SUCCESS and REFUND are announced; CLOSED (and any later status) is recorded only.
+    # SUCCESS and REFUND are announced; CLOSED (and any later status) is recorded only. A
+    # REFUND names the payment refunded in `payment_id`, the amount refunded in `amount`, and
+    # its own id in `refund_id` (without one, the notification's id stands for it).
     status: Literal["SUCCESS", "REFUND", "CLOSED"]
     paid_at: AwareDatetime
+    refund_id: Identifier | None = None
 
     @property
     def amount_fen(self) -> int:
@@ -107,9 +125,11 @@ class BackendNotification(BaseModel):
         return {"SUCCESS": AnnounceKind.PAYMENT, "REFUND": AnnounceKind.REFUND}.get(self.status)
 
     def notice(self) -> PaymentNotice:
+        refund = self.status == "REFUND"
         return PaymentNotice(
             notify_id=self.notify_id,
-            payment_id=self.payment_id,
+            payment_id=refund_payment_id("refund", self.refund_id or self.notify_id) if refund else self.payment_id,
+            refund_of=self.payment_id if refund else None,
             merchant_id=self.merchant_id,
             amount_fen=self.amount_fen,
             channel=self.channel,

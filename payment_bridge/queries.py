@@ -63,13 +63,14 @@ MARK_MISSED: Final = statement(
     "UPDATE deliveries SET status = {missed} WHERE status = {pending} AND expires_at < %s RETURNING payment_id",
     **_NAMES,
 )
-# Payments received since a moment (NULL: all), and those announced to nobody: one row
-# (payments, unrouted_payments).
+# Payments (or refunds: %(kind)s) received since a moment (NULL: all), and those announced to
+# nobody: one row (payments, unrouted_payments).
 PAYMENT_COUNTS: Final = statement(
     "SELECT count(*) AS payments,"  # noqa: S608 - constant fragments; values are parameters.
     " count(*) FILTER (WHERE p.kind <> {unannounced} AND NOT EXISTS"
     "   (SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id)) AS unrouted_payments"
     " FROM payments p WHERE (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
+    " AND p.kind = %(kind)s"
     f" AND {PAYMENT_WITHIN_REACH}",
     **_NAMES,
 )
@@ -94,12 +95,14 @@ DELIVERY_COUNTS: Final = statement(
     "     extract(epoch FROM d.acked_at - p.received_at) * 1000 END AS rtt"
     "   FROM deliveries d JOIN payments p USING (payment_id)"
     "   WHERE (%(since)s::timestamptz IS NULL OR p.received_at >= %(since)s)"
+    "   AND p.kind = %(kind)s"
     f"   AND {PAYMENT_WITHIN_REACH}) d",
     **_NAMES,
 )
 # One payment within reach (PAYMENT_WITHIN_REACH). Rows: PaymentView without deliveries.
 PAYMENT: Final = (
-    "SELECT payment_id, merchant_id, platform_merchant_id, amount_fen, channel, kind, status, paid_at, received_at"  # noqa: S608 - constant fragments.
+    "SELECT payment_id, merchant_id, platform_merchant_id, amount_fen, channel, kind, status, paid_at, received_at,"  # noqa: S608 - constant fragments.
+    " refund_of, refunded_fen"
     f" FROM payments p WHERE payment_id = %(id)s AND {PAYMENT_WITHIN_REACH}"
 )
 # A payment's deliveries by device. Rows: DeliveryView.
@@ -174,9 +177,10 @@ WITH n AS (
     SELECT * FROM unnest(%(payment_id)s::text[], %(source)s::text[], %(notify_id)s::text[],
                          %(merchant_id)s::text[], %(platform_merchant_id)s::text[], %(amount_fen)s::bigint[],
                          %(channel)s::text[], %(kind)s::text[], %(status)s::text[], %(paid_at)s::timestamptz[],
-                         %(received_at)s::timestamptz[], %(raw)s::text[], %(expires_at)s::timestamptz[])
+                         %(received_at)s::timestamptz[], %(raw)s::text[], %(expires_at)s::timestamptz[],
+                         %(refund_of)s::text[])
         AS n (payment_id, source, notify_id, given, platform_merchant_id, amount_fen, channel, kind, status,
-              paid_at, received_at, raw, expires_at)
+              paid_at, received_at, raw, expires_at, refund_of)
 ),
 -- The merchant: ours as our backend named it, when it is a merchant we know (registered, or
 -- with a device bound) or the backend's own notification said so; else the merchant whose id on
@@ -196,9 +200,9 @@ r AS (
 ),
 p AS (
     INSERT INTO payments (payment_id, source, notify_id, merchant_id, platform_merchant_id, amount_fen, channel,
-                          kind, status, paid_at, received_at, raw)
+                          kind, status, paid_at, received_at, raw, refund_of)
     SELECT payment_id, source, notify_id, merchant_id, platform_merchant_id, amount_fen, channel, kind, status,
-           paid_at, received_at, raw::jsonb
+           paid_at, received_at, raw::jsonb, refund_of
     FROM r
     ON CONFLICT (payment_id) DO UPDATE SET notify_id = EXCLUDED.notify_id, kind = EXCLUDED.kind,
         status = EXCLUDED.status, amount_fen = EXCLUDED.amount_fen, paid_at = EXCLUDED.paid_at,
@@ -226,6 +230,21 @@ SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d 
 FROM p
 """,
     **_NAMES,
+)
+
+# The payment a refund refunds, locked while the refund is recorded (refunds of one payment are
+# recorded one at a time): one row (merchant_id, amount_fen, refunded_fen), or none.
+LOCK_REFUNDED: Final = "SELECT merchant_id, amount_fen, refunded_fen FROM payments WHERE payment_id = %s FOR UPDATE"
+# A refund recorded against its payment: (amount refunded, payment id).
+ADD_REFUNDED: Final = (
+    "UPDATE payments SET refunded_fen = refunded_fen + %(fen)s,"
+    " status = CASE WHEN refunded_fen + %(fen)s >= amount_fen THEN 'REFUNDED' ELSE 'REFUNDED_PART' END"
+    " WHERE payment_id = %(id)s"
+)
+# The refunds of a payment, oldest first. Rows: RefundView.
+REFUNDS_OF: Final = (
+    "SELECT payment_id, amount_fen, kind, status, paid_at AS refunded_at, received_at FROM payments"
+    " WHERE refund_of = %s ORDER BY received_at"
 )
 
 # Devices' acks onto their deliveries; answers (payment_id, device_id) of each delivery found.

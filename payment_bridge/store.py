@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, computed_field
 
-from firmware_protocols.messages import HEARD, Ack
+from firmware_protocols.messages import HEARD, Ack, AnnounceKind
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_rows
 from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from payment_bridge import queries
@@ -32,6 +32,7 @@ class Recorded:
     is_new: bool
     device_ids: list[str]
     merchant_id: str | None = None  # routed to (when new); None: no merchant of ours is known
+    amount_fen: int | None = None  # what it announces (a refund: the amount it refunds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,8 @@ class DeliverySummary(BaseModel):
     latency_ms: Percentiles
     # Notification received → the device's ack back at the bridge (one clock: an upper bound).
     ack_round_trip_ms: Percentiles
+    # The same figures of refunds (announced as 退款), apart: the figures above are payments'.
+    refunds: DeliverySummary | None = None
 
 
 class DeliveryView(BaseModel):
@@ -97,7 +100,20 @@ class DeliveryView(BaseModel):
     reason: str | None
 
 
+class RefundView(BaseModel):
+    payment_id: str  # the refund's own record
+    amount_fen: int
+    kind: str  # refund (announced), or none (recorded only: abnormal, closed)
+    status: str
+    refunded_at: datetime
+    received_at: datetime
+
+
 class PaymentView(BaseModel):
+    """A payment, or a refund's own record (`refund_of` names the payment), with its deliveries.
+    A payment's `status` says where it stands (SUCCESS, REFUNDED_PART, REFUNDED, or the
+    platform's) and `refunds` are its refunds, oldest first."""
+
     payment_id: str
     merchant_id: str | None  # None: no merchant of ours was found (platform_merchant_id names it there)
     platform_merchant_id: str | None = None
@@ -108,6 +124,9 @@ class PaymentView(BaseModel):
     paid_at: datetime
     received_at: datetime
     deliveries: list[DeliveryView]
+    refund_of: str | None = None
+    refunded_fen: int = 0
+    refunds: list[RefundView] = []
 
 
 class NotAnnounced(BaseModel):
@@ -175,30 +194,34 @@ class PaymentStore:
         the first notification of the same trade that announces; anything later is a repeat.
         One statement for the whole batch: one round trip and one commit however many there are."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                queries.RECORD_PAYMENTS,
-                {
-                    "payment_id": [p.notice.payment_id for p in payments],
-                    "source": [p.source for p in payments],
-                    "notify_id": [p.notice.notify_id for p in payments],
-                    "merchant_id": [p.notice.merchant_id for p in payments],
-                    "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
-                    "amount_fen": [p.notice.amount_fen for p in payments],
-                    "channel": [p.notice.channel.value for p in payments],
-                    "kind": [p.notice.kind.value if p.notice.kind else queries.UNANNOUNCED for p in payments],
-                    "status": [p.notice.status for p in payments],
-                    "paid_at": [p.notice.paid_at for p in payments],
-                    "received_at": [p.received_at for p in payments],
-                    "raw": [p.notice.raw for p in payments],
-                    "expires_at": [p.expires_at for p in payments],
-                },
-            )
-            taken = {row[0]: (list(row[1] or []), row[2]) for row in await cur.fetchall()}
-        recorded = []
-        for p in payments:
-            devices, merchant = taken.get(p.notice.payment_id, ([], None))
-            recorded.append(Recorded(p.notice.payment_id, p.notice.payment_id in taken, devices, merchant))
-        return recorded
+            return await _record(conn, payments)
+
+    async def record_refund(self, refund: NewPayment) -> Recorded:
+        """Record a refund as its own payment record, once (by its id), with deliveries to its
+        payment's merchant's devices, and add it to the payment it refunds, all in one
+        transaction; refunds of one payment are recorded one at a time (the payment is locked).
+        An amount given as the refunds so far (Alipay's cumulative `refund_fee`) is recorded as
+        what this refund adds to them."""
+        notice = refund.notice
+        assert notice.refund_of is not None  # noqa: S101 - the caller routes refunds here.
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await fetch_dicts(conn, queries.LOCK_REFUNDED, (notice.refund_of,))
+            if rows:
+                paid = rows[0]
+                amount = notice.amount_fen
+                if notice.refund_total_fen is not None:
+                    amount = max(0, notice.refund_total_fen - paid["refunded_fen"])
+                notice = replace(
+                    notice,
+                    amount_fen=amount,
+                    # The refund is the merchant's whose payment it refunds.
+                    merchant_id=paid["merchant_id"] or notice.merchant_id,
+                    kind=notice.kind if amount > 0 else None,
+                )
+            [recorded] = await _record(conn, [replace(refund, notice=notice)])
+            if rows and recorded.is_new and notice.kind is not None:
+                await execute(conn, queries.ADD_REFUNDED, {"fen": notice.amount_fen, "id": notice.refund_of})
+        return replace(recorded, amount_fen=notice.amount_fen)
 
     async def mark_published(self, deliveries: Sequence[PendingDelivery], at: datetime) -> None:
         """Count one more attempt, published `at`, for each of `deliveries` (one statement)."""
@@ -263,8 +286,13 @@ class PaymentStore:
 
     async def summary(self, *, since: datetime | None = None, reach: Reach = WHOLE_FLEET) -> DeliverySummary:
         """The delivery figures of the payments received since `since` within `reach`
-        (`Principal.reach()`: one merchant's, the merchants of some stores, or the fleet's)."""
-        params = {"since": since, **reach_params(reach)}
+        (`Principal.reach()`: one merchant's, the merchants of some stores, or the fleet's),
+        with those of the refunds apart."""
+        payments = await self._summary(AnnounceKind.PAYMENT, since, reach)
+        return payments.model_copy(update={"refunds": await self._summary(AnnounceKind.REFUND, since, reach)})
+
+    async def _summary(self, kind: AnnounceKind, since: datetime | None, reach: Reach) -> DeliverySummary:
+        params = {"since": since, "kind": kind.value, **reach_params(reach)}
         async with self._pool.connection() as conn:
             [payments] = await fetch_dicts(conn, queries.PAYMENT_COUNTS, params)
             [row] = await fetch_dicts(conn, queries.DELIVERY_COUNTS, params)
@@ -296,6 +324,7 @@ class PaymentStore:
             if not rows:
                 return None
             rows[0]["deliveries"] = await fetch_dicts(conn, queries.DELIVERIES, (payment_id,))
+            rows[0]["refunds"] = await fetch_dicts(conn, queries.REFUNDS_OF, (payment_id,))
         return PaymentView.model_validate(rows[0])
 
     async def bind(self, device_id: str, merchant_id: str) -> Binding:
@@ -327,6 +356,35 @@ class PaymentStore:
         newest first; `merchant_id` narrows to one merchant."""
         params = {"m": merchant_id, "since": since, "limit": limit, **reach_params(reach)}
         return await fetch_models(self._pool, NotAnnounced, queries.NOT_ANNOUNCED_PAYMENTS, params)
+
+
+async def _record(conn: AsyncConnection[Any], payments: Sequence[NewPayment]) -> list[Recorded]:
+    cur = await conn.execute(
+        queries.RECORD_PAYMENTS,
+        {
+            "payment_id": [p.notice.payment_id for p in payments],
+            "source": [p.source for p in payments],
+            "notify_id": [p.notice.notify_id for p in payments],
+            "merchant_id": [p.notice.merchant_id for p in payments],
+            "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
+            "amount_fen": [p.notice.amount_fen for p in payments],
+            "channel": [p.notice.channel.value for p in payments],
+            "kind": [p.notice.kind.value if p.notice.kind else queries.UNANNOUNCED for p in payments],
+            "status": [p.notice.status for p in payments],
+            "paid_at": [p.notice.paid_at for p in payments],
+            "received_at": [p.received_at for p in payments],
+            "raw": [p.notice.raw for p in payments],
+            "expires_at": [p.expires_at for p in payments],
+            "refund_of": [p.notice.refund_of for p in payments],
+        },
+    )
+    taken = {row[0]: (list(row[1] or []), row[2]) for row in await cur.fetchall()}
+    recorded = []
+    for p in payments:
+        devices, merchant = taken.get(p.notice.payment_id, ([], None))
+        is_new = p.notice.payment_id in taken
+        recorded.append(Recorded(p.notice.payment_id, is_new, devices, merchant, p.notice.amount_fen))
+    return recorded
 
 
 async def _flag_not_announced(conn: AsyncConnection[Any], payment_ids: list[str], *, reason: str) -> None:

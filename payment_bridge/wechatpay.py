@@ -21,7 +21,10 @@ Two modes. Partner (服务商) mode, how an aggregator is paid: `sp_mchid` is us
 provider, and `sub_mchid` the merchant. Direct mode: `mchid` is us. Either is checked against
 our configured merchant ids. The merchant is the one our backend put in `attach` when it created
 the order, when `attach` holds a merchant id of ours (it is optional, and free text: WeChat's
-docs show `自定义数据`); else, in partner mode, the merchant whose `sub_mchid` it is. WeChat Pay
+docs show `自定义数据`); else, in partner mode, the merchant whose `sub_mchid` it is. A refund
+(`REFUND.SUCCESS`, `.ABNORMAL`, `.CLOSED`; the resource's `original_type` is `refund`) is its
+own record (`wechat-refund:<refund_id>`) of the payment `wechat:<transaction_id>`, announced as
+退款 when it succeeded. WeChat Pay
 expects 200 or 204 once the notification is recorded, and a 4xx/5xx with a JSON
 `{"code", "message"}` otherwise.
 """
@@ -34,7 +37,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -44,13 +47,20 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from firmware_protocols.messages import MAX_AMOUNT_FEN, AnnounceKind, Channel, describe_errors
 from payment_bridge import rsa2
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.notifications import MAX_BODY_BYTES, PaymentNotice, check_provider, our_merchant_id
+from payment_bridge.notifications import (
+    MAX_BODY_BYTES,
+    PaymentNotice,
+    check_provider,
+    our_merchant_id,
+    refund_payment_id,
+)
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 # WeChat Pay's own guidance: refuse a notification whose timestamp is this far from our clock.
 REPLAY_WINDOW_S = 300
 _DIGITS = re.compile(r"^\d{1,12}$")
 
+_M = TypeVar("_M", bound=BaseModel)
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 
 
@@ -60,20 +70,14 @@ class _Amount(BaseModel):
     currency: str = "CNY"
 
 
-class Transaction(BaseModel):
-    """The decrypted `resource` of a payment notification (the fields we use; others kept), in
-    direct mode (`mchid`) or partner mode (`sp_mchid` and `sub_mchid`)."""
+class _Parties(BaseModel):
+    """Who a decrypted resource is between: direct mode (`mchid`, us) or partner mode
+    (`sp_mchid`, us, and `sub_mchid`, the merchant)."""
 
     model_config = ConfigDict(extra="allow")
-    transaction_id: Identifier
-    out_trade_no: str
-    trade_state: str
     mchid: Identifier | None = None
     sp_mchid: Identifier | None = None
     sub_mchid: Identifier | None = None
-    attach: Annotated[str, StringConstraints(max_length=128)] | None = None
-    success_time: AwareDatetime | None = None
-    amount: _Amount
 
     @model_validator(mode="after")
     def _one_mode(self) -> Self:
@@ -81,15 +85,42 @@ class Transaction(BaseModel):
         if partner and (self.sp_mchid is None or self.sub_mchid is None):
             raise ValueError("partner mode names both sp_mchid and sub_mchid")
         if partner == (self.mchid is not None):
-            raise ValueError("a transaction names mchid (direct mode) or sp_mchid and sub_mchid (partner mode)")
+            raise ValueError("a resource names mchid (direct mode) or sp_mchid and sub_mchid (partner mode)")
         return self
 
-    @property
-    def provider(self) -> str:
-        """Our merchant id on WeChat Pay: the service provider's, or the direct merchant's."""
+    def check_provider(self, ours: frozenset[str]) -> None:
+        """Refuse it unless it is for us (our merchant id on WeChat Pay)."""
         provider = self.sp_mchid or self.mchid
-        assert provider is not None  # noqa: S101 - _one_mode sees to it.
-        return provider
+        check_provider("WeChat Pay", "sp_mchid" if self.sp_mchid else "mchid", provider, ours)
+
+
+class Transaction(_Parties):
+    """The decrypted `resource` of a payment notification (the fields we use; others kept)."""
+
+    transaction_id: Identifier
+    out_trade_no: str
+    trade_state: str
+    attach: Annotated[str, StringConstraints(max_length=128)] | None = None
+    success_time: AwareDatetime | None = None
+    amount: _Amount
+
+
+class _RefundAmount(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    total: Annotated[int, Field(ge=0, le=MAX_AMOUNT_FEN)]
+    refund: Annotated[int, Field(ge=0, le=MAX_AMOUNT_FEN)]
+
+
+class Refund(_Parties):
+    """The decrypted `resource` of a refund notification (REFUND.SUCCESS, .ABNORMAL, .CLOSED)."""
+
+    transaction_id: Identifier
+    out_trade_no: str
+    refund_id: Identifier
+    out_refund_no: str
+    refund_status: str
+    success_time: AwareDatetime | None = None
+    amount: _RefundAmount
 
 
 class _Resource(BaseModel):
@@ -164,14 +195,13 @@ def verify_wechatpay_notification(
     if resource.algorithm != "AEAD_AES_256_GCM":
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"resource algorithm {resource.algorithm!r}")
     plaintext = decrypt_resource(apiv3_key, resource.nonce, resource.ciphertext, resource.associated_data)
-    try:
-        transaction = Transaction.model_validate_json(plaintext)
-    except ValidationError as exc:
-        raise NotificationRejected(400, "NOTIFICATION_INVALID", describe_errors(exc.errors())) from exc
+    if envelope.event_type.startswith("REFUND."):
+        return _refund_notice(envelope, _decoded(Refund, plaintext), body, now, ours)
+    transaction = _decoded(Transaction, plaintext)
     announced = envelope.event_type == "TRANSACTION.SUCCESS" and transaction.trade_state == "SUCCESS"
     if transaction.amount.currency != "CNY":
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"currency {transaction.amount.currency!r}")
-    check_provider("WeChat Pay", "sp_mchid" if transaction.sp_mchid else "mchid", transaction.provider, ours)
+    transaction.check_provider(ours)
     raw: dict[str, Any] = {"notification": json.loads(body), "transaction": transaction.model_dump(mode="json")}
     return PaymentNotice(
         notify_id=envelope.id,
@@ -183,5 +213,35 @@ def verify_wechatpay_notification(
         status=transaction.trade_state,
         kind=AnnounceKind.PAYMENT if announced else None,
         paid_at=transaction.success_time or now,
+        raw=json.dumps(raw, ensure_ascii=False),
+    )
+
+
+def _decoded(model: type[_M], plaintext: bytes) -> _M:
+    try:
+        return model.model_validate_json(plaintext)
+    except ValidationError as exc:
+        raise NotificationRejected(400, "NOTIFICATION_INVALID", describe_errors(exc.errors())) from exc
+
+
+def _refund_notice(
+    envelope: _Envelope, refund: Refund, body: bytes, now: datetime, ours: frozenset[str]
+) -> PaymentNotice:
+    """A refund of the payment `wechat:<transaction_id>`: its own record, announced as 退款 with
+    the amount refunded when it succeeded; ABNORMAL and CLOSED are recorded only."""
+    refund.check_provider(ours)
+    announced = envelope.event_type == "REFUND.SUCCESS" and refund.refund_status == "SUCCESS"
+    raw: dict[str, Any] = {"notification": json.loads(body), "refund": refund.model_dump(mode="json")}
+    return PaymentNotice(
+        notify_id=envelope.id,
+        payment_id=refund_payment_id("wechat-refund", refund.refund_id),
+        refund_of=f"wechat:{refund.transaction_id}",
+        merchant_id=None,  # the refunded payment's merchant
+        platform_merchant_id=refund.sub_mchid,
+        amount_fen=refund.amount.refund,
+        channel=Channel.WECHAT,
+        status=refund.refund_status,
+        kind=AnnounceKind.REFUND if announced else None,
+        paid_at=refund.success_time or now,
         raw=json.dumps(raw, ensure_ascii=False),
     )

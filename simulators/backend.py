@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -80,7 +81,7 @@ class PaymentBackend:
     ) -> tuple[bytes, dict[str, str]]:
         """A signed notification: (body, headers)."""
         seq = next(self._seq)
-        body = json.dumps(
+        return self._signed(
             {
                 "notify_id": f"N{self._run_id}{seq:08d}",
                 "payment_id": f"P{self._run_id}{seq:08d}",
@@ -89,9 +90,26 @@ class PaymentBackend:
                 "channel": (channel or self._random.choices(_CHANNELS, _CHANNEL_WEIGHTS)[0]).value,
                 "status": status,
                 "paid_at": datetime.now(tz=CHINA).isoformat(timespec="milliseconds"),
-            },
-            ensure_ascii=False,
-        ).encode()
+            }
+        )
+
+    def refund(self, payment: dict[str, Any], amount_fen: int) -> tuple[bytes, dict[str, str]]:
+        """A signed REFUND of `payment` (the body of its notification, as JSON): the payment's
+        id, the amount refunded, and the refund's own id."""
+        seq = next(self._seq)
+        return self._signed(
+            {
+                **payment,
+                "notify_id": f"N{self._run_id}{seq:08d}",
+                "refund_id": f"R{self._run_id}{seq:08d}",
+                "amount": format_amount(amount_fen),
+                "status": "REFUND",
+                "paid_at": datetime.now(tz=CHINA).isoformat(timespec="milliseconds"),
+            }
+        )
+
+    def _signed(self, fields: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(fields, ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json",
             SIGN_TYPE_HEADER: "RSA2",

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -106,6 +106,36 @@ class AlipayPlatform:
             params["passback_params"] = merchant_id
         if seller_id is not None:
             params["seller_id"] = seller_id
+        return self._signed(params)
+
+    def refund(
+        self,
+        *,
+        trade_no: str,
+        out_biz_no: str,
+        total_fen: int,
+        refunded_fen: int,
+        merchant_id: str | None,
+        seller_id: str | None = None,
+        at: datetime | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """A refund as Alipay tells it: the trade's notification again, with `refund_fee` the
+        refunds so far (cumulative): TRADE_SUCCESS after a partial refund, TRADE_CLOSED once all
+        of it is refunded."""
+        when = (at or datetime.now(tz=UTC)).astimezone(_BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        body, _ = self.notification(
+            trade_no=trade_no,
+            merchant_id=merchant_id,
+            amount_fen=total_fen,
+            status="TRADE_CLOSED" if refunded_fen >= total_fen else "TRADE_SUCCESS",
+            seller_id=seller_id,
+        )
+        params = {k: v for k, v in parse_qsl(body.decode()) if k not in ("sign", "sign_type")}
+        params |= {"notify_id": secrets.token_hex(16), "notify_time": when, "out_biz_no": out_biz_no}
+        params |= {"refund_fee": _yuan(refunded_fen), "gmt_refund": when}
+        return self._signed(params)
+
+    def _signed(self, params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
         body = urlencode(alipay_sign(params, self.key)).encode()
         return body, {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
 
@@ -171,17 +201,55 @@ class WechatPayPlatform:
         }
         if merchant_id is not None:
             transaction["attach"] = merchant_id
-        resource = wechatpay_resource(
-            json.dumps(transaction).encode(), self.apiv3_key, nonce=secrets.token_hex(6), associated_data="transaction"
+        event = "TRANSACTION.SUCCESS" if trade_state == "SUCCESS" else "TRANSACTION.CLOSED"
+        return self._envelope(transaction, "transaction", event, "支付成功", at)
+
+    def refund(
+        self,
+        *,
+        transaction_id: str,
+        refund_id: str,
+        total_fen: int,
+        refund_fen: int,
+        status: str = "SUCCESS",
+        sub_mchid: str | None = None,
+        sp_mchid: str = SP_MCHID,
+        now: datetime | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """A refund notification (REFUND.SUCCESS, or REFUND.ABNORMAL / REFUND.CLOSED by `status`)."""
+        at = now or datetime.now(tz=UTC)
+        who: dict[str, Any] = {"sp_mchid": sp_mchid, "sub_mchid": sub_mchid} if sub_mchid else {"mchid": sp_mchid}
+        refund: dict[str, Any] = {
+            **who,
+            "out_trade_no": f"HD{transaction_id[-12:]}",
+            "transaction_id": transaction_id,
+            "out_refund_no": f"R{refund_id[-16:]}",
+            "refund_id": refund_id,
+            "refund_status": status,
+            "user_received_account": "招商银行信用卡0403",
+            "amount": {"total": total_fen, "refund": refund_fen, "payer_total": total_fen, "payer_refund": refund_fen},
+        }
+        if status == "SUCCESS":
+            refund["success_time"] = at.astimezone(_BEIJING).isoformat(timespec="seconds")
+        return self._envelope(refund, "refund", f"REFUND.{status}", "退款成功", at)
+
+    def _envelope(
+        self, resource: dict[str, Any], kind: str, event: str, summary: str, at: datetime
+    ) -> tuple[bytes, dict[str, str]]:
+        encrypted = wechatpay_resource(
+            json.dumps(resource, ensure_ascii=False).encode(),
+            self.apiv3_key,
+            nonce=secrets.token_hex(6),
+            associated_data=kind,
         )
         body = json.dumps(
             {
                 "id": f"EV-{secrets.token_hex(10)}",
                 "create_time": at.astimezone(_BEIJING).isoformat(timespec="seconds"),
                 "resource_type": "encrypt-resource",
-                "event_type": "TRANSACTION.SUCCESS" if trade_state == "SUCCESS" else "TRANSACTION.CLOSED",
-                "summary": "支付成功",
-                "resource": resource,
+                "event_type": event,
+                "summary": summary,
+                "resource": {**encrypted, "original_type": kind},
             },
             ensure_ascii=False,
         ).encode()

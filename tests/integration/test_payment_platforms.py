@@ -4,16 +4,23 @@ announcement per speaker, repeats and tampering announced nothing."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge_agent.hardware.audio import MemorySink
+from firmware_protocols.messages import Channel
 from haodian.settings import Settings
 from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
+from simulators.backend import PaymentBackend
 from simulators.platforms import (
     ALIPAY_APP_ID,
     SP_MCHID,
@@ -146,81 +153,200 @@ async def test_wechatpay_payment_is_answered_204_and_played(stack, server_keys, 
     assert [r.text for r in sinks[device].played] == ["微信收款十二点五元"]
 
 
+@dataclass
+class Shop:
+    """A registered merchant with its platform ids and one real speaker, and the API as ops."""
+
+    merchant: str
+    device: str
+    sub_mchid: str
+    seller_id: str
+    http: httpx.AsyncClient
+    sink: MemorySink
+
+    async def post(self, path: str, notification: tuple[bytes, dict[str, str]], status: int = 200) -> httpx.Response:
+        answer = await self.http.post(path, content=notification[0], headers=notification[1])
+        assert answer.status_code == status, answer.text
+        return answer
+
+    async def heard(self, count: int) -> None:
+        async def enough() -> bool:
+            return len(self.sink.played) >= count
+
+        await eventually(enough, what=f"{count} announcements")
+
+    async def payment(self, payment_id: str) -> dict[str, Any]:
+        return dict((await self.http.get(f"/api/v1/payments/{payment_id}")).json())
+
+    async def all_acked(self) -> list[str]:
+        """What the speaker played, once every announcement is acked."""
+
+        async def acked() -> bool:
+            summary = (await self.http.get("/api/v1/deliveries/summary")).json()
+            return summary["pending"] == summary["refunds"]["pending"] == 0
+
+        await eventually(acked, what="every announcement acked")
+        return [r.text for r in self.sink.played]
+
+
+@pytest.fixture
+async def shop(stack, server_keys, tmp_path, unique) -> AsyncIterator[Shop]:
+    broker, server, _ = stack
+    merchant, device = f"RM{unique}", f"RD{unique}"
+    sub_mchid, seller_id = f"18{int(unique, 16) % 10**8:08d}", f"2088{int(unique, 16) % 10**12:012d}"
+    registry = (
+        "city_id,district_id,store_id,merchant_id,wechat_sub_mchid,alipay_seller_id,device_id,serial,model\n"
+        f"BJ,WJ,S-WJ,{merchant},{sub_mchid},{seller_id},{device},SN{device},HD-S1\n"
+    )
+    async with AsyncExitStack() as exits:
+        sinks = await _speakers(exits, broker, server_keys, tmp_path, [device])
+        http = await exits.enter_async_context(await api_client(server))
+        csv = {"content-type": "text/csv"}
+        imported = await http.post(
+            "/api/v1/registry/import", params={"dry_run": "false"}, content=registry, headers=csv
+        )
+        assert imported.json()["applied"] == 1, imported.text
+        yield Shop(merchant, device, sub_mchid, seller_id, http, sinks[device])
+
+
+WX, ALI, BACKEND = "/api/v1/notifications/wechatpay", "/api/v1/notifications/alipay", "/api/v1/notifications/backend"
+
+
 async def test_partner_mode_payments_are_routed_by_the_merchants_platform_ids_and_unknown_ones_still_received(
-    stack, server_keys, platform_keys, tmp_path, unique
+    shop, stack, platform_keys, unique
 ):
     """As an aggregator is paid: WeChat Pay partner mode names the merchant by its sub_mchid (no
     attach, or attach as free text), Alipay by its seller_id; a merchant we do not know is still
     received (answered success, so the platform stops), recorded and listed UNKNOWN_MERCHANT; a
     notification for another service provider is refused and recorded."""
-    broker, server, database = stack
-    merchant, device = f"PM{unique}", f"PD{unique}"
-    sub_mchid, seller_id = f"19{int(unique, 16) % 10**8:08d}", f"2088{int(unique, 16) % 10**12:012d}"
-    registry = (
-        "city_id,district_id,store_id,merchant_id,merchant_name,wechat_sub_mchid,alipay_seller_id,device_id,serial,model\n"
-        f"BJ,WJ,S-WJ,{merchant},商户,{sub_mchid},{seller_id},{device},SN{device},HD-S1\n"
+    http, database = shop.http, stack[2]
+    shown = (await http.get("/api/v1/registry/merchants", params={"merchant_id": shop.merchant})).json()
+    assert (shown[0]["wechat_sub_mchid"], shown[0]["alipay_seller_id"]) == (shop.sub_mchid, shop.seller_id)
+    wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)
+    alipay = AlipayPlatform(platform_keys["alipay"])
+
+    async def send(path: str, notification: tuple[bytes, dict[str, str]]) -> list[int]:
+        async def once() -> int:
+            return (await http.post(path, content=notification[0], headers=notification[1])).status_code
+
+        return await deliver_until_accepted(once, WECHATPAY_RETRY_S)
+
+    paid, trade = f"4200000001{unique}", f"2026120122001{unique}"
+    wx_paid = wechat.notification(transaction_id=paid, merchant_id=None, amount_fen=1250, sub_mchid=shop.sub_mchid)
+    assert await send(WX, wx_paid) == [204]
+    ali_paid = alipay.notification(trade_no=trade, merchant_id=None, amount_fen=300, seller_id=shop.seller_id)
+    assert await send(ALI, ali_paid) == [200]
+    await shop.heard(2)
+    assert sorted(r.text for r in shop.sink.played) == ["微信收款十二点五元", "支付宝到账三元"]
+    for payment in (f"wechat:{paid}", f"alipay:{trade}"):
+        assert (await shop.payment(payment))["merchant_id"] == shop.merchant
+
+    # A sub_mchid no merchant of ours holds: answered at the first try, recorded, not announced.
+    lost = f"4200000002{unique}"
+    assert await send(
+        WX, wechat.notification(transaction_id=lost, merchant_id=None, amount_fen=8, sub_mchid="1999999999")
+    ) == [204]
+    listed = (await http.get("/api/v1/payments/not-announced")).json()
+    [entry] = [e for e in listed if e["payment_id"] == f"wechat:{lost}"]
+    assert (entry["code"], entry["merchant_id"], entry["platform_merchant_id"]) == (
+        "UNKNOWN_MERCHANT",
+        None,
+        "1999999999",
     )
-    async with AsyncExitStack() as exits:
-        sinks = await _speakers(exits, broker, server_keys, tmp_path, [device])
-        http = await exits.enter_async_context(await api_client(server))
-        imported = await http.post(
-            "/api/v1/registry/import",
-            params={"dry_run": "false"},
-            content=registry,
-            headers={"content-type": "text/csv"},
-        )
-        assert imported.json()["applied"] == 1, imported.text
-        shown = (await http.get("/api/v1/registry/merchants", params={"merchant_id": merchant})).json()
-        assert (shown[0]["wechat_sub_mchid"], shown[0]["alipay_seller_id"]) == (sub_mchid, seller_id)
-        wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)
-        alipay = AlipayPlatform(platform_keys["alipay"])
-
-        async def send(path: str, body: bytes, headers: dict[str, str]) -> list[int]:
-            async def once() -> int:
-                return (await http.post(path, content=body, headers=headers)).status_code
-
-            return await deliver_until_accepted(once, WECHATPAY_RETRY_S)
-
-        paid = f"4200000001{unique}"
-        body, headers = wechat.notification(transaction_id=paid, merchant_id=None, amount_fen=1250, sub_mchid=sub_mchid)
-        assert await send("/api/v1/notifications/wechatpay", body, headers) == [204]
-        trade = f"2026120122001{unique}"
-        body, headers = alipay.notification(trade_no=trade, merchant_id=None, amount_fen=300, seller_id=seller_id)
-        assert await send("/api/v1/notifications/alipay", body, headers) == [200]
-
-        async def played() -> bool:
-            return len(sinks[device].played) == 2
-
-        await eventually(played, what="both payments to play on the merchant's speaker")
-        assert sorted(r.text for r in sinks[device].played) == ["微信收款十二点五元", "支付宝到账三元"]
-        for payment in (f"wechat:{paid}", f"alipay:{trade}"):
-            assert (await http.get(f"/api/v1/payments/{payment}")).json()["merchant_id"] == merchant
-
-        # A sub_mchid no merchant of ours holds: answered at the first try, recorded, not announced.
-        lost = f"4200000002{unique}"
-        body, headers = wechat.notification(
-            transaction_id=lost, merchant_id=None, amount_fen=800, sub_mchid="1999999999"
-        )
-        assert await send("/api/v1/notifications/wechatpay", body, headers) == [204]
-        listed = (await http.get("/api/v1/payments/not-announced")).json()
-        [entry] = [e for e in listed if e["payment_id"] == f"wechat:{lost}"]
-        assert (entry["code"], entry["merchant_id"], entry["platform_merchant_id"]) == (
-            "UNKNOWN_MERCHANT",
-            None,
-            "1999999999",
-        )
-        # For another service provider: refused, and kept with the reason.
-        body, headers = wechat.notification(
-            transaction_id=f"4200000003{unique}",
-            merchant_id=None,
-            amount_fen=100,
-            sub_mchid=sub_mchid,
-            sp_mchid="1888888888",
-        )
-        refused = await http.post("/api/v1/notifications/wechatpay", content=body, headers=headers)
-        assert refused.status_code == 400
-        assert refused.json()["message"].startswith("NOT_OUR_PROVIDER")
+    # For another service provider: refused, and kept with the reason.
+    elsewhere = wechat.notification(
+        transaction_id=f"4200000003{unique}",
+        merchant_id=None,
+        amount_fen=100,
+        sub_mchid=shop.sub_mchid,
+        sp_mchid="1888888888",
+    )
+    refused = await shop.post(WX, elsewhere, 400)
+    assert refused.json()["message"].startswith("NOT_OUR_PROVIDER")
     with psycopg.connect(database) as conn:
         codes = [row[0] for row in conn.execute("SELECT code FROM rejected_notifications WHERE source = 'wechatpay'")]
     assert codes == ["NOT_OUR_PROVIDER"]
-    assert len(sinks[device].played) == 2  # nothing else was announced
+    assert await shop.all_acked() == ["微信收款十二点五元", "支付宝到账三元"]  # nothing else was announced
+
+
+async def test_wechatpay_refunds_are_announced_once_each_and_an_abnormal_one_not_at_all(shop, platform_keys, unique):
+    """Partner mode: a partial and the rest refunded, each its own record announced once as 退款
+    with the amount it refunds; WeChat Pay's retry announces nothing again; REFUND.ABNORMAL is
+    recorded, not announced; the payment reads REFUNDED with its refunds."""
+    wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)
+    trade, sub = f"4200000009{unique}", shop.sub_mchid
+
+    def refund(n: int, fen: int, status: str = "SUCCESS") -> tuple[bytes, dict[str, str]]:
+        return wechat.refund(
+            transaction_id=trade,
+            refund_id=f"503000000{n}{unique}",
+            total_fen=10000,
+            refund_fen=fen,
+            status=status,
+            sub_mchid=sub,
+        )
+
+    await shop.post(
+        WX, wechat.notification(transaction_id=trade, merchant_id=None, amount_fen=10000, sub_mchid=sub), 204
+    )
+    await shop.heard(1)
+    partial = refund(1, 3000)
+    await shop.post(WX, partial, 204)
+    await shop.heard(2)
+    await shop.post(WX, partial, 204)  # WeChat Pay's retry of the same notification
+    await shop.post(WX, refund(2, 1000, "ABNORMAL"), 204)
+    await shop.post(WX, refund(3, 7000), 204)
+    assert await shop.all_acked() == ["微信收款一百元", "退款三十元", "退款七十元"]
+    # Refunds have their own delivery figures, apart from the payments'.
+    summary = (await shop.http.get("/api/v1/deliveries/summary")).json()
+    assert (summary["payments"], summary["delivered"]) == (1, 1)
+    assert (summary["refunds"]["payments"], summary["refunds"]["delivered"]) == (2, 2)
+    payment = await shop.payment(f"wechat:{trade}")
+    assert (payment["status"], payment["refunded_fen"]) == ("REFUNDED", 10000)
+    assert [(r["kind"], r["amount_fen"], r["status"]) for r in payment["refunds"]] == [
+        ("refund", 3000, "SUCCESS"),
+        ("none", 1000, "ABNORMAL"),
+        ("refund", 7000, "SUCCESS"),
+    ]
+
+
+async def test_alipay_refunds_are_announced_by_what_each_adds_to_the_cumulative_refund_fee(shop, platform_keys, unique):
+    """Alipay sends the trade's notification again with refund_fee the refunds so far: 20 yuan
+    refunded, then all 50 (TRADE_CLOSED): announced as 退款二十元 and 退款三十元."""
+    alipay = AlipayPlatform(platform_keys["alipay"])
+    trade, seller = f"2026120122009{unique}", shop.seller_id
+
+    def refund(out_biz_no: str, so_far: int) -> tuple[bytes, dict[str, str]]:
+        return alipay.refund(
+            trade_no=trade,
+            out_biz_no=out_biz_no,
+            total_fen=5000,
+            refunded_fen=so_far,
+            merchant_id=None,
+            seller_id=seller,
+        )
+
+    await shop.post(ALI, alipay.notification(trade_no=trade, merchant_id=None, amount_fen=5000, seller_id=seller))
+    await shop.heard(1)
+    first = refund("RF1", 2000)
+    await shop.post(ALI, first)
+    await shop.heard(2)
+    await shop.post(ALI, first)  # Alipay's retry
+    await shop.post(ALI, refund("RF2", 5000))
+    assert await shop.all_acked() == ["支付宝到账五十元", "退款二十元", "退款三十元"]
+    payment = await shop.payment(f"alipay:{trade}")
+    assert (payment["status"], payment["refunded_fen"]) == ("REFUNDED", 5000)
+
+
+async def test_a_backend_refund_with_its_own_id_is_announced_once_not_taken_for_a_repeat(shop, stack, backend_key):
+    backend = PaymentBackend(backend_key, stack[1].base_url, [shop.merchant])
+    body, headers = backend.notification(amount_fen=1250, channel=Channel.WECHAT)
+    paid = (await shop.post(BACKEND, (body, headers))).json()["payment_id"]
+    await shop.heard(1)
+    refund = backend.refund(json.loads(body), 500)
+    assert not (await shop.post(BACKEND, refund)).json()["duplicate"]
+    assert (await shop.post(BACKEND, refund)).json()["duplicate"]  # the backend's retry
+    assert await shop.all_acked() == ["微信收款十二点五元", "退款五元"]
+    payment = await shop.payment(paid)
+    assert (payment["status"], payment["refunded_fen"]) == ("REFUNDED_PART", 500)
+    assert [r["amount_fen"] for r in payment["refunds"]] == [500]

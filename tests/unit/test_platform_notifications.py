@@ -654,3 +654,70 @@ def test_alipay_routes_by_seller_id_without_passback_params_and_checks_app_id(ke
     neither = {k: v for k, v in base.items() if k != "seller_id"}
     with pytest.raises(NotificationRejected, match="passback_params and seller_id"):
         verify_alipay_notification(urlencode(alipay_sign(neither, keys["platform"])).encode(), public)
+
+
+# A refund notification's resource, with the fields of WeChat Pay's documented example.
+REFUND = {
+    "mchid": "1900000001",
+    "out_trade_no": "1217752501201407033233368018",
+    "transaction_id": "1217752501201407033233368018",
+    "out_refund_no": "1217752501201407033233368018",
+    "refund_id": "1217752501201407033233368018",
+    "refund_status": "SUCCESS",
+    "success_time": "2018-06-08T10:34:56+08:00",
+    "user_received_account": "招商银行信用卡0403",
+    "amount": {"total": 999, "refund": 888, "payer_total": 999, "payer_refund": 888},
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "kind"),
+    [("REFUND.SUCCESS", "SUCCESS", AnnounceKind.REFUND), ("REFUND.ABNORMAL", "ABNORMAL", None)],
+)
+def test_wechatpay_refund_is_its_own_record_of_the_payment(event, status, kind, keys, wechat_sdk, platform_keys):
+    resource = {**REFUND, "refund_status": status}
+    signed = _wechat_signed(_body(_encrypt(resource, aad="refund"), event_type=event), keys["platform"])
+    notice = _notice(signed, platform_keys)
+    assert (notice.payment_id, notice.refund_of, notice.amount_fen, notice.kind, notice.status) == (
+        "wechat-refund:1217752501201407033233368018",
+        "wechat:1217752501201407033233368018",
+        888,
+        kind,
+        status,
+    )
+    # The SDK verifies and decrypts the same notification to the same refund.
+    decrypted = wechat_sdk(None).callback(signed.headers, signed.body)["resource"]
+    assert (decrypted["refund_id"], decrypted["amount"]["refund"]) == ("1217752501201407033233368018", 888)
+
+
+def test_alipay_refund_is_the_trade_again_with_its_cumulative_refund_fee(keys):
+    params = {
+        "notify_id": "ac05099524730693a8b330c5ecf72da9787",
+        "notify_time": "2026-11-21 15:00:02",
+        "app_id": "2014072300007148",
+        "charset": "utf-8",
+        "trade_no": "2026112122001434581000000001",
+        "out_trade_no": "HD20261121000001",
+        "out_biz_no": "HZRF001",
+        "seller_id": "2088101106499364",
+        "trade_status": "TRADE_SUCCESS",
+        "total_amount": "50.00",
+        "refund_fee": "20.00",
+        "gmt_payment": "2026-11-21 12:00:01",
+        "gmt_refund": "2026-11-21 15:00:01",
+    }
+    notice = verify_alipay_notification(
+        urlencode(alipay_sign(params, keys["platform"])).encode(), [keys["platform"].public_key()]
+    )
+    assert (notice.payment_id, notice.refund_of, notice.refund_total_fen, notice.kind) == (
+        "alipay-refund:2026112122001434581000000001:HZRF001",
+        "alipay:2026112122001434581000000001",
+        2000,
+        AnnounceKind.REFUND,
+    )
+    assert notice.paid_at == dt.datetime(2026, 11, 21, 15, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    without = {k: v for k, v in params.items() if k != "out_biz_no"}
+    with pytest.raises(NotificationRejected, match="out_biz_no"):
+        verify_alipay_notification(
+            urlencode(alipay_sign(without, keys["platform"])).encode(), [keys["platform"].public_key()]
+        )
