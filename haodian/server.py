@@ -292,6 +292,7 @@ class ServerStack(Component):
             self.keys.backend_public_key,
             client_id=server_client_id(self.settings.mqtt_client_prefix, "bridge"),
             ttl_s=self.settings.announce_ttl_s,
+            max_age_s=self.settings.announce_max_age_s,
             ack_timeout_s=self.settings.ack_timeout_s,
             platform_keys=PlatformKeys(
                 alipay_public_key_file=self.settings.alipay_public_key_file,

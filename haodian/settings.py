@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # A payment older than this is not announced: a merchant hearing a payment minutes late is
     # confusing, and the customer has long gone. Devices enforce it too.
     announce_ttl_s: Annotated[int, Field(ge=5, le=3600)] = 120
+    # A payment (or refund) whose platform time is older than this when it reaches us is
+    # recorded and not announced (reason `stale`, listed for the merchant): "到账" minutes after
+    # the customer left is wrong. A fresh one's TTL counts from its receipt.
+    announce_max_age_s: Annotated[int, Field(ge=10, le=86_400)] = 300
     # Republish an announce whose ack has not come back after this long (QoS 1 already covers
     # broker hand-off; this covers a device that was offline or restarted mid-play).
     ack_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0

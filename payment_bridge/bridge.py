@@ -48,6 +48,7 @@ from payment_bridge.notifications import (
     PaymentNotice,
     verify_backend_notification,
 )
+from payment_bridge.queries import STALE
 from payment_bridge.store import AckReceived, NewPayment, PaymentStore, PendingDelivery, Recorded
 from payment_bridge.wechatpay import verify_wechatpay_notification
 
@@ -90,6 +91,7 @@ class PaymentBridge(Component):
         *,
         client_id: str,
         ttl_s: int = 120,
+        max_age_s: int = 300,
         ack_timeout_s: float = 10.0,
         platform_keys: PlatformKeys | None = None,
         share_group: str | None = None,
@@ -104,6 +106,7 @@ class PaymentBridge(Component):
         self._signer = signer
         self._backend_key = backend_key
         self._ttl = timedelta(seconds=ttl_s)
+        self._max_age = timedelta(seconds=max_age_s)
         self._ack_timeout = timedelta(seconds=ack_timeout_s)
         self.stats = BridgeStats()
         # Group commit: notifications and acks that arrive while a write is in flight share the
@@ -214,7 +217,18 @@ class PaymentBridge(Component):
                 source=source, code=exc.code, reason=exc.reason, body=body, headers=headers, received_at=received_at
             )
             raise
-        new = NewPayment(notification, source, received_at, received_at + self._ttl)
+        # Paid long before it reached us (a platform's late retry, a backlog): recorded, listed
+        # for the merchant, and not announced; a fresh one's TTL counts from now.
+        stale = notification.kind is not None and received_at - notification.paid_at > self._max_age
+        if stale:
+            log.warning(
+                "payment too old to announce; recorded only",
+                payment_id=notification.payment_id,
+                paid_at=notification.paid_at.isoformat(),
+                age_s=round((received_at - notification.paid_at).total_seconds()),
+            )
+        held = STALE if stale else None
+        new = NewPayment(notification, source, received_at, received_at + self._ttl, held)
         # A refund is recorded on its own, against its payment (locked); payments share batches.
         if notification.refund_of is not None:
             recorded = await self._store.record_refund(new)
@@ -225,7 +239,7 @@ class PaymentBridge(Component):
             log.info("notification repeated; already recorded", source=source, payment_id=notification.payment_id)
             return recorded
         self.stats.accepted += 1
-        if notification.kind is not None:
+        if notification.kind is not None and not stale:
             if recorded.merchant_id is None:
                 log.warning(
                     "payment for no merchant of ours; recorded, not announced",

@@ -23,6 +23,8 @@ NOT_ANNOUNCED: Final = "not_announced"
 NO_BOUND_DEVICE: Final = "no_bound_device"
 # ... and when no merchant of ours could be found for it (recorded, the platform told success).
 UNKNOWN_MERCHANT: Final = "unknown_merchant"
+# ... and when it was paid too long before it reached us to be announced now.
+STALE: Final = "stale"
 
 _NAMES: Final[dict[str, str | frozenset[str]]] = {
     "pending": PENDING,
@@ -178,9 +180,9 @@ WITH n AS (
                          %(merchant_id)s::text[], %(platform_merchant_id)s::text[], %(amount_fen)s::bigint[],
                          %(channel)s::text[], %(kind)s::text[], %(status)s::text[], %(paid_at)s::timestamptz[],
                          %(received_at)s::timestamptz[], %(raw)s::text[], %(expires_at)s::timestamptz[],
-                         %(refund_of)s::text[])
+                         %(refund_of)s::text[], %(held)s::text[])
         AS n (payment_id, source, notify_id, given, platform_merchant_id, amount_fen, channel, kind, status,
-              paid_at, received_at, raw, expires_at, refund_of)
+              paid_at, received_at, raw, expires_at, refund_of, held)
 ),
 -- The merchant: ours as our backend named it, when it is a merchant we know (registered, or
 -- with a device bound) or the backend's own notification said so; else the merchant whose id on
@@ -221,8 +223,10 @@ d AS (
 e AS (
     INSERT INTO payment_events (payment_id, event, reason)
     SELECT p.payment_id, {not_announced},
-           CASE WHEN p.merchant_id IS NULL THEN {unknown_merchant} ELSE {no_bound_device} END FROM p
-    WHERE p.kind <> {unannounced} AND NOT EXISTS (SELECT 1 FROM d WHERE d.payment_id = p.payment_id)
+           COALESCE(r.held, CASE WHEN p.merchant_id IS NULL THEN {unknown_merchant} ELSE {no_bound_device} END)
+    FROM p JOIN r USING (payment_id)
+    WHERE (p.kind <> {unannounced} OR r.held IS NOT NULL)
+      AND NOT EXISTS (SELECT 1 FROM d WHERE d.payment_id = p.payment_id)
     ON CONFLICT (payment_id, event) DO NOTHING
 )
 SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d WHERE d.payment_id = p.payment_id),

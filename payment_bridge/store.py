@@ -43,6 +43,7 @@ class NewPayment:
     source: str
     received_at: datetime
     expires_at: datetime
+    held: str | None = None  # why it is recorded and not announced (`queries.STALE`), None: announce it
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,13 +370,14 @@ async def _record(conn: AsyncConnection[Any], payments: Sequence[NewPayment]) ->
             "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
             "amount_fen": [p.notice.amount_fen for p in payments],
             "channel": [p.notice.channel.value for p in payments],
-            "kind": [p.notice.kind.value if p.notice.kind else queries.UNANNOUNCED for p in payments],
+            "kind": [p.notice.kind.value if p.notice.kind and not p.held else queries.UNANNOUNCED for p in payments],
             "status": [p.notice.status for p in payments],
             "paid_at": [p.notice.paid_at for p in payments],
             "received_at": [p.received_at for p in payments],
             "raw": [p.notice.raw for p in payments],
             "expires_at": [p.expires_at for p in payments],
             "refund_of": [p.notice.refund_of for p in payments],
+            "held": [p.held for p in payments],
         },
     )
     taken = {row[0]: (list(row[1] or []), row[2]) for row in await cur.fetchall()}

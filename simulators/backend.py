@@ -78,8 +78,9 @@ class PaymentBackend:
         amount_fen: int | None = None,
         channel: Channel | None = None,
         status: str = "SUCCESS",
+        paid_at: datetime | None = None,
     ) -> tuple[bytes, dict[str, str]]:
-        """A signed notification: (body, headers)."""
+        """A signed notification: (body, headers); `paid_at`: now unless given (a late one)."""
         seq = next(self._seq)
         return self._signed(
             {
@@ -89,7 +90,7 @@ class PaymentBackend:
                 "amount": format_amount(amount_fen if amount_fen is not None else self.random_amount_fen()),
                 "channel": (channel or self._random.choices(_CHANNELS, _CHANNEL_WEIGHTS)[0]).value,
                 "status": status,
-                "paid_at": datetime.now(tz=CHINA).isoformat(timespec="milliseconds"),
+                "paid_at": (paid_at or datetime.now(tz=CHINA)).astimezone(CHINA).isoformat(timespec="milliseconds"),
             }
         )
 

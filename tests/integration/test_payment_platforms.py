@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -350,3 +351,31 @@ async def test_a_backend_refund_with_its_own_id_is_announced_once_not_taken_for_
     payment = await shop.payment(paid)
     assert (payment["status"], payment["refunded_fen"]) == ("REFUNDED_PART", 500)
     assert [r["amount_fen"] for r in payment["refunds"]] == [500]
+
+
+async def test_a_payment_paid_long_before_it_reaches_us_is_recorded_not_announced(
+    shop, stack, backend_key, platform_keys, unique
+):
+    """The platform's time is what counts: a payment paid 10 minutes before it arrives (over the
+    5-minute default) is answered success, recorded and listed STALE, never played; a fresh one
+    plays."""
+    backend = PaymentBackend(backend_key, stack[1].base_url, [shop.merchant])
+    late = datetime.now(tz=UTC) - timedelta(minutes=10)
+    stale = (
+        await shop.post(BACKEND, backend.notification(amount_fen=4200, channel=Channel.ALIPAY, paid_at=late))
+    ).json()
+    wechat = WechatPayPlatform(platform_keys["wechat"], serial=WECHAT_KEY_ID, apiv3_key=APIV3_KEY)
+    old = wechat.notification(
+        transaction_id=f"4200000007{unique}", merchant_id=None, amount_fen=100, sub_mchid=shop.sub_mchid, now=late
+    )
+    # WeChat Pay's envelope is signed now (its retry); the transaction inside was paid long ago.
+    await shop.post(WX, old, 401)  # a signature timestamp 10 minutes old is a replay: refused
+    fresh = wechat.notification(
+        transaction_id=f"4200000008{unique}", merchant_id=None, amount_fen=100, sub_mchid=shop.sub_mchid
+    )
+    await shop.post(WX, fresh, 204)
+    assert await shop.all_acked() == ["微信收款一元"]
+    listed = (await shop.http.get("/api/v1/payments/not-announced")).json()
+    [entry] = [e for e in listed if e["payment_id"] == stale["payment_id"]]
+    assert (entry["code"], entry["merchant_id"], entry["amount_fen"]) == ("STALE", shop.merchant, 4200)
+    assert (await shop.payment(stale["payment_id"]))["deliveries"] == []

@@ -83,7 +83,8 @@
       .then((rows) => rows.map((r) => ({ ...r, device: d.serial || d.device_id })))));
     const rows = lists.flat().sort((a, b) => b.received_at.localeCompare(a.received_at)).slice(0, 40);
     fill($("announcements"), rows.length ? rows.map((r) => el("li", { class: "row", "data-heard": r.heard ? "1" : "0" },
-      el("span", { class: "muted" }, time(r.received_at)), el("strong", {}, yuan(r.amount_fen)), t(`channel_${r.channel}`),
+      el("span", { class: "muted" }, time(r.received_at)), el("strong", {}, yuan(r.amount_fen)),
+      r.kind === "refund" ? el("span", { class: "badge" }, t("kind_refund")) : t(`channel_${r.channel}`),
       el("span", { class: "muted" }, r.device), el("span", { class: "grow" }),
       el("span", { class: `badge ${r.heard ? "green" : r.status === "pending" ? "" : "red"}` }, t(`st_${r.status}`)))) : el("li", { class: "muted" }, t("none")));
   }
@@ -92,7 +93,7 @@
     const rows = await api("/api/v1/payments/not-announced?limit=50");
     fill($("not-announced"), rows.length ? rows.map((r) => el("li", { class: "row" },
       el("span", { class: "muted" }, time(r.received_at)), el("strong", {}, yuan(r.amount_fen)), t(`channel_${r.channel}`),
-      el("span", { class: "grow" }), el("span", { class: "badge red" }, r.reason || "-"))) : el("li", { class: "muted" }, t("none")));
+      el("span", { class: "grow" }), el("span", { class: "badge red" }, r.reason ? t(`why_${r.reason}`) : "-"))) : el("li", { class: "muted" }, t("none")));
   }
 
   async function refresh() {
