@@ -53,6 +53,7 @@ from fleet_server.db.pool import open_pool
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
 from simulators.backend import PaymentBackend
 from simulators.netproxy import free_port
+from simulators.registry import register
 
 START_TIMEOUT_S = 90.0
 SETTLE_S = 30.0
@@ -213,6 +214,8 @@ async def measure_announce(
             async with open_pool(db.url, max_size=2) as pool:
                 await migrate(pool)
                 token = await AuthStore(pool).service_token("bench-backend", Role.BACKEND)
+                # Bindings refer to the registry: the simulated devices and merchants are in it.
+                await register(pool, devices=[f"BD{i:05d}" for i in range(devices)], merchants=merchants)
                 commit_ms = await _commit_ceiling(pool)
             print(f"ceiling: raw broker hop at {rate:,.0f}/s for {min(CEILING_S, duration_s):.0f} s", flush=True)
             hop_ceiling = await broker_hop(mqtt.port, rate, min(CEILING_S, duration_s))
@@ -281,12 +284,12 @@ async def _results(database_url: str) -> tuple[int, int, int, float, dict[str, f
             "SELECT count(*) FILTER (WHERE d.status = 'played'), count(*) FILTER (WHERE d.status = 'missed'),"
             " count(*) FILTER (WHERE d.status = 'pending'),"
             " date_part('epoch', max(p.received_at) - min(p.received_at))"
-            " FROM deliveries d JOIN payments p USING (payment_id)"
+            " FROM deliveries d JOIN payments p USING (payment_id) WHERE p.kind = 'payment'"  # not the bind alerts
         )
         delivered, missed, pending, span = (await cur.fetchone()) or (0, 0, 0, 0.0)
         cur = await conn.execute(
             "SELECT d.payment_id, date_part('epoch', d.play_started_at - p.received_at) * 1000"
-            " FROM deliveries d JOIN payments p USING (payment_id) WHERE d.status = 'played'"
+            " FROM deliveries d JOIN payments p USING (payment_id) WHERE d.status = 'played' AND p.kind = 'payment'"
         )
         latencies = {row[0]: float(row[1]) for row in await cur.fetchall()}
     return delivered, missed, pending, float(span or 0.0), latencies

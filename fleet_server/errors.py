@@ -12,6 +12,7 @@ call their store and let the error travel.
     ├── FiguresError           a figures window or slice that cannot be answered     422
     ├── TaskError              a task action its state does not allow          404 / 409
     ├── RemoteError            a command or settings change that could not be sent 404 / 503
+    ├── BindingError           a binding of a device or merchant not in the registry  404 / 422
     ├── IdentityError          a device credential request refused             404 / 409
     ├── OtaError               a release or campaign request refused     404 / 409 / 422
     └── AuthError              an account action refused, a wrong login  401/403/404/409/422
@@ -87,6 +88,12 @@ class TaskError(FleetError):
 
     STATUS_OF: ClassVar[dict[str, int]] = {"TASK_NOT_FOUND": 404, "AGENT_NOT_FOUND": 404}
     DEFAULT_STATUS = 409
+
+
+class BindingError(FleetError):
+    """A binding refused: the device or the merchant is not in the registry, or no binding."""
+
+    STATUS_OF: ClassVar[dict[str, int]] = {"BINDING_NOT_FOUND": 404}
 
 
 class RemoteError(FleetError):

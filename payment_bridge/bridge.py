@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.messages import Ack, Announce, AnnounceKind, Channel
+from firmware_protocols.messages import Ack, AlertCode, Announce, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
 from fleet_server.db.isolate import write_apart
@@ -39,6 +39,7 @@ from mqtt_link.link import Delivery
 from mqtt_link.routing import Inbound, Router, consumer_link
 from mqtt_link.tasks import Component, spawn
 from payment_bridge.alipay import verify_alipay_notification
+from payment_bridge.bindings import Binding, Bindings
 from payment_bridge.coalesce import Coalescer, CoalescerClosed
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.keyring import PlatformKeys
@@ -100,6 +101,7 @@ class PaymentBridge(Component):
     ) -> None:
         """`authority`: checks each ack's signature (None: every ack is believed)."""
         self._store = store
+        self.bindings = Bindings(store.pool)
         self.quarantine = quarantine or Quarantine(store.pool)
         self._holding: set[asyncio.Future[None]] = set()
         self._keys = platform_keys or PlatformKeys()
@@ -219,16 +221,11 @@ class PaymentBridge(Component):
             raise
         # Paid long before it reached us (a platform's late retry, a backlog): recorded, listed
         # for the merchant, and not announced; a fresh one's TTL counts from now.
-        stale = notification.kind is not None and received_at - notification.paid_at > self._max_age
+        age_s = (received_at - notification.paid_at).total_seconds()
+        stale = notification.kind is not None and age_s > self._max_age.total_seconds()
         if stale:
-            log.warning(
-                "payment too old to announce; recorded only",
-                payment_id=notification.payment_id,
-                paid_at=notification.paid_at.isoformat(),
-                age_s=round((received_at - notification.paid_at).total_seconds()),
-            )
-        held = STALE if stale else None
-        new = NewPayment(notification, source, received_at, received_at + self._ttl, held)
+            log.warning("payment too old to announce; recorded only", payment_id=notification.payment_id, age_s=age_s)
+        new = NewPayment(notification, source, received_at, received_at + self._ttl, STALE if stale else None)
         # A refund is recorded on its own, against its payment (locked); payments share batches.
         if notification.refund_of is not None:
             recorded = await self._store.record_refund(new)
@@ -274,6 +271,19 @@ class PaymentBridge(Component):
                 self.stats.published += published
         return recorded
 
+    # -- bindings --------------------------------------------------------------------------
+
+    async def bind(self, device_id: str, merchant_id: str) -> Binding:
+        """Bind a registered device to a registered merchant; the device says 设备绑定成功."""
+        binding, alert = await self.bindings.bind(device_id, merchant_id, ttl=self._ttl)
+        if alert is not None:
+            self._publish(alert, datetime.now(tz=UTC))
+        return binding
+
+    async def unbind(self, device_id: str) -> None:
+        """Unbind a device; it says 设备已解绑."""
+        self._publish(await self.bindings.unbind(device_id, ttl=self._ttl), datetime.now(tz=UTC))
+
     # -- announces out ---------------------------------------------------------------------
 
     def _announce_for(self, delivery: PendingDelivery, now: datetime) -> Announce:
@@ -287,6 +297,7 @@ class PaymentBridge(Component):
                 channel=Channel(delivery.channel),
                 kind=AnnounceKind(delivery.kind),
                 paid_at=_ms(delivery.paid_at),
+                alert=AlertCode(delivery.alert) if delivery.alert is not None else None,
                 issued_at=_ms(now),
                 ttl_s=ttl_left,
                 key_id=self._signer.key_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from firmware_protocols.messages import HEARD, AckStatus
+from firmware_protocols.messages import HEARD, AckStatus, AnnounceKind
 from fleet_server.db.fetch import statement
 from fleet_server.db.hierarchy import PAYMENT_WITHIN_REACH
 
@@ -38,6 +38,7 @@ _NAMES: Final[dict[str, str | frozenset[str]]] = {
     "not_announced": NOT_ANNOUNCED,
     "no_bound_device": NO_BOUND_DEVICE,
     "unknown_merchant": UNKNOWN_MERCHANT,
+    "alert": AnnounceKind.ALERT,
 }
 
 # A refused notification, kept for the record.
@@ -55,7 +56,8 @@ MARK_PUBLISHED: Final = (
 # Rows: PendingDelivery. Parameters: now, the moment, the limit.
 DUE_FOR_RETRY: Final = statement(
     "SELECT d.payment_id, d.device_id, p.merchant_id, p.amount_fen, p.channel, p.kind, p.paid_at,"
-    " p.received_at, d.expires_at FROM deliveries d JOIN payments p USING (payment_id)"
+    " p.received_at, d.expires_at, CASE WHEN p.kind = {alert} THEN p.status END AS alert"
+    " FROM deliveries d JOIN payments p USING (payment_id)"
     " WHERE d.status = {pending} AND d.expires_at > %s AND d.last_published_at < %s"
     " ORDER BY d.last_published_at LIMIT %s",
     **_NAMES,
@@ -120,7 +122,23 @@ BIND: Final = (
     " bound_at = CASE WHEN b.merchant_id = EXCLUDED.merchant_id THEN b.bound_at ELSE now() END"
     " RETURNING device_id, merchant_id, bound_at"
 )
+# The previous binding of a device, locked while it changes: one row (merchant_id), or none.
+LOCK_BINDING: Final = "SELECT merchant_id FROM bindings WHERE device_id = %s FOR UPDATE"
 UNBIND: Final = "DELETE FROM bindings WHERE device_id = %s"
+# Whether the device and the merchant are in the registry: one row (device, merchant) of booleans.
+REGISTERED: Final = (
+    "SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = %(d)s),"
+    " EXISTS (SELECT 1 FROM merchants WHERE merchant_id = %(m)s)"
+)
+# An alert for one device (bound / unbound), as a record of kind 'alert' with one delivery, so it
+# is retried like any announcement: (id, merchant, alert code, received at, expires at, device).
+RECORD_ALERT: Final = (
+    "WITH p AS (INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
+    " status, paid_at, received_at, raw) VALUES (%(id)s, 'binding', %(id)s, %(m)s, 0, 'other', 'alert', %(code)s,"
+    " %(at)s, %(at)s, '{}') RETURNING payment_id)"
+    " INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at, attempts)"
+    " SELECT payment_id, %(d)s, %(until)s, %(at)s, 1 FROM p"
+)
 # Bindings by merchant, device id or a serial (the registry's or the reported one); NULL matches
 # all. Rows: Binding.
 BINDINGS: Final = (
@@ -147,7 +165,7 @@ NOT_ANNOUNCED_PAYMENTS: Final = statement(
 FLAG_NOT_ANNOUNCED: Final = statement(
     "INSERT INTO payment_events (payment_id, event, reason)"
     " SELECT p.payment_id, {not_announced}, %(reason)s FROM payments p"
-    " WHERE p.payment_id = ANY(%(ids)s) AND p.kind <> {unannounced} AND NOT EXISTS ("
+    " WHERE p.payment_id = ANY(%(ids)s) AND p.kind <> {unannounced} AND p.kind <> {alert} AND NOT EXISTS ("
     "   SELECT 1 FROM deliveries d WHERE d.payment_id = p.payment_id"
     "   AND (d.status = {pending} OR d.status = ANY({heard})))"
     " ON CONFLICT (payment_id, event) DO NOTHING",

@@ -11,14 +11,15 @@ from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader, ReachDep
-from fleet_server.errors import ApiError
+from fleet_server.errors import ApiError, BindingError
 from fleet_server.http.errors import NOT_FOUND, ErrorResponse
 from fleet_server.http.ratelimit import too_many
 from fleet_server.http.services import HttpPolicy, provide, services_of
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
+from payment_bridge.bindings import Binding
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.errors import NotificationRejected
-from payment_bridge.store import Binding, DeliverySummary, NotAnnounced, PaymentStore, PaymentView
+from payment_bridge.store import DeliverySummary, NotAnnounced, PaymentStore, PaymentView
 
 _MESSAGES_ZH = {
     "BODY_TOO_LARGE": "通知内容过大",
@@ -156,32 +157,41 @@ class BindRequest(BaseModel):
     merchant_id: MerchantId
 
 
-@router.post("/bindings", summary="Bind a device to a merchant (one merchant per device)")
-async def bind(principal: BindingWriter, store: StoreDep, body: BindRequest, audit: AuditDep) -> Binding:
-    binding = await store.bind(body.device_id, body.merchant_id)
-    detail = {"merchant_id": body.merchant_id}
-    await audit(principal, "binding.bind", body.device_id, detail=detail)
+BridgeDep = Annotated[PaymentBridge, Depends(provide(PaymentBridge))]
+
+
+@router.post(
+    "/bindings",
+    summary="Bind a registered device to a registered merchant (one merchant per device); the device says so",
+    responses={422: {"model": ErrorResponse}},
+)
+async def bind(principal: BindingWriter, bridge: BridgeDep, body: BindRequest, audit: AuditDep) -> Binding:
+    try:
+        binding = await bridge.bind(body.device_id, body.merchant_id)
+    except BindingError as exc:
+        await audit(principal, "binding.bind", body.device_id, outcome="refused", detail={"code": exc.code})
+        raise
+    await audit(principal, "binding.bind", body.device_id, detail={"merchant_id": body.merchant_id})
     return binding
 
 
 @router.delete("/bindings/{device_id}", summary="Unbind a device", status_code=204, responses=NOT_FOUND)
 async def unbind(
     principal: BindingWriter,
-    store: StoreDep,
+    bridge: BridgeDep,
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern)],
     audit: AuditDep,
 ) -> None:
-    if not await store.unbind(device_id):
-        raise ApiError(404, "BINDING_NOT_FOUND", f"device {device_id} is not bound", f"设备 {device_id} 未绑定")
+    await bridge.unbind(device_id)
     await audit(principal, "binding.unbind", device_id)
 
 
 @router.get("/bindings", summary="Bindings, by merchant, device id or device serial number")
 async def bindings(
     _: BindingWriter,
-    store: StoreDep,
+    bridge: BridgeDep,
     merchant_id: Annotated[str | None, Query(max_length=64)] = None,
     device_id: Annotated[str | None, Query(max_length=64)] = None,
     serial: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[Binding]:
-    return await store.bindings(merchant_id=merchant_id, device_id=device_id, serial=serial)
+    return await bridge.bindings.bindings(merchant_id=merchant_id, device_id=device_id, serial=serial)

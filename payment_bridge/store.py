@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, computed_field
 
 from firmware_protocols.messages import HEARD, Ack, AnnounceKind
-from fleet_server.db.fetch import execute, fetch_dicts, fetch_model, fetch_models, fetch_rows
+from fleet_server.db.fetch import execute, fetch_dicts, fetch_models, fetch_rows
 from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from payment_bridge import queries
 from payment_bridge.notifications import PaymentNotice
@@ -64,6 +64,7 @@ class PendingDelivery:
     paid_at: datetime
     received_at: datetime
     expires_at: datetime
+    alert: str | None = None  # an alert's code (AlertCode), kind 'alert'
 
 
 class Percentiles(BaseModel):
@@ -148,12 +149,6 @@ class NotAnnounced(BaseModel):
     def code(self) -> str:
         """The reason as a code for programs: UNKNOWN_MERCHANT, NO_BOUND_DEVICE, MISSED, ..."""
         return self.reason.upper()
-
-
-class Binding(BaseModel):
-    device_id: str
-    merchant_id: str
-    bound_at: datetime
 
 
 class PaymentStore:
@@ -327,23 +322,6 @@ class PaymentStore:
             rows[0]["deliveries"] = await fetch_dicts(conn, queries.DELIVERIES, (payment_id,))
             rows[0]["refunds"] = await fetch_dicts(conn, queries.REFUNDS_OF, (payment_id,))
         return PaymentView.model_validate(rows[0])
-
-    async def bind(self, device_id: str, merchant_id: str) -> Binding:
-        """Bind a device to a merchant, moving it from any previous one (one merchant per device)."""
-        binding = await fetch_model(self._pool, Binding, queries.BIND, (device_id, merchant_id))
-        assert binding is not None  # noqa: S101 - an upsert with RETURNING always returns its row.
-        return binding
-
-    async def unbind(self, device_id: str) -> bool:
-        return await execute(self._pool, queries.UNBIND, (device_id,)) == 1
-
-    async def bindings(
-        self, *, merchant_id: str | None = None, device_id: str | None = None, serial: str | None = None
-    ) -> list[Binding]:
-        """Bindings by merchant, device id or the serial number printed on the device (the one in
-        the registry, or the one the device reported)."""
-        params = {"m": merchant_id, "d": device_id, "s": serial}
-        return await fetch_models(self._pool, Binding, queries.BINDINGS, params)
 
     async def not_announced(
         self,

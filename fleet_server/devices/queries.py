@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from firmware_protocols.messages import HEARD
+from firmware_protocols.messages import HEARD, AnnounceKind
 from fleet_server.db.fetch import statement
 from fleet_server.db.hierarchy import (
     DEVICE_HIERARCHY,
@@ -73,6 +73,7 @@ TIMELINE: Final = (
     "   'latency_ms', extract(epoch FROM dl.play_started_at - p.received_at) * 1000)"
     "  FROM deliveries dl JOIN payments p USING (payment_id)"
     "  WHERE dl.device_id = %(d)s AND p.received_at >= %(start)s AND p.received_at < %(end)s"
+    "  AND p.kind IN ('payment', 'refund')"
     f"  AND {PAYMENT_WITHIN_REACH}"
     " UNION ALL SELECT t.opened_at, 'task', t.kind || ' ' || t.status,"
     "  jsonb_build_object('task_id', t.task_id, 'kind', t.kind, 'status', t.status, 'evidence', t.evidence)"
@@ -89,9 +90,11 @@ ANNOUNCEMENTS: Final = statement(
     " dl.status = ANY({heard}) AS heard, dl.text, dl.reason,"
     " extract(epoch FROM dl.play_started_at - p.received_at) * 1000 AS latency_ms"
     " FROM deliveries dl JOIN payments p USING (payment_id) WHERE dl.device_id = %(d)s"
+    " AND p.kind = ANY({announced})"
     f" AND {PAYMENT_WITHIN_REACH}"
     " ORDER BY p.received_at DESC LIMIT %(limit)s",
     heard=HEARD,
+    announced=(AnnounceKind.PAYMENT, AnnounceKind.REFUND),
 )
 
 # Devices known, and online now: one row (devices, online).

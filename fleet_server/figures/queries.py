@@ -140,6 +140,7 @@ announced AS (
                extract(epoch FROM dl.play_started_at - p.received_at) * 1000 AS latency_ms
         FROM deliveries dl JOIN payments p USING (payment_id) JOIN scope s ON s.device_id = dl.device_id
         WHERE p.received_at >= %(start)s AND p.received_at < %(end)s AND dl.status <> {pending}
+          AND p.kind IN ('payment', 'refund')
         UNION ALL
         -- A payment whose merchant had no bound device was never announced: missed.
         SELECT {merchant_key}, false, NULL
@@ -148,6 +149,7 @@ announced AS (
         LEFT JOIN stores st ON st.store_id = m.store_id
         LEFT JOIN districts di ON di.district_id = st.district_id
         WHERE {unrouted} AND p.received_at >= %(start)s AND p.received_at < %(end)s
+          AND p.kind IN ('payment', 'refund')
           AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.payment_id = p.payment_id)
     ) a GROUP BY key
 ),

@@ -37,6 +37,7 @@ from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, r
 from simulators.backend import PaymentBackend
 from simulators.mosquitto import PrivateMosquitto
 from simulators.netproxy import NetProxy, free_port
+from simulators.registry import register_now
 from tests.integration.resilience_kit import plays
 from tests.processes import Processes, cli_token
 
@@ -129,6 +130,7 @@ class Rig:
         self._fleet_token = await asyncio.to_thread(cli_token, self.env, self.folder, "fault-viewer", "ops-viewer")
         await self.wait_http(self.bridge_port)
         await self.wait_http(self.fleet_port)
+        await asyncio.to_thread(register_now, self.pg.url, devices=[DIRECT, PROXIED], merchants=[MERCHANT])
         for device in (DIRECT, PROXIED):
             await self.until(lambda d=device: self.online(d), f"{device} online")
             async with self.bridge() as bridge:

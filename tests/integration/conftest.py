@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig
+from edge_agent.hardware.audio import MemorySink, Rendered
 from edge_agent.hardware.modem import SimulatedModem
 from edge_agent.voice import ClipSpeaker, VoicePack
 from firmware_protocols.messages import Announce
@@ -43,6 +44,12 @@ def server_keys(backend_key) -> ServerKeys:
         device_master_key=os.urandom(32),  # test-only, made per session
         field_keys=FieldKeys.generate(),
     )
+
+
+def announced(sink: MemorySink) -> list[Rendered]:
+    """What a speaker played for payments and refunds: not the binding's alerts (设备绑定成功 /
+    设备已解绑, which `test_bindings` holds to their own account)."""
+    return [r for r in sink.played if not r.name.startswith("alert:")]
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 20.0, what: str = "condition") -> None:

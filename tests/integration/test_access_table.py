@@ -37,6 +37,7 @@ from haodian.server import Part, ServerStack, build_app
 from haodian.settings import Settings
 from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
 from simulators.backend import PaymentBackend
+from simulators.registry import register
 from tests.conftest import _fresh_database
 from tests.integration.conftest import in_process_stack
 
@@ -207,7 +208,7 @@ async def _not_announced_hides_others(world: World, answer: Any) -> bool:
 
 
 async def _summary_is_ma_s(world: World, answer: Any) -> bool:
-    [(payments,)] = await world.sql("SELECT count(*) FROM payments WHERE merchant_id = 'MA'")
+    [(payments,)] = await world.sql("SELECT count(*) FROM payments WHERE merchant_id = 'MA' AND kind = 'payment'")
     return bool(answer["payments"] == payments)
 
 
@@ -297,12 +298,15 @@ async def _notification(world: World) -> Call:
 
 
 async def _bind(world: World) -> Call:
-    return Call("POST", "/api/v1/bindings", json={"device_id": world.fresh("BIND"), "merchant_id": "MC"})
+    device = world.fresh("BIND")
+    await register(world.server.pool, devices=[device], merchants=["MX"])
+    return Call("POST", "/api/v1/bindings", json={"device_id": device, "merchant_id": "MX"})
 
 
 async def _unbind(world: World) -> Call:
     device = world.fresh("UNB")
-    await world.ok("POST", "/api/v1/bindings", json={"device_id": device, "merchant_id": "MC"})
+    await register(world.server.pool, devices=[device], merchants=["MX"])
+    await world.ok("POST", "/api/v1/bindings", json={"device_id": device, "merchant_id": "MX"})
     return Call("DELETE", f"/api/v1/bindings/{device}")
 
 

@@ -21,7 +21,8 @@ from payment_bridge.notifications import verify_backend_notification
 from payment_bridge.store import PaymentStore
 from payment_bridge.webhook import SIGNATURE_HEADER
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
+from simulators.registry import register
+from tests.integration.conftest import agent_for, announced, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -82,6 +83,7 @@ async def test_platform_retry_after_a_crash_between_record_and_answer_announces_
         agent = await exits.enter_async_context(agent_for(device, broker, server_keys, tmp_path, sink))
         await agent.wait_connected(10)
         http = await exits.enter_async_context(await api_client(server))
+        await register(server.pool, devices=[device], merchants=[merchant])
         assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
         # The bridge that took this notification committed it and died before answering: the
         # payment and its delivery are in the database, nothing was published, nobody answered.
@@ -101,8 +103,8 @@ async def test_platform_retry_after_a_crash_between_record_and_answer_announces_
 
         await eventually(played, what="the recorded payment to be announced by the retry loop")
         await asyncio.sleep(1.5)  # time for a wrong second announce to show up
-    assert len(sink.played) == 1
-    assert sink.played[0].text.endswith("八点八元")
+    assert len(announced(sink)) == 1
+    assert announced(sink)[0].text.endswith("八点八元")
 
 
 async def test_device_offline_past_the_ttl_plays_nothing_late_and_the_backend_is_told(
@@ -116,6 +118,7 @@ async def test_device_offline_past_the_ttl_plays_nothing_late_and_the_backend_is
         # The device connects once (so the broker keeps its session), then goes away.
         async with agent_for(device, broker, server_keys, tmp_path, sink) as agent:
             await agent.wait_connected(10)
+        await register(server.pool, devices=[device], merchants=[merchant])
         assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
         body, headers = backend.notification(amount_fen=4200)
         payment_id = json.loads(body)["payment_id"]

@@ -20,7 +20,8 @@ from firmware_protocols.messages import Channel
 from haodian.settings import Settings
 from payment_bridge.notifications import SIGNATURE_HEADER
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
+from simulators.registry import register
+from tests.integration.conftest import agent_for, announced, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -84,6 +85,7 @@ async def test_garbage_on_every_topic_changes_nothing_and_everything_keeps_worki
         await api_client(server) as http,
     ):
         await eventually(lambda: _online(http, victim), what="the agent online")
+        await register(server.pool, devices=[victim], merchants=[f"M{unique}"])
         assert (await http.post("/api/v1/bindings", json={"device_id": victim, "merchant_id": f"M{unique}"})).is_success
         with capture_logs() as logs:
             for kind in topics.Up:
@@ -106,7 +108,7 @@ async def test_garbage_on_every_topic_changes_nothing_and_everything_keeps_worki
             payment_id = accepted.json()["payment_id"]
             await eventually(lambda: _played(http, payment_id), what="the genuine payment played")
     assert cases == (len(topics.Up) + len(topics.Down) + len(ODD_TOPICS)) * len(GARBAGE)
-    assert [r.name for r in sink.played] == [payment_id]
+    assert [r.name for r in announced(sink)] == [payment_id]
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT count(*) FROM device_health WHERE device_id = %s", (device,))
         assert (await cur.fetchone())[0] == 0, "no garbage stored as health"

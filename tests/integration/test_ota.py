@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import random
 import time
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,7 +25,7 @@ from haodian.cli import build_parser
 from haodian.cli.ota import run
 from haodian.scenarios.ota_campaign import OtaSimOptions, run_ota_simulation
 from haodian.settings import Settings
-from payment_bridge.store import PaymentStore
+from payment_bridge.bindings import Bindings
 from tests.integration.conftest import api_client, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -281,7 +282,8 @@ async def test_a_rebound_device_is_targeted_by_its_merchants_store(tmp_path, emb
         assert (await import_registry(pool, header + "\n".join(rows) + "\n", dry_run=False)).applied == 2
         async with pool.connection() as conn:
             await conn.execute("UPDATE devices SET firmware = '1.0.0' WHERE device_id IN ('RB1', 'RB2')")
-        await PaymentStore(pool).bind("RB1", "RM-B")  # RB1 now serves a merchant of store RS-B
+        # RB1 now serves a merchant of store RS-B.
+        await Bindings(pool).bind("RB1", "RM-B", ttl=timedelta(seconds=60))
         store = await store_with_release(pool, tmp_path, release_key)
         store_b = await store.create_campaign(
             release_name="haodian-speaker", version="2.0.0", selector=TargetSelector(stores=["RS-B"]),

@@ -35,7 +35,8 @@ from fleet_server.inspection.detectors import FindingKind, inspect
 from haodian.server import Part, ServerStack
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import api_client, eventually
+from simulators.registry import register
+from tests.integration.conftest import announced, api_client, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -113,6 +114,7 @@ async def test_forged_wrongly_signed_and_replayed_acks_mark_nothing_played(
         await spy.subscribe(ack_topic, qos=1)
         sink = MemorySink()
         async with signing_agent(server, device, tmp_path, sink):
+            await register(server.pool, devices=[device], merchants=[merchant])
             assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
             body, headers = backend.notification(amount_fen=1250)
             first = json.loads(body)["payment_id"]
@@ -153,7 +155,7 @@ async def test_forged_wrongly_signed_and_replayed_acks_mark_nothing_played(
             "played",
             True,
         )  # the verbatim replay changes nothing
-        assert len(sink.played) == 1
+        assert len(announced(sink)) == 1
 
 
 async def test_a_forged_retained_offline_presence_does_not_take_a_connected_device_offline(

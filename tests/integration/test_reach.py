@@ -10,6 +10,7 @@ from fleet_server.auth.roles import Role
 from haodian.server import ServerStack
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
+from simulators.registry import register
 from tests.integration.conftest import api_client, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -27,6 +28,7 @@ async def test_a_merchant_reads_only_its_own_delivery_figures(server, backend_ke
     counts = {mine: 2, theirs: 3}
     async with await api_client(server) as ops:
         for merchant, device in ((mine, f"DA{unique}"), (theirs, f"DB{unique}")):
+            await register(server.pool, devices=[device], merchants=[merchant])
             bound = await ops.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})
             assert bound.is_success, bound.text
             backend = PaymentBackend(backend_key, server.base_url, [merchant])
@@ -55,9 +57,12 @@ async def test_after_a_device_moves_its_new_merchant_sees_only_its_own_period(se
                 answer = await ops.post("/api/v1/notifications/backend", content=body, headers=headers)
                 assert answer.is_success, answer.text
 
+        await register(server.pool, devices=[device], merchants=[before])
+
         assert (await ops.post("/api/v1/bindings", json={"device_id": device, "merchant_id": before})).is_success
         await pay(before, 2)
         assert (await ops.delete(f"/api/v1/bindings/{device}")).status_code == 204
+        await register(server.pool, devices=[device], merchants=[after])
         assert (await ops.post("/api/v1/bindings", json={"device_id": device, "merchant_id": after})).is_success
         await pay(after, 1)
         # A device row, as the ingest would have made it at the device's first hello.

@@ -18,9 +18,11 @@ from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from fleet_server.ingest.consumer import Ingest
 from mqtt_link.link import probe
+from payment_bridge.bindings import Bindings
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.notifications import PaymentNotice
 from payment_bridge.store import PaymentStore
+from simulators.registry import register
 from tests.integration.conftest import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -81,7 +83,8 @@ async def test_two_ingests_in_a_share_group_store_each_message_once(pool, endpoi
 async def test_two_bridges_in_a_share_group_record_each_ack_once(pool, endpoint, server_keys, unique):
     store = PaymentStore(pool)
     device, merchant = f"Y{unique}", f"M{unique}"
-    await store.bind(device, merchant)
+    await register(pool, devices=[device], merchants=[merchant])
+    await Bindings(pool).bind(device, merchant, ttl=timedelta(seconds=60))
     now = datetime.now(tz=UTC)
     payments = [f"scale-{unique}-{n}" for n in range(40)]
     for payment_id in payments:

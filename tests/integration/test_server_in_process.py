@@ -14,7 +14,8 @@ from edge_agent.hardware.audio import MemorySink
 from firmware_protocols.messages import Channel
 from haodian.settings import Settings
 from simulators.backend import PaymentBackend
-from tests.integration.conftest import agent_for, api_client, eventually, in_process_stack
+from simulators.registry import register
+from tests.integration.conftest import agent_for, announced, api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -113,6 +114,7 @@ async def test_payment_is_announced_once_on_every_bound_device(stack, server_key
         http = await exits.enter_async_context(await api_client(server))
         merchant = f"M{unique}"
         for device in list(sinks)[:2]:  # the third speaker belongs to another merchant
+            await register(server.pool, devices=[device], merchants=[merchant])
             assert (await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": merchant})).is_success
         backend = PaymentBackend(backend_key, server.base_url, [merchant])
         body, headers = backend.notification(amount_fen=1250, channel=Channel.WECHAT)
@@ -142,9 +144,12 @@ async def test_payment_is_announced_once_on_every_bound_device(stack, server_key
         assert (summary["payments"], summary["deliveries"], summary["delivered"]) == (1, 2, 2)
         assert summary["delivery_rate"] == 1.0
         assert summary["latency_ms"]["p50"] is not None
-    assert [[r.text for r in sink.played] for sink in sinks.values()] == [["微信收款十二点五元"]] * 2 + [[]]
+    assert [[r.text for r in announced(sink)] for sink in sinks.values()] == [["微信收款十二点五元"]] * 2 + [[]]
     with psycopg.connect(database_url) as conn:
-        acks = conn.execute("SELECT device_id, acks, attempts FROM deliveries ORDER BY device_id").fetchall()
+        acks = conn.execute(
+            "SELECT device_id, acks, attempts FROM deliveries JOIN payments USING (payment_id)"
+            " WHERE kind = 'payment' ORDER BY device_id"
+        ).fetchall()
     assert [(a, b) for _, a, b in acks] == [(1, 1), (1, 1)]
 
 
@@ -156,6 +161,7 @@ async def test_announce_waits_for_a_device_that_was_offline(stack, server_keys, 
     async with agent_for(device, broker, server_keys, tmp_path, sink) as agent:
         await agent.wait_connected(10)
     async with await api_client(server) as http:
+        await register(server.pool, devices=[device], merchants=[f"M{unique}"])
         await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": f"M{unique}"})
         backend = PaymentBackend(backend_key, server.base_url, [f"M{unique}"])
         body, headers = backend.notification(amount_fen=500, channel=Channel.ALIPAY)
@@ -163,10 +169,10 @@ async def test_announce_waits_for_a_device_that_was_offline(stack, server_keys, 
         async with agent_for(device, broker, server_keys, tmp_path, sink):
 
             async def played() -> bool:
-                return len(sink.played) > 0
+                return len(announced(sink)) > 0
 
             await eventually(played, what="the offline device to play on its return")
-    assert [r.text for r in sink.played] == ["支付宝到账五元"]
+    assert [r.text for r in announced(sink)] == ["支付宝到账五元"]
 
 
 async def test_bad_requests_get_clear_errors_in_both_languages(stack):
@@ -199,6 +205,7 @@ async def test_unacked_announce_is_republished_within_its_ttl(stack, server_keys
     device = f"NEW{unique}"
     sink = MemorySink()
     async with await api_client(server) as http:
+        await register(server.pool, devices=[device], merchants=[f"M{unique}"])
         await http.post("/api/v1/bindings", json={"device_id": device, "merchant_id": f"M{unique}"})
         backend = PaymentBackend(backend_key, server.base_url, [f"M{unique}"])
         body, headers = backend.notification(amount_fen=2000, channel=Channel.UNIONPAY)
@@ -211,7 +218,7 @@ async def test_unacked_announce_is_republished_within_its_ttl(stack, server_keys
                 return payment["deliveries"][0]["status"] == "played"
 
             await eventually(played, what="the republished announce to be played")
-    assert [r.text for r in sink.played] == ["云闪付收款二十元"]
+    assert [r.text for r in announced(sink)] == ["云闪付收款二十元"]
     with psycopg.connect(database_url) as conn:
         attempts = conn.execute("SELECT attempts FROM deliveries WHERE payment_id = %s", (payment_id,)).fetchone()
     assert attempts is not None
