@@ -300,6 +300,8 @@ class ServerStack(Component):
                 wechatpay_apiv3_key_file=self.settings.wechatpay_apiv3_key_file,
                 wechatpay_mchids=frozenset(self.settings.wechatpay_mchids),
                 alipay_app_ids=frozenset(self.settings.alipay_app_ids),
+                unionpay_root_cert_file=self.settings.unionpay_root_cert_file,
+                unionpay_middle_cert_file=self.settings.unionpay_middle_cert_file,
             ),
             share_group=_share(self.settings.mqtt_share_group, "bridge"),
             quarantine=self.quarantine,

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # Who we are on each platform, as a JSON list: our WeChat Pay merchant ids (the service
     # provider's `sp_mchid` in partner mode, `mchid` in direct mode) and our Alipay `app_id`s. A
     # notification naming another is refused and recorded. Empty: not checked (development).
+    # UnionPay's root and intermediate certificates (PEM, from UnionPay), which the signing
+    # certificate each notification carries must chain to. Unset: UnionPay is refused.
+    unionpay_root_cert_file: Path | None = None
+    unionpay_middle_cert_file: Path | None = None
     wechatpay_mchids: list[Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]] = []
     alipay_app_ids: list[Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]] = []
     # A payment older than this is not announced: a merchant hearing a payment minutes late is

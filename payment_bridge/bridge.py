@@ -1,7 +1,7 @@
 """The bridge service: accept a notification, record it, announce it, follow the acks.
 
     async with PaymentBridge(store, endpoint, signer, backend_key, client_id=..., platform_keys=keys) as bridge:
-        recorded = await bridge.accept_backend(body, headers)   # or accept_alipay, accept_wechatpay
+        recorded = await bridge.accept("backend", body, headers)   # or alipay, wechatpay, unionpay
 
 Each `accept_*` returns only after the payment is durably recorded (and raises
 `NotificationRejected`, after recording the rejection, for anything refused). Announces go out
@@ -38,20 +38,15 @@ from mqtt_link.errors import LinkDown
 from mqtt_link.link import Delivery
 from mqtt_link.routing import Inbound, Router, consumer_link
 from mqtt_link.tasks import Component, spawn
-from payment_bridge.alipay import verify_alipay_notification
+from payment_bridge import doors
 from payment_bridge.bindings import Binding, Bindings
 from payment_bridge.coalesce import Coalescer, CoalescerClosed
+from payment_bridge.doors import Door
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.keyring import PlatformKeys
-from payment_bridge.notifications import (
-    SIGN_TYPE_HEADER,
-    SIGNATURE_HEADER,
-    PaymentNotice,
-    verify_backend_notification,
-)
+from payment_bridge.notifications import PaymentNotice
 from payment_bridge.queries import STALE
 from payment_bridge.store import AckReceived, NewPayment, PaymentStore, PendingDelivery, Recorded
-from payment_bridge.wechatpay import verify_wechatpay_notification
 
 log = structlog.get_logger(__name__)
 
@@ -154,51 +149,28 @@ class PaymentBridge(Component):
 
     # -- notifications in ------------------------------------------------------------------
 
-    async def accept_backend(
-        self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
+    async def accept(
+        self, door: Door, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
     ) -> Recorded:
-        """The backend's RSA2-signed JSON; `headers` with lower-case names."""
-        return await self._accept(
-            "backend",
-            lambda: verify_backend_notification(
-                body, headers.get(SIGNATURE_HEADER.lower()), headers.get(SIGN_TYPE_HEADER.lower()), self._backend_key
-            ),
-            body,
-            headers,
-            received_at,
-        )
-
-    async def accept_alipay(
-        self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
-    ) -> Recorded:
-        """Alipay's form-encoded asynchronous notification."""
-        return await self._accept(
-            "alipay",
-            lambda: verify_alipay_notification(body, self._keys.alipay(), ours=self._keys.alipay_app_ids),
-            body,
-            headers,
-            received_at,
-        )
-
-    async def accept_wechatpay(
-        self, body: bytes, headers: Mapping[str, str], *, received_at: datetime | None = None
-    ) -> Recorded:
-        """WeChat Pay API v3's signed, encrypted notification; `headers` with lower-case names."""
+        """A notification from `door` (`doors`); `headers` with lower-case names."""
         at = received_at or datetime.now(tz=UTC)
-        return await self._accept(
-            "wechatpay",
-            lambda: verify_wechatpay_notification(
-                body,
-                headers,
-                platform_key=self._keys.wechatpay,
-                apiv3_key=self._keys.apiv3_key(),
-                now=at,
-                ours=self._keys.wechatpay_mchids,
-            ),
-            body,
-            headers,
-            at,
-        )
+
+        def verify() -> PaymentNotice:
+            return doors.verify(door, body, headers, keys=self._keys, backend_key=self._backend_key, now=at)
+
+        return await self._accept(door, verify, body, headers, at)
+
+    async def accept_backend(self, body: bytes, headers: Mapping[str, str], **kw: datetime) -> Recorded:
+        return await self.accept("backend", body, headers, **kw)
+
+    async def accept_alipay(self, body: bytes, headers: Mapping[str, str], **kw: datetime) -> Recorded:
+        return await self.accept("alipay", body, headers, **kw)
+
+    async def accept_wechatpay(self, body: bytes, headers: Mapping[str, str], **kw: datetime) -> Recorded:
+        return await self.accept("wechatpay", body, headers, **kw)
+
+    async def accept_unionpay(self, body: bytes, headers: Mapping[str, str], **kw: datetime) -> Recorded:
+        return await self.accept("unionpay", body, headers, **kw)
 
     async def _accept(
         self,

@@ -94,10 +94,15 @@ class PlatformKeys:
     wechatpay_apiv3_key_file: Path | None = None
     wechatpay_mchids: frozenset[str] = frozenset()
     alipay_app_ids: frozenset[str] = frozenset()
+    # UnionPay's root and intermediate (middle) certificates, which its signing certificate,
+    # sent in each notification, must chain to.
+    unionpay_root_cert_file: Path | None = None
+    unionpay_middle_cert_file: Path | None = None
     check_interval_s: float = 1.0
     _alipay: list[RSAPublicKey] = field(default_factory=list)
     _wechatpay: dict[str, RSAPublicKey] = field(default_factory=dict)
     _apiv3: bytes | None = None
+    _unionpay: list[x509.Certificate] = field(default_factory=list)
     _watch: dict[str, _Watched] = field(default_factory=dict)
 
     def alipay(self) -> list[RSAPublicKey]:
@@ -116,6 +121,13 @@ class PlatformKeys:
         if self.wechatpay_apiv3_key_file is not None:
             self._refresh("apiv3", [self.wechatpay_apiv3_key_file], self._load_apiv3)
         return self._apiv3
+
+    def unionpay_chain(self) -> list[x509.Certificate]:
+        """[intermediate, root], or [] when not configured."""
+        if self.unionpay_root_cert_file is not None and self.unionpay_middle_cert_file is not None:
+            paths = [self.unionpay_middle_cert_file, self.unionpay_root_cert_file]
+            self._refresh("unionpay", paths, self._load_unionpay)
+        return self._unionpay
 
     def _refresh(self, name: str, paths: list[Path], load: _Loader) -> None:
         watched = self._watch.setdefault(name, _Watched())
@@ -152,6 +164,9 @@ class PlatformKeys:
                     raise ValueError(f"{path}: {exc}") from exc
                 keys[serial] = key
         self._wechatpay = keys
+
+    def _load_unionpay(self, paths: list[Path]) -> None:
+        self._unionpay = [x509.load_pem_x509_certificate(path.read_bytes()) for path in paths]
 
     def _load_apiv3(self, paths: list[Path]) -> None:
         key = paths[0].read_text(encoding="ascii").strip().encode()

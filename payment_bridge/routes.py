@@ -95,6 +95,24 @@ async def alipay_notification(request: Request) -> Response:
     return PlainTextResponse(ANSWER_SUCCESS)
 
 
+@router.post(
+    "/notifications/unionpay",
+    summary="UnionPay (ACP 5.1.0) back notification (form, RSA with the certificate it carries); 200 once recorded",
+    response_class=PlainTextResponse,
+    responses={code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 429, 503)},
+)
+async def unionpay_notification(request: Request) -> Response:
+    if (refused := _limited(request)) is not None:
+        return refused
+    bridge = services_of(request.app).get(PaymentBridge)
+    try:
+        await bridge.accept_unionpay(await request.body(), request.headers)
+    except NotificationRejected as exc:
+        # UnionPay retries anything but 200; the body says why, for whoever reads its console.
+        return PlainTextResponse(f"{exc.code}: {exc.reason}", status_code=exc.status)
+    return PlainTextResponse("ok")
+
+
 class WechatPayError(BaseModel):
     code: str
     message: str

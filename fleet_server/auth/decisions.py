@@ -97,6 +97,7 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "POST /api/v1/notifications/backend": (PUBLIC,) * 5,
     "POST /api/v1/notifications/alipay": (PUBLIC,) * 5,
     "POST /api/v1/notifications/wechatpay": (PUBLIC,) * 5,
+    "POST /api/v1/notifications/unionpay": (PUBLIC,) * 5,
     "GET /api/v1/payments/not-announced": (YES, YES, NO, OWN, YES),
     "GET /api/v1/payments/{payment_id}": (YES, YES, NO, OWN, YES),
     "GET /api/v1/deliveries/summary": (YES, YES, NO, OWN, YES),

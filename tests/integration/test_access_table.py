@@ -392,6 +392,7 @@ CASES: dict[str, Case] = {
     # Unsigned: refused by the platform's signature check, never by a sign-in.
     "POST /api/v1/notifications/alipay": Case(401, call("POST", "/api/v1/notifications/alipay", content=b"a=b")),
     "POST /api/v1/notifications/wechatpay": Case(401, call("POST", "/api/v1/notifications/wechatpay", json={})),
+    "POST /api/v1/notifications/unionpay": Case(401, call("POST", "/api/v1/notifications/unionpay", content=b"a=b")),
     "GET /api/v1/payments/not-announced": Case(
         200,
         call("GET", "/api/v1/payments/not-announced", params={"merchant_id": "MC"}),

@@ -27,6 +27,8 @@ from simulators.platforms import (
     SP_MCHID,
     WECHATPAY_RETRY_S,
     AlipayPlatform,
+    UnionPayChain,
+    UnionPayPlatform,
     WechatPayPlatform,
     deliver_until_accepted,
 )
@@ -44,19 +46,28 @@ def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 @pytest.fixture(scope="module")
+def unionpay_chain() -> UnionPayChain:
+    return UnionPayChain.generate()
+
+
+@pytest.fixture(scope="module")
 def platform_keys() -> dict[str, rsa.RSAPrivateKey]:
     """Stand-ins for the platforms' keys: generated per run, test-only."""
     return {name: rsa.generate_private_key(public_exponent=65537, key_size=2048) for name in ("alipay", "wechat")}
 
 
 @pytest.fixture
-async def stack(tmp_path, embedded_database, server_keys, platform_keys, unique):
+async def stack(tmp_path, embedded_database, server_keys, platform_keys, unionpay_chain, unique):
     keys_dir = tmp_path / "platform-keys"
     (keys_dir / "wechatpay").mkdir(parents=True)
     (keys_dir / "alipay.pem").write_bytes(_public_pem(platform_keys["alipay"]))
     (keys_dir / "wechatpay" / f"{WECHAT_KEY_ID}.pem").write_bytes(_public_pem(platform_keys["wechat"]))
     (keys_dir / "apiv3.key").write_bytes(APIV3_KEY)
+    (keys_dir / "unionpay-root.pem").write_bytes(unionpay_chain.pem(unionpay_chain.root))
+    (keys_dir / "unionpay-middle.pem").write_bytes(unionpay_chain.pem(unionpay_chain.middle))
     settings = Settings(
+        unionpay_root_cert_file=keys_dir / "unionpay-root.pem",
+        unionpay_middle_cert_file=keys_dir / "unionpay-middle.pem",
         data_dir=tmp_path,
         http_port=0,
         mqtt_client_prefix=f"p{unique}",
@@ -165,6 +176,7 @@ class Shop:
     device: str
     sub_mchid: str
     seller_id: str
+    mer_id: str
     http: httpx.AsyncClient
     sink: MemorySink
 
@@ -198,9 +210,10 @@ async def shop(stack, server_keys, tmp_path, unique) -> AsyncIterator[Shop]:
     broker, server, _ = stack
     merchant, device = f"RM{unique}", f"RD{unique}"
     sub_mchid, seller_id = f"18{int(unique, 16) % 10**8:08d}", f"2088{int(unique, 16) % 10**12:012d}"
+    mer_id = f"777{int(unique, 16) % 10**12:012d}"
     registry = (
-        "city_id,district_id,store_id,merchant_id,wechat_sub_mchid,alipay_seller_id,device_id,serial,model\n"
-        f"BJ,WJ,S-WJ,{merchant},{sub_mchid},{seller_id},{device},SN{device},HD-S1\n"
+        "city_id,district_id,store_id,merchant_id,wechat_sub_mchid,alipay_seller_id,unionpay_mer_id,device_id,serial,model\n"
+        f"BJ,WJ,S-WJ,{merchant},{sub_mchid},{seller_id},{mer_id},{device},SN{device},HD-S1\n"
     )
     async with AsyncExitStack() as exits:
         sinks = await _speakers(exits, broker, server_keys, tmp_path, [device])
@@ -210,10 +223,11 @@ async def shop(stack, server_keys, tmp_path, unique) -> AsyncIterator[Shop]:
             "/api/v1/registry/import", params={"dry_run": "false"}, content=registry, headers=csv
         )
         assert imported.json()["applied"] == 1, imported.text
-        yield Shop(merchant, device, sub_mchid, seller_id, http, sinks[device])
+        yield Shop(merchant, device, sub_mchid, seller_id, mer_id, http, sinks[device])
 
 
 WX, ALI, BACKEND = "/api/v1/notifications/wechatpay", "/api/v1/notifications/alipay", "/api/v1/notifications/backend"
+UNIONPAY = "/api/v1/notifications/unionpay"
 
 
 async def test_partner_mode_payments_are_routed_by_the_merchants_platform_ids_and_unknown_ones_still_received(
@@ -382,3 +396,38 @@ async def test_a_payment_paid_long_before_it_reaches_us_is_recorded_not_announce
     [entry] = [e for e in listed if e["payment_id"] == stale["payment_id"]]
     assert (entry["code"], entry["merchant_id"], entry["amount_fen"]) == ("STALE", shop.merchant, 4200)
     assert (await shop.payment(stale["payment_id"]))["deliveries"] == []
+
+
+async def test_unionpay_back_notifications_are_verified_by_their_certificate_and_announced_once(
+    shop, stack, unionpay_chain, unique
+):
+    """UnionPay (ACP 5.1.0): a consumption signed with UnionPay's (test) certificate, chained to
+    the configured root and intermediate, plays 云闪付收款 on the merchant its merId names; its
+    refund plays 退款; UnionPay's retry plays nothing again; a notification signed under another
+    chain is refused and recorded."""
+    unionpay = UnionPayPlatform(unionpay_chain)
+    paid = f"78{int(unique, 16) % 10**18:018d}"
+    consumption = unionpay.notification(query_id=paid, mer_id=shop.mer_id, amount_fen=2000)
+    answer = await shop.post(UNIONPAY, consumption)
+    assert answer.text == "ok"
+    await shop.heard(1)
+    await shop.post(UNIONPAY, consumption)  # UnionPay's retry
+    refund = unionpay.notification(
+        query_id=f"79{int(unique, 16) % 10**18:018d}",
+        mer_id=shop.mer_id,
+        amount_fen=500,
+        txn_type="04",
+        orig_query_id=paid,
+    )
+    await shop.post(UNIONPAY, refund)
+    forged = UnionPayPlatform(UnionPayChain.generate()).notification(
+        query_id=f"77{unique}", mer_id=shop.mer_id, amount_fen=9900
+    )
+    refused = await shop.post(UNIONPAY, forged, 401)
+    assert refused.text.startswith("CERTIFICATE_UNTRUSTED")
+    assert await shop.all_acked() == ["云闪付收款二十元", "退款五元"]
+    payment = await shop.payment(f"unionpay:{paid}")
+    assert (payment["merchant_id"], payment["status"], payment["refunded_fen"]) == (shop.merchant, "REFUNDED_PART", 500)
+    with psycopg.connect(stack[2]) as conn:
+        codes = [row[0] for row in conn.execute("SELECT code FROM rejected_notifications WHERE source = 'unionpay'")]
+    assert codes == ["CERTIFICATE_UNTRUSTED"]
