@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -18,6 +19,7 @@ from fleet_server.http.services import HttpPolicy, provide, services_of
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bindings import Binding
 from payment_bridge.bridge import PaymentBridge
+from payment_bridge.doors import Door
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.store import DeliverySummary, NotAnnounced, PaymentStore, PaymentView
 
@@ -77,40 +79,48 @@ async def backend_notification(request: Request) -> Response:
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
+async def _platform_door(
+    request: Request, door: Door, answered: Response, refused: Callable[[NotificationRejected], Response]
+) -> Response:
+    """A payment platform's notification through `door`: `answered` once it is recorded, else
+    what `refused` makes of the refusal, in the platform's own terms."""
+    if (limited := _limited(request)) is not None:
+        return limited
+    bridge = services_of(request.app).get(PaymentBridge)
+    try:
+        await bridge.accept(door, await request.body(), request.headers)
+    except NotificationRejected as exc:
+        return refused(exc)
+    return answered
+
+
+_TEXT_ANSWERS: dict[int | str, dict[str, Any]] = {
+    code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 429, 503)
+}
+
+
 @router.post(
     "/notifications/alipay",
     summary="Alipay asynchronous notification (form, RSA2); answers the literal `success` once recorded",
     response_class=PlainTextResponse,
-    responses={code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 429, 503)},
+    responses=_TEXT_ANSWERS,
 )
 async def alipay_notification(request: Request) -> Response:
-    if (refused := _limited(request)) is not None:
-        return refused
-    bridge = services_of(request.app).get(PaymentBridge)
-    try:
-        await bridge.accept_alipay(await request.body(), request.headers)
-    except NotificationRejected as exc:
-        # Alipay reads only the body: anything but "success" makes it try again later.
-        return PlainTextResponse(ANSWER_FAILURE, status_code=exc.status)
-    return PlainTextResponse(ANSWER_SUCCESS)
+    # Alipay reads only the body: anything but "success" makes it try again later.
+    fail = lambda exc: PlainTextResponse(ANSWER_FAILURE, status_code=exc.status)  # noqa: E731
+    return await _platform_door(request, "alipay", PlainTextResponse(ANSWER_SUCCESS), fail)
 
 
 @router.post(
     "/notifications/unionpay",
     summary="UnionPay (ACP 5.1.0) back notification (form, RSA with the certificate it carries); 200 once recorded",
     response_class=PlainTextResponse,
-    responses={code: {"content": {"text/plain": {}}} for code in (400, 401, 413, 429, 503)},
+    responses=_TEXT_ANSWERS,
 )
 async def unionpay_notification(request: Request) -> Response:
-    if (refused := _limited(request)) is not None:
-        return refused
-    bridge = services_of(request.app).get(PaymentBridge)
-    try:
-        await bridge.accept_unionpay(await request.body(), request.headers)
-    except NotificationRejected as exc:
-        # UnionPay retries anything but 200; the body says why, for whoever reads its console.
-        return PlainTextResponse(f"{exc.code}: {exc.reason}", status_code=exc.status)
-    return PlainTextResponse("ok")
+    # UnionPay retries anything but 200; the body says why, for whoever reads its console.
+    fail = lambda exc: PlainTextResponse(f"{exc.code}: {exc.reason}", status_code=exc.status)  # noqa: E731
+    return await _platform_door(request, "unionpay", PlainTextResponse("ok"), fail)
 
 
 class WechatPayError(BaseModel):
@@ -125,15 +135,11 @@ class WechatPayError(BaseModel):
     responses={code: {"model": WechatPayError} for code in (400, 401, 413, 429, 503)},
 )
 async def wechatpay_notification(request: Request) -> Response:
-    if (refused := _limited(request)) is not None:
-        return refused
-    bridge = services_of(request.app).get(PaymentBridge)
-    try:
-        await bridge.accept_wechatpay(await request.body(), request.headers)
-    except NotificationRejected as exc:
+    def fail(exc: NotificationRejected) -> Response:
         # WeChat Pay's own error shape, so its console shows why.
         return JSONResponse(WechatPayError(code="FAIL", message=f"{exc.code}: {exc.reason}").model_dump(), exc.status)
-    return Response(status_code=204)
+
+    return await _platform_door(request, "wechatpay", Response(status_code=204), fail)
 
 
 @router.get(
