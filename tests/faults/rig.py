@@ -7,7 +7,7 @@ and start again, and the checks every case ends with.
     a payment backend that retries every notification until the bridge answers 200, as real
     payment platforms do
 
-`Rig.check()` is the end of every case: every payment the backend sent is recorded, every
+`Rig.check()` is the end of every case: every payment and refund the backend sent is recorded, every
 device played each of its payments exactly once (from the speakers' own play logs), every
 delivery is recorded as played, and the bridge's delivery figures agree with all of that.
 """
@@ -34,6 +34,7 @@ from bench.http import wait_http
 from firmware_protocols.messages import Channel
 from firmware_protocols.signing import encode_public_key
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
+from payment_bridge.notifications import refund_payment_id
 from simulators.backend import PaymentBackend
 from simulators.mosquitto import PrivateMosquitto
 from simulators.netproxy import NetProxy, free_port
@@ -89,6 +90,7 @@ class Sent:
     attempts: int = 0
     answered: bool = False
     refusals: list[int] = field(default_factory=list)
+    refund: bool = False  # a refund of an earlier payment, announced as 退款
 
 
 class Rig:
@@ -176,15 +178,26 @@ class Rig:
 
     async def pay(self, count: int, *, rate_per_s: float = 5.0) -> None:
         """Send `count` payments, each retried until the bridge answers 200 (as Alipay and WeChat
-        Pay retry): a notification refused or unanswered during a fault is sent again."""
+        Pay retry): a notification refused or unanswered during a fault is sent again. Every
+        fourth payment is then partly refunded, the refund sent and retried the same way."""
         assert self.backend is not None
+        backend = self.backend
         async with self.bridge() as bridge:
-            tasks = []
-            for i in range(count):
-                body, headers = self.backend.notification(amount_fen=100 + i, channel=Channel.WECHAT)
+
+            async def paid_then_refunded(i: int) -> None:
+                body, headers = backend.notification(amount_fen=100 + i, channel=Channel.WECHAT)
                 sent = Sent(json.loads(body)["payment_id"])
                 self.sent.append(sent)
-                tasks.append(asyncio.create_task(self._deliver(bridge, sent, body, headers)))
+                await self._deliver(bridge, sent, body, headers)
+                if i % 4 == 3:
+                    refund_body, refund_headers = backend.refund(json.loads(body), (100 + i) // 2)
+                    refund = Sent(refund_payment_id("refund", json.loads(refund_body)["refund_id"]), refund=True)
+                    self.sent.append(refund)
+                    await self._deliver(bridge, refund, refund_body, refund_headers)
+
+            tasks = []
+            for i in range(count):
+                tasks.append(asyncio.create_task(paid_then_refunded(i)))
                 await asyncio.sleep(1 / rate_per_s)
             await asyncio.gather(*tasks)
 
@@ -257,9 +270,12 @@ class Rig:
             assert {p: played.get(p, 0) for p in ids} == dict.fromkeys(ids, 1), f"{device}: each payment once"
         async with self.bridge() as bridge:
             summary = (await bridge.get("/api/v1/deliveries/summary")).json()
-        assert summary["deliveries"] == summary["delivered"] == len(ids) * len(devices)
+        refunds = [s.payment_id for s in self.sent if s.refund]
+        assert summary["deliveries"] == summary["delivered"] == (len(ids) - len(refunds)) * len(devices)
+        assert summary["refunds"]["deliveries"] == summary["refunds"]["delivered"] == len(refunds) * len(devices)
         return {
-            "payments": len(ids),
+            "payments": len(ids) - len(refunds),
+            "refunds": len(refunds),
             "retried_by_backend": sum(s.attempts > 1 for s in self.sent),
             "plays": sum(sum(plays(self.audio(d)).values()) for d in devices),
         }
