@@ -28,16 +28,20 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.env import BenchError
 from bench.http import wait_http
 from firmware_protocols.messages import Channel
 from firmware_protocols.signing import encode_public_key
 from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
+from payment_bridge.keyring import PUBLIC_KEY_ID_PREFIX
 from payment_bridge.notifications import refund_payment_id
 from simulators.backend import PaymentBackend
 from simulators.mosquitto import PrivateMosquitto
 from simulators.netproxy import NetProxy, free_port
+from simulators.platforms import SP_MCHID, WechatPayPlatform
 from simulators.registry import register_now
 from tests.integration.resilience_kit import plays
 from tests.processes import Processes, cli_token
@@ -108,6 +112,13 @@ class Rig:
         self.backend: PaymentBackend | None = None
         self._bridge_token = ""
         self._fleet_token = ""
+        # Stand-ins for WeChat Pay's platform key and APIv3 key (test-only, made now); the bridge
+        # process trusts them, so the rig can send partner-mode payments and refunds as WeChat does.
+        self.wechat = WechatPayPlatform(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            serial=f"{PUBLIC_KEY_ID_PREFIX}0111200000000000000000000000000009",
+            apiv3_key=b"test-only-apiv3-key-0123456789ab",
+        )
 
     # -- parts ------------------------------------------------------------------------------
 
@@ -117,7 +128,17 @@ class Rig:
         await self.proxy.__aenter__()
         ensure_dev_keys(self.data_dir)
         self.server_key = encode_public_key(read_signing_key(dev_key_paths(self.data_dir)[0]).public_key())
+        wechat_keys = self.folder / "wechatpay"
+        wechat_keys.mkdir(exist_ok=True)
+        public = self.wechat.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (wechat_keys / f"{self.wechat.serial}.pem").write_bytes(public)
+        (self.folder / "apiv3.key").write_bytes(self.wechat.apiv3_key)
         self.env = {
+            "HAODIAN_WECHATPAY_KEYS_DIR": str(wechat_keys),
+            "HAODIAN_WECHATPAY_APIV3_KEY_FILE": str(self.folder / "apiv3.key"),
+            "HAODIAN_WECHATPAY_MCHIDS": f'["{SP_MCHID}"]',
             "HAODIAN_MQTT_URL": self.broker.url(),
             "HAODIAN_DATABASE_URL": self.pg.url,
             "HAODIAN_DATA_DIR": str(self.data_dir),
@@ -201,16 +222,26 @@ class Rig:
                 await asyncio.sleep(1 / rate_per_s)
             await asyncio.gather(*tasks)
 
+    @staticmethod
+    def backend_payment_id(body: bytes) -> str:
+        return str(json.loads(body)["payment_id"])
+
     async def _deliver(self, bridge: httpx.AsyncClient, sent: Sent, body: bytes, headers: dict[str, str]) -> None:
+        await self.deliver(bridge, sent, body, headers, "/api/v1/notifications/backend")
+
+    async def deliver(
+        self, bridge: httpx.AsyncClient, sent: Sent, body: bytes, headers: dict[str, str], path: str
+    ) -> None:
+        """Post one notification to `path` until it is answered 2xx, as the platforms retry."""
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
             sent.attempts += 1
             try:
-                answer = await bridge.post("/api/v1/notifications/backend", content=body, headers=headers)
+                answer = await bridge.post(path, content=body, headers=headers)
             except httpx.HTTPError:
                 sent.refusals.append(0)
             else:
-                if answer.status_code == 200:
+                if answer.is_success:
                     sent.answered = True
                     return
                 sent.refusals.append(answer.status_code)
