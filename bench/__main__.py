@@ -14,6 +14,8 @@ Scenarios (each also measures the ceiling it runs against, on the same run):
   connections  concurrent device MQTT connections held (--devices), and memory per connection
   agent        one agent's idle RSS and CPU (as on a device), and its announce path cost
   codecs       decode throughput of the serial codecs (TTS chips, modem AT, ESC/POS)
+  record       the cost of recording one payment (the bridge's one statement, committed): our
+               backend's and a platform's routed one; ceiling: the commit of one plain row
   reports      the per-message cost of signing a device's ack and of verifying it; ceiling: the
                raw HMAC-SHA256
   demo         the demo's end-to-end run (embedded broker and database, real agents)
@@ -38,7 +40,7 @@ from typing import Any, Protocol
 
 import uvloop
 
-from bench import agent, announce, api, codecs, connections, fleet, reports
+from bench import agent, announce, api, codecs, connections, fleet, record, reports
 from bench.env import BROKERS, DATABASES, BenchError, machine
 from haodian import logs
 
@@ -47,7 +49,7 @@ class Figures(Protocol):
     def lines(self) -> list[str]: ...
 
 
-SCENARIOS = ("announce", "ingest", "query", "api", "connections", "agent", "codecs", "reports", "demo")
+SCENARIOS = ("announce", "ingest", "query", "api", "connections", "agent", "codecs", "record", "reports", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +210,14 @@ def _codecs(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
     return parameters, codecs.CodecFigures(codecs.measure(frames=args.frames, repeats=args.repeats))
 
 
+def _record(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"messages": min(args.messages, 2000), "repeats": args.repeats, "database": args.database}
+    figures = asyncio.run(
+        record.measure(messages=parameters["messages"], repeats=args.repeats, database_kind=args.database)
+    )
+    return parameters, figures
+
+
 def _reports(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
     parameters = {"messages": args.messages, "repeats": args.repeats}
     return parameters, reports.measure(messages=args.messages, repeats=args.repeats)
@@ -257,6 +267,7 @@ class DemoFigures:
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], Figures]]] = {
     "announce": _announce,
+    "record": _record,
     "ingest": _ingest,
     "query": _query,
     "api": _api,

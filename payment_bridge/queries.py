@@ -191,8 +191,7 @@ EVENT_DELIVERED: Final = "UPDATE payment_events SET delivered_at = now() WHERE i
 # nobody, in one statement. The first publish follows at once: attempts starts at 1 and
 # last_published_at at the time of receipt, so the retry loop leaves the delivery alone until the
 # ack timeout has passed. Answers one row per payment taken: (payment_id, its device ids).
-RECORD_PAYMENTS: Final = statement(
-    """
+_RECORD_PAYMENTS: Final = """
 WITH n AS (
     SELECT * FROM unnest(%(payment_id)s::text[], %(source)s::text[], %(notify_id)s::text[],
                          %(merchant_id)s::text[], %(platform_merchant_id)s::text[], %(amount_fen)s::bigint[],
@@ -202,22 +201,7 @@ WITH n AS (
         AS n (payment_id, source, notify_id, given, platform_merchant_id, amount_fen, channel, kind, status,
               paid_at, received_at, raw, expires_at, refund_of, held)
 ),
--- The merchant: ours as our backend named it, when it is a merchant we know (registered, or
--- with a device bound) or the backend's own notification said so; else the merchant whose id on
--- the platform it is; else none (recorded, not announced: unknown_merchant).
-r AS (
-    SELECT n.*, COALESCE(
-        CASE WHEN n.given IS NOT NULL AND (n.source = 'backend'
-                  OR EXISTS (SELECT 1 FROM merchants m WHERE m.merchant_id = n.given)
-                  OR EXISTS (SELECT 1 FROM bindings b WHERE b.merchant_id = n.given)) THEN n.given END,
-        (SELECT m.merchant_id FROM merchants m
-         WHERE n.channel = 'wechat' AND m.wechat_sub_mchid = n.platform_merchant_id),
-        (SELECT m.merchant_id FROM merchants m
-         WHERE n.channel = 'alipay' AND m.alipay_seller_id = n.platform_merchant_id),
-        (SELECT m.merchant_id FROM merchants m
-         WHERE n.channel = 'unionpay' AND m.unionpay_mer_id = n.platform_merchant_id)
-    ) AS merchant_id FROM n
-),
+r AS (SELECT n.*, {route} AS merchant_id FROM n),
 p AS (
     INSERT INTO payments (payment_id, source, notify_id, merchant_id, platform_merchant_id, amount_fen, channel,
                           kind, status, paid_at, received_at, raw, refund_of)
@@ -250,9 +234,24 @@ e AS (
 SELECT p.payment_id, (SELECT array_agg(d.device_id ORDER BY d.device_id) FROM d WHERE d.payment_id = p.payment_id),
        p.merchant_id
 FROM p
-""",
-    **_NAMES,
-)
+"""
+# The merchant: ours as our backend named it (in its own notification, or in a platform's free
+# field when that names a merchant we know: registered, or with a device bound); else the
+# merchant whose id on the platform it is; else none (recorded, not announced: unknown_merchant).
+_ROUTE: Final = """COALESCE(
+    CASE WHEN n.given IS NOT NULL AND (n.source = 'backend'
+              OR EXISTS (SELECT 1 FROM merchants m WHERE m.merchant_id = n.given)
+              OR EXISTS (SELECT 1 FROM bindings b WHERE b.merchant_id = n.given)) THEN n.given END,
+    (SELECT m.merchant_id FROM merchants m WHERE n.channel = 'wechat' AND m.wechat_sub_mchid = n.platform_merchant_id),
+    (SELECT m.merchant_id FROM merchants m WHERE n.channel = 'alipay' AND m.alipay_seller_id = n.platform_merchant_id),
+    (SELECT m.merchant_id FROM merchants m WHERE n.channel = 'unionpay' AND m.unionpay_mer_id = n.platform_merchant_id)
+)"""
+# Payments and their deliveries, recorded in one statement: (payment_id, device ids, merchant).
+# The backend's own notifications name our merchant: recorded as named, the statement kept as
+# small as the hot path needs (its planning is most of its cost, BENCHMARKS.md); the platforms'
+# are routed (_ROUTE).
+RECORD_PAYMENTS: Final = statement(_RECORD_PAYMENTS.replace("{route}", "n.given"), **_NAMES)
+RECORD_ROUTED_PAYMENTS: Final = statement(_RECORD_PAYMENTS.replace("{route}", _ROUTE), **_NAMES)
 
 # The payment a refund refunds, locked while the refund is recorded (refunds of one payment are
 # recorded one at a time): one row (merchant_id, amount_fen, refunded_fen), or none.

@@ -338,8 +338,10 @@ class PaymentStore:
 
 
 async def _record(conn: AsyncConnection[Any], payments: Sequence[NewPayment]) -> list[Recorded]:
+    # Our backend names our merchant; a platform's notification is routed (queries._ROUTE).
+    trusted = all(p.source == "backend" for p in payments)
     cur = await conn.execute(
-        queries.RECORD_PAYMENTS,
+        queries.RECORD_PAYMENTS if trusted else queries.RECORD_ROUTED_PAYMENTS,
         {
             "payment_id": [p.notice.payment_id for p in payments],
             "source": [p.source for p in payments],
