@@ -370,3 +370,32 @@ async def test_merchant_changes_settings_and_sees_announcements(world):
     view = await server.remote.settings_of(device)
     assert (view.volume, view.repeat, view.quiet_hours.start, view.quiet_hours.end) == (3, 2, "23:00", "06:30")
     await s.context.close()
+
+
+async def test_a_device_moved_to_a_merchant_shows_them_none_of_its_old_merchants_payments(world, backend_key):
+    """Last in this module: it moves a device. A payment of ¥987.65 to the device's old merchant,
+    then the device rebound to merchant1: merchant1's page shows the device, and not that payment."""
+    http, server = world["http"], world["server"]
+    bindings = (await http.get("/api/v1/bindings")).json()
+    moved, old = next((b["device_id"], b["merchant_id"]) for b in bindings if b["merchant_id"] != "M00001")
+    body, headers = PaymentBackend(backend_key, server.base_url, [old]).notification(amount_fen=98765)
+    paid = (await http.post("/api/v1/notifications/backend", content=body, headers=headers)).json()["payment_id"]
+
+    async def heard() -> bool:
+        deliveries = (await http.get(f"/api/v1/payments/{paid}")).json()["deliveries"]
+        return any(d["device_id"] == moved and d["status"] == "played" for d in deliveries)
+
+    await eventually(heard, what="the old merchant's payment played on the device")
+    assert (await http.post("/api/v1/bindings", json={"device_id": moved, "merchant_id": "M00001"})).is_success
+    s = await sign_in(world["browser"], server.base_url, "merchant1", viewport=PHONE)
+    page = s.page
+    await page.wait_for_selector(f"section[data-device='{moved}']", timeout=30_000)
+    await page.wait_for_selector("#announcements li", timeout=30_000)
+    assert "987.65" not in await page.locator("#announcements").inner_text()
+    assert "987.65" not in await page.locator("#not-announced").inner_text()
+    # The ops account sees it, on the same device: the page above did not just miss it.
+    everything = (await http.get(f"/api/v1/devices/{moved}/announcements")).json()
+    assert paid in {a["payment_id"] for a in everything}
+    await s.shot("merchant-moved-device")
+    assert s.errors == []
+    await s.context.close()
