@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from edge_agent.hardware.audio import PLAYED_LOG
 from firmware_protocols.messages import Channel
 from tests.faults.rig import MERCHANT, Rig, Sent
 from tests.integration.resilience_kit import plays
@@ -63,3 +64,8 @@ async def test_partner_mode_refunds_unknown_merchants_and_stale_payments_through
     assert (payment["status"], payment["refunded_fen"]) == ("REFUNDED", 10000)
     for device in ("FLT-A", "FLT-B"):
         assert plays(rig.audio(device))[stale.payment_id] == 0
+        # What the speaker said, from its own play log: the payment, then each refund's amount.
+        said = [
+            line.split(" ", 2)[2] for line in (rig.audio(device) / PLAYED_LOG).read_text(encoding="utf-8").splitlines()
+        ]
+        assert [text for text in said if text != "设备绑定成功"] == ["微信收款一百元", "退款三十元", "退款七十元"]
