@@ -148,7 +148,9 @@ def _refund_notice(params: dict[str, str]) -> PaymentNotice:
     """A refund, as Alipay tells it: the trade's notification again (TRADE_SUCCESS after a partial
     refund, TRADE_CLOSED after a full one) with `refund_fee` (refunded so far, cumulative),
     `out_biz_no` (the refund request) and `gmt_refund`. Its own record, keyed by the request;
-    its amount is what it adds to the refunds recorded before (`refund_total_fen`)."""
+    its amount is what it adds to the refunds recorded before (`refund_total_fen`). Alipay sends
+    no amount per refund: should a later refund's notification reach us before an earlier one's,
+    the first is announced with all refunded so far and the other with nothing left to add."""
     _required(params, "out_biz_no")
     total = _amount(params, "refund_fee")
     return PaymentNotice(
