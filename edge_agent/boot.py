@@ -120,11 +120,16 @@ class StateLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise StateFolderBusy(f"an agent (pid {holder}) already runs on {self.path.parent}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
         self._file = handle
+        # The pid is for people (who holds the lock); the lock is the flock. On a full disk the
+        # write can fail: the agent runs on, locked, rather than exit (found by the disk-full fault
+        # case, where a restarted agent died here with ENOSPC).
+        pid = str(os.getpid()).encode()
+        try:  # unbuffered, so that nothing is left to fail again when the file is closed
+            os.pwrite(handle.fileno(), pid, 0)
+            os.ftruncate(handle.fileno(), len(pid))
+        except OSError as exc:
+            log.warning("state folder locked; the pid could not be written", path=str(self.path), error=str(exc))
 
     def release(self) -> None:
         if self._file is not None:

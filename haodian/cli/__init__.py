@@ -22,11 +22,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 
 from edge_agent.errors import AgentError
 from haodian.cli import agent, bench, demo, dev, fleet, ota, server, sim, trust, users
 from haodian.cli.kit import RESTART, event_loop_factory, until_signalled
+
+log = structlog.get_logger("haodian.cli")
 
 EXAMPLES = """\
 examples / 示例:
@@ -94,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = "; ".join(f"HAODIAN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         print(f"haodian {args.command}: bad configuration: {problems}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the last word to a person: one clear line, not a trace.
+    except Exception as exc:
+        # The trace goes to the log, for whoever finds out why (a disk-full agent once exited
+        # with only "OSError: [Errno 28]" to show where).
+        log.exception("command failed", command=args.command)
         print(f"haodian {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if code == RESTART and args.command == "agent":

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -242,6 +243,16 @@ def test_two_agents_cannot_share_a_state_folder(tmp_path):
         StateLock(tmp_path).acquire()
     first.release()
     assert StateLock(tmp_path).holder() is None
+
+
+def test_a_full_disk_does_not_stop_the_agent_taking_its_lock(tmp_path):
+    # /dev/full answers every write with ENOSPC, as the state folder's disk did in the fault case.
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    (tmp_path / "agent.lock").symlink_to("/dev/full")
+    lock = StateLock(tmp_path)
+    lock.acquire()  # locked, though the pid could not be written
+    lock.release()
 
 
 async def test_health_carries_the_runtime_and_power_fields(tmp_path, clock):
