@@ -145,6 +145,16 @@ class Settings(BaseSettings):
                 )
                 if value is None
             ]
+            # A platform we take notifications from needs who we are on it: else a notification
+            # addressed to another service provider would be taken as ours.
+            missing += [
+                ids
+                for ids, keys, configured in (
+                    ("HAODIAN_WECHATPAY_MCHIDS", "HAODIAN_WECHATPAY_KEYS_DIR", self.wechatpay_mchids),
+                    ("HAODIAN_ALIPAY_APP_IDS", "HAODIAN_ALIPAY_PUBLIC_KEY_FILE", self.alipay_app_ids),
+                )
+                if getattr(self, keys.removeprefix("HAODIAN_").lower()) is not None and not configured
+            ]
             if missing:
                 raise ValueError(f"production needs explicit {', '.join(missing)}")
         for name, cert, key in (

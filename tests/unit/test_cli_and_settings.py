@@ -118,6 +118,30 @@ def test_production_refuses_generated_keys_and_embedded_services(monkeypatch):
         Settings(_env_file=None)
 
 
+def test_production_takes_a_platforms_notifications_only_knowing_who_we_are_on_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HAODIAN_ENVIRONMENT", "production")
+    explicit = {
+        name: tmp_path / name
+        for name in ("signing_key_file", "backend_public_key_file", "device_master_key_file", "field_keys_file")
+    }
+    services = {"mqtt_url": "mqtts://broker:8883", "database_url": "postgresql://db/haodian"}
+    Settings(_env_file=None, **explicit, **services)  # no platform configured: nothing more needed
+    with pytest.raises(ValueError, match="HAODIAN_WECHATPAY_MCHIDS") as refused:
+        Settings(
+            _env_file=None, **explicit, **services, wechatpay_keys_dir=tmp_path, alipay_public_key_file=tmp_path / "a"
+        )
+    assert "HAODIAN_ALIPAY_APP_IDS" in str(refused.value)
+    Settings(
+        _env_file=None,
+        **explicit,
+        **services,
+        wechatpay_keys_dir=tmp_path,
+        wechatpay_mchids=["1230000109"],
+        alipay_public_key_file=tmp_path / "a",
+        alipay_app_ids=["2014072300007148"],
+    )
+
+
 def test_agent_side_imports_nothing_server_side():
     """The device installs only the base dependencies; the agent must not need the rest."""
     code = (
