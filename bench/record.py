@@ -21,9 +21,11 @@ from typing import Any, LiteralString
 from psycopg import AsyncConnection
 
 from bench.env import DatabaseKind, database
+from firmware_protocols.messages import AnnounceKind, Channel
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
-from payment_bridge import queries
+from payment_bridge.notifications import PaymentNotice
+from payment_bridge.store import NewPayment, record_statement
 from simulators.registry import register
 
 MERCHANTS = 200
@@ -48,22 +50,21 @@ class RecordFigures:
         return [f"database: {self.database}", *(c.line() for c in self.costs)]
 
 
-def _payment(source: str, merchant: str, platform_id: str | None) -> dict[str, Any]:
+def _payment(source: str, merchant: str | None, platform_id: str | None) -> tuple[LiteralString, Any]:
+    """The bridge's own statement and parameters for one new payment (`store.record_statement`)."""
     now, pid = datetime.now(tz=UTC), f"bench-{uuid.uuid4().hex}"
-    return {
-        "payment_id": [pid], "source": [source], "notify_id": [pid],
-        "merchant_id": [merchant if source == "backend" else None],
-        "platform_merchant_id": [platform_id], "amount_fen": [1250], "channel": ["wechat"], "kind": ["payment"],
-        "status": ["SUCCESS"], "paid_at": [now], "received_at": [now], "raw": ["{}"],
-        "expires_at": [now + timedelta(seconds=120)], "refund_of": [None], "held": [None],
-    }  # fmt: skip
+    notice = PaymentNotice(
+        pid, pid, merchant, 1250, Channel.WECHAT, "SUCCESS", AnnounceKind.PAYMENT, now, "{}", platform_id
+    )
+    return record_statement([NewPayment(notice, source, now, now + timedelta(seconds=120))])
 
 
-async def _time(conn: AsyncConnection[Any], statement: LiteralString, params: Any, messages: int) -> list[float]:
+async def _time(conn: AsyncConnection[Any], make: Any, messages: int) -> list[float]:
     times = []
     for i in range(messages):
+        statement, params = make(i)
         started = time.perf_counter()
-        await conn.execute(statement, params(i))
+        await conn.execute(statement, params)
         await conn.commit()
         times.append((time.perf_counter() - started) * 1000)
     return sorted(times)
@@ -84,22 +85,21 @@ async def measure(*, messages: int, repeats: int, database_kind: DatabaseKind) -
                 )
             await conn.execute("CREATE TEMP TABLE ceiling (id bigserial PRIMARY KEY, at timestamptz)")
             await conn.commit()
-            cases: list[tuple[str, LiteralString, Any]] = [
-                ("ceiling: commit of one plain row", "INSERT INTO ceiling (at) VALUES (now())", lambda _: None),
+            ceiling: tuple[LiteralString, None] = ("INSERT INTO ceiling (at) VALUES (now())", None)
+            cases: list[tuple[str, Any]] = [
+                ("ceiling: commit of one plain row", lambda _: ceiling),
                 (
                     "our backend's payment (RECORD_PAYMENTS)",
-                    queries.RECORD_PAYMENTS,
                     lambda i: _payment("backend", merchants[i % MERCHANTS], None),
                 ),
                 (
                     "a platform's, routed by sub_mchid (RECORD_ROUTED_PAYMENTS)",
-                    queries.RECORD_ROUTED_PAYMENTS,
-                    lambda i: _payment("wechatpay", "", f"19{i % MERCHANTS:08d}"),
+                    lambda i: _payment("wechatpay", None, f"19{i % MERCHANTS:08d}"),
                 ),
             ]
             costs = []
-            for what, statement, params in cases:
-                runs = [await _time(conn, statement, params, messages) for _ in range(repeats)]
+            for what, make in cases:
+                runs = [await _time(conn, make, messages) for _ in range(repeats)]
                 best = min(runs, key=statistics.median)
                 costs.append(Cost(what, statistics.median(best), best[int(len(best) * 0.95)]))
         return RecordFigures(db.description, costs)

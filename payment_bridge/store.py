@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -337,29 +337,31 @@ class PaymentStore:
         return await fetch_models(self._pool, NotAnnounced, queries.NOT_ANNOUNCED_PAYMENTS, params)
 
 
-async def _record(conn: AsyncConnection[Any], payments: Sequence[NewPayment]) -> list[Recorded]:
-    # Our backend names our merchant; a platform's notification is routed (queries._ROUTE).
+def record_statement(payments: Sequence[NewPayment]) -> tuple[LiteralString, dict[str, list[Any]]]:
+    """The one statement that records `payments`, with its parameters (also what `bench record`
+    times). Our backend names our merchant; a platform's notification is routed (queries._ROUTE)."""
     trusted = all(p.source == "backend" for p in payments)
-    cur = await conn.execute(
-        queries.RECORD_PAYMENTS if trusted else queries.RECORD_ROUTED_PAYMENTS,
-        {
-            "payment_id": [p.notice.payment_id for p in payments],
-            "source": [p.source for p in payments],
-            "notify_id": [p.notice.notify_id for p in payments],
-            "merchant_id": [p.notice.merchant_id for p in payments],
-            "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
-            "amount_fen": [p.notice.amount_fen for p in payments],
-            "channel": [p.notice.channel.value for p in payments],
-            "kind": [p.notice.kind.value if p.notice.kind and not p.held else queries.UNANNOUNCED for p in payments],
-            "status": [p.notice.status for p in payments],
-            "paid_at": [p.notice.paid_at for p in payments],
-            "received_at": [p.received_at for p in payments],
-            "raw": [p.notice.raw for p in payments],
-            "expires_at": [p.expires_at for p in payments],
-            "refund_of": [p.notice.refund_of for p in payments],
-            "held": [p.held for p in payments],
-        },
-    )
+    return queries.RECORD_PAYMENTS if trusted else queries.RECORD_ROUTED_PAYMENTS, {
+        "payment_id": [p.notice.payment_id for p in payments],
+        "source": [p.source for p in payments],
+        "notify_id": [p.notice.notify_id for p in payments],
+        "merchant_id": [p.notice.merchant_id for p in payments],
+        "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
+        "amount_fen": [p.notice.amount_fen for p in payments],
+        "channel": [p.notice.channel.value for p in payments],
+        "kind": [p.notice.kind.value if p.notice.kind and not p.held else queries.UNANNOUNCED for p in payments],
+        "status": [p.notice.status for p in payments],
+        "paid_at": [p.notice.paid_at for p in payments],
+        "received_at": [p.received_at for p in payments],
+        "raw": [p.notice.raw for p in payments],
+        "expires_at": [p.expires_at for p in payments],
+        "refund_of": [p.notice.refund_of for p in payments],
+        "held": [p.held for p in payments],
+    }
+
+
+async def _record(conn: AsyncConnection[Any], payments: Sequence[NewPayment]) -> list[Recorded]:
+    cur = await conn.execute(*record_statement(payments))
     taken = {row[0]: (list(row[1] or []), row[2]) for row in await cur.fetchall()}
     recorded = []
     for p in payments:

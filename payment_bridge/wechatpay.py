@@ -202,18 +202,29 @@ def verify_wechatpay_notification(
     if transaction.amount.currency != "CNY":
         raise NotificationRejected(400, "NOTIFICATION_INVALID", f"currency {transaction.amount.currency!r}")
     transaction.check_provider(ours)
-    raw: dict[str, Any] = {"notification": json.loads(body), "transaction": transaction.model_dump(mode="json")}
-    return PaymentNotice(
-        notify_id=envelope.id,
+    return _notice(
+        envelope,
+        body,
+        "transaction",
+        transaction,
         payment_id=f"wechat:{transaction.transaction_id}",
         merchant_id=our_merchant_id(transaction.attach),
-        platform_merchant_id=transaction.sub_mchid,
         amount_fen=transaction.amount.total,
-        channel=Channel.WECHAT,
         status=transaction.trade_state,
         kind=AnnounceKind.PAYMENT if announced else None,
         paid_at=transaction.success_time or now,
+    )
+
+
+def _notice(envelope: _Envelope, body: bytes, name: str, resource: _Parties, **fields: Any) -> PaymentNotice:
+    """The notice of a decrypted `resource`, kept with the notification as sent."""
+    raw = {"notification": json.loads(body), name: resource.model_dump(mode="json")}
+    return PaymentNotice(
+        notify_id=envelope.id,
+        platform_merchant_id=resource.sub_mchid,
+        channel=Channel.WECHAT,
         raw=json.dumps(raw, ensure_ascii=False),
+        **fields,
     )
 
 
@@ -231,17 +242,16 @@ def _refund_notice(
     the amount refunded when it succeeded; ABNORMAL and CLOSED are recorded only."""
     refund.check_provider(ours)
     announced = envelope.event_type == "REFUND.SUCCESS" and refund.refund_status == "SUCCESS"
-    raw: dict[str, Any] = {"notification": json.loads(body), "refund": refund.model_dump(mode="json")}
-    return PaymentNotice(
-        notify_id=envelope.id,
+    return _notice(
+        envelope,
+        body,
+        "refund",
+        refund,
         payment_id=refund_payment_id("wechat-refund", refund.refund_id),
         refund_of=f"wechat:{refund.transaction_id}",
         merchant_id=None,  # the refunded payment's merchant
-        platform_merchant_id=refund.sub_mchid,
         amount_fen=refund.amount.refund,
-        channel=Channel.WECHAT,
         status=refund.refund_status,
         kind=AnnounceKind.REFUND if announced else None,
         paid_at=refund.success_time or now,
-        raw=json.dumps(raw, ensure_ascii=False),
     )
