@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wechatpayv3.core import Core
 
-from firmware_protocols.messages import AnnounceKind, Channel
+from firmware_protocols.messages import Announce, AnnounceKind, Channel
 from payment_bridge.alipay import verify_alipay_notification
 from payment_bridge.errors import NotificationRejected
 from payment_bridge.keyring import PlatformKeys
@@ -801,3 +801,32 @@ def test_wechatpay_random_corpus_we_and_the_sdk_agree(extra, mutation, data, key
     sdk = _sdk_accepts_wechat(case, wechat_sdk)
     assert _agree(sdk, lambda: _notice(case, platform_keys)), (mutation, headers, body)
     assert sdk is (mutation == "none")
+
+
+def test_a_refund_request_number_as_long_as_alipay_allows_still_makes_a_payment_id_devices_take(keys):
+    # out_biz_no may be 64 characters: with the trade number that is past a payment id's 64,
+    # which the devices' announce refuses; the id becomes a digest, the same for every retry.
+    params = {
+        **ALIPAY_BASE,
+        "out_biz_no": "R" * 64,
+        "refund_fee": "1.00",
+        "gmt_refund": "2026-11-21 15:00:01",
+    }
+    body = urlencode(alipay_sign(params, keys["platform"])).encode()
+    first = verify_alipay_notification(body, [keys["platform"].public_key()])
+    again = verify_alipay_notification(body, [keys["platform"].public_key()])
+    assert first.payment_id == again.payment_id
+    assert first.payment_id.startswith("alipay-refund:")
+    assert len(first.payment_id) <= 64
+    Announce(
+        device_id="SPK1",
+        ts=1,
+        payment_id=first.payment_id,
+        amount_fen=100,
+        channel=Channel.ALIPAY,
+        kind=AnnounceKind.REFUND,
+        paid_at=1,
+        issued_at=1,
+        ttl_s=60,
+        key_id="k",
+    )  # valid for the device's own model
