@@ -11,6 +11,7 @@ Each part owns one job and takes the ports it needs:
     uplink      every message out: at once, or through the on-disk outbox (`uplink`)
     downlink    every message in: routed, validated, its signature checked once (`downlink`)
     announcer   TTL → dedup → queue → play → ack → receipt, and the merchant's settings (`announcer`)
+    timekeeper  the board's clock corrected from NTP, the modem or the server's signed time (`timekeeper`)
     reporter    the parts watched, faults at once, health reports, diagnose (`reporter`)
     commands    remote commands, answered and run (`command_runner`)
     ota_host    the updater (`ota/`) and what it needs from the running agent (`ota_host`)
@@ -45,10 +46,12 @@ from edge_agent.ota_host import OtaHost
 from edge_agent.outbox import Outbox
 from edge_agent.reporter import HealthReporter
 from edge_agent.stats import AgentStats
+from edge_agent.time_sources import configured_sources
+from edge_agent.timekeeper import TimeKeeper, TrustedClock
 from edge_agent.uplink import DeviceUplink
 from edge_agent.voice import Speaker
 from firmware_protocols import topics
-from firmware_protocols.messages import SIGNED_REPORTS, Announce, Command, Hello, OtaOffer, Settings
+from firmware_protocols.messages import SIGNED_REPORTS, Announce, Command, Hello, OtaOffer, Settings, Signed
 from firmware_protocols.signing import Verifier, decode_public_key, key_id_of
 from mqtt_link.backoff import Backoff
 from mqtt_link.link import Delivery, Link, Session
@@ -78,12 +81,30 @@ class EdgeAgent(Component):
         clock: Clock | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`http_transport`: how update downloads reach the network (default: httpx's own)."""
+        """`clock`: the board's clock (default the system's), which the agent corrects;
+        `http_transport`: how update downloads reach the network (default: httpx's own)."""
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         self.device_id = config.device_id
         self.live = LiveConfig(config)
-        self.clock: Clock = clock or SystemClock()
+        verifier = Verifier([decode_public_key(k) for k in config.server_keys])
+        # Every part runs on the corrected clock (TTLs, expiries, quiet hours, the password).
+        self.clock = TrustedClock(clock or SystemClock())
+        self.timekeeper = TimeKeeper(
+            self.device_id,
+            self.clock,
+            configured_sources(
+                config.time_sources,
+                device_id=self.device_id,
+                modem=modem,
+                verifier=verifier,
+                ntp_servers=config.ntp_servers,
+                time_url=config.time_url,
+                ca_file=config.ca_file,
+            ),
+            state,
+            interval_s=config.time_sync_interval_s,
+        )
         self.stats = AgentStats()
         self.settings = MerchantSettings.of_device(config)
         speaker.use_voice(self.settings.current.voice)
@@ -106,7 +127,8 @@ class EdgeAgent(Component):
             backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s),
             session=Session(mqtt_version=config.mqtt_version, expiry_s=config.session_expiry_s),
             tls=config.tls(),
-            password=config.mqtt_password,
+            password=lambda: config.mqtt_password(self.clock.now_ms() / 1000),
+            on_refused=self._refused,
         )
         outbox = Outbox(state / "outbox.sqlite3", max_telemetry=config.outbox_max_telemetry)
         self.uplink = DeviceUplink(
@@ -137,6 +159,7 @@ class EdgeAgent(Component):
             system=system,
             announcer=self.announcer,
         )
+        self.reporter.timekeeper = self.timekeeper
         host = AgentCommandHost(self.device_id, self.restart, self.settings, self.announcer, self.reporter, self.live)
         self.commands = CommandRunner(
             self.device_id,
@@ -158,8 +181,7 @@ class EdgeAgent(Component):
             stats=self.stats,
             health_timeout_s=config.ota_health_timeout_s,
         )
-        verifier = Verifier([decode_public_key(k) for k in config.server_keys])
-        self.downlink = Downlink(self.device_id, verifier, self.uplink, self.stats)
+        self.downlink = Downlink(self.device_id, verifier, self.uplink, self.stats, on_verified=self._verified)
         self.downlink.route(topics.Down.ANNOUNCE, Announce, self.announcer.take, self.announcer.refuse)
         self.downlink.route(topics.Down.COMMAND, Command, self.commands.take, self.commands.refuse)
         self.downlink.route(
@@ -212,7 +234,7 @@ class EdgeAgent(Component):
             boot_reason=record.boot.reason,
             outbox=len(self.uplink.outbox),
         )
-        for part in (self.uplink, self.announcer, self.reporter, self.commands, self.link):
+        for part in (self.timekeeper, self.uplink, self.announcer, self.reporter, self.commands, self.link):
             await stack.enter_async_context(part)
         updater = self._updater(booted)
         self.ota_host.updater = updater
@@ -265,6 +287,15 @@ class EdgeAgent(Component):
 
     async def _on_connect(self) -> None:
         await self.uplink.on_connect()
+
+    async def _refused(self, reason: str) -> bool:
+        """The broker refused our password: say why if it is the clock, and correct it."""
+        detail, corrected = await self.timekeeper.explain_refusal(reason)
+        self._log.warning("broker refused the connect", reason=reason, why=detail)
+        return corrected
+
+    def _verified(self, message: Signed) -> None:
+        self.timekeeper.observe_signed(message.ts, message.describe())
 
     def _hello(self) -> Hello:
         config = self.live.current

@@ -39,6 +39,10 @@ from mqtt_link.link import tls_context
 log = structlog.get_logger(__name__)
 
 
+TimeSourceName = Literal["system", "ntp", "modem", "server"]
+TIME_SOURCES: tuple[TimeSourceName, ...] = ("system", "ntp", "modem", "server")
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -101,6 +105,17 @@ class AgentConfig(BaseModel):
     storage_fail_kb: Annotated[int, Field(ge=0)] = 2 * 1024
     battery_low_pct: Annotated[int, Field(ge=0, le=100)] = 20
 
+    # Time (`timekeeper`): the sources asked, best first ("system": the kernel says NTP keeps
+    # the clock; "ntp": our own SNTP query to `ntp_servers`; "modem": the 4G network's time;
+    # "server": the fleet server's signed time at `time_url`, e.g.
+    # https://fleet.example.com/api/v1/time), and how often the clock is checked again.
+    time_sources: list[TimeSourceName] = Field(default_factory=lambda: list(TIME_SOURCES))
+    ntp_servers: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.\-\[\]:]{1,255}$")]] = Field(
+        default_factory=list
+    )
+    time_url: Annotated[str, StringConstraints(pattern=r"^https?://[\x21-\x7e]{1,500}$")] | None = None
+    time_sync_interval_s: Annotated[float, Field(ge=10, le=86_400)] = 3600.0
+
     # Hardware. Each serial part is a pyserial URL (a device such as /dev/ttyS1, or a link to a
     # pseudo-terminal); absent means the device has no such part (the modem is then simulated).
     # Speech goes to the TTS chip when there is one, else voice clips to ALSA (`audio_device`)
@@ -155,11 +170,12 @@ class AgentConfig(BaseModel):
             return None
         return report_key(decode_secret(self.device_secret.get_secret_value()))
 
-    def mqtt_password(self) -> str | None:
-        """A fresh signed password (at each connect), or the fixed one, or None."""
+    def mqtt_password(self, now_s: float | None = None) -> str | None:
+        """A fresh signed password for a connect at `now_s` (default: the board's clock; the
+        agent gives its corrected time), or the fixed one, or None."""
         if self.device_secret is not None:
             secret = decode_secret(self.device_secret.get_secret_value())
-            return mqtt_password(secret, self.device_id, time.time())
+            return mqtt_password(secret, self.device_id, time.time() if now_s is None else now_s)
         return self.password.get_secret_value() if self.password else None
 
     def broker_endpoint(self) -> BrokerEndpoint:

@@ -15,40 +15,23 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
+from edge_agent.check import Check as Check  # noqa: PLC0414 - the checklist's item, named here too
+from edge_agent.check import CheckStatus as CheckStatus  # noqa: PLC0414
+from edge_agent.check import Lang as Lang  # noqa: PLC0414
+from edge_agent.clock_check import clock_check
 from edge_agent.config import AgentConfig
 from edge_agent.health import part_states
 from edge_agent.state_files import read_json
 from firmware_protocols.messages import Health
 
-CheckStatus = Literal["pass", "warn", "fail"]
-Lang = Literal["zh", "en"]
-
 STATUS_FILE = "status.json"
 LAST_ANNOUNCEMENT_FILE = "last-announcement.json"
-# A clock before this is a board that lost its time: every announce would look expired.
-CLOCK_FLOOR_MS = 1_672_531_200_000  # 2023-01-01T00:00:00Z, before any of our firmware was built
 # A merchant with no announcement for this long is worth a question (idle, or a silent fault).
 QUIET_DAYS_WARN = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    key: str
-    status: CheckStatus
-    detail_zh: str
-    detail_en: str
-    hint_zh: str = ""
-    hint_en: str = ""
-
-    def detail(self, lang: Lang) -> str:
-        return self.detail_zh if lang == "zh" else self.detail_en
-
-    def hint(self, lang: Lang) -> str:
-        return self.hint_zh if lang == "zh" else self.hint_en
 
 
 TITLES: dict[str, tuple[str, str]] = {
@@ -77,6 +60,9 @@ class Observed:
     now_ms: int
     agent_pid: int | None  # the running agent's pid, None when it is not running
     last_announcement: dict[str, Any] | None
+    # The clock's state (`TimeKeeper.status()`, or its `clock.json`), with any fresh check of
+    # the server's signed time as `samples["server"]`; None: nothing known beyond the board.
+    clock: dict[str, Any] | None = None
 
 
 def _power(h: Health, config: AgentConfig) -> Check:
@@ -222,20 +208,6 @@ def _modem(h: Health) -> list[Check]:
     return checks
 
 
-def _clock(now_ms: int) -> Check:
-    shown = time.strftime("%Y-%m-%d %H:%M", time.localtime(now_ms / 1000))
-    if now_ms < CLOCK_FLOOR_MS:
-        return Check(
-            "clock",
-            "fail",
-            shown,
-            shown,
-            "时间不对，播报会被判为过期：连上网络后会自动对时，仍不对请重启",
-            "The clock is wrong and announcements will look expired: it syncs once online; restart if not",
-        )
-    return Check("clock", "pass", shown, shown)
-
-
 def _last_announcement(last: dict[str, Any] | None, now_ms: int) -> Check:
     if not last:
         return Check(
@@ -311,7 +283,7 @@ def checklist(observed: Observed, config: AgentConfig) -> list[Check]:
         *_printer(h),
         *_modem(h),
         broker,
-        _clock(observed.now_ms),
+        clock_check(observed.now_ms, observed.clock),
         _last_announcement(observed.last_announcement, observed.now_ms),
     ]
 

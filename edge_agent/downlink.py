@@ -31,8 +31,19 @@ S = TypeVar("S", bound=Signed)
 
 
 class Downlink:
-    def __init__(self, device_id: str, verifier: Verifier, uplink: Uplink, stats: AgentStats) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        verifier: Verifier,
+        uplink: Uplink,
+        stats: AgentStats,
+        *,
+        on_verified: Callable[[Signed], None] | None = None,
+    ) -> None:
+        """`on_verified`: told of each message whose signature holds, before it is handled
+        (the timekeeper: the server's clock had reached its `ts`)."""
         self.device_id = device_id
+        self._on_verified = on_verified
         self.router = Router("agent", topics.Direction.DOWN, device_id=device_id, on_reject=self._rejected)
         self._verifier = verifier
         self._uplink = uplink
@@ -56,6 +67,8 @@ class Downlink:
                 self._stats.refused += 1
                 await refuse(inbound.message, str(exc))
                 return
+            if self._on_verified is not None:
+                self._on_verified(inbound.message)
             await accept(inbound.message, inbound.delivery)
 
         self.router.route(kind, model, checked, retained=retained)

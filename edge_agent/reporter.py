@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import AsyncExitStack
+from typing import Any
 
 import structlog
 
@@ -25,6 +26,7 @@ from edge_agent.health import PartWatch, health_report, part_states, read_parts
 from edge_agent.outbox import Outbox
 from edge_agent.state_files import read_json, write_json
 from edge_agent.stats import AgentStats
+from edge_agent.timekeeper import TimeKeeper
 from edge_agent.uplink import Uplink
 from edge_agent.voice import Speaker
 from firmware_protocols import topics
@@ -73,6 +75,7 @@ class HealthReporter(Component):
         self._announcer = announcer
         self._started_ms = clock.now_ms()
         self._watch = PartWatch()
+        self.timekeeper: TimeKeeper | None = None  # set by the agent: the clock's state in reports
         self._log = log.bind(device_id=device_id)
 
     async def _start(self, stack: AsyncExitStack) -> None:
@@ -98,7 +101,15 @@ class HealthReporter(Component):
             slot=config.slot,
             settings_version=settings.version or None,
             errors=self.errors(),
+            **self._clock_fields(),
         )
+
+    def _clock_fields(self) -> dict[str, Any]:
+        keeper = self.timekeeper
+        if keeper is None:
+            return {}
+        clock = keeper.clock
+        return {"clock_offset_ms": clock.offset_ms, "clock_source": clock.source, "clock_error_ms": clock.error_ms}
 
     def errors(self) -> dict[str, int]:
         """Error counters since boot, as the health report carries them."""
@@ -133,6 +144,7 @@ class HealthReporter(Component):
             now_ms=self._clock.now_ms(),
             agent_pid=os.getpid(),
             last_announcement=read_json(self._config.current.state_dir / diagnose.LAST_ANNOUNCEMENT_FILE),
+            clock=self.timekeeper.status() if self.timekeeper is not None else None,
         )
         return diagnose.checklist(observed, self._config.current)
 

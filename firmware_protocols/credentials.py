@@ -27,14 +27,25 @@ from firmware_protocols.topics import check_device_id
 
 SCHEME = "hd1"
 SECRET_BYTES = 32
-# Devices take their clock from the 4G network (AT+CCLK) before connecting; ten minutes covers
-# a module that has not synced yet without making a captured password useful for long.
+# Devices correct their clock before connecting (NTP, the modem's network time, or the server's
+# signed time: `edge_agent.timekeeper`); ten minutes covers a board between two corrections
+# without making a captured password useful for long.
 DEFAULT_MAX_SKEW_S = 600
 _PASSWORD = re.compile(r"^hd1\.(\d{1,12})\.([A-Za-z0-9_-]{43})$")
 
 
 class CredentialError(ProtocolError):
     """A device credential that is malformed or does not verify; says which and why."""
+
+
+class ClockSkewError(CredentialError):
+    """A password the device really signed, at a time too far from the server's clock: the
+    device's clock is off by `skew_s` seconds (positive: fast)."""
+
+    def __init__(self, skew_s: int, max_skew_s: int) -> None:
+        super().__init__(f"device clock off by {skew_s:+d} s (the broker allows ±{max_skew_s} s)")
+        self.skew_s = skew_s
+        self.max_skew_s = max_skew_s
 
 
 def derive_device_secret(master_key: bytes, device_id: str, generation: int) -> bytes:
@@ -85,10 +96,14 @@ def check_mqtt_password(
     secret: bytes, device_id: str, password: str, now_s: float, *, max_skew_s: int = DEFAULT_MAX_SKEW_S
 ) -> None:
     """Return if `password` proves `device_id` holds `secret` at about `now_s`; else raise
-    `CredentialError` saying why (malformed, too old or from the future, wrong HMAC)."""
+    `CredentialError` saying why (malformed, wrong HMAC), or `ClockSkewError` for a genuine
+    password too old or from the future.
+
+    The HMAC is checked first: only a device that holds the secret learns (and has recorded)
+    that its clock is off, so no one else can make a device look skewed."""
     ts = password_time(password)
-    if abs(now_s - ts) > max_skew_s:
-        raise CredentialError(f"password time {ts} is {int(now_s - ts)} s away from the server's clock")
     expected = f"{SCHEME}.{ts}.{_mac(secret, device_id, ts)}"
     if not hmac.compare_digest(expected.encode(), password.encode()):
         raise CredentialError("password HMAC does not verify")
+    if abs(now_s - ts) > max_skew_s:
+        raise ClockSkewError(round(ts - now_s), max_skew_s)

@@ -6,7 +6,8 @@
      │                            or does not verify
      ├── ManifestError            a release manifest or artifact that must not be installed
      ├── CredentialError          a device secret or MQTT password that cannot be used or
-     │                            does not prove the device (credentials.py)
+     │   │                        does not prove the device (credentials.py)
+     │   └── ClockSkewError       a genuine password signed too far from the server's clock
      └── CodecError               bytes from a serial line (TTS chip, modem, printer) that do not
                                   decode; carries the stream offset and the reason
 

@@ -211,6 +211,11 @@ class Health(Report):
     audio_selftest: Literal["pass", "fail"] | None = None
     settings_version: EpochMs | None = None
     errors: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
+    # The board's clock as the device corrects it: trusted time = board clock + offset (ms; a
+    # board 5 min fast reports -300000), the source of the correction and its possible error.
+    clock_offset_ms: Annotated[int, Field(ge=-(2**53), le=2**53)] | None = None
+    clock_source: ShortText | None = None
+    clock_error_ms: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
 
 
 class Event(Report):
@@ -351,6 +356,21 @@ class Settings(Signed):
         if self.quiet_hours is None:
             return False
         return self.quiet_hours.contains(local_minute(now_ms, self.utc_offset_min))
+
+
+class TimeReference(Signed):
+    """The server's clock, signed, for a device that cannot trust its own: the answer to
+    `GET /api/v1/time?device_id=<id>&nonce=<nonce>` (no sign-in: the device may not be able to
+    connect yet). `ts` is the server's clock when it signed; the device's own fresh `nonce` in
+    the signed fields makes a recorded answer useless to replay. `max_skew_s` is how far from
+    this clock the broker accepts a device's signed MQTT password."""
+
+    type: Literal["time"] = "time"
+    nonce: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+    max_skew_s: Annotated[int, Field(ge=1, le=86_400)]
+
+    def describe(self) -> str:
+        return f"time reference for {self.device_id}"
 
 
 def local_minute(now_ms: int, utc_offset_min: int) -> int:

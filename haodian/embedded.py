@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -103,6 +104,20 @@ def _plugin_path(plugin: type) -> str:
     return f"{plugin.__module__}.{plugin.__qualname__}"
 
 
+class _Subscriptions(dict[str, Any]):
+    """amqtt's table of subscriptions, read as a snapshot: its broadcast loop and its connect
+    handler iterate over it and await (the topic plugin, retained messages) for each entry, and a
+    client subscribing meanwhile made them fail with "dictionary changed size during iteration":
+    the message being broadcast was dropped, or the connecting client's session ended (found by
+    the wrong-clock tests, issue 24: seven agents connecting while acks flowed)."""
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(super().items())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+
 class EmbeddedBroker:
     """An amqtt broker in this process. With an `authority`, only provisioned devices and server
     accounts connect and the access rules hold; without one it is open to any named client (the
@@ -150,6 +165,7 @@ class EmbeddedBroker:
                 _plugin_path(FleetTopicAccess): {"authority": self.authority},
             }
         self._broker = Broker({"listeners": listeners, "plugins": plugins})
+        self._broker._subscriptions = _Subscriptions()  # see _Subscriptions
         await self._broker.start()
         log.info(
             "embedded MQTT broker started",

@@ -34,6 +34,7 @@ from fleet_server.devices.registry import DeviceRegistry
 from fleet_server.figures.figures import FleetFigures
 from fleet_server.figures.overview import FleetOverview
 from fleet_server.http.app import AUTH_ROUTERS, FLEET_ROUTERS, create_app
+from fleet_server.http.device_time import TimeService
 from fleet_server.http.ratelimit import RateLimiter
 from fleet_server.http.services import HttpPolicy, Services, services_of
 from fleet_server.identity.access import server_client_id
@@ -160,6 +161,7 @@ class ServerStack(Component):
                 ),
             )
         )
+        self.services.add(TimeService(Signer(self.keys.signing_key), self.settings.device_auth_max_skew_s))
         offset = self.settings.fleet_utc_offset_min
         # One quarantine and one judge of device signatures for every consumer of this process.
         self.quarantine = Quarantine(pool)

@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 import aiomqtt
 import structlog
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -47,6 +48,8 @@ MqttVersion = Literal["3.1.1", "5"]
 # A QoS 1 publish waits for the broker's PUBACK at most this long before the link is
 # considered broken; a healthy broker answers in milliseconds, a 4G link in well under a second.
 PUBLISH_TIMEOUT_S = 10.0
+# After a refusal the caller fixed (a corrected clock), the next try comes this soon.
+REFUSED_RETRY_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +140,13 @@ class Link(Component):
         tls: ssl.SSLContext | None = None,
         manual_ack: bool = False,
         password: Callable[[], str | None] | None = None,
+        on_refused: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        """`on_refused(reason)`: the broker refused the credentials at CONNECT (MQTT 3.1.1 says
+        only "not authorised"); True if the caller fixed something (its clock) and a retry soon
+        may pass."""
         self.endpoint = endpoint
+        self._on_refused = on_refused
         # Called at every connect: a device's password is signed with the time it is sent.
         self._password = password
         self._manual_ack = manual_ack
@@ -281,6 +289,8 @@ class Link(Component):
                         await self._deliver(self._delivery(client, message))
             except (aiomqtt.MqttError, OSError, TimeoutError, LinkDown) as exc:
                 delay = self._backoff.next_delay()
+                if self._on_refused is not None and refused_credentials(exc) and await self._on_refused(str(exc)):
+                    delay = min(delay, REFUSED_RETRY_S)
                 self._log.warning("link down", error=str(exc), retry_in_s=round(delay, 2))
             else:
                 delay = self._backoff.next_delay()
@@ -288,6 +298,15 @@ class Link(Component):
                 self.connected.clear()
                 self._client = None
             await asyncio.sleep(delay)
+
+
+def refused_credentials(exc: BaseException) -> bool:
+    """A CONNACK that refused who we said we are: 3.1.1 codes 4 and 5, MQTT 5's 134 and 135."""
+    if not isinstance(exc, MqttConnectError):
+        return False
+    rc = exc.rc
+    code = rc if isinstance(rc, int) else getattr(rc, "value", None)
+    return code in (4, 5, 134, 135)
 
 
 async def probe(

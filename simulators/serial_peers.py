@@ -223,6 +223,8 @@ class ModemState:
     mcc: int = 460
     mnc: int = 0
     echo: bool = True
+    # The network's time (NITZ): sent while registered; False, a network that sends none.
+    network_time: bool = True
 
 
 class VirtualModem(PtyPeer):
@@ -239,9 +241,11 @@ class VirtualModem(PtyPeer):
         self.state = state or ModemState()
         self.commands: list[str] = []
         self._line = bytearray()
+        self._appeared = time.monotonic()
 
     def appear(self) -> None:
         self._line.clear()
+        self._appeared = time.monotonic()
         super().appear()
         self.send(b"\r\nRDY\r\n\r\n+CPIN: READY\r\n" if self.state.sim else b"\r\nRDY\r\n")
 
@@ -309,7 +313,22 @@ class VirtualModem(PtyPeer):
             return ["Quectel", "EC200U", "Revision: EC200UCNAAR03A03M08"], "OK"
         if command in ("AT+CGSN", "AT+GSN"):
             return [state.imei], "OK"
+        if command in ("AT+QLTS=2", "AT+CCLK?"):
+            return self._time(command, registered and state.network_time), "OK"
         return [], "ERROR"
+
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self._appeared)
+
+    def _time(self, command: str, known: bool) -> list[str]:
+        """Beijing time (+32 quarter hours) from the network; unknown: an empty +QLTS and the
+        module's power-on default for +CCLK (1980-01-06, counting since it appeared)."""
+        if command == "AT+QLTS=2":
+            when = time.gmtime(time.time() + 8 * 3600)
+            return [f'+QLTS: "{time.strftime("%Y/%m/%d,%H:%M:%S", when)}+32,0"' if known else '+QLTS: ""']
+        if known:
+            return [f'+CCLK: "{time.strftime("%y/%m/%d,%H:%M:%S", time.gmtime(time.time() + 8 * 3600))}+32"']
+        return [f'+CCLK: "{time.strftime("%y/%m/%d,%H:%M:%S", time.gmtime(315_964_800 + self.uptime_s()))}+00"']
 
 
 # -- printer -------------------------------------------------------------------------------------

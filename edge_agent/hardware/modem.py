@@ -105,6 +105,24 @@ class SerialModem:
             error="; ".join(errors) or None,
         )
 
+    async def network_time(self) -> at.NetworkTime | None:
+        """The network's time (Quectel's AT+QLTS=2, else the module clock, AT+CCLK?), None if the
+        module has none or does not answer. A module clock never set (1980, 2000) is the
+        caller's to refuse (`time_sources.ModemTime`)."""
+        try:
+            for command, parse in (
+                (at.build("+QLTS", 2), at.parse_qlts),
+                (at.build("+CCLK", query=True), at.parse_cclk),
+            ):
+                response = await self.command(command)
+                try:
+                    return parse(response)
+                except CodecError as exc:
+                    self._log.debug("no network time in answer", command=command.decode().strip(), error=exc.reason)
+        except Unreachable as exc:
+            self._log.info("modem gave no network time", error=str(exc))
+        return None
+
     async def _value(self, command: bytes, parse: Callable[[at.AtResponse], _T], errors: list[str]) -> _T | None:
         """One query's value; a refused or unreadable answer is noted in `errors`, not raised."""
         response = await self.command(command)
@@ -136,6 +154,14 @@ class SimulatedModem:
         self.area = f"{self._random.randrange(0x1000, 0x10000):X}"
         self.cell_id = f"{self._random.randrange(0x100000, 0x1000000):X}"
         self.gps: tuple[float, float] | None = None
+        # The network's time as the simulated cell gives it: the true time, where a simulator
+        # gives one (a simulated board may run a wrong clock); None, a network that sends none.
+        self.network_clock: Callable[[], int] | None = None
+
+    async def network_time(self) -> at.NetworkTime | None:
+        if not self.reachable or self.registration not in ("home", "roaming") or self.network_clock is None:
+            return None
+        return at.NetworkTime(utc_ms=self.network_clock() // 1000 * 1000, tz_min=480)
 
     def move_to(self, area: str, cell_id: str, gps: tuple[float, float] | None = None) -> None:
         self.area, self.cell_id, self.gps = area, cell_id, gps

@@ -19,11 +19,14 @@ or after a response. The command echo (ATE1) is recognised and dropped.
 
 Parsed values follow 3GPP TS 27.007 and Quectel's AT manuals: `+CSQ` (RSSI in dBm and 0-5
 bars), `+CREG`/`+CEREG` (status, LAC/TAC, cell id, access technology), `+QCCID`/`+CCID` (SIM
-ICCID), `+QENG="servingcell"` (RAT, MCC/MNC, cell, RSRP/RSRQ/SINR) and `ATI`/`+CGSN` (identity).
+ICCID), `+QENG="servingcell"` (RAT, MCC/MNC, cell, RSRP/RSRQ/SINR), `ATI`/`+CGSN` (identity),
+and the network's time: `+CCLK?` (TS 27.007 §8.15), Quectel's `+QLTS=2` and the NITZ URC
+`+CTZE:` (§8.41, after `AT+CTZR=2`).
 """
 
 from __future__ import annotations
 
+import datetime
 import enum
 import functools
 import re
@@ -55,6 +58,8 @@ URC_PREFIXES = (
     "+QSTAT:",
     "+CMTI:",
     "+QNTP:",
+    "+CTZE:",
+    "+CTZV:",
     "NO CARRIER",
 )
 _COMMAND = re.compile(r"^(?:[+&][A-Z][A-Z0-9]*|[A-Z]\d*)$")
@@ -495,3 +500,64 @@ def parse_imei(response: AtResponse) -> str:
         if value.isdigit() and len(value) == 15:
             return value
     raise _Bad(f"{response.command}: no IMEI in {list(response.lines)}")
+
+
+# -- network time --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkTime:
+    """A time the modem gave: UTC epoch ms, and the local offset the network gave with it."""
+
+    utc_ms: int
+    tz_min: int
+
+
+_TIME = re.compile(r"^(\d{2}|\d{4})/(\d{2})/(\d{2}),(\d{2}):(\d{2}):(\d{2})(?:([+-])(\d{1,2}))?$")
+
+
+def _network_time(text: str, tz_quarters: int | None = None) -> NetworkTime:
+    """`yy/MM/dd,hh:mm:ss±zz` or `yyyy/...` local time, zz in quarter hours (or given apart)."""
+    match = _TIME.fullmatch(text.strip())
+    if match is None:
+        raise _Bad(f"not a modem time: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if year < 100:  # two digits: a module's power-on default is 1980 (GPS epoch) or 2000
+        year += 1900 if year >= 70 else 2000
+    if match.group(7) is not None:
+        tz_quarters = int(match.group(8)) * (-1 if match.group(7) == "-" else 1)
+    if tz_quarters is None or not -48 <= tz_quarters <= 56:
+        raise _Bad(f"modem time {text!r}: time zone missing or out of range")
+    try:
+        local = datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.UTC)
+    except ValueError as exc:
+        raise _Bad(f"modem time {text!r}: {exc}") from None
+    utc_ms = int(local.timestamp()) * 1000 - tz_quarters * 15 * 60_000
+    return NetworkTime(utc_ms=utc_ms, tz_min=tz_quarters * 15)
+
+
+@_values
+def parse_cclk(response: AtResponse) -> NetworkTime:
+    """`AT+CCLK?` → `+CCLK: "26/12/01,10:20:30+32"`: the module's clock, local, zone in quarter hours."""
+    return _network_time(_fields(_one(response, "+CCLK"))[0])
+
+
+@_values
+def parse_qlts(response: AtResponse) -> NetworkTime:
+    """`AT+QLTS=2` → `+QLTS: "2026/12/01,10:20:30+32,0"`: the network's time, local; `,0` is DST."""
+    value = _fields(_one(response, "+QLTS"))[0]  # the DST flag is inside the quotes
+    parts = value.split(",")
+    if len(parts) not in (2, 3):
+        raise _Bad(f"+QLTS: expected date,time±zz[,dst], got {value!r}")
+    return _network_time(f"{parts[0]},{parts[1]}")
+
+
+@_values
+def parse_ctze(urc: Urc) -> NetworkTime:
+    """NITZ (`AT+CTZR=2`): `+CTZE: "+32",0,"2026/12/01,10:20:30"`, the zone apart, time local."""
+    if not urc.line.startswith("+CTZE:"):
+        raise _Bad(f"not a +CTZE: line: {urc.line!r}")
+    fields = _fields(urc.line[len("+CTZE:") :].strip())
+    if len(fields) < 3 or not fields[2]:
+        raise _Bad(f"+CTZE without a time: {urc.line!r}")
+    return _network_time(fields[2], _int(fields[0], "+CTZE zone"))

@@ -104,8 +104,9 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "POST /api/v1/bindings": (YES, NO, NO, NO, YES),
     "GET /api/v1/bindings": (YES, NO, NO, NO, YES),
     "DELETE /api/v1/bindings/{device_id}": (YES, NO, NO, NO, YES),
-    # health, for load balancers
+    # health, for load balancers; the signed time, for devices that cannot connect yet
     "GET /healthz": (PUBLIC,) * 5,
+    "GET /api/v1/time": (PUBLIC,) * 5,
 }
 
 DECISIONS: Final[dict[str, dict[Role, Decision]]] = {

@@ -51,6 +51,12 @@ LAST_HEALTH: Final = (
     " FROM device_health WHERE device_id = %s ORDER BY ts DESC LIMIT 1"
 )
 
+# The device's clock as the fleet last saw it (migration 0012). Rows: ClockView.
+DEVICE_CLOCK: Final = (
+    "SELECT board_offset_ms, source, error_ms, skew_ms, reported_at, refused_skew_s, refused_at"
+    " FROM device_clocks WHERE device_id = %s"
+)
+
 # Where a device belongs now: (store_id, merchant_id), for reach checks.
 DEVICE_PLACE: Final = f"SELECT st.store_id, b.merchant_id FROM {DEVICE_HIERARCHY} WHERE d.device_id = %s"  # noqa: S608 - a constant join.
 

@@ -41,6 +41,20 @@ class DeviceView(BaseModel):
     agent_id: str | None
 
 
+class ClockView(BaseModel):
+    """The device's clock: its own correction (trusted = board + `board_offset_ms`; a board 5 min
+    fast is -300000), the server-measured `skew_ms` of its latest reports (its corrected time
+    minus when they arrived), and the last connect refused because the clock was off."""
+
+    board_offset_ms: int | None
+    source: str | None
+    error_ms: int | None
+    skew_ms: int | None
+    reported_at: datetime | None
+    refused_skew_s: int | None
+    refused_at: datetime | None
+
+
 class DeviceDetail(DeviceView):
     first_seen: datetime
     boot_id: str | None
@@ -48,6 +62,7 @@ class DeviceDetail(DeviceView):
     install_address: str | None
     last_cell: str | None
     last_health: HealthView | None
+    clock: ClockView | None = None
 
 
 class TimelineEntry(BaseModel):
@@ -128,6 +143,7 @@ class DeviceRegistry:
                 return None
             row = rows[0]
             row["last_health"] = await fetch_model(conn, HealthView, queries.LAST_HEALTH, (device_id,))
+            row["clock"] = await fetch_model(conn, ClockView, queries.DEVICE_CLOCK, (device_id,))
         return DeviceDetail.model_validate(_with_state_name(row))
 
     async def known(self, device_id: str) -> bool:

@@ -16,7 +16,7 @@ from fleet_server.auth import routes as auth_routes
 from fleet_server.contacts import routes as contacts_routes
 from fleet_server.devices import routes as devices_routes
 from fleet_server.figures import routes as figures_routes
-from fleet_server.http import web
+from fleet_server.http import device_time, web
 from fleet_server.http.errors import install_error_handlers
 from fleet_server.identity import routes as identity_routes
 from fleet_server.inspection import routes as inspection_routes
@@ -24,8 +24,8 @@ from fleet_server.ota import routes as ota_routes
 from fleet_server.quarantine import routes as quarantine_routes
 from fleet_server.remote import routes as remote_routes
 
-# Every process signs people in; the other routers come with the fleet part.
-AUTH_ROUTERS: tuple[APIRouter, ...] = (auth_routes.router,)
+# Every process signs people in and tells devices the time; the other routers come with the fleet part.
+AUTH_ROUTERS: tuple[APIRouter, ...] = (auth_routes.router, device_time.router)
 FLEET_ROUTERS: tuple[APIRouter, ...] = (
     devices_routes.router,
     figures_routes.router,

@@ -45,3 +45,9 @@ SIGNS_REPORTS: Final = (
     "UPDATE device_credentials SET signs_reports_at = now()"
     " WHERE device_id = %s AND generation = %s AND signs_reports_at IS NULL"
 )
+# A connect refused because the device's genuine password was signed too far from our clock:
+# (device_id, skew_s); the fleet API shows it beside the device's own clock reports.
+RECORD_CLOCK_REFUSAL: Final = (
+    "INSERT INTO device_clocks (device_id, refused_skew_s, refused_at) VALUES (%s, %s, now())"
+    " ON CONFLICT (device_id) DO UPDATE SET refused_skew_s = EXCLUDED.refused_skew_s, refused_at = now()"
+)

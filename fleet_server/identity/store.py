@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from firmware_protocols import topics
 from firmware_protocols.credentials import (
     DEFAULT_MAX_SKEW_S,
+    ClockSkewError,
     CredentialError,
     check_mqtt_password,
     derive_device_secret,
@@ -57,6 +58,10 @@ class DeviceCredentials:
     def __init__(self, pool: AsyncConnectionPool, master_key: bytes) -> None:
         self._pool = pool
         self._master_key = master_key
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._pool
 
     def secret(self, device_id: str, generation: int) -> bytes:
         return derive_device_secret(self._master_key, device_id, generation)
@@ -103,6 +108,11 @@ class DeviceCredentials:
         return None if row is None else int(row[0])
 
 
+async def record_clock_refusal(pool: AsyncConnectionPool, device_id: str, skew_s: int) -> None:
+    """Keep that the broker refused `device_id` because its clock was `skew_s` off."""
+    await execute(pool, queries.RECORD_CLOCK_REFUSAL, (device_id, skew_s))
+
+
 async def record_certificate(pool: AsyncConnectionPool, device_id: str, serial: int) -> bool:
     """Keep a client certificate's serial with the device's credentials (for the CRL);
     False if the device is not provisioned."""
@@ -112,6 +122,10 @@ async def record_certificate(pool: AsyncConnectionPool, device_id: str, serial: 
 async def revoked_certificate_serials(pool: AsyncConnectionPool) -> list[int]:
     """The serials of the client certificates of revoked devices: the CRL's content."""
     return [int(serial) for (serial,) in await fetch_rows(pool, queries.REVOKED_SERIALS)]
+
+
+# A device refused for its clock retries every few seconds: its refusal is recorded this often.
+CLOCK_NOTE_EVERY_S = 60.0
 
 
 class BrokerAuthority:
@@ -130,6 +144,20 @@ class BrokerAuthority:
         self._servers = dict(servers)
         self._max_skew_s = max_skew_s
         self._clock = clock
+        self._clock_noted: dict[str, float] = {}
+
+    async def _clock_refused(self, device_id: str, exc: ClockSkewError) -> None:
+        """Record a clock refusal (once a minute per device at most: a device retries often)."""
+        now = time.monotonic()
+        if now - self._clock_noted.get(device_id, -1e9) < CLOCK_NOTE_EVERY_S:
+            return
+        if len(self._clock_noted) > 100_000:
+            self._clock_noted.clear()
+        self._clock_noted[device_id] = now
+        try:
+            await record_clock_refusal(self._credentials.pool, device_id, exc.skew_s)
+        except Exception:
+            log.exception("could not record a clock refusal", device_id=device_id)
 
     def account_of(self, username: str) -> Account:
         """The account an authenticated username stands for."""
@@ -169,6 +197,9 @@ class BrokerAuthority:
         secret = self._credentials.secret(username, generation)
         try:
             check_mqtt_password(secret, username, password, self._clock(), max_skew_s=self._max_skew_s)
+        except ClockSkewError as exc:
+            await self._clock_refused(username, exc)
+            raise _RefusedError(str(exc)) from exc
         except CredentialError as exc:
             raise _RefusedError(str(exc)) from exc
         return Account(username, AccountKind.DEVICE)

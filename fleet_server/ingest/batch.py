@@ -139,6 +139,7 @@ class _Rows:
     days: dict[tuple[str, date], _Day] = field(default_factory=lambda: defaultdict(_Day))
     cells: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     positions: dict[str, tuple[str | None, float | None, float | None]] = field(default_factory=dict)
+    clocks: dict[str, tuple[object, ...]] = field(default_factory=dict)
     observations: list[Observation] = field(default_factory=list)
 
     def add(self, item: Received) -> None:
@@ -171,6 +172,7 @@ class _Rows:
                 msg.model_dump_json(),
             )
         )
+        self._add_clock(msg, at)
         keys = cell_of(msg)
         if keys is not None:
             entry = self.cells.setdefault((msg.device_id, keys[0]), [keys[1], at, at, 0])
@@ -183,6 +185,21 @@ class _Rows:
         if msg.gps is not None:
             lat, lon = msg.gps.lat, msg.gps.lon
         self.positions[msg.device_id] = (cell, lat, lon)
+
+    def _add_clock(self, msg: Health, at: datetime) -> None:
+        skew_ms = msg.ts - int(at.timestamp() * 1000)
+        held = self.clocks.get(msg.device_id)
+        # The largest skew of the batch: a report that waited in the outbox only looks slower.
+        if held is not None and isinstance(held[4], int) and held[4] > skew_ms:
+            skew_ms = held[4]
+        self.clocks[msg.device_id] = (
+            msg.device_id,
+            msg.clock_offset_ms,
+            msg.clock_source,
+            msg.clock_error_ms,
+            skew_ms,
+            at,
+        )
 
 
 async def write_batch(
@@ -214,6 +231,8 @@ async def write_batch(
                 10,
             ),
         )
+        if rows.clocks:
+            await cur.execute(queries.UPSERT_CLOCKS, columns(rows.clocks.values(), 6))
         if rows.cells:
             cells = columns(((d, cell, *entry) for (d, cell), entry in sorted(rows.cells.items())), 6)
             await cur.execute(queries.UPSERT_CELLS, [policy.cell_learning_days * 86400, *cells])

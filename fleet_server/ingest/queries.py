@@ -64,3 +64,13 @@ JOIN devices d USING (device_id)
 ON CONFLICT (device_id, cell) DO UPDATE SET last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),
     reports = t.reports + EXCLUDED.reports, learned = t.learned OR EXCLUDED.learned
 """
+
+# Each device's clock as its latest health report in the batch says it: (device_id,
+# board_offset_ms, source, error_ms, skew_ms, reported_at) columns.
+UPSERT_CLOCKS: Final = """
+INSERT INTO device_clocks AS t (device_id, board_offset_ms, source, error_ms, skew_ms, reported_at)
+SELECT * FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int4[], %s::int8[], %s::timestamptz[])
+ON CONFLICT (device_id) DO UPDATE SET board_offset_ms = EXCLUDED.board_offset_ms, source = EXCLUDED.source,
+    error_ms = EXCLUDED.error_ms, skew_ms = EXCLUDED.skew_ms, reported_at = EXCLUDED.reported_at
+WHERE t.reported_at IS NULL OR t.reported_at <= EXCLUDED.reported_at
+"""

@@ -408,6 +408,7 @@ CASES: dict[str, Case] = {
     "GET /api/v1/bindings": Case(200, call("GET", "/api/v1/bindings", params={"merchant_id": "MA"})),
     "DELETE /api/v1/bindings/{device_id}": Case(204, _unbind),
     "GET /healthz": Case(200, call("GET", "/healthz")),
+    "GET /api/v1/time": Case(200, call("GET", "/api/v1/time", params={"device_id": "DA1", "nonce": "n" * 16})),
 }
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -113,6 +114,17 @@ def test_at_transcript_events(vector: dict[str, Any]) -> None:
     assert at_events(vector) == [at_event(spec, vector["command"]) for spec in vector["events"]]
 
 
+VALUE_PARSERS: dict[str, Callable[[at.AtResponse], Any]] = {
+    "csq": at.parse_csq,
+    "iccid": at.parse_iccid,
+    "imei": at.parse_imei,
+    "servingcell": at.parse_servingcell,
+    "cclk": at.parse_cclk,
+    "qlts": at.parse_qlts,
+    "identity": at.parse_ati,
+}
+
+
 @pytest.mark.parametrize("vector", AT["transcripts"], ids=_name)
 def test_at_transcript_values(vector: dict[str, Any]) -> None:
     events = at_events(vector)
@@ -129,23 +141,22 @@ def test_at_transcript_values(vector: dict[str, Any]) -> None:
     if kind == "creg_urc":
         urc = next(e for e in events if isinstance(e, at.Urc))
         parsed = at.parse_registration(urc, value.pop("prefix"))
+    elif kind == "ctze":
+        parsed = at.parse_ctze(next(e for e in events if isinstance(e, at.Urc)))
+    elif kind == "qlts_none":
+        assert response is not None
+        with pytest.raises(CodecError, match=r"not a modem time|expected"):
+            at.parse_qlts(response)
+        return
+    elif kind in ("iccid", "imei"):
+        assert response is not None
+        assert VALUE_PARSERS[kind](response) == value[kind]
+        return
     else:
         assert response is not None
-        if kind == "csq":
-            parsed = at.parse_csq(response)
-        elif kind == "creg":
-            parsed = at.parse_registration(response, value.pop("prefix"))
-        elif kind == "iccid":
-            assert at.parse_iccid(response) == value["iccid"]
-            return
-        elif kind == "imei":
-            assert at.parse_imei(response) == value["imei"]
-            return
-        elif kind == "servingcell":
-            parsed = at.parse_servingcell(response)
-        else:
-            assert kind == "identity"
-            parsed = at.parse_ati(response)
+        parsed = (
+            at.parse_registration(response, value.pop("prefix")) if kind == "creg" else VALUE_PARSERS[kind](response)
+        )
     if "status" in value:
         value["status"] = at.RegStatus[value["status"]]
     assert dataclasses.asdict(parsed) == value
