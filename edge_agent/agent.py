@@ -126,7 +126,10 @@ class EdgeAgent(Component):
             keepalive_s=config.keepalive_s,
             backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s),
             session=Session(mqtt_version=config.mqtt_version, expiry_s=config.session_expiry_s),
-            tls=config.tls(),
+            # The certificate's dates are judged on the corrected clock, not the board's: a board
+            # at 1970 would otherwise fail every handshake ("certificate is not yet valid").
+            tls=config.tls(check_dates=False),
+            cert_clock=lambda: self.clock.now_ms() / 1000,
             password=lambda: config.mqtt_password(self.clock.now_ms() / 1000),
             on_refused=self._refused,
         )
@@ -160,6 +163,7 @@ class EdgeAgent(Component):
             announcer=self.announcer,
         )
         self.reporter.timekeeper = self.timekeeper
+        self.announcer.on_expired = self.timekeeper.wake
         host = AgentCommandHost(self.device_id, self.restart, self.settings, self.announcer, self.reporter, self.live)
         self.commands = CommandRunner(
             self.device_id,

@@ -13,6 +13,7 @@ settings arrive here too (`apply_settings`), as does a field agent's test announ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,9 @@ class Announcer(Component):
         self._config = config
         self._printer = printer
         self._queue: asyncio.Queue[_Playback] = asyncio.Queue()
+        # Told when an announce arrives already expired: the clock may be wrong (the timekeeper
+        # checks it soon), or the announce waited out its time to live on the way.
+        self.on_expired: Callable[[], None] | None = None
         self._log = log.bind(device_id=device_id)
 
     async def _start(self, stack: AsyncExitStack) -> None:
@@ -102,6 +106,8 @@ class Announcer(Component):
         if received_at > announce.expires_at():
             self._stats.expired += 1
             payment_log.info("announce expired, not played late", late_ms=received_at - announce.expires_at())
+            if self.on_expired is not None:
+                self.on_expired()
             await self._ack(announce, AckStatus.EXPIRED, received_at)
             return
         if not self._seen.remember(announce.payment_id, received_at, payload=delivery.payload):

@@ -54,7 +54,9 @@ def clock_check(now_ms: int, clock: dict[str, Any] | None) -> Check:
     zh = f"板载时钟{'快' if off_s > 0 else '慢'}了 {abs(off_s)} 秒（对照{_SOURCE_ZH.get(source, source)}）"
     en = f"board clock {abs(off_s)} s {'fast' if off_s > 0 else 'slow'} (against {source})"
     if abs(off_s) <= CLOCK_OK_S:
-        return Check("clock", "pass", f"{shown}，{zh}", f"{shown}, {en}")
+        within_zh = f"与{_SOURCE_ZH.get(source, source)}相差 {abs(offset) / 1000:.1f} 秒"
+        within_en = f"within {abs(offset) / 1000:.1f} s of {source} time"
+        return Check("clock", "pass", f"{shown}，{within_zh}", f"{shown}, {within_en}")
     if corrected:
         return Check(
             "clock",

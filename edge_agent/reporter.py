@@ -134,7 +134,9 @@ class HealthReporter(Component):
         return health
 
     async def run_diagnose(self) -> list[diagnose.Check]:
-        """The field agent's checklist, as the running agent sees it."""
+        """The field agent's checklist, as the running agent sees it (the clock asked again)."""
+        if self.timekeeper is not None and self.timekeeper.sources:
+            await self.timekeeper.sync()
         health = await self.health()
         connected = self._link.connected.is_set()
         observed = diagnose.Observed(

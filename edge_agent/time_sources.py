@@ -32,14 +32,12 @@ from firmware_protocols.errors import MessageError, SignatureError
 from firmware_protocols.messages import TimeReference, parse_payload
 from firmware_protocols.serial.at import NetworkTime
 from firmware_protocols.signing import Verifier
+from mqtt_link.link import NO_CHECK_TIME
 
 # A time before this is a board or module that lost its time (2023-01-01, before any of our
 # firmware was built): never a sample.
 TIME_FLOOR_MS = 1_672_531_200_000
 NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
-# OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the time service's certificate is checked for who signed
-# it, not for dates the board's wrong clock cannot judge (the answer is signed anyway).
-_NO_CHECK_TIME = 0x200000
 
 
 class TimeSourceError(AgentError):
@@ -207,8 +205,10 @@ class ServerTime:
         self._transport = transport
 
     def _tls(self) -> ssl.SSLContext:
+        # Who signed the certificate is checked, not its dates: the board's clock cannot judge
+        # them yet, and the answer is signed anyway.
         context = ssl.create_default_context(cafile=str(self._ca_file) if self._ca_file else None)
-        context.verify_flags |= _NO_CHECK_TIME
+        context.verify_flags |= NO_CHECK_TIME
         return context
 
     async def sample(self, board: Clock) -> TimeSample:

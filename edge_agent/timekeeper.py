@@ -46,6 +46,8 @@ AGREE_MS = 5_000
 # Signed messages are stamped by several server processes: a clock this far behind one is
 # moved forward (a smaller gap is the servers' own disagreement, or the message's transit).
 SIGNED_SLACK_MS = 2_000
+# A wake (an announce that looked expired) asks the sources again, but not more often than this.
+WAKE_AFTER_S = 30.0
 # Saved at most this often between syncs, so that the last trusted time after a power cut is recent.
 SAVE_EVERY_S = 60.0
 
@@ -68,9 +70,15 @@ class TrustedClock:
         return self.synced_at_ms is not None
 
     def adopt(self, sample: TimeSample) -> int:
-        """Use `sample`'s offset; return how far the clock moved (ms)."""
+        """Use `sample`'s offset unless the clock is already within the sample's own error of
+        it (a modem's whole seconds must not move a clock NTP keeps to the millisecond); return
+        how far the clock moved (ms)."""
         moved = sample.offset_ms - self.offset_ms
-        self.offset_ms, self.source, self.error_ms = sample.offset_ms, sample.source, sample.error_ms
+        if abs(moved) <= sample.error_ms:
+            moved = 0
+        else:
+            self.offset_ms = sample.offset_ms
+        self.source, self.error_ms = sample.source, sample.error_ms
         self.synced_at_ms = self.now_ms()
         return moved
 
@@ -99,7 +107,7 @@ class TimeKeeper(Component):
         self.samples: dict[str, dict[str, Any]] = {}  # each source's last answer or error
         self.max_skew_s: int | None = None  # the broker's allowance, as the server last said
         self.last_refusal: dict[str, Any] | None = None
-        self._saved_mono = 0.0
+        self._synced_mono = -1e9  # when the sources were last asked (monotonic)
         self._log = log.bind(device_id=device_id)
         self._load()
 
@@ -118,10 +126,13 @@ class TimeKeeper(Component):
     async def _loop(self) -> None:
         while True:
             wait_s = self._interval_s if self.clock.synced else self._retry_s
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(wait_s, SAVE_EVERY_S))
+                woken = True
             self._wake.clear()
-            due = self.clock.synced_at_ms is None or self.clock.now_ms() - self.clock.synced_at_ms >= wait_s * 1000
+            since_sync_s = time.monotonic() - self._synced_mono
+            due = since_sync_s >= wait_s or (woken and since_sync_s >= WAKE_AFTER_S)
             if self.sources and due:
                 await self.sync()
             else:
@@ -132,6 +143,7 @@ class TimeKeeper(Component):
     async def sync(self) -> TimeSample | None:
         """Ask every source; adopt the best usable sample; None if none answered."""
         async with self._lock:
+            self._synced_mono = time.monotonic()
             results = await asyncio.gather(*(self._ask(s) for s in self.sources))
             samples = [r for r in results if r is not None]
             if not samples:
@@ -225,7 +237,6 @@ class TimeKeeper(Component):
         }
 
     def save(self) -> None:
-        self._saved_mono = time.monotonic()
         try:
             write_json(self._path, self.status())
         except OSError as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -109,13 +110,25 @@ class Delivery:
 MessageHandler = Callable[[Delivery], Awaitable[None]]
 
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME: who signed the certificate is checked, not its dates.
+NO_CHECK_TIME = 0x200000
+
+
 def tls_context(
-    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    *,
+    check_dates: bool = True,
 ) -> ssl.SSLContext:
     """A client TLS context: verify the broker (against `ca_file` if given), and present a client
-    certificate when both `cert_file` and `key_file` are given."""
+    certificate when both `cert_file` and `key_file` are given. `check_dates=False` leaves the
+    certificate's dates to the caller (`Link(cert_clock=...)`), for a board whose system clock
+    is wrong while its own corrected clock is right."""
     try:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if not check_dates:
+            context.verify_flags |= NO_CHECK_TIME
         if cert_file is not None and key_file is not None:
             context.load_cert_chain(str(cert_file), str(key_file))
     except (OSError, ssl.SSLError) as exc:
@@ -141,12 +154,15 @@ class Link(Component):
         manual_ack: bool = False,
         password: Callable[[], str | None] | None = None,
         on_refused: Callable[[str], Awaitable[bool]] | None = None,
+        cert_clock: Callable[[], float] | None = None,
     ) -> None:
         """`on_refused(reason)`: the broker refused the credentials at CONNECT (MQTT 3.1.1 says
         only "not authorised"); True if the caller fixed something (its clock) and a retry soon
-        may pass."""
+        may pass. `cert_clock`: the time (unix s) the broker's TLS certificate dates are checked
+        against, for a context made with `check_dates=False`."""
         self.endpoint = endpoint
         self._on_refused = on_refused
+        self._cert_clock = cert_clock
         # Called at every connect: a device's password is signed with the time it is sent.
         self._password = password
         self._manual_ack = manual_ack
@@ -275,6 +291,8 @@ class Link(Component):
         while True:
             try:
                 async with self._client_for() as client:
+                    if self._cert_clock is not None and self._tls is not None:
+                        check_certificate_dates(client, self._cert_clock())
                     self._client = client
                     for topic_filter in self._subscriptions:
                         await client.subscribe(topic_filter, qos=1)
@@ -298,6 +316,20 @@ class Link(Component):
                 self.connected.clear()
                 self._client = None
             await asyncio.sleep(delay)
+
+
+def check_certificate_dates(client: aiomqtt.Client, now_s: float) -> None:
+    """Raise `LinkDown` unless the broker's certificate is valid at `now_s`."""
+    sock = client._client.socket()
+    cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+    if not cert:
+        raise LinkDown("no broker certificate to check")
+    starts, ends = ssl.cert_time_to_seconds(str(cert["notBefore"])), ssl.cert_time_to_seconds(str(cert["notAfter"]))
+    if not starts <= now_s <= ends:
+        raise LinkDown(
+            f"broker certificate not valid at {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(now_s))}"
+            f" (valid {cert['notBefore']} to {cert['notAfter']})"
+        )
 
 
 def refused_credentials(exc: BaseException) -> bool:

@@ -269,9 +269,11 @@ REFUNDS_OF: Final = (
 )
 
 # Devices' acks onto their deliveries; answers (payment_id, device_id) of each delivery found.
-# The play start is the device's (corrected) clock, kept within what the server knows: not before
-# the payment arrived, not after the ack did; a clock the device could not correct cannot make a
-# latency negative or longer than the round trip.
+# When the play started, on the server's clock: the device's (corrected) time of it, kept within
+# what the server knows. Not before the payment arrived; not after the ack's arrival less the
+# device's own interval from play start to sending the ack (measured on one clock, so the board's
+# offset does not matter: for an ack sent at once, this bound is the true start plus the ack's
+# transit). A clock the device could not correct makes no negative or inflated latency.
 # An ack takes the delivery when it is still open, or when it says played and nothing did before.
 RECORD_ACKS: Final = statement(
     """
@@ -282,11 +284,13 @@ UPDATE deliveries d SET acks = d.acks + 1,
                THEN a.acked_at ELSE d.acked_at END,
     ack_signed = CASE WHEN d.status = ANY({open}) OR (a.status = {played} AND d.status <> {played})
                THEN a.signed ELSE d.ack_signed END,
-    play_started_at = COALESCE(d.play_started_at, LEAST(GREATEST(a.play_started, p.received_at), a.acked_at)),
+    play_started_at = COALESCE(d.play_started_at, GREATEST(p.received_at,
+        LEAST(a.play_started, a.acked_at - GREATEST(a.sent - a.play_started, interval '0')))),
     text = COALESCE(d.text, a.text), reason = COALESCE(d.reason, a.reason)
 FROM unnest(%(payment_id)s::text[], %(device_id)s::text[], %(status)s::text[], %(acked_at)s::timestamptz[],
-            %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[], %(signed)s::boolean[])
-    AS a (payment_id, device_id, status, acked_at, play_started, text, reason, signed), payments p
+            %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[], %(signed)s::boolean[],
+            %(sent)s::timestamptz[])
+    AS a (payment_id, device_id, status, acked_at, play_started, text, reason, signed, sent), payments p
 WHERE d.payment_id = a.payment_id AND d.device_id = a.device_id AND p.payment_id = d.payment_id
 RETURNING d.payment_id, d.device_id
 """,

@@ -257,6 +257,7 @@ class PaymentStore:
                     "text": [a.ack.text for a in acks],
                     "reason": [a.ack.reason for a in acks],
                     "signed": [a.signed for a in acks],
+                    "sent": [datetime.fromtimestamp(a.ack.ts / 1000, tz=a.acked_at.tzinfo) for a in acks],
                 },
             )
             known = {(row[0], row[1]) for row in await cur.fetchall()}

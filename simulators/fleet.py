@@ -36,6 +36,7 @@ from edge_agent.stats import AgentStats
 from edge_agent.voice import Speaker, VoicePack
 from firmware_protocols.credentials import encode_secret
 from mqtt_link.tasks import cancel_and_wait
+from simulators.clocks import BoardClock, true_ms
 from simulators.serial_peers import Utterance, VirtualModem, VirtualPrinter, VirtualTtsChip
 
 log = structlog.get_logger(__name__)
@@ -56,10 +57,13 @@ class BootHooks:
 class _Board:
     """One device's power and bootloader: runs its agent, and a new one on every restart."""
 
-    def __init__(self, config: AgentConfig, hardware: Hardware, hooks: BootHooks) -> None:
+    def __init__(
+        self, config: AgentConfig, hardware: Hardware, hooks: BootHooks, clock: BoardClock | None = None
+    ) -> None:
         self.config = config
         self.hardware = hardware
         self.hooks = hooks
+        self.clock = clock
         self.agent: EdgeAgent | None = None
         self.boots = 0
         self.power_cuts = 0
@@ -82,7 +86,7 @@ class _Board:
             )
             ports["speaker"] = self.hooks.speaker(self.config.device_id, version, self.hardware.speaker)
         transport = self.hooks.transport(self.config.device_id) if self.hooks.transport else None
-        agent = EdgeAgent(self.config, **ports, http_transport=transport)
+        agent = EdgeAgent(self.config, **ports, clock=self.clock, http_transport=transport)
         await agent.__aenter__()
         self.boots += 1
         if self.hooks.started is not None:
@@ -102,6 +106,8 @@ class _Board:
                 self._cut.clear()
                 self.power_cuts += 1
                 await agent.halt()
+                if self.clock is not None:
+                    self.clock.power_cut()
                 await asyncio.sleep(self._off_s)
             else:
                 await agent.__aexit__(None, None, None)
@@ -145,11 +151,13 @@ class SimulatedFleet:
         agent_settings: dict[str, Any] | None = None,
         hooks: BootHooks | None = None,
         device_secrets: Mapping[str, bytes] | None = None,
+        clocks: Mapping[str, BoardClock] | None = None,
     ) -> None:
         """`model_of(i)`: the model of the i-th device (1-based; default HD-S1, or HD-P1 for the
         POS terminals); `agent_settings`: more `AgentConfig` fields for every device;
         `device_secrets`: each device's provisioned secret, for a broker with access control
-        (ids from `fleet_device_ids`)."""
+        (ids from `fleet_device_ids`); `clocks`: the board clocks of devices whose clock is
+        wrong (the rest run on this machine's). Simulated modems give the network's time."""
         if count < 1:
             raise ValueError("a fleet needs at least one device")
         if not 0 <= serial_devices <= count:
@@ -187,6 +195,7 @@ class SimulatedFleet:
                 )
             )
         self.hooks = hooks or BootHooks()
+        self.clocks = dict(clocks or {})
         self.boards: dict[str, _Board] = {}
         self.modems: dict[str, SimulatedModem] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -218,7 +227,8 @@ class SimulatedFleet:
                 )
                 if isinstance(hardware.modem, SimulatedModem):
                     self.modems[config.device_id] = hardware.modem
-                board = _Board(config, hardware, self.hooks)
+                    hardware.modem.network_clock = true_ms  # the cell gives the true time
+                board = _Board(config, hardware, self.hooks, self.clocks.get(config.device_id))
                 await board.start()
                 self.boards[config.device_id] = board
                 self._stack.push_async_callback(board.stop)

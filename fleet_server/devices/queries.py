@@ -104,7 +104,13 @@ ANNOUNCEMENTS: Final = statement(
 )
 
 # Devices known, and online now: one row (devices, online).
-COUNTS: Final = "SELECT count(*) AS devices, count(*) FILTER (WHERE online) AS online FROM devices"
+# Devices, online, and those whose clock is off: a board more than a minute off (the agent
+# corrects it) or reports arriving more than a minute off (it runs on a wrong clock).
+COUNTS: Final = (
+    "SELECT count(*) AS devices, count(*) FILTER (WHERE online) AS online,"
+    " (SELECT count(*) FROM device_clocks WHERE abs(board_offset_ms) > 60000 OR abs(skew_ms) > 60000) AS clocks_off"
+    " FROM devices"
+)
 
 # -- the registry import ------------------------------------------------------------------
 

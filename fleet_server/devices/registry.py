@@ -82,6 +82,7 @@ class Timeline(BaseModel):
 class FleetSummary(BaseModel):
     devices: int
     online: int
+    clocks_off: int = 0  # devices whose clock is more than a minute off (see queries.COUNTS)
 
 
 def _with_state_name(row: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class FigureTile(BaseModel):
 class FleetSummary(BaseModel):
     devices: int
     online: int
+    clocks_off: int = 0  # devices whose board clock or reports are more than a minute off
     window_start: datetime
     window_end: datetime
     now: StateCounts
@@ -82,6 +83,7 @@ class FleetOverview:
         return FleetSummary(
             devices=basic.devices,
             online=basic.online,
+            clocks_off=basic.clocks_off,
             window_start=window[0],
             window_end=window[1],
             now=await state_counts(self.registry.pool, window[1]),

@@ -39,6 +39,11 @@ class InspectionThresholds(BaseModel):
     relocation_min_reports: int = Field(default=3, ge=1)
     relocation_min_confidence: float = Field(default=0.6, ge=0, le=1)
     relocation_gps_m: float = Field(default=500.0, gt=0)
+    # A board clock this far off, even corrected by the agent, is a broken clock (no battery, a
+    # drifting crystal): a maintenance task. Reports arriving this far off their own time are a
+    # device running on a wrong clock: it misses announces (a fault).
+    clock_board_off_s: float = Field(default=600.0, gt=0)
+    clock_skew_s: float = Field(default=60.0, gt=0)
     # How often the inspector runs.
     interval_s: float = Field(default=60.0, gt=0)
 
@@ -52,6 +57,7 @@ class FindingKind(StrEnum):
     FAULTY = "faulty"
     LOST = "lost"
     RELOCATED = "relocated"
+    CLOCK = "clock"  # the board's clock is broken, the agent corrects it: maintenance, not a failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,28 @@ class CellSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockFacts:
+    """The device's clock as `device_clocks` keeps it (migration 0012)."""
+
+    board_offset_ms: int | None = None  # the agent's correction: trusted = board + offset
+    skew_ms: int | None = None  # its reports' time minus their arrival
+    reported_at: datetime | None = None
+    refused_skew_s: int | None = None  # the last connect refused for the clock
+    refused_at: datetime | None = None
+
+    def uncorrected_s(self, t: InspectionThresholds, since: datetime) -> int | None:
+        """How far off a clock the device runs on now, if it misses announces because of it:
+        its reports arrive fast (a delay in the outbox only makes them look slow), or the broker
+        refused it and nothing has come since."""
+        if self.skew_ms is not None and self.skew_ms > t.clock_skew_s * 1000:
+            return round(self.skew_ms / 1000)
+        refused_last = self.refused_at is not None and (self.reported_at is None or self.refused_at > self.reported_at)
+        if refused_last and self.refused_at is not None and self.refused_at >= since:
+            return self.refused_skew_s
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceFacts:
     device_id: str
     state: DeviceState | None
@@ -93,6 +121,7 @@ class DeviceFacts:
     cells: tuple[CellSeen, ...] = ()
     install_position: tuple[float, float] | None = None
     gps: tuple[float, float] | None = None
+    clock: ClockFacts = field(default_factory=ClockFacts)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,13 +151,24 @@ _POISON_ACTION = (
     "Check the firmware: the device keeps sending messages that cannot be taken; diagnose, update"
     " or reflash it, replace it if need be",
 )
+_CLOCK_FAULT_ACTION = (
+    "设备时钟不对且未能校正，无法连接或播报被判过期："
+    "远程诊断看时钟一项，检查 4G 信号（基站授时）和服务器时间地址 time_url，重启设备",
+    "The device runs on a wrong clock it could not correct, so it cannot connect or its announces look"
+    " expired: run remote diagnose (the clock item), check the 4G signal (network time) and time_url, restart it",
+)
+_CLOCK_BOARD_ACTION = (
+    "设备板载时钟不准（播报程序已自动校正，收款播报不受影响）：下次上门时更换时钟电池或主板",
+    "The board's clock is off (the agent corrects it; announcements still work): replace the clock battery or"
+    " board at the next visit",
+)
 _FLAPPING_ACTION = (
     "检查信号与供电：连接频繁中断，建议调整位置或更换SIM卡",
     "Check signal and power: the connection keeps dropping; move the device or change the SIM",
 )
 
 
-def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:  # noqa: ARG001 - one signature for all detectors.
+def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:
     reasons: list[str] = []
     if f.state is DeviceState.FAULTY:
         reasons.append(f"state faulty ({f.state_cause or 'unknown cause'})")
@@ -143,12 +183,21 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
     poisoning = counts_fresh and f.quarantined >= t.poison_messages
     if poisoning:
         reasons.append(f"{f.quarantined} messages quarantined")
+    clock_off_s = f.clock.uncorrected_s(t, now - timedelta(days=2))
+    if clock_off_s is not None:
+        reasons.append(f"clock off by {clock_off_s:+d} s, not corrected")
     if not reasons:
         return None
     audio = (f.state_cause or "").startswith(("audio", "fault_audio"))
     only_flapping = flapping and len(reasons) == 1
     action = (
-        _POISON_ACTION if poisoning and len(reasons) == 1 else _FLAPPING_ACTION if only_flapping else _REPAIR_ACTION
+        _POISON_ACTION
+        if poisoning and len(reasons) == 1
+        else _FLAPPING_ACTION
+        if only_flapping
+        else _CLOCK_FAULT_ACTION
+        if clock_off_s is not None and len(reasons) == 1
+        else _REPAIR_ACTION
     )
     return Finding(
         f.device_id,
@@ -160,6 +209,7 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
             "audio_failures": f.audio_failures,
             "reconnects": f.reconnects,
             "quarantined": f.quarantined,
+            "clock_off_s": clock_off_s,
         },
         action_zh=action[0],
         action_en=action[1],
@@ -247,7 +297,25 @@ def detect_relocated(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> 
     )
 
 
-DETECTORS = (detect_faulty, detect_lost, detect_relocated, detect_idle)
+def detect_clock(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:
+    """A board clock far off that the agent corrects: the device works; its clock needs a repair."""
+    offset = f.clock.board_offset_ms
+    if offset is None or abs(offset) <= t.clock_board_off_s * 1000 or FindingKind.CLOCK.value in f.recently_closed:
+        return None
+    if f.clock.uncorrected_s(t, now - timedelta(days=2)) is not None:
+        return None  # not corrected: a fault (detect_faulty), not this
+    off_s = round(-offset / 1000)
+    return Finding(
+        f.device_id,
+        FindingKind.CLOCK,
+        confidence=1.0,
+        evidence={"board_off_s": off_s, "skew_ms": f.clock.skew_ms},
+        action_zh=_CLOCK_BOARD_ACTION[0],
+        action_en=_CLOCK_BOARD_ACTION[1],
+    )
+
+
+DETECTORS = (detect_faulty, detect_lost, detect_relocated, detect_idle, detect_clock)
 
 
 def inspect(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> list[Finding]:

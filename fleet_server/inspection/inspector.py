@@ -25,7 +25,15 @@ from fleet_server.devices.states import DeviceState, Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection import queries
-from fleet_server.inspection.detectors import CellSeen, DeviceFacts, Finding, InspectionThresholds, inspect, placement
+from fleet_server.inspection.detectors import (
+    CellSeen,
+    ClockFacts,
+    DeviceFacts,
+    Finding,
+    InspectionThresholds,
+    inspect,
+    placement,
+)
 from fleet_server.inspection.tasks import TaskBook
 from mqtt_link.tasks import Component, spawn
 
@@ -157,6 +165,8 @@ class Inspector(Component):
                     "flapping": t.flapping_reconnects,
                     "idle_before": now - timedelta(days=t.idle_after_days),
                     "poison": t.poison_messages,
+                    "clock_board_ms": t.clock_board_off_s * 1000,
+                    "clock_skew_ms": t.clock_skew_s * 1000,
                 },
             )
             cell_rows = await fetch_dicts(conn, queries.CELLS, ([row["device_id"] for row in rows],))
@@ -182,6 +192,13 @@ class Inspector(Component):
                 cells=tuple(cells.get(row["device_id"], ())),
                 install_position=_pair(row["install_lat"], row["install_lon"]),
                 gps=_pair(row["last_gps_lat"], row["last_gps_lon"]),
+                clock=ClockFacts(
+                    row["clock_board_offset_ms"],
+                    row["clock_skew_ms"],
+                    row["clock_reported_at"],
+                    row["clock_refused_skew_s"],
+                    row["clock_refused_at"],
+                ),
             )
             for row in rows
         ]

@@ -47,7 +47,9 @@ SELECT d.device_id, d.state, d.last_seen, d.planned_removal, d.install_lat, d.in
        d.last_gps_lat, d.last_gps_lon, mp.first_at, mp.last_at, lc.cause,
        COALESCE(r.fault_events, 0) AS fault_events, COALESCE(r.audio_failures, 0) AS audio_failures,
        COALESCE(r.reconnects, 0) AS reconnects, COALESCE(cl.kinds, '{{}}') AS closed_kinds,
-       COALESCE(po.quarantined, 0) AS quarantined
+       COALESCE(po.quarantined, 0) AS quarantined,
+       dc.board_offset_ms AS clock_board_offset_ms, dc.skew_ms AS clock_skew_ms, dc.reported_at AS clock_reported_at,
+       dc.refused_skew_s AS clock_refused_skew_s, dc.refused_at AS clock_refused_at
 FROM devices d
 LEFT JOIN bindings b USING (device_id)
 LEFT JOIN merchant_payments mp USING (merchant_id)
@@ -55,12 +57,15 @@ LEFT JOIN recent r USING (device_id)
 LEFT JOIN last_cause lc USING (device_id)
 LEFT JOIN closed cl USING (device_id)
 LEFT JOIN poison po USING (device_id)
+LEFT JOIN device_clocks dc USING (device_id)
 WHERE d.state IS NOT NULL AND d.state <> {retired}
   AND (d.state = ANY({watched})
        OR r.fault_events > 0 OR r.audio_failures > 0 OR r.reconnects >= %(flapping)s
        OR po.quarantined >= %(poison)s
        OR (mp.last_at < %(idle_before)s AND d.state = {in_service})
-       OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id AND NOT c.learned))
+       OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id AND NOT c.learned)
+       OR abs(dc.board_offset_ms) > %(clock_board_ms)s OR abs(dc.skew_ms) > %(clock_skew_ms)s
+       OR dc.refused_at >= %(since)s)
 """,
     closed=TaskStatus.CLOSED,
     faulty=S.FAULTY,

@@ -27,8 +27,9 @@ FIXED_WHEN: Final = {
     FindingKind.LOST: {DeviceState.IN_SERVICE, DeviceState.IDLE, DeviceState.RETIRED},
     FindingKind.RELOCATED: {DeviceState.IN_SERVICE, DeviceState.IDLE},
     FindingKind.IDLE: {DeviceState.IN_SERVICE, DeviceState.RETIRED},
+    FindingKind.CLOCK: {DeviceState.IN_SERVICE, DeviceState.IDLE},
 }
-# What a newly opened task does to its device's state.
+# What a newly opened task does to its device's state (a clock task: nothing, the device works).
 SIGNAL_OF: Final = {
     FindingKind.FAULTY: Signal.FAULT,
     FindingKind.LOST: Signal.LOST_DETECTED,

@@ -81,7 +81,8 @@ class TaskBook:
                     continue
                 if row[0]:
                     opened += 1
-                    observations.append(Observation(f.device_id, now, SIGNAL_OF[f.kind], f"inspection_{f.kind}"))
+                    if (signal := SIGNAL_OF.get(f.kind)) is not None:
+                        observations.append(Observation(f.device_id, now, signal, f"inspection_{f.kind}"))
                 else:
                     merged += 1
             await tracker.apply(cur, observations)

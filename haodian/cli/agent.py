@@ -55,6 +55,15 @@ def add_parser(sub: Any) -> None:
     device.add_argument("--modem-port", default=None, help="4G modem AT port (default: none, simulated modem)")
     device.add_argument("--printer-port", default=None, help="ESC/POS printer serial port (default: none)")
     device.add_argument("--audio-device", default=None, help="ALSA device for voice clips, e.g. default or hw:0")
+    device.add_argument(
+        "--time-url",
+        default=None,
+        help="the fleet server's signed time, e.g. https://fleet.example.com/api/v1/time (a time source"
+        " that works before the device can connect)",
+    )
+    device.add_argument(
+        "--ntp-server", action="append", default=None, help="an NTP server host[:port] to ask (repeat for more)"
+    )
     agent_sub.add_parser(
         "run",
         parents=[device],
@@ -91,6 +100,8 @@ def _agent_config(args: argparse.Namespace) -> AgentConfig:
         modem_port=args.modem_port,
         printer_port=args.printer_port,
         audio_device=args.audio_device,
+        time_url=args.time_url,
+        ntp_servers=args.ntp_server,
     )
 
 

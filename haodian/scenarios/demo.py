@@ -27,6 +27,7 @@ from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
 from haodian.embedded import EmbeddedDatabase
 from haodian.keys import ServerKeys, dev_key_paths, load_server_keys, read_rsa_private_key
+from haodian.scenarios.clock_demo import clocks_for, show_clock_recovery
 from haodian.server import Part, ServerStack, start_embedded_broker
 from haodian.settings import Settings
 from payment_bridge.store import DeliverySummary
@@ -305,6 +306,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 health_interval_s=options.health_interval_s,
                 serial_devices=options.serial_devices,
                 device_secrets=device_secrets,
+                clocks=clocks_for(fleet_device_ids(options.devices)),
             ) as fleet,
             httpx.AsyncClient(timeout=10.0) as client,
         ):
@@ -316,6 +318,7 @@ async def run_demo(options: DemoOptions, settings: Settings) -> dict[str, Any]:
                 f"  {len(fleet.device_ids)} devices online, bound to {len(set(bindings.values()))} merchants;"
                 f" audio in {(run_dir / 'audio').resolve()}"
             )
+            await show_clock_recovery(fleet)
             if fleet.peers:
                 print(
                     f"  {len(fleet.peers)} POS terminals speak through a TTS chip and print on a printer, both"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from firmware_protocols.messages import Announce, Channel
 from firmware_protocols.signing import Signer
+from fleet_server.identity.certs import CertificateAuthority
 from haodian.keys import ServerKeys
 from haodian.server import Part, ServerStack, start_embedded_broker
 from haodian.settings import Settings
@@ -90,6 +92,12 @@ class Fleet:
     endpoint: Any
     devices: list[Device] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
+    ca_file: Path | None = None  # with TLS: MQTT over TLS for the agents, HTTPS for everyone
+    tls_port: int | None = None
+
+    def _api(self) -> Any:
+        verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+        return api_client(self.server, verify=verify)
 
     @property
     def time_url(self) -> str:
@@ -100,13 +108,14 @@ class Fleet:
     ) -> Device:
         device = Device(device_id, case, self.folder / device_id)
         device.folder.mkdir(parents=True)
-        async with await api_client(self.server) as admin:
+        async with await self._api() as admin:
             issued = await admin.post(f"/api/v1/registry/devices/{device_id}/credentials")
             assert issued.status_code == 200, issued.text
         sources = [name for name, on in (("modem", modem), ("server", server_time)) if on]
+        broker_url = f"mqtts://127.0.0.1:{self.tls_port}" if self.tls_port else f"mqtt://127.0.0.1:{self.endpoint.port}"
         config: dict[str, Any] = {
             "device_id": device_id,
-            "broker_url": f"mqtt://127.0.0.1:{self.endpoint.port}",
+            "broker_url": broker_url,
             "server_keys": [self.keys.server_public_key_b64],
             "state_dir": str(device.folder / "state"),
             "device_secret": issued.json()["device_secret"],
@@ -118,6 +127,8 @@ class Fleet:
         }
         if server_time:
             config["time_url"] = self.time_url
+        if self.ca_file is not None:
+            config["ca_file"] = str(self.ca_file)
         if modem:
             device.modem = VirtualModem(device.folder / "modem")
             device.modem.appear()
@@ -147,7 +158,7 @@ class Fleet:
         return device
 
     async def online(self, device_id: str) -> bool:
-        async with await api_client(self.server) as admin:
+        async with await self._api() as admin:
             answer = await admin.get(f"/api/v1/devices/{device_id}")
         return answer.status_code == 200 and bool(answer.json()["online"])
 
@@ -155,19 +166,20 @@ class Fleet:
         return await self._get(f"/api/v1/devices/{device_id}")
 
     async def _get(self, path: str) -> dict[str, Any]:
-        async with await api_client(self.server) as admin:
+        async with await self._api() as admin:
             answer = await admin.get(path)
             assert answer.status_code == 200, answer.text
             return dict(answer.json())
 
     async def bind(self, device_id: str, merchant_id: str) -> None:
-        async with await api_client(self.server) as admin:
+        async with await self._api() as admin:
             answer = await admin.post("/api/v1/bindings", json={"device_id": device_id, "merchant_id": merchant_id})
             assert answer.is_success, answer.text
 
     async def pay(self, merchant_id: str) -> str:
         body, headers = self.backend.notification(merchant_id=merchant_id, amount_fen=1250, channel=Channel.WECHAT)
-        async with httpx.AsyncClient(timeout=10) as client:
+        verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+        async with httpx.AsyncClient(timeout=10, verify=verify) as client:
             answer = await self.backend.send(client, body, headers)
         assert answer.is_success, answer.text
         return str(json.loads(body)["payment_id"])
@@ -213,25 +225,48 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def time_fleet(
-    tmp_path: Path, database_url: str, keys: ServerKeys, backend_key: RSAPrivateKey, unique: str
+    tmp_path: Path,
+    database_url: str,
+    keys: ServerKeys,
+    backend_key: RSAPrivateKey,
+    unique: str,
+    *,
+    tls: bool = False,
 ) -> AsyncIterator[Fleet]:
-    """The server in this process; agents are added with `Fleet.add_device`."""
+    """The server in this process; agents are added with `Fleet.add_device`. With `tls`, a CA
+    made now (test-only) signs the broker's and the HTTPS listener's certificate."""
+    ca_file, tls_files = None, {}
+    if tls:
+        folder = tmp_path / "ca"
+        ca = CertificateAuthority.create("Haodian wrong-clock test CA")
+        ca.write(folder)
+        ca.issue_server("127.0.0.1", ["127.0.0.1"]).write(folder / "server.pem", folder / "server.key")
+        ca_file = folder / "ca.pem"
+        tls_files = {
+            "mqtt_tls_cert_file": folder / "server.pem",
+            "mqtt_tls_key_file": folder / "server.key",
+            "mqtt_tls_port": 0,
+            "http_tls_cert_file": folder / "server.pem",
+            "http_tls_key_file": folder / "server.key",
+        }
     settings = Settings(
         data_dir=tmp_path / "server",
         http_port=0,
         mqtt_client_prefix=f"t{unique}",
         announce_ttl_s=TTL_S,
         ack_timeout_s=3,
+        **tls_files,
     )
     procs = Processes(tmp_path)
     async with contextlib.AsyncExitStack() as stack:
-        _, endpoint = await start_embedded_broker(stack, settings, database_url=database_url, keys=keys)
+        broker, endpoint = await start_embedded_broker(stack, settings, database_url=database_url, keys=keys)
         server = await stack.enter_async_context(
             ServerStack(
                 settings, parts={Part.FLEET, Part.BRIDGE}, endpoint=endpoint, database_url=database_url, keys=keys
             )
         )
         fleet = Fleet(tmp_path, server, keys, PaymentBackend(backend_key, server.base_url, ["M"]), procs, endpoint)
+        fleet.ca_file, fleet.tls_port = ca_file, broker.tls_port
         stack.callback(procs.stop_all)
         try:
             yield fleet

@@ -79,7 +79,8 @@
       el("dt", {}, t("firmware")), el("dd", {}, device.firmware || "-"),
       el("dt", {}, t("last_seen")), el("dd", {}, time(device.last_seen)),
       el("dt", {}, t("last_announcement")), el("dd", {}, last ? `${time(last.received_at)} ${HD.yuan(last.amount_fen)} ${t(`st_${last.status}`)}` : "-"),
-      device.install_address ? [el("dt", {}, t("address")), el("dd", {}, device.install_address)] : null));
+      device.install_address ? [el("dt", {}, t("address")), el("dd", {}, device.install_address)] : null,
+      device.clock ? [el("dt", {}, t("clock")), el("dd", { id: "device-clock" }, HD.clockText(device.clock))] : null));
     const faults = timeline.entries.filter((e) => (e.kind === "state" && ["faulty", "suspected_lost", "relocated", "offline"].includes(e.detail.state)) || e.kind === "task");
     fill($("faults"), faults.length ? faults.slice(0, 10).map((e) => el("li", {}, el("span", { class: "muted" }, time(e.at)), " ", e.summary)) : el("li", { class: "muted" }, t("none")));
     fill($("timeline"), timeline.entries.slice(0, 30).map((e) => el("li", {}, el("span", { class: "muted" }, time(e.at)), " ", e.kind, " · ", e.summary)));

@@ -32,7 +32,10 @@ const HD = (() => {
       diag_ok: "全部通过", diag_bad: "有项目未通过", played_after: "开始播放，用时",
       task: "工单", start_work: "开始处理", close_task: "完成工单", close_note: "处理说明",
       verifying_note: "已提交，等待系统验证设备恢复后自动关闭",
-      kind_faulty: "故障", kind_lost: "遗失", kind_relocated: "移机", kind_idle: "停用",
+      kind_faulty: "故障", kind_lost: "遗失", kind_relocated: "移机", kind_idle: "停用", kind_clock: "时钟",
+      clock: "时钟", clock_ok: "准确", clock_fast: "快", clock_slow: "慢", clock_seconds: "秒", clock_corrected: "已校正，来源",
+      clock_refused: "曾因时钟被拒绝连接", clock_src_server: "服务器时间", clock_src_modem: "基站时间", clock_src_ntp: "NTP",
+      clock_src_system: "系统 NTP", clocks_off: "时钟异常",
       ts_open: "待处理", ts_in_progress: "处理中", ts_verifying: "待系统验证", ts_closed: "已关闭",
       km: "公里", m: "米",
       volume: "音量", repeat: "播报次数", quiet_hours: "免打扰时段", quiet_on: "启用免打扰",
@@ -83,7 +86,10 @@ const HD = (() => {
       diag_ok: "All checks passed", diag_bad: "Some checks failed", played_after: "started playing after",
       task: "Task", start_work: "Start work", close_task: "Close task", close_note: "What was done",
       verifying_note: "Sent; closes once the system sees the device healthy again",
-      kind_faulty: "Faulty", kind_lost: "Lost", kind_relocated: "Moved", kind_idle: "Idle",
+      kind_faulty: "Faulty", kind_lost: "Lost", kind_relocated: "Moved", kind_idle: "Idle", kind_clock: "Clock",
+      clock: "Clock", clock_ok: "right", clock_fast: "fast", clock_slow: "slow", clock_seconds: "s", clock_corrected: "corrected from",
+      clock_refused: "refused for its clock at", clock_src_server: "server time", clock_src_modem: "network time", clock_src_ntp: "NTP",
+      clock_src_system: "system NTP", clocks_off: "clocks off",
       ts_open: "Open", ts_in_progress: "In progress", ts_verifying: "Verifying", ts_closed: "Closed",
       km: "km", m: "m",
       volume: "Volume", repeat: "Repeat", quiet_hours: "Quiet hours", quiet_on: "Quiet hours on",
@@ -225,8 +231,19 @@ const HD = (() => {
     return me;
   }
 
+  // How far the board's clock is off and what corrected it; a refusal for the clock if it came last.
+  function clockText(c) {
+    const parts = [];
+    const off = c.board_offset_ms == null ? null : Math.round(-c.board_offset_ms / 1000);
+    if (off === null || Math.abs(off) <= 60) parts.push(t("clock_ok"));
+    else parts.push(`${t(off > 0 ? "clock_fast" : "clock_slow")} ${Math.abs(off)} ${t("clock_seconds")}`);
+    if (c.source && off !== null && Math.abs(off) > 60) parts.push(`${t("clock_corrected")} ${t(`clock_src_${c.source}`)}`);
+    if (c.refused_at && (!c.reported_at || c.refused_at > c.reported_at)) parts.push(`${t("clock_refused")} ${time(c.refused_at)}`);
+    return parts.join(" · ");
+  }
+
   return {
-    t, applyI18n, setLang, api, ApiError, errorText, el, fill, pct, num, yuan, time, figure, header, start, HOME,
+    clockText, t, applyI18n, setLang, api, ApiError, errorText, el, fill, pct, num, yuan, time, figure, header, start, HOME,
     get lang() { return lang; }, get me() { return me; }, set me(value) { me = value; },
   };
 })();

@@ -24,7 +24,8 @@
     fill(document.getElementById("counts"),
       el("span", {}, `${t("devices")} ${s.devices}`), "·",
       el("span", { class: "ok" }, `${t("online")} ${s.online}`), "·",
-      el("span", {}, `${t("open_tasks")} ${s.open_tasks}`));
+      el("span", {}, `${t("open_tasks")} ${s.open_tasks}`),
+      s.clocks_off ? ["·", el("span", { class: "warn", id: "clocks-off" }, `${t("clocks_off")} ${s.clocks_off}`)] : null);
     fill(document.getElementById("tiles"), s.tiles.map((tile) => el("div", { class: `tile ${tile.status}`, "data-figure": tile.name },
       el("div", { class: "label" }, t(`fig_${tile.name}`)),
       el("div", { class: "value" }, figure(tile.name, tile.value)),
@@ -90,7 +91,8 @@
         el("dt", {}, t("state")), el("dd", {}, HD.lang === "zh" ? d.state_zh || "-" : d.state || "-"),
         el("dt", {}, t("online")), el("dd", {}, d.online ? "✓" : "✗"),
         el("dt", {}, t("firmware")), el("dd", {}, d.firmware || "-"),
-        el("dt", {}, t("last_seen")), el("dd", {}, time(d.last_seen))),
+        el("dt", {}, t("last_seen")), el("dd", {}, time(d.last_seen)),
+        d.clock ? [el("dt", {}, t("clock")), el("dd", { id: "device-clock" }, HD.clockText(d.clock))] : null),
       el("h3", {}, t("timeline")),
       el("ul", { class: "list", id: "device-timeline" }, timeline.entries.map((e) => el("li", {}, el("span", { class: "muted" }, time(e.at)), " ", e.kind, " · ", e.summary))));
   }
