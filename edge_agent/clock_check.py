@@ -8,6 +8,7 @@ from typing import Any
 
 from edge_agent.check import Check
 from edge_agent.time_sources import TIME_FLOOR_MS
+from firmware_protocols.credentials import DEFAULT_MAX_SKEW_S
 
 # A clock before this is a board that lost its time: every announce would look expired.
 CLOCK_FLOOR_MS = TIME_FLOOR_MS
@@ -58,9 +59,12 @@ def clock_check(now_ms: int, clock: dict[str, Any] | None) -> Check:
         within_en = f"within {abs(offset) / 1000:.1f} s of {source} time"
         return Check("clock", "pass", f"{shown}，{within_zh}", f"{shown}, {within_en}")
     if corrected:
+        # Within what the broker allows, the board would still connect after a restart before
+        # any source answers: a warning. Beyond it, it would not: a failure to repair.
+        allowance = int(state.get("max_skew_s") or DEFAULT_MAX_SKEW_S)
         return Check(
             "clock",
-            "fail",
+            "warn" if abs(off_s) <= allowance else "fail",
             zh + "，播报程序已按校正后的时间运行",
             en + "; the agent runs on the corrected time",
             "板载时钟不准（可能没有时钟电池或晶振漂移）：收款播报不受影响；请更换时钟电池或主板，并确认网络授时开启",

@@ -118,6 +118,22 @@ class _Subscriptions(dict[str, Any]):
         return iter(list(super().keys()))
 
 
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type hints.
+    """amqtt's broker, closing each connection's stream when its handling ends: on several error
+    paths (a first packet that is not CONNECT, no data, an error mid-session) amqtt returns
+    without closing it, and the socket stayed open until garbage collection (found by the
+    wrong-clock tests, issue 24, as "unclosed transport" warnings)."""
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+
 class EmbeddedBroker:
     """An amqtt broker in this process. With an `authority`, only provisioned devices and server
     accounts connect and the access rules hold; without one it is open to any named client (the
@@ -164,7 +180,7 @@ class EmbeddedBroker:
                 _plugin_path(FleetAuthentication): {"authority": self.authority},
                 _plugin_path(FleetTopicAccess): {"authority": self.authority},
             }
-        self._broker = Broker({"listeners": listeners, "plugins": plugins})
+        self._broker = _Broker({"listeners": listeners, "plugins": plugins})
         self._broker._subscriptions = _Subscriptions()  # see _Subscriptions
         await self._broker.start()
         log.info(

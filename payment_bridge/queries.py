@@ -269,11 +269,13 @@ REFUNDS_OF: Final = (
 )
 
 # Devices' acks onto their deliveries; answers (payment_id, device_id) of each delivery found.
-# When the play started, on the server's clock: the device's (corrected) time of it, kept within
-# what the server knows. Not before the payment arrived; not after the ack's arrival less the
-# device's own interval from play start to sending the ack (measured on one clock, so the board's
-# offset does not matter: for an ack sent at once, this bound is the true start plus the ack's
-# transit). A clock the device could not correct makes no negative or inflated latency.
+# When the play started, on the server's clock: the device's (corrected) time of it where that
+# lies within what the server knows, between the payment's arrival and the latest it can have
+# been: the ack's arrival less the device's own interval from play start to sending the ack
+# (measured on one clock, so the board's offset does not enter; for an ack sent at once it is the
+# true start plus the ack's transit). Outside that window the device's clock is known to be off
+# (a modem's whole seconds, a clock it could not correct), and the latest bound is taken. No
+# latency is negative, and none is longer than the device's own account allows.
 # An ack takes the delivery when it is still open, or when it says played and nothing did before.
 RECORD_ACKS: Final = statement(
     """
@@ -284,8 +286,11 @@ UPDATE deliveries d SET acks = d.acks + 1,
                THEN a.acked_at ELSE d.acked_at END,
     ack_signed = CASE WHEN d.status = ANY({open}) OR (a.status = {played} AND d.status <> {played})
                THEN a.signed ELSE d.ack_signed END,
-    play_started_at = COALESCE(d.play_started_at, GREATEST(p.received_at,
-        LEAST(a.play_started, a.acked_at - GREATEST(a.sent - a.play_started, interval '0')))),
+    play_started_at = COALESCE(d.play_started_at, CASE
+        WHEN a.play_started IS NULL THEN NULL
+        WHEN a.play_started BETWEEN p.received_at AND a.acked_at - GREATEST(a.sent - a.play_started, interval '0')
+            THEN a.play_started
+        ELSE GREATEST(p.received_at, a.acked_at - GREATEST(a.sent - a.play_started, interval '0')) END),
     text = COALESCE(d.text, a.text), reason = COALESCE(d.reason, a.reason)
 FROM unnest(%(payment_id)s::text[], %(device_id)s::text[], %(status)s::text[], %(acked_at)s::timestamptz[],
             %(play_started)s::timestamptz[], %(text)s::text[], %(reason)s::text[], %(signed)s::boolean[],

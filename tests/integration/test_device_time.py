@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from mqtt_link.tasks import cancel_and_wait
 from tests.integration.conftest import eventually
 from tests.integration.device_time_kit import (
     CLOCKS,
@@ -57,6 +58,7 @@ async def _run_cases(fleet: Fleet, sources: str, unique: str) -> None:
                 what=f"{device.case} ({sources}) online",
             )
             waited = time.monotonic() - device.started_at
+            device.measured["connect_s"] = round(waited, 1)
             # Started one after another; each is held to its own start.
             assert waited < CONNECT_WITHIN_S, f"{device.case}: connected {waited:.0f} s after start"
             await fleet.bind(device.device_id, f"M{device.device_id}")
@@ -74,7 +76,7 @@ async def _run_cases(fleet: Fleet, sources: str, unique: str) -> None:
             await _check(fleet, device, payments[device.device_id], sources)
         await _check_findings(fleet, devices)
     finally:
-        listener.cancel()
+        await cancel_and_wait(listener)
 
 
 async def _check_findings(fleet: Fleet, devices: list[Device]) -> None:
@@ -107,10 +109,12 @@ async def _check(fleet: Fleet, device: Device, payment_ids: list[str], sources: 
         (delivery,) = payment["deliveries"]
         assert delivery["status"] == "played", f"{what}: {delivery}"
         latency_s = datetime.fromisoformat(delivery["play_started_at"]).timestamp() - received
+        device.measured.setdefault("latency_ms", []).append(round(latency_s * 1000, 1))
         assert 0 <= latency_s <= TTL_S, f"{what}: recorded latency {latency_s:.3f} s"
         # The device's own account, before the server bounds it: on the server's clock.
         (ack,) = [a for a in fleet.acks if a["payment_id"] == payment_id and a["status"] == "played"]
         device_latency_s = ack["play_started_at"] / 1000 - received
+        device.measured.setdefault("device_latency_ms", []).append(round(device_latency_s * 1000, 1))
         assert -TOLERANCE_S[sources] <= device_latency_s <= TTL_S, f"{what}: device says {device_latency_s:.3f} s"
         assert ack["play_started_at"] <= ack["_arrived_ms"] + TOLERANCE_S[sources] * 1000, (
             f"{what}: ack from the future"
@@ -121,6 +125,16 @@ async def _check(fleet: Fleet, device: Device, payment_ids: list[str], sources: 
     assert abs(board_off_s - device.expected_off_s()) <= TOLERANCE_S[sources] + 1, f"{what}: fleet shows {clock}"
     assert clock["source"] in sources.split("+"), f"{what}: corrected from {clock['source']}"
     assert abs(clock["skew_ms"]) < 5_000, f"{what}: reports still skewed on arrival: {clock}"
+    device.measured.update(
+        sources=sources,
+        played={p: played.get(p, 0) for p in payment_ids},
+        stale_played=played.get(f"STALE{device.device_id}", 0),
+        stale_acks=[a["status"] for a in stale_acks],
+        fleet_board_off_s=board_off_s,
+        fleet_source=clock["source"],
+        fleet_skew_ms=clock["skew_ms"],
+    )
+    fleet.report(device)
 
 
 @pytest.mark.parametrize("sources", ["modem+server", "modem", "server"])
@@ -157,7 +171,7 @@ async def test_over_tls_a_board_at_1970_or_15_minutes_fast_connects_on_the_serve
             for device in devices:
                 await _check(fleet, device, payments[device.device_id], "server")
         finally:
-            listener.cancel()
+            await cancel_and_wait(listener)
 
 
 async def test_a_device_refused_for_its_clock_says_so_and_connects_once_the_network_gives_the_time(

@@ -256,6 +256,8 @@ def test_diagnose_fails_the_clock_of_a_board_15_minutes_off_and_says_what_to_do(
     assert "时钟电池" in check.hint_zh
     ok = clock_check(NOW, {"source": "modem", "offset_ms": 1_200, "samples": {}})
     assert ok.status == "pass"
+    # Corrected, and within what the broker allows: the speaker works and would reconnect.
+    assert clock_check(NOW, {"source": "modem", "offset_ms": -300_000, "samples": {}}).status == "warn"
     refused = {"source": "board", "offset_ms": 0, "samples": {}, "last_refusal": {"detail": "clock off by +900 s"}}
     assert clock_check(NOW, refused).status == "fail"
 
