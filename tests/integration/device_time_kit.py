@@ -242,9 +242,11 @@ async def time_fleet(
     unique: str,
     *,
     tls: bool = False,
+    max_skew_s: int = 600,
 ) -> AsyncIterator[Fleet]:
     """The server in this process; agents are added with `Fleet.add_device`. With `tls`, a CA
-    made now (test-only) signs the broker's and the HTTPS listener's certificate."""
+    made now (test-only) signs the broker's and the HTTPS listener's certificate; `max_skew_s`:
+    how far from its clock the broker takes a device's password."""
     ca_file, tls_files = None, {}
     if tls:
         folder = tmp_path / "ca"
@@ -265,6 +267,7 @@ async def time_fleet(
         mqtt_client_prefix=f"t{unique}",
         announce_ttl_s=TTL_S,
         ack_timeout_s=3,
+        device_auth_max_skew_s=max_skew_s,
         **tls_files,
     )
     procs = Processes(tmp_path)

@@ -100,8 +100,9 @@ async def _check(fleet: Fleet, device: Device, payment_ids: list[str], sources: 
     played = fleet.played(device)
     assert {p: played.get(p, 0) for p in payment_ids} == dict.fromkeys(payment_ids, 1), f"{what}: each played once"
     assert played.get(f"STALE{device.device_id}", 0) == 0, f"{what}: a stale announce is not played late"
-    stale_acks = [a for a in fleet.acks if a["payment_id"] == f"STALE{device.device_id}"]
-    assert stale_acks, f"{what}: the stale announce was answered"
+    stale_id = f"STALE{device.device_id}"
+    await eventually(lambda: _answered(fleet, stale_id), timeout_s=15, what=f"{what}: the stale announce answered")
+    stale_acks = [a for a in fleet.acks if a["payment_id"] == stale_id]
     assert all(a["status"] == "expired" for a in stale_acks), f"{what}: stale acked expired"
     for payment_id in payment_ids:
         payment = await fleet.payment(payment_id)
@@ -172,6 +173,54 @@ async def test_over_tls_a_board_at_1970_or_15_minutes_fast_connects_on_the_serve
                 await _check(fleet, device, payments[device.device_id], "server")
         finally:
             await cancel_and_wait(listener)
+
+
+async def test_with_the_brokers_allowance_raised_to_a_day_and_no_time_source_the_fleet_names_the_clock(
+    tmp_path, embedded_database, server_keys, backend_key, unique
+):
+    """The broker takes passwords a day off, and the devices have no time source at all. The one
+    15 min slow is moved forward by the first signed message and plays, with a true latency; the
+    one 15 min fast cannot know (nothing signed is ever from its future): it acks every announce
+    expired, and the fleet sees its reports arrive 900 s fast and makes it a clock fault."""
+    async with time_fleet(tmp_path, embedded_database, server_keys, backend_key, unique, max_skew_s=86_400) as fleet:
+        slow, fast = f"TS{unique}0", f"TS{unique}1"
+        await register_fleet(fleet, [slow, fast], [f"M{slow}", f"M{fast}"])
+        ready = asyncio.Event()
+        listener = asyncio.create_task(fleet.listen_acks(ready))
+        await ready.wait()
+        try:
+            devices = {
+                d: await fleet.add_device(d, case, modem=False, server_time=False)
+                for d, case in ((slow, "15 min slow"), (fast, "15 min fast"))
+            }
+            for device_id in devices:
+                await eventually(lambda d=device_id: fleet.online(d), timeout_s=CONNECT_WITHIN_S, what="online")
+                await fleet.bind(device_id, f"M{device_id}")
+            paid = {d: await fleet.pay(f"M{d}") for d in devices}
+            await eventually(lambda: _all_played(fleet, devices[slow], [paid[slow]]), timeout_s=30, what="slow played")
+            await eventually(lambda: _acked(fleet, paid[fast], "expired"), timeout_s=30, what="fast acked expired")
+            assert fleet.played(devices[fast]) == {}
+            payment = await fleet.payment(paid[slow])
+            received = datetime.fromisoformat(payment["received_at"]).timestamp()
+            (delivery,) = payment["deliveries"]
+            latency_s = datetime.fromisoformat(delivery["play_started_at"]).timestamp() - received
+            assert 0 <= latency_s <= TTL_S, latency_s
+            assert fleet.server.inspector is not None
+            report = await fleet.server.inspector.run_once(datetime.now(tz=UTC))
+            faults = {f.device_id: f for f in report.findings if f.kind.value == "faulty"}
+            assert set(faults) == {fast}, report.findings
+            assert faults[fast].evidence["clock_off_s"] == pytest.approx(900, abs=5)
+            assert "时钟" in faults[fast].action_zh
+        finally:
+            await cancel_and_wait(listener)
+
+
+async def _answered(fleet: Fleet, payment_id: str) -> bool:
+    return any(a["payment_id"] == payment_id for a in fleet.acks)
+
+
+async def _acked(fleet: Fleet, payment_id: str, status: str) -> bool:
+    return any(a["payment_id"] == payment_id and a["status"] == status for a in fleet.acks)
 
 
 async def test_a_device_refused_for_its_clock_says_so_and_connects_once_the_network_gives_the_time(
