@@ -161,6 +161,11 @@ async def test_device_offline_past_the_ttl_plays_nothing_late_and_the_backend_is
     assert {e["event"] for e in delivered} == {"payment.not_announced"}
     headers, body = receiver.requests[-1]
     server_keys.signing_key.public_key().verify(base64.b64decode(headers[SIGNATURE_HEADER.lower()]), body)
-    with psycopg.connect(database_url) as conn:
-        told = conn.execute("SELECT count(*) FROM payment_events WHERE delivered_at IS NOT NULL").fetchone()
-    assert told == (2,)
+
+    async def both_marked() -> bool:
+        # The sender marks an event delivered after the backend's 200: a moment after it.
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM payment_events WHERE delivered_at IS NOT NULL")
+            return await cur.fetchone() == (2,)
+
+    await eventually(both_marked, timeout_s=10, what="both events marked delivered")

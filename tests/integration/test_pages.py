@@ -290,6 +290,8 @@ async def test_field_agent_works_a_task_on_the_phone(world):
     await tasks.first.click()
     await page.wait_for_selector("#device-state")
     assert world["ours"] in await page.text_content("#device-body")
+    # Its clock as the fleet last saw it: the board's own, right (it runs on this machine's).
+    assert "准确" in (await page.text_content("#device-clock") or "")
     await page.click("#device-actions button[data-command='diagnose']")
     await page.wait_for_selector("#checks li", timeout=30_000)
     assert await page.text_content("#command-status") == "成功"

@@ -237,7 +237,9 @@ const HD = (() => {
     const off = c.board_offset_ms == null ? null : Math.round(-c.board_offset_ms / 1000);
     if (off === null || Math.abs(off) <= 60) parts.push(t("clock_ok"));
     else parts.push(`${t(off > 0 ? "clock_fast" : "clock_slow")} ${Math.abs(off)} ${t("clock_seconds")}`);
-    if (c.source && off !== null && Math.abs(off) > 60) parts.push(`${t("clock_corrected")} ${t(`clock_src_${c.source}`)}`);
+    const known = t(`clock_src_${c.source}`);
+    const source = known === `clock_src_${c.source}` ? c.source : known;  // "saved (server)" and the like as they come
+    if (c.source && off !== null && Math.abs(off) > 60) parts.push(`${t("clock_corrected")} ${source}`);
     if (c.refused_at && (!c.reported_at || c.refused_at > c.reported_at)) parts.push(`${t("clock_refused")} ${time(c.refused_at)}`);
     return parts.join(" · ");
   }
