@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -340,6 +340,8 @@ class Updater:
             self._host.request_restart("rollback")
             return
         self.boot_control.commit(booted.slot)
+        # What runs is committed now: the next offer is a new update, not this trial's end.
+        self.booted = replace(booted, trial=False)
         await self._finish(offer, OtaState.COMMITTED, None, None)
         self._log.info("ota committed", version=offer.manifest.version, slot=booted.slot)
 

@@ -256,6 +256,32 @@ async def test_an_update_goes_through_every_step_and_commits_after_the_restart(t
     assert BootControl(tmp_path, factory_version="1.4.2").boot().slot == "b"
 
 
+async def test_the_next_campaign_after_a_commit_downloads_without_a_restart_between(tmp_path, release_key):
+    """Issue 29: a device that committed 1.5.0 and has not restarted since takes the 1.6.0 offer
+    as a new update (it used to answer rolled_back/boot at once: the updater still thought it ran
+    a trial slot)."""
+    host = Host()
+    await run_until_restart(updater(tmp_path, release_key, host), host, offer_of(release_key))
+    after = Host()
+    running = updater(tmp_path, release_key, after)
+    running.start()
+    await asyncio.wait_for(_until(lambda: after.states()[-1:] == [OtaState.COMMITTED]), 10)
+    assert not running.booted.trial
+    following = offer_of(release_key, version="1.6.0").model_copy(update={"campaign_id": "c2"})
+    await running.offer(following)
+    await asyncio.wait_for(after.restarted.wait(), 10)
+    await running.close()
+    assert after.states()[2:] == [
+        OtaState.QUEUED,
+        OtaState.DOWNLOADING,
+        OtaState.VERIFYING,
+        OtaState.WAITING_WINDOW,
+        OtaState.INSTALLING,
+        OtaState.REBOOTING,
+    ]
+    assert after.restarts == ["ota"]
+
+
 async def test_a_download_cut_then_a_restart_resumes_where_it_was_cut(tmp_path, release_key):
     asked: list[str | None] = []
     served = artifact_server(cut_at=[123_457])
