@@ -27,6 +27,7 @@ from fleet_server.identity.certs import CertificateAuthority
 from haodian.keys import ServerKeys
 from haodian.server import Part, ServerStack, start_embedded_broker
 from haodian.settings import Settings
+from mqtt_link.tasks import cancel_and_wait
 from simulators.backend import PaymentBackend
 from simulators.registry import register
 from simulators.serial_peers import VirtualModem
@@ -224,6 +225,17 @@ class Fleet:
 
     def played(self, device: Device) -> dict[str, int]:
         return dict(plays(device.audio))
+
+    @contextlib.asynccontextmanager
+    async def hearing_acks(self) -> AsyncIterator[None]:
+        """Every ack any device sends lands in `acks` while inside."""
+        ready = asyncio.Event()
+        listener = asyncio.create_task(self.listen_acks(ready))
+        await ready.wait()
+        try:
+            yield
+        finally:
+            await cancel_and_wait(listener)
 
     async def listen_acks(self, ready: asyncio.Event) -> None:
         async with self._server_client("test-acks") as client:

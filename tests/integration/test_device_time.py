@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from mqtt_link.tasks import cancel_and_wait
 from tests.integration.conftest import eventually
 from tests.integration.device_time_kit import (
     CLOCKS,
@@ -46,10 +45,7 @@ async def _run_cases(fleet: Fleet, sources: str, unique: str) -> None:
     modem, server_time = "modem" in sources, "server" in sources
     names = {case: f"TM{unique}{i}" for i, case in enumerate(CLOCKS)}
     await register_fleet(fleet, list(names.values()), [f"M{d}" for d in names.values()])
-    ready = asyncio.Event()
-    listener = asyncio.create_task(fleet.listen_acks(ready))
-    await ready.wait()
-    try:
+    async with fleet.hearing_acks():
         devices = [await fleet.add_device(d, case, modem=modem, server_time=server_time) for case, d in names.items()]
         for device in devices:
             await eventually(
@@ -75,8 +71,6 @@ async def _run_cases(fleet: Fleet, sources: str, unique: str) -> None:
         for device in devices:
             await _check(fleet, device, payments[device.device_id], sources)
         await _check_findings(fleet, devices)
-    finally:
-        await cancel_and_wait(listener)
 
 
 async def _check_findings(fleet: Fleet, devices: list[Device]) -> None:
@@ -155,10 +149,7 @@ async def test_over_tls_a_board_at_1970_or_15_minutes_fast_connects_on_the_serve
     async with time_fleet(tmp_path, embedded_database, server_keys, backend_key, unique, tls=True) as fleet:
         cases = {"1970": f"TT{unique}0", "15 min fast": f"TT{unique}1"}
         await register_fleet(fleet, list(cases.values()), [f"M{d}" for d in cases.values()])
-        ready = asyncio.Event()
-        listener = asyncio.create_task(fleet.listen_acks(ready))
-        await ready.wait()
-        try:
+        async with fleet.hearing_acks():
             devices = [await fleet.add_device(d, case, modem=False, server_time=True) for case, d in cases.items()]
             for device in devices:
                 await eventually(lambda d=device: fleet.online(d.device_id), timeout_s=CONNECT_WITHIN_S, what="online")
@@ -171,8 +162,6 @@ async def test_over_tls_a_board_at_1970_or_15_minutes_fast_connects_on_the_serve
                 )
             for device in devices:
                 await _check(fleet, device, payments[device.device_id], "server")
-        finally:
-            await cancel_and_wait(listener)
 
 
 async def test_with_the_brokers_allowance_raised_to_a_day_and_no_time_source_the_fleet_names_the_clock(
@@ -185,10 +174,7 @@ async def test_with_the_brokers_allowance_raised_to_a_day_and_no_time_source_the
     async with time_fleet(tmp_path, embedded_database, server_keys, backend_key, unique, max_skew_s=86_400) as fleet:
         slow, fast = f"TS{unique}0", f"TS{unique}1"
         await register_fleet(fleet, [slow, fast], [f"M{slow}", f"M{fast}"])
-        ready = asyncio.Event()
-        listener = asyncio.create_task(fleet.listen_acks(ready))
-        await ready.wait()
-        try:
+        async with fleet.hearing_acks():
             devices = {
                 d: await fleet.add_device(d, case, modem=False, server_time=False)
                 for d, case in ((slow, "15 min slow"), (fast, "15 min fast"))
@@ -211,8 +197,6 @@ async def test_with_the_brokers_allowance_raised_to_a_day_and_no_time_source_the
             assert set(faults) == {fast}, report.findings
             assert faults[fast].evidence["clock_off_s"] == pytest.approx(900, abs=5)
             assert "时钟" in faults[fast].action_zh
-        finally:
-            await cancel_and_wait(listener)
 
 
 async def _answered(fleet: Fleet, payment_id: str) -> bool:

@@ -223,6 +223,17 @@ def updater(tmp_path, release_key, host, *, transport=None, clock=None) -> Updat
     )
 
 
+# The states of an update from its offer to the restart into the new slot.
+UPDATE_STEPS = [
+    OtaState.QUEUED,
+    OtaState.DOWNLOADING,
+    OtaState.VERIFYING,
+    OtaState.WAITING_WINDOW,
+    OtaState.INSTALLING,
+    OtaState.REBOOTING,
+]
+
+
 async def run_until_restart(u: Updater, host: Host, offer: OtaOffer | None = None) -> None:
     if offer is not None:
         await u.offer(offer)
@@ -236,14 +247,7 @@ async def test_an_update_goes_through_every_step_and_commits_after_the_restart(t
     host = Host()
     u = updater(tmp_path, release_key, host, transport=artifact_server(cut_at=[1234]))
     await run_until_restart(u, host, offer_of(release_key))
-    assert host.states() == [
-        OtaState.QUEUED,
-        OtaState.DOWNLOADING,
-        OtaState.VERIFYING,
-        OtaState.WAITING_WINDOW,
-        OtaState.INSTALLING,
-        OtaState.REBOOTING,
-    ]
+    assert host.states() == UPDATE_STEPS
     assert host.restarts == ["ota"]
     after = Host()
     new = updater(tmp_path, release_key, after)  # the restart: the boot control picks the trial slot
@@ -271,14 +275,7 @@ async def test_the_next_campaign_after_a_commit_downloads_without_a_restart_betw
     await running.offer(following)
     await asyncio.wait_for(after.restarted.wait(), 10)
     await running.close()
-    assert after.states()[2:] == [
-        OtaState.QUEUED,
-        OtaState.DOWNLOADING,
-        OtaState.VERIFYING,
-        OtaState.WAITING_WINDOW,
-        OtaState.INSTALLING,
-        OtaState.REBOOTING,
-    ]
+    assert after.states()[2:] == UPDATE_STEPS
     assert after.restarts == ["ota"]
 
 
