@@ -52,10 +52,10 @@ def clock_check(now_ms: int, clock: dict[str, Any] | None) -> Check:
             "No trusted time source yet: set time_url or NTP",
         )
     off_s = round(-offset / 1000)
-    zh = f"板载时钟{'快' if off_s > 0 else '慢'}了 {abs(off_s)} 秒（对照{_SOURCE_ZH.get(source, source)}）"
+    zh = f"板载时钟{'快' if off_s > 0 else '慢'}了 {abs(off_s)} 秒（对照{SOURCE_ZH.get(source, source)}）"
     en = f"board clock {abs(off_s)} s {'fast' if off_s > 0 else 'slow'} (against {source})"
     if abs(off_s) <= CLOCK_OK_S:
-        within_zh = f"与{_SOURCE_ZH.get(source, source)}相差 {abs(offset) / 1000:.1f} 秒"
+        within_zh = f"与{SOURCE_ZH.get(source, source)}相差 {abs(offset) / 1000:.1f} 秒"
         within_en = f"within {abs(offset) / 1000:.1f} s of {source} time"
         return Check("clock", "pass", f"{shown}，{within_zh}", f"{shown}, {within_en}")
     if corrected:
@@ -82,7 +82,7 @@ def clock_check(now_ms: int, clock: dict[str, Any] | None) -> Check:
     )
 
 
-_SOURCE_ZH = {
+SOURCE_ZH = {
     "server": "服务器时间",
     "modem": "基站时间",
     "ntp": "NTP",

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+from edge_agent.clock_check import SOURCE_ZH
 from simulators.clocks import BoardClock
 from simulators.fleet import SimulatedFleet
 
@@ -24,9 +25,6 @@ def _state(fleet: SimulatedFleet, device_id: str) -> dict[str, Any] | None:
     return None if agent is None else agent.timekeeper.status()
 
 
-_SOURCE_ZH = {"modem": "基站时间", "server": "服务器时间", "ntp": "NTP", "system": "系统 NTP"}
-
-
 def _line(device_id: str, state: dict[str, Any] | None) -> str:
     if state is None:
         return f"  时钟 clock: {device_id} 未运行 not running"
@@ -38,7 +36,7 @@ def _line(device_id: str, state: dict[str, Any] | None) -> str:
     else:
         zh = f"板载时钟{'快' if board_off_s > 0 else '慢'} {abs(board_off_s):.0f} 秒"
         en = f"board clock {abs(board_off_s):.0f} s {'fast' if board_off_s > 0 else 'slow'}"
-    return f"  时钟 clock: {device_id} {zh}，已按{_SOURCE_ZH.get(source, source)}校正 / {en}, corrected from {source}"
+    return f"  时钟 clock: {device_id} {zh}，已按{SOURCE_ZH.get(source, source)}校正 / {en}, corrected from {source}"
 
 
 async def show_clock_recovery(fleet: SimulatedFleet, timeout_s: float = 30.0) -> None:
