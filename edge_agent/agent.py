@@ -40,6 +40,7 @@ from edge_agent.dedup import SeenIds
 from edge_agent.downlink import Downlink
 from edge_agent.hardware.ports import Modem, Printer, SystemInfo
 from edge_agent.merchant_settings import MerchantSettings
+from edge_agent.ota.builds import running_build
 from edge_agent.ota.slots import BootChoice, BootControl
 from edge_agent.ota.updater import UpdatePolicy, Updater
 from edge_agent.ota_host import OtaHost
@@ -69,6 +70,10 @@ CAPABILITIES = [
 ]
 
 
+# The build the running code came from (None: the installed package, not an update's).
+BUILD_ID: str | None = str((running_build() or {}).get("build_id") or "") or None
+
+
 class EdgeAgent(Component):
     def __init__(
         self,
@@ -80,9 +85,11 @@ class EdgeAgent(Component):
         system: SystemInfo | None = None,
         clock: Clock | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        booted: BootChoice | None = None,
     ) -> None:
         """`clock`: the board's clock (default the system's), which the agent corrects;
-        `http_transport`: how update downloads reach the network (default: httpx's own)."""
+        `http_transport`: how update downloads reach the network (default: httpx's own);
+        `booted`: the slot the launcher chose (default: the agent chooses, as it starts)."""
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         self.device_id = config.device_id
@@ -111,6 +118,7 @@ class EdgeAgent(Component):
         self.restart = Restart()
         self.boot_control = BootControl(state, factory_version=config.firmware, factory_slot=config.slot)
         self.boot: Boot | None = None
+        self._booted = booted
         self._http_transport = http_transport
         self._lock = StateLock(state)
         self._halted = False
@@ -223,8 +231,9 @@ class EdgeAgent(Component):
     async def _start(self, stack: AsyncExitStack) -> None:
         self._lock.acquire()
         stack.callback(self._lock.release)
-        # The bootloader's step: which slot runs, and whether a trial slot was just dropped.
-        booted = self.boot_control.boot()
+        # The bootloader's step (the launcher's, when it started us): which slot runs, and
+        # whether a trial slot was just dropped.
+        booted = self._booted or self.boot_control.boot()
         self.live.booted(booted.version, booted.slot)
         record = BootRecord(
             self.live.current.state_dir, self.clock.now_ms(), reason="rollback" if booted.rolled_back else None
@@ -280,6 +289,8 @@ class EdgeAgent(Component):
                 max_rate_bps=config.ota_max_rate_bps,
                 trial_boots=config.ota_trial_boots,
                 health_timeout_s=config.ota_health_timeout_s,
+                payload=config.ota_payload,
+                install_rate_bps=config.ota_install_rate_bps,
             ),
             transport=self._http_transport,
         )
@@ -313,4 +324,5 @@ class EdgeAgent(Component):
             boot_reason=self.boot.reason if self.boot else None,
             slot=config.slot,
             capabilities=[*CAPABILITIES, SIGNED_REPORTS] if self.uplink.signs else CAPABILITIES,
+            build=BUILD_ID,
         )

@@ -96,6 +96,14 @@ class AgentConfig(BaseModel):
     ota_max_rate_bps: Annotated[int, Field(ge=1024)] | None = 256 * 1024
     ota_trial_boots: Annotated[int, Field(ge=1, le=5)] = 1
     ota_health_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # What an update carries: "agent", an agent build the launcher runs from the slot
+    # (`ota.builds`); "image", opaque bytes (the simulated boards, which run in one process). And
+    # how long a trial boot may run without committing before the launcher stops it as hung.
+    ota_payload: Literal["agent", "image"] = "agent"
+    ota_trial_deadline_s: Annotated[float, Field(ge=10)] = 300.0
+    # A cap on how fast an install writes the slot (bytes/s; None: as fast as the flash takes
+    # it): on slow NAND a full-speed write stalls the fsyncs the announce path waits for.
+    ota_install_rate_bps: Annotated[int, Field(ge=1024)] | None = None
     # Uplink messages kept on disk while offline: acks always, telemetry up to this many (five
     # hours of health at the default interval, plus the events around an outage).
     outbox_max_telemetry: Annotated[int, Field(ge=10, le=100_000)] = 500

@@ -6,6 +6,7 @@
     ├── CommandFailed        a remote command ran and did not do what was asked (commands.py)
     ├── DownloadRefused      an update's download answered wrongly by the server (ota/download.py)
     ├── UpdateStepFailed     an update step that failed, with its failure code (ota/updater.py)
+    ├── BuildError           not an agent build, or not the one its manifest names (ota/builds.py)
     ├── TimeSourceError      a time source that gave no usable time, and why (time_sources.py)
     └── HardwareError        a part of the device did not do what was asked (hardware/errors.py)
         ├── AudioError       the voice pack or an audio sink cannot do what was asked

@@ -148,6 +148,7 @@ class Hello(Report):
     capabilities: list[ShortText] = Field(default_factory=list, max_length=32)
     boot_reason: BootReason | None = None
     slot: Literal["a", "b"] | None = None
+    build: ShortText | None = None  # the id of the agent build that runs (an update's), if any
 
 
 class CellReport(BaseModel):
@@ -407,6 +408,9 @@ class OtaFailure(StrEnum):
     HEALTH_CHECK = "health_check"  # the new version runs but fails its health check
     BOOT = "boot"  # the new slot rebooted before it committed (boot counter ran out)
     SUPERSEDED = "superseded"  # a newer offer replaced this one before it installed
+    # Trial boots cut from outside (power, kill) more often than the boot control gives back; on
+    # a report that is not the end, a trial boot that was cut and is booted again.
+    INTERRUPTED = "interrupted"
 
     @property
     def blames_release(self) -> bool:

@@ -4,6 +4,7 @@ stopped (`spawn`), and the resource built around them on one exit stack (`Compon
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -67,3 +68,14 @@ class Component:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+
+
+async def until_signalled(command: Coroutine[Any, Any, int]) -> int:
+    """Run `command`; SIGTERM (and Ctrl-C) cancel it, so every resource shuts down in order."""
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - always inside asyncio.run.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        return 0

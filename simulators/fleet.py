@@ -189,6 +189,8 @@ class SimulatedFleet:
                     serial=f"HD{prefix}{i:08d}",
                     model=model_of(i) if model_of else ("HD-P1" if ports else "HD-S1"),
                     health_interval_s=health_interval_s,
+                    # The simulated boards run in this process: an update's bytes are an image.
+                    ota_payload="image",
                     **ports,
                     **identity,
                     **(agent_settings or {}),

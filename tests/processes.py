@@ -83,7 +83,9 @@ class Processes:
         raise AssertionError(f"no running process named {name}")
 
     def check_alive(self) -> None:
-        for name, proc, log_path in self.started:
+        """Each name's newest process still runs (one killed and started again is its new one)."""
+        newest = {name: (proc, log_path) for name, proc, log_path in self.started}
+        for name, (proc, log_path) in newest.items():
             if proc.poll() is not None:
                 pytest.fail(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
 

@@ -15,7 +15,14 @@ that restarts before it commits is dropped by the boot control (`slots.BootContr
 
 The offer's server signature is checked by the agent before it gets here; the updater checks
 the manifest (release key, model, newer version, not expired) when it takes the offer and again
-before it installs, and the artifact's size and SHA-256 before it installs.
+before it installs, and the artifact's size and SHA-256 before it installs. A device that runs
+its agent from the slot (`payload="agent"`) installs only an agent build of the offered version
+(`builds`), unpacked into the slot; a simulated board (`"image"`) writes the bytes as they are.
+
+A trial boot cut from outside (power, kill) is booted again by the boot control and reported on
+its way (`health_check` with failure `interrupted`); the trial is dropped only by what the new
+software does (a crash, a hang, a failed health check) or by too many cuts (`failed` with
+`interrupted`, which the server offers again and does not blame on the release).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import structlog
@@ -33,7 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.clock import Clock
 from edge_agent.errors import AgentError
-from edge_agent.ota.download import DownloadRefused, download
+from edge_agent.ota import builds
+from edge_agent.ota.download import DownloadRefused, discard, download
 from edge_agent.ota.slots import PAYLOAD_FILE, RELEASE_FILE, BootChoice, BootControl, other
 from edge_agent.state_files import read_json, write_json
 from firmware_protocols.errors import ManifestError
@@ -77,6 +85,10 @@ class UpdatePolicy:
     health_timeout_s: float = 60.0
     http_timeout_s: float = 30.0
     window_poll_s: float = 30.0  # how often a job waiting for its install window looks at the clock
+    # "agent": artifacts are agent builds, unpacked into the slot the launcher runs the agent
+    # from; "image": opaque images written as they are (the simulated boards).
+    payload: Literal["agent", "image"] = "agent"
+    install_rate_bps: int | None = None  # the slot's write rate cap (slow flash), None: none
 
 
 class UpdateStepFailed(AgentError):
@@ -184,7 +196,7 @@ class Updater:
         if current is not None and state is not None and not state.terminal:
             await self.close()
             await self._report(current, OtaState.FAILED, failure=OtaFailure.SUPERSEDED, reason=f"replaced by {version}")
-        (self.folder / PART_FILE).unlink(missing_ok=True)
+        discard(self.folder / PART_FILE)
         await self._new_job(offer, OtaState.QUEUED)
         self._spawn(offer)
 
@@ -285,12 +297,12 @@ class Updater:
             # A power cut can leave garbage behind a file's end; a whole fresh download tells
             # that apart from an artifact that is not what its manifest says.
             self._log.warning("ota artifact does not verify; downloading it again", error=str(first))
-            part.unlink(missing_ok=True)
+            discard(part)
             await self._download(offer)
             try:
                 await asyncio.to_thread(_check_file, offer, part)
             except ManifestError as exc:
-                part.unlink(missing_ok=True)
+                discard(part)
                 raise UpdateStepFailed(OtaFailure.VERIFY, str(exc)) from exc
 
     async def _wait_window(self, offer: OtaOffer) -> None:
@@ -308,35 +320,69 @@ class Updater:
     async def _install(self, offer: OtaOffer) -> None:
         manifest = offer.manifest
         slot = other(self.booted.slot)
+        part = self.folder / PART_FILE
         await self._step(offer, OtaState.INSTALLING, bytes_done=0)
         self._job_update(slot=slot)
+
+        started = asyncio.get_running_loop().time()
+
+        async def written(done: int) -> None:
+            for hook in self.step_hooks:
+                await hook(OtaState.INSTALLING, done)
+            if rate := self.policy.install_rate_bps:
+                ahead = done / rate - (asyncio.get_running_loop().time() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+
+        if self.policy.payload == "agent":
+            try:
+                build = await asyncio.to_thread(builds.read_build, part)
+            except builds.BuildError as exc:
+                discard(part)
+                raise UpdateStepFailed(OtaFailure.VERIFY, str(exc)) from exc
+            if build.version != manifest.version:
+                discard(part)
+                raise UpdateStepFailed(
+                    OtaFailure.VERIFY,
+                    f"the artifact is a build of {build.version}; the manifest says {manifest.version}",
+                )
         try:
             folder = self.boot_control.begin_install(slot)
-            with (self.folder / PART_FILE).open("rb") as source, (folder / PAYLOAD_FILE).open("wb") as target:
-                written = 0
-                while chunk := source.read(INSTALL_CHUNK_BYTES):
-                    target.write(chunk)
-                    written += len(chunk)
-                    for hook in self.step_hooks:
-                        await hook(OtaState.INSTALLING, written)
+            if self.policy.payload == "agent":
+                await builds.unpack(part, folder / builds.APP_DIR, written)
+            else:
+                with part.open("rb") as source, (folder / PAYLOAD_FILE).open("wb") as target:
+                    done = 0
+                    while chunk := source.read(INSTALL_CHUNK_BYTES):
+                        target.write(chunk)
+                        done += len(chunk)
+                        await written(done)
             write_json(folder / RELEASE_FILE, manifest.model_dump(mode="json"))
             self.boot_control.finish_install(slot, manifest.version)
             self.boot_control.try_next(slot, tries=self.policy.trial_boots)
         except OSError as exc:
             raise UpdateStepFailed(OtaFailure.INSTALL, f"cannot write slot {slot}: {exc}") from exc
-        (self.folder / PART_FILE).unlink(missing_ok=True)
+        except builds.BuildError as exc:
+            raise UpdateStepFailed(OtaFailure.VERIFY, str(exc)) from exc
+        discard(part)
 
     async def _after_reboot(self, offer: OtaOffer) -> None:
         job = self._job or {}
         slot = job.get("slot")
         booted = self.booted
         if not (booted.trial and booted.slot == slot and booted.version == offer.manifest.version):
-            raise UpdateStepFailed(OtaFailure.BOOT, f"slot {slot} restarted before it committed; back on {booted.slot}")
+            why = booted.dropped or f"slot {slot} restarted before it committed"
+            failure = OtaFailure.INTERRUPTED if booted.dropped_interrupted else OtaFailure.BOOT
+            raise UpdateStepFailed(failure, f"{why}; back on {booted.slot}")
         await self._step(offer, OtaState.HEALTH_CHECK)
+        if booted.interrupted:
+            cut = f"trial boot cut {booted.interrupted} time(s) from outside (power or kill); booted again"
+            await self._report(offer, OtaState.HEALTH_CHECK, failure=OtaFailure.INTERRUPTED, reason=cut)
         problems = await self._host.health_problems()
         if problems:
-            self.boot_control.abandon(booted.slot)
-            await self._finish(offer, OtaState.ROLLED_BACK, OtaFailure.HEALTH_CHECK, "; ".join(problems)[:128])
+            why = "; ".join(problems)[:128]
+            self.boot_control.abandon(booted.slot, f"slot {booted.slot} ({booted.version}): health check: {why}")
+            await self._finish(offer, OtaState.ROLLED_BACK, OtaFailure.HEALTH_CHECK, why)
             self._host.request_restart("rollback")
             return
         self.boot_control.commit(booted.slot)

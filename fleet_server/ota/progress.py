@@ -1,5 +1,7 @@
 """A campaign's progress as people read it, pure: targets by lane and state, failures by reason,
-the success rate (unreachable devices apart) and an ETA at the last ten minutes' rate."""
+the success rate (unreachable devices, and those an abort left never offered, apart), the
+devices whose trial boot was cut by the power or a kill (counted apart: not the release's
+failure), and an ETA at the last ten minutes' rate."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from firmware_protocols.messages import OtaState
-from fleet_server.ota.policy import ENDED, UNREACHABLE, CampaignPolicy, CampaignStatus, TargetSelector
+from fleet_server.ota.policy import ENDED, PENDING, UNREACHABLE, CampaignPolicy, CampaignStatus, TargetSelector
 
 # The rate behind the ETA: targets ended within this many seconds.
 ETA_WINDOW_S = 600
@@ -41,7 +43,9 @@ class CampaignProgress(BaseModel):
     failures: dict[str, int]  # by failure (and reason where there is no failure code)
     committed: int
     unreachable: int
-    success_rate: float | None  # committed / targeted, unreachable devices apart
+    not_offered: int  # an aborted campaign's targets it never offered
+    interrupted: int  # targets with a trial boot cut from outside (power, kill), whatever came after
+    success_rate: float | None  # committed / targeted, unreachable and never-offered apart
     eta_s: float | None  # at the rate of the last ten minutes; None when nothing moved
 
 
@@ -51,9 +55,11 @@ def progress_of(
     lanes: list[dict[str, Any]],
     failures: dict[str, int],
     recently_ended: int,
+    interrupted: int = 0,
 ) -> CampaignProgress:
     """From a campaign's row, its (model, state, n) counts, its lanes' rows, its failures by
-    code and how many of its targets ended within the ETA window."""
+    code, how many of its targets ended within the ETA window and how many had a trial boot
+    interrupted."""
     policy = CampaignPolicy.model_validate(campaign["policy"])
     by_state: dict[str, int] = {}
     lane_states: dict[str, dict[str, int]] = {}
@@ -69,6 +75,8 @@ def progress_of(
         n for model, states in lane_states.items() if model in active_lanes for s, n in states.items() if s not in ENDED
     )
     running = campaign["status"] == CampaignStatus.RUNNING
+    not_offered = by_state.get(PENDING, 0) if campaign["status"] == CampaignStatus.ABORTED else 0
+    counted = total - unreachable - not_offered
     return CampaignProgress(
         campaign_id=campaign["campaign_id"],
         release_name=campaign["release_name"],
@@ -96,6 +104,8 @@ def progress_of(
         failures=failures,
         committed=committed,
         unreachable=unreachable,
-        success_rate=committed / (total - unreachable) if total > unreachable else None,
+        not_offered=not_offered,
+        interrupted=interrupted,
+        success_rate=committed / counted if counted > 0 else None,
         eta_s=(remaining or moving) / (recently_ended / ETA_WINDOW_S) if recently_ended and running else None,
     )

@@ -24,6 +24,7 @@ _STATES: Final[dict[str, str | frozenset[str]]] = {
     "failed": _FAILED,
     "unreachable": UNREACHABLE,
     "boot": OtaFailure.BOOT,
+    "interrupted": OtaFailure.INTERRUPTED,
     "finished": frozenset({_COMMITTED, _ROLLED_BACK, _FAILED}),
     "failures": frozenset({_ROLLED_BACK, _FAILED}),
     "unreported": frozenset({PENDING, OFFERED, UNREACHABLE}),
@@ -102,6 +103,11 @@ LANES: Final = "SELECT * FROM ota_lanes WHERE campaign_id = %s ORDER BY model"
 FAILURES: Final = statement(
     "SELECT COALESCE(failure, 'timeout') AS failure, count(*) AS n FROM ota_targets"
     " WHERE campaign_id = %s AND state = ANY({failures}) GROUP BY 1",
+    **_STATES,
+)
+# Targets of a campaign that had a trial boot cut from outside (power, kill): (n).
+INTERRUPTED: Final = statement(
+    "SELECT count(DISTINCT device_id) AS n FROM ota_reports WHERE campaign_id = %s AND failure = {interrupted}",
     **_STATES,
 )
 # Targets of a campaign that ended in the last ten minutes (for the ETA): (n). Parameters: the

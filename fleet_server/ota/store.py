@@ -44,8 +44,8 @@ from fleet_server.ota.policy import (
 from fleet_server.ota.progress import CampaignProgress, progress_of
 
 _ROUND_LOCK = 0x07A0_0001
-# Failures offered again (while attempts remain): the network, the disk, a newer offer.
-RETRIED_FAILURES = ("download", "install", "superseded")
+# Failures offered again (while attempts remain): the network, the disk, a newer offer, the power.
+RETRIED_FAILURES = ("download", "install", "superseded", "interrupted")
 
 
 class ReleaseView(BaseModel):
@@ -209,7 +209,8 @@ class OtaStore:
             lanes = await fetch_dicts(conn, queries.LANES, (campaign_id,))
             failures = {r["failure"]: r["n"] for r in await fetch_dicts(conn, queries.FAILURES, (campaign_id,))}
             recent = await fetch_row(conn, queries.RECENTLY_ENDED, (campaign_id, sorted(ENDED)))
-        return progress_of(campaigns[0], counts, lanes, failures, recent[0] if recent else 0)
+            cut = await fetch_row(conn, queries.INTERRUPTED, (campaign_id,))
+        return progress_of(campaigns[0], counts, lanes, failures, recent[0] if recent else 0, cut[0] if cut else 0)
 
     async def act(self, campaign_id: str, action: str) -> CampaignProgress:
         """pause | resume | abort | retry (offer again the devices that rolled back or failed)."""

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from edge_agent.errors import AgentError
 from haodian.cli import agent, bench, demo, dev, fleet, ota, server, sim, trust, users
-from haodian.cli.kit import RESTART, event_loop_factory, until_signalled
+from haodian.cli.kit import event_loop_factory, until_signalled
 
 log = structlog.get_logger("haodian.cli")
 
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, "-m", "bench", *raw[1:]])  # noqa: S606 - our own benchmarks
     args = build_parser().parse_args(argv)
+    args.raw_argv = raw
     loop_factory = event_loop_factory(args.command)
     from haodian import logs  # noqa: PLC0415
 
@@ -103,9 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("command failed", command=args.command)
         print(f"haodian {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    if code == RESTART and args.command == "agent":
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "haodian", *(argv if argv is not None else sys.argv[1:])])  # noqa: S606 - our own command line, again
     return code
 
 

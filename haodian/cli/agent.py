@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haodian.cli.kit import RESTART, positive_float, server_key
+from edge_agent.program import config_from, device_arguments
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -25,45 +25,7 @@ def add_parser(sub: Any) -> None:
     )
     agent.set_defaults(run=run)
     agent_sub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    device = argparse.ArgumentParser(add_help=False)
-    device.add_argument("--config", type=Path, default=None, help="agent configuration file (TOML)")
-    device.add_argument("--device-id", default=None, help="device id, e.g. SPK0001")
-    device.add_argument(
-        "--broker-url", default=None, help="mqtt[s]://[user[:pass]@]host[:port] (default mqtt://127.0.0.1:1883)"
-    )
-    device.add_argument(
-        "--server-key",
-        type=server_key,
-        action="append",
-        default=None,
-        help="trusted server Ed25519 public key, base64 or @FILE (repeat during rotation)",
-    )
-    device.add_argument("--state-dir", type=Path, default=None, help="state folder (default .haodian/agent/<id>)")
-    device.add_argument(
-        "--audio-dir",
-        type=Path,
-        default=None,
-        help="where announcements are written as WAV (default <state-dir>/audio)",
-    )
-    device.add_argument(
-        "--health-interval", type=positive_float, default=None, help="seconds between health reports (default 60)"
-    )
-    device.add_argument("--tts-port", default=None, help="TTS chip serial port (default: none, voice clips)")
-    device.add_argument(
-        "--tts-dialect", choices=["syn6288", "xfs5152"], default=None, help="TTS chip family (default syn6288)"
-    )
-    device.add_argument("--modem-port", default=None, help="4G modem AT port (default: none, simulated modem)")
-    device.add_argument("--printer-port", default=None, help="ESC/POS printer serial port (default: none)")
-    device.add_argument("--audio-device", default=None, help="ALSA device for voice clips, e.g. default or hw:0")
-    device.add_argument(
-        "--time-url",
-        default=None,
-        help="the fleet server's signed time, e.g. https://fleet.example.com/api/v1/time (a time source"
-        " that works before the device can connect)",
-    )
-    device.add_argument(
-        "--ntp-server", action="append", default=None, help="an NTP server host[:port] to ask (repeat for more)"
-    )
+    device = device_arguments()
     agent_sub.add_parser(
         "run",
         parents=[device],
@@ -71,7 +33,9 @@ def add_parser(sub: Any) -> None:
         description="Run the edge agent of one device. Speech goes to the TTS chip on --tts-port, "
         "else voice clips to ALSA --audio-device, else WAV files in --audio-dir (the simulated "
         "speaker). Serial ports may be devices (/dev/ttyS1) or the links `haodian peers` makes. "
-        "A remote reboot restarts the process.",
+        "This process is the launcher: it runs the agent (python -m edge_agent) from the slot the "
+        "boot control chooses, so an update's code is what runs, and starts it again after a remote "
+        "reboot, an update or a crash. 运行设备端程序（从当前固件槽启动，升级后运行新版本）。",
     )
     diag = agent_sub.add_parser(
         "diagnose",
@@ -85,46 +49,20 @@ def add_parser(sub: Any) -> None:
     diag.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
-def _agent_config(args: argparse.Namespace) -> AgentConfig:
-    from edge_agent.config import AgentConfig  # noqa: PLC0415
-
-    return AgentConfig.load(
-        args.config,
-        device_id=args.device_id,
-        broker_url=args.broker_url,
-        server_keys=args.server_key,
-        state_dir=args.state_dir,
-        health_interval_s=args.health_interval,
-        tts_port=args.tts_port,
-        tts_dialect=args.tts_dialect,
-        modem_port=args.modem_port,
-        printer_port=args.printer_port,
-        audio_device=args.audio_device,
-        time_url=args.time_url,
-        ntp_servers=args.ntp_server,
-    )
-
-
 async def run(args: argparse.Namespace) -> int:
-    config = _agent_config(args)
+    config = config_from(args)
     audio_dir = args.audio_dir or config.state_dir / "audio"
     if args.agent_command == "diagnose":
         return await _diagnose_agent(config, audio_dir, lang=args.lang, as_json=args.json)
 
-    from edge_agent.agent import EdgeAgent  # noqa: PLC0415
-    from edge_agent.bootstrap import open_hardware  # noqa: PLC0415
+    from edge_agent.launcher import Launcher  # noqa: PLC0415
 
-    async with open_hardware(config, audio_dir=audio_dir) as hardware, EdgeAgent(config, **hardware.ports()) as agent:
-        speech = f"TTS chip on {config.tts_port}" if config.tts_port else f"audio in {audio_dir}"
-        boot = agent.boot
-        print(
-            f"agent {config.device_id} running; broker {config.broker_url}; {speech}; "
-            f"boot {boot.boot_id if boot else '?'} ({boot.reason if boot else '?'})",
-            flush=True,
-        )
-        await agent.restart_requested.wait()
-    print(f"agent {config.device_id}: restarting (remote reboot)", flush=True)
-    return RESTART
+    # The agent program takes the options `agent run` was given, and the log level.
+    raw: list[str] = args.raw_argv
+    options = raw[raw.index("run", raw.index("agent")) + 1 :]
+    launcher = Launcher(config, [*options, "--log-level", args.log_level])
+    print(f"agent {config.device_id}: launcher started; state {config.state_dir}", flush=True)
+    return await launcher.run()
 
 
 async def _diagnose_agent(config: AgentConfig, audio_dir: Path, *, lang: str, as_json: bool) -> int:

@@ -6,31 +6,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
+from edge_agent.program import RESTART, positive_float, server_key
 from haodian.api_client import add_server_arguments
+from mqtt_link.tasks import until_signalled
+
+__all__ = ["RESTART", "positive_float", "server_key", "until_signalled"]
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-# `haodian agent run` returns this when the agent asked for its own restart (a remote reboot);
-# `main` then replaces the process with a fresh one, as a board's reboot would.
-RESTART = 75
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
     return value
 
 
@@ -51,16 +42,6 @@ def fraction(text: str) -> float:
     return value
 
 
-def server_key(text: str) -> str:
-    """A base64 Ed25519 public key, or @FILE holding one."""
-    if text.startswith("@"):
-        try:
-            return Path(text[1:]).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise argparse.ArgumentTypeError(f"cannot read server key file {text[1:]}: {exc}") from exc
-    return text
-
-
 def api_command(sub: Any, name: str, *, help: str, description: str, run: Callable[[argparse.Namespace], int]) -> Any:
     """A command that is a client of the fleet API (`--server`, `--token`), run on a thread; its
     actions' subparsers, which set `<name>_command`."""
@@ -77,17 +58,6 @@ def in_thread(run: Callable[[argparse.Namespace], int]) -> Command:
         return await asyncio.to_thread(run, args)
 
     return command
-
-
-async def until_signalled(command: Coroutine[Any, Any, int]) -> int:
-    """Run `command`; SIGTERM (and Ctrl-C) cancel it, so every resource shuts down in order."""
-    task = asyncio.current_task()
-    assert task is not None  # noqa: S101 - always inside asyncio.run.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await command
-    except asyncio.CancelledError:
-        return 0
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")

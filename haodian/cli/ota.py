@@ -4,10 +4,13 @@ The release key is made and used offline (`release-key`, `sign`); everything els
 of a running fleet server's API (`--server`, default http://127.0.0.1:8000).
 
     haodian ota release-key --out keys/                       a new Ed25519 release key pair
+    haodian ota build --version 1.5.0 --out dist/agent-1.5.0.zip   the agent software as an artifact
     haodian ota sign --key keys/release.key --artifact fw.bin --name haodian-speaker \\
         --version 1.5.0 --models HD-S1,HD-S2 [--min-version 1.2.0] [--days 30] > fw.manifest.json
     haodian ota upload --manifest fw.manifest.json --artifact fw.bin
     haodian ota start --release haodian-speaker --version 1.5.0 [--models HD-S1] [--waves 1,5,25,100]
+        [--window 02:00-05:00|now] [--max-rate 65536] [--device-timeout 3600] [--max-attempts 3]
+        [--wave-success 0.95] [--pause-failure-rate 0.02] [--pause-min-devices 20]
     haodian ota campaigns | show ID | pause ID | resume ID | abort ID | retry ID
 """
 
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from firmware_protocols.signing import encode_public_key
 from haodian.api_client import checked, open_client
-from haodian.cli.kit import api_command
+from haodian.cli.kit import api_command, fraction
 from haodian.cli.output import table
 
 STATES_ZH = {
@@ -59,6 +62,17 @@ def add_parser(sub: Any) -> None:
     )
     key = action.add_parser("release-key", help="create a release key pair (keep the private key offline)")
     key.add_argument("--out", type=Path, required=True, help="folder for release.key and release.pub")
+    build = action.add_parser(
+        "build",
+        help="build the agent software as an update artifact / 打包设备端程序",
+        description="Pack the agent's packages (edge_agent with its voice pack, firmware_protocols, "
+        "mqtt_link) and a build manifest into a zip that devices unpack into a slot and run.",
+    )
+    build.add_argument("--version", required=True, help="MAJOR.MINOR.PATCH the build reports")
+    build.add_argument("--out", type=Path, required=True, help="the artifact to write, e.g. dist/agent-1.5.0.zip")
+    build.add_argument(
+        "--source", type=Path, default=None, help="folder holding the packages (default: where this haodian runs from)"
+    )
     sign = action.add_parser("sign", help="write the signed manifest of an artifact to stdout")
     sign.add_argument("--key", type=Path, required=True, help="the release private key (raw 32 bytes, base64)")
     sign.add_argument("--artifact", type=Path, required=True)
@@ -80,6 +94,15 @@ def add_parser(sub: Any) -> None:
         "--window", default="02:00-05:00", help="install window, local time, or 'now' (default 02:00-05:00)"
     )
     start.add_argument("--id", default=None, help="campaign id (default: generated)")
+    for flag, kind, what in (
+        ("--max-rate", int, "download rate cap per device, bytes/s (default 131072)"),
+        ("--device-timeout", int, "seconds without news before a device is offered again (default 3600)"),
+        ("--max-attempts", int, "offers per device for failures that are not the release's (default 3)"),
+        ("--wave-success", fraction, "share of a wave that must commit before the next (default 0.95)"),
+        ("--pause-failure-rate", fraction, "release failures that pause a lane, as a share (default 0.02)"),
+        ("--pause-min-devices", int, "devices ended before the failure rate may pause a lane (default 20)"),
+    ):
+        start.add_argument(flag, type=kind, default=None, help=what)
     action.add_parser("campaigns", help="every campaign with its progress")
     for name in ("show", "pause", "resume", "abort", "retry"):
         one = action.add_parser(name, help=f"{name} one campaign" if name != "show" else "one campaign's progress")
@@ -91,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         return _release_key(args.out)
     if args.ota_command == "sign":
         return _sign(args)
+    if args.ota_command == "build":
+        return _build(args)
     try:
         with open_client(args, timeout=300) as client:
             return _online(client, args)
@@ -112,6 +137,24 @@ def _release_key(out: Path) -> int:
     (out / "release.pub").write_text(public + "\n", encoding="utf-8")
     print(f"release key: {private} (private: keep it offline)\npublic key: {public}")
     print("give the public key to devices (release_keys) and to the server (HAODIAN_OTA_RELEASE_KEYS)")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    import edge_agent  # noqa: PLC0415
+    from edge_agent.ota.builds import BuildError, build_agent  # noqa: PLC0415
+    from firmware_protocols.errors import ManifestError  # noqa: PLC0415
+
+    source = args.source or Path(edge_agent.__file__).resolve().parent.parent
+    try:
+        built = build_agent(source, args.version, args.out)
+    except (BuildError, ManifestError, OSError) as exc:
+        raise SystemExit(f"haodian ota build: {exc}") from exc
+    size = args.out.stat().st_size
+    print(f"已打包 built {args.out}: agent {built.version}, build {built.build_id}, "
+          f"{built.files} files, {size:,} bytes")  # fmt: skip
+    print(f"next: haodian ota sign --key KEY --artifact {args.out} --name haodian-speaker --version {built.version} "
+          "--models MODELS > manifest.json")  # fmt: skip
     return 0
 
 
@@ -164,7 +207,22 @@ def _online(client: httpx.Client, args: argparse.Namespace) -> int:
                 n: [v for v in getattr(args, n).split(",") if v]
                 for n in ("models", "versions", "cities", "districts", "stores", "tags", "devices")
             },
-            "policy": {"waves": [float(w) / 100 for w in args.waves.split(",")], "window": _window(args.window)},
+            "policy": {
+                "waves": [float(w) / 100 for w in args.waves.split(",")],
+                "window": _window(args.window),
+                **{
+                    key: value
+                    for key, value in (
+                        ("max_rate_bps", args.max_rate),
+                        ("device_timeout_s", args.device_timeout),
+                        ("max_attempts", args.max_attempts),
+                        ("wave_success", args.wave_success),
+                        ("pause_failure_rate", args.pause_failure_rate),
+                        ("pause_min_devices", args.pause_min_devices),
+                    )
+                    if value is not None
+                },
+            },
         }
         _show(_checked(client.post("/api/v1/ota/campaigns", json=body)))
         return 0
@@ -209,6 +267,9 @@ def _show(c: dict[str, Any]) -> None:
     eta = "-" if c["eta_s"] is None else f"{c['eta_s'] / 60:.0f} min"
     print(f"目标 targeted {c['targeted']}, 已升级 committed {c['committed']} ({_pct(c['success_rate'])}), "
           f"离线 unreachable {c['unreachable']}, 预计 ETA {eta}")  # fmt: skip
+    if c.get("not_offered") or c.get("interrupted"):
+        print(f"未下发 never offered {c.get('not_offered', 0)} (not counted in the success rate), "
+              f"断电/中断后重试 trial boots interrupted and retried {c.get('interrupted', 0)}")  # fmt: skip
     states = sorted({s for lane in c["lanes"] for s in lane["by_state"]}, key=list(STATES_ZH).index)
     rows = [
         [

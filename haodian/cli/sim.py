@@ -106,7 +106,13 @@ async def run_sim(args: argparse.Namespace) -> int:
 
 
 async def _run_sim_ota(args: argparse.Namespace) -> int:
-    from haodian.scenarios.ota_campaign import FROM_VERSION, TO_VERSION, OtaSimOptions, run_ota_simulation  # noqa: PLC0415
+    from haodian.scenarios.ota_campaign import (  # noqa: PLC0415
+        FOLLOW_UP_VERSION,
+        FROM_VERSION,
+        TO_VERSION,
+        OtaSimOptions,
+        run_ota_simulation,
+    )
     from haodian.settings import Settings  # noqa: PLC0415
 
     options = OtaSimOptions(
@@ -123,7 +129,10 @@ async def _run_sim_ota(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         progress=lambda line: print(line, flush=True),
     )
-    print(f"好店 OTA 模拟 simulation: {args.devices} devices, {FROM_VERSION} → {TO_VERSION}", flush=True)
+    print(
+        f"好店 OTA 模拟 simulation: {args.devices} devices, {FROM_VERSION} → {TO_VERSION} → {FOLLOW_UP_VERSION}",
+        flush=True,
+    )
     report = await run_ota_simulation(options, Settings())
     campaign = report.campaign
     print()
@@ -144,6 +153,18 @@ async def _run_sim_ota(args: argparse.Namespace) -> int:
         f"{report.faults['power_cuts']} power cuts during install, {report.faults['bad_health_devices']} devices "
         f"failing health on {TO_VERSION}; paused lanes: {', '.join(report.paused_models) or 'none'}"
     )
-    print(f"用时 elapsed {report.elapsed_s:.0f} s")
     ok = report.without_working_slot == 0 and not report.mismatched
+    follow = report.follow_up
+    if follow is not None:
+        c = follow.campaign
+        print()
+        print(follow.table())
+        print(
+            f"后续活动 follow-up {c['campaign_id']} ({FOLLOW_UP_VERSION}, no restarts before it): {c['status']}; "
+            f"{follow.on_new}/{follow.devices} devices on {FOLLOW_UP_VERSION}; failures {c['failures'] or '-'}; "
+            f"{follow.faults['trial_cuts']} power cuts in trial boots, {c['interrupted']} booted again "
+            f"(interrupted, not the release's fault); paused lanes: {', '.join(follow.paused_models) or 'none'}"
+        )
+        ok = ok and follow.without_working_slot == 0 and not follow.mismatched and not follow.paused_models
+    print(f"用时 elapsed {report.elapsed_s:.0f} s")
     return 0 if ok else 1

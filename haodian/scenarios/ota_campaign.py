@@ -17,6 +17,12 @@ on 1.4.2 of three models, in waves, while faults are injected:
 At the end every device is checked on the device side (its boot control and what it runs), not
 only on the server's word: each must be on 1.5.0 or on its old, working slot, and none may be
 left without a bootable, working slot.
+
+Then a follow-up campaign (1.6.0) goes to the whole fleet at once, without restarting anyone:
+the devices that just committed 1.5.0 must take it as a new update (they once answered it with
+`rolled_back`/`boot` at once), and **power cuts in the trial boot** (`trial_cuts`, default 2 %)
+must be booted again and commit, counted as interrupted and not against the release: every
+lane completes.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from simulators.mosquitto import MosquittoError, PrivateMosquitto
 
 FROM_VERSION = "1.4.2"
 TO_VERSION = "1.5.0"
+FOLLOW_UP_VERSION = "1.6.0"
 RELEASE = "haodian-speaker"
 # The fleet's models and their shares; the last one gets what rounding leaves.
 MODELS = (("HD-S1", 0.5), ("HD-S2", 0.3), ("HD-P2", 0.2))
@@ -80,6 +87,8 @@ class OtaSimOptions:
     # Campaign policy knobs the small test turns down.
     pause_min_devices: int = 20
     waves: tuple[float, ...] = (0.01, 0.05, 0.25, 1.0)
+    follow_up: bool = True  # then 1.6.0 to everyone, with power cuts in the trial boot
+    trial_cuts: float = 0.02
 
 
 @dataclass
@@ -87,8 +96,10 @@ class FaultPlan:
     flaky: dict[str, list[int]] = field(default_factory=dict)  # device -> cut after these bytes
     power_cut: dict[str, int] = field(default_factory=dict)  # device -> cut after this many install bytes
     bad_health: set[str] = field(default_factory=set)
+    trial_cut: set[str] = field(default_factory=set)  # power cut in the follow-up's trial boot
     cuts_done: int = 0
     power_cuts_done: int = 0
+    trial_cuts_done: int = 0
 
     @classmethod
     def draw(cls, models: dict[str, str], options: OtaSimOptions, artifact_size: int) -> FaultPlan:
@@ -101,6 +112,8 @@ class FaultPlan:
             plan.power_cut[device] = rng.randrange(1, artifact_size)
         candidates = [d for d in devices if models[d] == options.bad_model]
         plan.bad_health = set(rng.sample(candidates, min(len(candidates), round(options.bad_health * len(devices)))))
+        if options.follow_up:
+            plan.trial_cut = set(rng.sample(devices, max(1, round(options.trial_cuts * len(devices)))))
         return plan
 
 
@@ -179,8 +192,21 @@ def _hooks(plan: FaultPlan, fleet_ref: list[SimulatedFleet]) -> BootHooks:
         return transports.setdefault(device_id, CuttingTransport(cuts, plan))
 
     def started(agent: EdgeAgent) -> None:
-        cut_at = plan.power_cut.get(agent.device_id)
-        if cut_at is None or agent.ota is None:
+        if agent.ota is None:
+            return
+        device_id = agent.device_id
+        if device_id in plan.trial_cut and agent.ota.booted.trial and agent.ota.running == FOLLOW_UP_VERSION:
+
+            async def cut_trial(state: OtaState, _done: int) -> None:
+                if state is OtaState.HEALTH_CHECK and device_id in plan.trial_cut:
+                    plan.trial_cut.discard(device_id)  # once
+                    plan.trial_cuts_done += 1
+                    fleet_ref[0].power_cut(device_id, off_s=1.0)
+                    await asyncio.sleep(3600)
+
+            agent.ota.step_hooks.append(cut_trial)
+        cut_at = plan.power_cut.get(device_id)
+        if cut_at is None:
             return
 
         async def cut_power(state: OtaState, done: int) -> None:
@@ -217,6 +243,7 @@ class OtaSimReport:
     faults: dict[str, int]
     elapsed_s: float
     paused_models: list[str]
+    follow_up: OtaSimReport | None = None  # the 1.6.0 campaign after it
 
     def table(self) -> str:
         headers = ["型号 model", "目标 targeted", "已升级 committed", "已回滚 rolled back", "失败 failed",
@@ -299,32 +326,49 @@ async def run_ota_simulation(options: OtaSimOptions, settings: Settings) -> OtaS
             f"{len(plan.flaky)} flaky downloads, {len(plan.power_cut)} power cuts during install, "
             f"{len(plan.bad_health)} bad health on {TO_VERSION} ({options.bad_model})"
         )
-        await _publish_release(client, release_key, artifact)
-        response = await client.post(
-            "/api/v1/ota/campaigns",
-            json={
-                "release_name": RELEASE,
-                "version": TO_VERSION,
-                "campaign_id": f"sim-{int(time.time())}",
-                "policy": {
-                    "waves": list(options.waves),
-                    "wave_success": 0.95,
-                    "pause_failure_rate": 0.02,
-                    "pause_min_devices": options.pause_min_devices,
-                    "window": None,
-                    "device_timeout_s": 120,
-                    "max_attempts": 3,
-                    "max_rate_bps": None,
-                },
-            },
-        )
-        _check(response)
-        campaign_id = response.json()["campaign_id"]
-        say(f"  campaign {campaign_id}: {response.json()['targeted']} devices targeted")
-        campaign = await _follow(client, campaign_id, options, say)
-        report = _check_devices(fleet, campaign, plan)
+        await _publish_release(client, release_key, TO_VERSION, artifact)
+        campaign = await _campaign(client, TO_VERSION, options, say)
+        report = _check_devices(fleet, campaign, plan, new=TO_VERSION, old=FROM_VERSION)
+        if options.follow_up:
+            say(f"  follow-up {FOLLOW_UP_VERSION} to everyone at once; {len(plan.trial_cut)} power cuts in trial boots")
+            again = random.Random(options.seed + 1).randbytes(len(artifact))  # noqa: S311 - test bytes
+            await _publish_release(client, release_key, FOLLOW_UP_VERSION, again)
+            follow_up = await _campaign(client, FOLLOW_UP_VERSION, options, say, waves=[1.0])
+            report.follow_up = _check_devices(fleet, follow_up, plan, new=FOLLOW_UP_VERSION, old=None)
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+async def _campaign(
+    client: httpx.AsyncClient,
+    version: str,
+    options: OtaSimOptions,
+    say: Callable[[str], None],
+    waves: list[float] | None = None,
+) -> dict[str, Any]:
+    """Start a campaign of `version` and follow it to its end."""
+    response = await client.post(
+        "/api/v1/ota/campaigns",
+        json={
+            "release_name": RELEASE,
+            "version": version,
+            "campaign_id": f"sim-{version}-{int(time.time())}",
+            "policy": {
+                "waves": waves or list(options.waves),
+                "wave_success": 0.95,
+                "pause_failure_rate": 0.02,
+                "pause_min_devices": options.pause_min_devices,
+                "window": None,
+                "device_timeout_s": 120,
+                "max_attempts": 3,
+                "max_rate_bps": None,
+            },
+        },
+    )
+    _check(response)
+    campaign_id = response.json()["campaign_id"]
+    say(f"  campaign {campaign_id}: {response.json()['targeted']} devices targeted")
+    return await _follow(client, campaign_id, options, say)
 
 
 async def _broker(stack: contextlib.AsyncExitStack, options: OtaSimOptions) -> str | None:
@@ -353,12 +397,14 @@ async def _wait_registered(client: httpx.AsyncClient, count: int, say: Callable[
     say(f"  only {len(devices)}/{count} devices said hello within 120 s")
 
 
-async def _publish_release(client: httpx.AsyncClient, release_key: Ed25519PrivateKey, artifact: bytes) -> None:
+async def _publish_release(
+    client: httpx.AsyncClient, release_key: Ed25519PrivateKey, version: str, artifact: bytes
+) -> None:
     now_ms = time.time_ns() // 1_000_000
     manifest = sign_manifest(
         ReleaseManifest(
             name=RELEASE,
-            version=TO_VERSION,
+            version=version,
             models=[m for m, _ in MODELS],
             min_version="1.2.0",
             size=len(artifact),
@@ -371,7 +417,7 @@ async def _publish_release(client: httpx.AsyncClient, release_key: Ed25519Privat
     _check(await client.post("/api/v1/ota/releases", json=manifest.model_dump(mode="json", exclude_none=True)))
     _check(
         await client.put(
-            f"/api/v1/ota/releases/{RELEASE}/{TO_VERSION}/artifact",
+            f"/api/v1/ota/releases/{RELEASE}/{version}/artifact",
             content=artifact,
             headers={"content-type": "application/octet-stream"},
         )
@@ -411,19 +457,23 @@ def _check(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _check_devices(fleet: SimulatedFleet, campaign: dict[str, Any], plan: FaultPlan) -> OtaSimReport:
+def _check_devices(
+    fleet: SimulatedFleet, campaign: dict[str, Any], plan: FaultPlan, *, new: str, old: str | None
+) -> OtaSimReport:
+    """Every device on `new`, or on `old` (None: any earlier version) from a working slot."""
     on_new = on_old = broken = 0
     mismatched: list[str] = []
+    known = {FROM_VERSION, TO_VERSION, FOLLOW_UP_VERSION}
     for config in fleet.configs:
         boot = BootControl(config.state_dir, factory_version=FROM_VERSION, factory_slot=config.slot)
         agent = fleet.agent(config.device_id)
         running = agent.config.firmware if agent is not None else None
-        works = boot.active in boot.bootable() and boot.version_of(boot.active) in (FROM_VERSION, TO_VERSION)
+        works = boot.active in boot.bootable() and boot.version_of(boot.active) in known
         if not works:
             broken += 1
-        if running == TO_VERSION and boot.version_of(boot.active) == TO_VERSION:
+        if running == new and boot.version_of(boot.active) == new:
             on_new += 1
-        elif running == FROM_VERSION and works:
+        elif running is not None and running != new and (old is None or running == old) and works:
             on_old += 1
         else:
             mismatched.append(config.device_id)
@@ -454,6 +504,7 @@ def _check_devices(fleet: SimulatedFleet, campaign: dict[str, Any], plan: FaultP
             "flaky_devices": len(plan.flaky),
             "download_cuts": plan.cuts_done,
             "power_cuts": plan.power_cuts_done,
+            "trial_cuts": plan.trial_cuts_done,
             "bad_health_devices": len(plan.bad_health),
         },
         elapsed_s=0.0,

@@ -140,6 +140,9 @@ async def test_agent_disk_full_mid_stream(rig: Rig, tmp_path) -> None:
     try:
         rig.kill(PROXIED)
         rig.start_agent(PROXIED, via_proxy=True, state_dir=state / "agent")
+        # The new agent's own boot record (written after its databases are open), not the
+        # killed one's session, which the fleet may still show online for a moment.
+        await rig.until(lambda: _true((state / "agent" / "boot.json").exists()), f"{PROXIED} started on the small disk")
         await rig.until(lambda: rig.online(PROXIED), f"{PROXIED} online again")
         await rig.pay(5)
         filler = state / "filler"
@@ -157,3 +160,7 @@ async def test_agent_disk_full_mid_stream(rig: Rig, tmp_path) -> None:
 
 async def _run(*command: str) -> subprocess.CompletedProcess[bytes]:
     return await asyncio.to_thread(subprocess.run, command, capture_output=True, check=False)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -107,16 +107,25 @@ class Fleet:
         return f"{self.server.base_url}/api/v1/time"
 
     async def add_device(
-        self, device_id: str, case: str, *, modem: bool, server_time: bool, registered: bool = True
+        self,
+        device_id: str,
+        case: str | None,
+        *,
+        modem: bool,
+        server_time: bool,
+        registered: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> Device:
-        device = Device(device_id, case, self.folder / device_id)
+        """A real `haodian agent run` with its clock as `case` says (None: this machine's) and
+        `config` on top of the test configuration."""
+        device = Device(device_id, case or "true clock", self.folder / device_id)
         device.folder.mkdir(parents=True)
         async with await self._api() as admin:
             issued = await admin.post(f"/api/v1/registry/devices/{device_id}/credentials")
             assert issued.status_code == 200, issued.text
         sources = [name for name, on in (("modem", modem), ("server", server_time)) if on]
         broker_url = f"mqtts://127.0.0.1:{self.tls_port}" if self.tls_port else f"mqtt://127.0.0.1:{self.endpoint.port}"
-        config: dict[str, Any] = {
+        settings: dict[str, Any] = {
             "device_id": device_id,
             "broker_url": broker_url,
             "server_keys": [self.keys.server_public_key_b64],
@@ -127,28 +136,38 @@ class Fleet:
             "reconnect_max_s": 2.0,
             "time_sources": sources,
             "time_sync_interval_s": 10.0,
+            **(config or {}),
         }
         if server_time:
-            config["time_url"] = self.time_url
+            settings["time_url"] = self.time_url
         if self.ca_file is not None:
-            config["ca_file"] = str(self.ca_file)
+            settings["ca_file"] = str(self.ca_file)
         if modem:
             device.modem = VirtualModem(device.folder / "modem")
             device.modem.appear()
             device.modem.state.registered = registered
-            config["modem_port"] = str(device.folder / "modem")
-        toml = "\n".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
+            settings["modem_port"] = str(device.folder / "modem")
+        toml = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
         (device.folder / "agent.toml").write_text(toml + "\n", encoding="utf-8")
-        faketime, _ = CLOCKS[case]
-        env = {
-            "LD_PRELOAD": str(LIBFAKETIME),
-            "FAKETIME": faketime,
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # asyncio's timers stay sane; wall time is what is wrong
-            "HAODIAN_LOG_LEVEL": "INFO",
-        }
-        device.started_at, device.started_wall = time.monotonic(), time.time()
+        self.devices.append(device)
+        self.start(device)
+        return device
+
+    def start(self, device: Device) -> None:
+        """Start (or start again) the device's `haodian agent run`."""
+        env = {"HAODIAN_LOG_LEVEL": "INFO"}
+        device.started_at, device.started_wall = time.monotonic(), float(int(time.time()))
+        if device.case in CLOCKS:
+            faketime, off = CLOCKS[device.case]
+            env |= {
+                "LD_PRELOAD": str(LIBFAKETIME),
+                # A 1970 board: 0 at this start, for the launcher and the agent it starts alike
+                # (an absolute "@1970" would start each process's clock at 0 on its own).
+                "FAKETIME": f"-{device.started_wall:.0f}" if off is None else faketime,
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # asyncio's timers stay sane; wall time is what is wrong
+            }
         self.procs.start(
-            device_id,
+            device.device_id,
             "agent",
             "run",
             "--config",
@@ -157,8 +176,6 @@ class Fleet:
             str(device.audio),
             env=env,
         )
-        self.devices.append(device)
-        return device
 
     async def online(self, device_id: str) -> bool:
         async with await self._api() as admin:
@@ -255,10 +272,11 @@ async def time_fleet(
     *,
     tls: bool = False,
     max_skew_s: int = 600,
+    **more: Any,
 ) -> AsyncIterator[Fleet]:
     """The server in this process; agents are added with `Fleet.add_device`. With `tls`, a CA
     made now (test-only) signs the broker's and the HTTPS listener's certificate; `max_skew_s`:
-    how far from its clock the broker takes a device's password."""
+    how far from its clock the broker takes a device's password; `more`: other server settings."""
     ca_file, tls_files = None, {}
     if tls:
         folder = tmp_path / "ca"
@@ -281,6 +299,7 @@ async def time_fleet(
         ack_timeout_s=3,
         device_auth_max_skew_s=max_skew_s,
         **tls_files,
+        **more,
     )
     procs = Processes(tmp_path)
     async with contextlib.AsyncExitStack() as stack:

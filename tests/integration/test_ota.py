@@ -26,7 +26,8 @@ from haodian.cli.ota import run
 from haodian.scenarios.ota_campaign import OtaSimOptions, run_ota_simulation
 from haodian.settings import Settings
 from payment_bridge.bindings import Bindings
-from tests.integration.conftest import api_client, in_process_stack
+from simulators.registry import register
+from tests.integration.conftest import api_client, eventually, in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -136,7 +137,8 @@ async def test_a_campaign_with_faults_ends_with_every_device_on_a_working_slot(
     tmp_path, machine_mosquitto, machine_database, unique
 ):
     """60 devices of three models; a fifth of the downloads cut, a tenth of the installs hit by a
-    power cut, a tenth of the fleet (all HD-S2) failing health on the new version."""
+    power cut, a tenth of the fleet (all HD-S2) failing health on the new version; then a
+    follow-up campaign to all at once, a tenth of them losing power in the trial boot."""
     lines: list[str] = []
     options = OtaSimOptions(
         data_dir=tmp_path,
@@ -153,6 +155,7 @@ async def test_a_campaign_with_faults_ends_with_every_device_on_a_working_slot(
         progress=lines.append,
         prefix=f"O{unique}",
         pause_min_devices=5,
+        trial_cuts=0.1,
     )
     report = await run_ota_simulation(options, Settings(mqtt_client_prefix=f"t{unique}"))
     progress = "\n".join(lines)
@@ -168,14 +171,26 @@ async def test_a_campaign_with_faults_ends_with_every_device_on_a_working_slot(
     assert report.faults["download_cuts"] > 0
     assert report.faults["power_cuts"] > 0
     assert report.on_new == sum(row["committed"] for row in report.rows)
+    # The follow-up to everyone, right after the commits and with power cuts in trial boots.
+    follow = report.follow_up
+    assert follow is not None
+    assert (follow.without_working_slot, follow.mismatched, follow.paused_models) == (0, [], []), progress
+    assert follow.on_new == follow.devices, progress
+    assert follow.campaign["status"] == "completed", progress
+    assert follow.faults["trial_cuts"] >= 1, progress
+    assert follow.campaign["interrupted"] >= follow.faults["trial_cuts"], progress
+    assert "boot" not in follow.campaign["failures"], follow.campaign["failures"]
 
 
 async def test_the_ota_command_signs_offline_and_uploads(tmp_path, embedded_database, server_keys, unique, capsys):
     def ota(*argv: str) -> int:
         return run(build_parser().parse_args(["ota", *argv]))
 
-    keys, artifact = tmp_path / "keys", tmp_path / "fw.bin"
-    artifact.write_bytes(ARTIFACT)
+    keys, artifact = tmp_path / "keys", tmp_path / "agent-3.1.0.zip"
+    assert ota("build", "--version", "3.1.0", "--out", str(artifact)) == 0
+    assert f"built {artifact}: agent 3.1.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="is not MAJOR"):
+        ota("build", "--version", "three", "--out", str(tmp_path / "bad.zip"))
     assert ota("release-key", "--out", str(keys)) == 0
     public = (keys / "release.pub").read_text().strip()
     with pytest.raises(SystemExit, match="not overwriting"):
@@ -199,6 +214,28 @@ async def test_the_ota_command_signs_offline_and_uploads(tmp_path, embedded_data
         assert "no campaigns" in capsys.readouterr().out
         with pytest.raises(SystemExit, match="404"):
             await asyncio.to_thread(ota, *viewer, "show", "nope")
+        # Every policy field from the command line; after an abort, the never-offered apart.
+        await register(server.pool, devices=[f"C{unique}{i}" for i in range(3)])
+        start = (*admin, "start", "--release", "haodian-speaker", "--version", "3.1.0", "--window", "now")
+        policy = ("--max-rate", "65536", "--device-timeout", "600", "--max-attempts", "5", "--wave-success", "0.9")
+        pause = ("--pause-failure-rate", "0.05", "--pause-min-devices", "3", "--id", f"cli{unique}")
+        assert await asyncio.to_thread(ota, *start, *policy, *pause) == 0
+        made = (await server.ota.store.progress(f"cli{unique}")).policy
+        assert (made.max_rate_bps, made.device_timeout_s, made.max_attempts) == (65536, 600, 5)
+        assert (made.wave_success, made.pause_failure_rate, made.pause_min_devices) == (0.9, 0.05, 3)
+        with pytest.raises(SystemExit):
+            await asyncio.to_thread(ota, *start, "--wave-success", "1.5")
+        capsys.readouterr()
+
+        async def first_wave_offered() -> bool:
+            return (await server.ota.store.progress(f"cli{unique}")).by_state.get("offered") == 1
+
+        await eventually(first_wave_offered, what="the first wave offered")
+        assert await asyncio.to_thread(ota, *admin, "abort", f"cli{unique}") == 0
+        shown = capsys.readouterr().out
+        assert "never offered 2" in shown, shown  # wave 1 is one device of three
+        aborted = await server.ota.store.progress(f"cli{unique}")
+        assert (aborted.not_offered, aborted.success_rate) == (2, 0.0)
 
 
 async def test_the_hello_version_is_the_truth_and_offline_devices_are_reported_apart(

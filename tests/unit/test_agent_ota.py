@@ -36,6 +36,7 @@ def agent(tmp_path, http_transport=None, **changes):
         release_keys=[encode_public_key(RELEASE_KEY.public_key())],
         ota_retry_initial_s=0.01,
         ota_health_timeout_s=0.2,
+        ota_payload="image",
         **changes,
     )
 

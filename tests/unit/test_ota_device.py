@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from edge_agent.clock import FakeClock
 from edge_agent.ota.download import DownloadRefused, download
-from edge_agent.ota.slots import BootControl
+from edge_agent.ota.slots import MAX_INTERRUPTIONS, BootControl
 from edge_agent.ota.updater import UpdatePolicy, Updater
 from firmware_protocols.messages import DailySpan, OtaFailure, OtaOffer, OtaState, OtaStatus
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
@@ -51,11 +51,13 @@ def test_a_trial_slot_that_commits_boots_from_then_on(tmp_path):
     assert (again.slot, again.version, again.trial, again.rolled_back) == ("b", "1.5.0", False, False)
 
 
-def test_a_reboot_before_commit_rolls_back_to_the_working_slot(tmp_path):
+def test_a_trial_boot_that_crashes_rolls_back_to_the_working_slot(tmp_path):
     installed(tmp_path)
-    assert BootControl(tmp_path, factory_version="1.4.2").boot().trial  # the trial boot, then a crash
+    assert BootControl(tmp_path, factory_version="1.4.2").boot().trial  # the trial boot ...
+    BootControl(tmp_path, factory_version="1.4.2").ended("crashed: exit 1: ImportError: no module x")  # ... crashes
     choice = BootControl(tmp_path, factory_version="1.4.2").boot()
-    assert (choice.slot, choice.version, choice.rolled_back) == ("a", "1.4.2", True)
+    assert (choice.slot, choice.version, choice.rolled_back, choice.dropped_interrupted) == ("a", "1.4.2", True, False)
+    assert "ImportError" in (choice.dropped or "")
     control = BootControl(tmp_path, factory_version="1.4.2")
     assert control.bootable() == ["a"]
     assert not control.boot().rolled_back  # and it stays on a
@@ -63,10 +65,36 @@ def test_a_reboot_before_commit_rolls_back_to_the_working_slot(tmp_path):
 
 def test_a_reboot_loop_uses_up_the_boot_counter_then_rolls_back(tmp_path):
     installed(tmp_path, tries=3)
-    trials = [BootControl(tmp_path, factory_version="1.4.2").boot() for _ in range(3)]
+    trials = []
+    for _ in range(3):
+        trials.append(BootControl(tmp_path, factory_version="1.4.2").boot())
+        BootControl(tmp_path, factory_version="1.4.2").ended("crashed: signal SIGSEGV: ")
     assert all(c.trial and c.slot == "b" for c in trials)
     fourth = BootControl(tmp_path, factory_version="1.4.2").boot()
     assert (fourth.slot, fourth.rolled_back) == ("a", True)
+
+
+def test_a_trial_boot_cut_from_outside_is_booted_again_a_bounded_number_of_times(tmp_path):
+    """Issue 29: a power cut or kill -9 in the trial boot is not the release's fault. Nothing
+    recorded how that boot ended, so the boot control gives the boot back, up to
+    MAX_INTERRUPTIONS times; then it drops the trial as interrupted (not as a crash)."""
+    installed(tmp_path)
+    boots = [BootControl(tmp_path, factory_version="1.4.2").boot() for _ in range(MAX_INTERRUPTIONS + 1)]
+    assert [(c.slot, c.trial, c.interrupted) for c in boots] == [("b", True, n) for n in range(MAX_INTERRUPTIONS + 1)]
+    dropped = BootControl(tmp_path, factory_version="1.4.2").boot()
+    assert (dropped.slot, dropped.rolled_back, dropped.dropped_interrupted) == ("a", True, True)
+    assert "cut" in (dropped.dropped or "")
+
+
+def test_a_trial_cut_once_then_committed_is_the_working_slot(tmp_path):
+    installed(tmp_path)
+    BootControl(tmp_path, factory_version="1.4.2").boot()  # cut by the power
+    control = BootControl(tmp_path, factory_version="1.4.2")
+    again = control.boot()
+    assert (again.slot, again.trial, again.interrupted) == ("b", True, 1)
+    control.commit("b")
+    after = BootControl(tmp_path, factory_version="1.4.2").boot()
+    assert (after.slot, after.trial, after.rolled_back, after.interrupted) == ("b", False, False, 0)
 
 
 def test_a_half_written_slot_never_boots_and_the_active_slot_is_never_written(tmp_path):
@@ -84,10 +112,13 @@ def test_a_half_written_slot_never_boots_and_the_active_slot_is_never_written(tm
 # -- download ---------------------------------------------------------------------------------
 
 
-def artifact_server(*, cut_at: list[int] | None = None, ranges: bool = True) -> httpx.MockTransport:
-    """Serves ARTIFACT with Range and If-Range like the fleet server; the connection drops when
-    it reaches each byte offset of `cut_at` (once each)."""
+def artifact_server(
+    *, cut_at: list[int] | None = None, ranges: bool = True, data: bytes = ARTIFACT
+) -> httpx.MockTransport:
+    """Serves `data` (ARTIFACT) with Range and If-Range like the fleet server; the connection
+    drops when it reaches each byte offset of `cut_at` (once each)."""
     cuts = sorted(set(cut_at or []))
+    ARTIFACT, SHA = data, hashlib.sha256(data).hexdigest()  # noqa: N806 - the module's names, for one artifact
 
     def handle(request: httpx.Request) -> httpx.Response:
         start = 0
@@ -181,14 +212,16 @@ def release_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()  # made for this run: test-only
 
 
-def offer_of(release_key, *, version="1.5.0", window=None, expires_at=NOW + 86_400_000, key=None) -> OtaOffer:
+def offer_of(
+    release_key, *, version="1.5.0", window=None, expires_at=NOW + 86_400_000, key=None, data=ARTIFACT
+) -> OtaOffer:
     manifest = sign_manifest(
         ReleaseManifest(
             name="haodian-speaker",
             version=version,
             models=["HD-S1"],
-            size=len(ARTIFACT),
-            sha256=SHA,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
             issued_at=NOW - 1000,
             expires_at=expires_at,
         ),
@@ -207,7 +240,9 @@ def offer_of(release_key, *, version="1.5.0", window=None, expires_at=NOW + 86_4
     )
 
 
-def updater(tmp_path, release_key, host, *, transport=None, clock=None) -> Updater:
+def updater(tmp_path, release_key, host, *, transport=None, clock=None, **policy) -> Updater:
+    """An updater on `tmp_path`'s boot control; `policy` changes its UpdatePolicy (the default
+    payload here is an opaque image: ARTIFACT is random bytes)."""
     control = BootControl(tmp_path, factory_version="1.4.2")
     return Updater(
         device_id="D1",
@@ -218,7 +253,7 @@ def updater(tmp_path, release_key, host, *, transport=None, clock=None) -> Updat
         release_keys={key_id_of(release_key.public_key()): release_key.public_key()},
         host=host,
         clock=clock or FakeClock(NOW),
-        policy=UpdatePolicy(retry_initial_s=0.01, window_poll_s=0.01),
+        policy=UpdatePolicy(**{"retry_initial_s": 0.01, "window_poll_s": 0.01, "payload": "image", **policy}),
         transport=transport or artifact_server(),
     )
 
@@ -290,7 +325,7 @@ async def test_a_download_cut_then_a_restart_resumes_where_it_was_cut(tmp_path, 
     transport = httpx.MockTransport(recording)
     host = Host()
     first = updater(tmp_path, release_key, host, transport=transport)
-    first.policy = UpdatePolicy(retry_initial_s=60)  # the retry would come a minute later ...
+    first.policy = UpdatePolicy(retry_initial_s=60, payload="image")  # the retry would come a minute later ...
     await first.offer(offer_of(release_key))
     await asyncio.wait_for(_until(lambda: len(asked) == 1), 10)
     await asyncio.sleep(0.05)
@@ -319,14 +354,33 @@ async def test_a_failed_health_check_rolls_back_to_the_old_slot(tmp_path, releas
 async def test_a_crash_during_the_trial_is_a_rollback_by_the_boot_counter(tmp_path, release_key):
     host = Host()
     await run_until_restart(updater(tmp_path, release_key, host), host, offer_of(release_key))
-    updater(tmp_path, release_key, Host())  # the trial boot: it dies before its health check ends
+    updater(tmp_path, release_key, Host())  # the trial boot: it dies before its health check ends ...
+    BootControl(tmp_path, factory_version="1.4.2").ended("crashed: exit 1: RuntimeError: broken build")  # ... seen
     after = Host()
     back = updater(tmp_path, release_key, after)
     assert back.booted.rolled_back
     assert back.running == "1.4.2"
     back.start()
     await asyncio.wait_for(_until(lambda: bool(after.reports)), 10)
-    assert (after.reports[-1].state, after.reports[-1].failure) == (OtaState.ROLLED_BACK, OtaFailure.BOOT)
+    last = after.reports[-1]
+    assert (last.state, last.failure) == (OtaState.ROLLED_BACK, OtaFailure.BOOT)
+    assert "broken build" in (last.reason or "")
+
+
+async def test_a_trial_boot_cut_by_the_power_boots_again_and_commits(tmp_path, release_key):
+    """Issue 29: kill -9 or a power cut in the trial boot is retried by the boot control, reported
+    as interrupted on the way (not a failure of the release), and the update commits."""
+    host = Host()
+    await run_until_restart(updater(tmp_path, release_key, host), host, offer_of(release_key))
+    updater(tmp_path, release_key, Host())  # the trial boot, cut before its health check
+    after = Host()
+    again = updater(tmp_path, release_key, after)
+    assert (again.booted.trial, again.booted.interrupted) == (True, 1)
+    again.start()
+    await asyncio.wait_for(_until(lambda: after.states()[-1:] == [OtaState.COMMITTED]), 10)
+    cut = [r for r in after.reports if r.failure is OtaFailure.INTERRUPTED]
+    assert [r.state for r in cut] == [OtaState.HEALTH_CHECK]
+    assert not OtaFailure.INTERRUPTED.blames_release
 
 
 async def test_a_power_cut_during_install_starts_the_install_again_on_the_next_boot(tmp_path, release_key):
