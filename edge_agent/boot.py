@@ -86,8 +86,8 @@ class BootRecord:
 
 class Restart:
     """A restart this run asks for. The boot record learns it first, so the next start reports
-    why rather than "unclean"; then whoever runs the agent is told (`requested`): `haodian agent
-    run` re-executes itself, a board would reboot."""
+    why rather than "unclean"; then whoever runs the agent is told (`requested`): the agent
+    program exits 75 and the launcher starts it again from its slot, as a board would reboot."""
 
     def __init__(self) -> None:
         self.requested = asyncio.Event()

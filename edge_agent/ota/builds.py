@@ -105,8 +105,8 @@ async def unpack(artifact: Path, folder: Path, on_file: Callable[[int], Awaitabl
     flash before this returns; `on_file(bytes so far)` after each. Returns the bytes written."""
     written = 0
     with zipfile.ZipFile(artifact) as archive:
-        for info in archive.infolist():
-            target = folder / _safe_name(info.filename)
+        members = [(info, folder / _safe_name(info.filename)) for info in archive.infolist()]  # all, first
+        for info, target in members:
             if info.is_dir():
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -328,15 +328,38 @@ async def run_ota_simulation(options: OtaSimOptions, settings: Settings) -> OtaS
         )
         await _publish_release(client, release_key, TO_VERSION, artifact)
         campaign = await _campaign(client, TO_VERSION, options, say)
-        report = _check_devices(fleet, campaign, plan, new=TO_VERSION, old=FROM_VERSION)
+        report = await _settled(client, fleet, campaign, plan, new=TO_VERSION, old=FROM_VERSION)
         if options.follow_up:
             say(f"  follow-up {FOLLOW_UP_VERSION} to everyone at once; {len(plan.trial_cut)} power cuts in trial boots")
             again = random.Random(options.seed + 1).randbytes(len(artifact))  # noqa: S311 - test bytes
             await _publish_release(client, release_key, FOLLOW_UP_VERSION, again)
             follow_up = await _campaign(client, FOLLOW_UP_VERSION, options, say, waves=[1.0])
-            report.follow_up = _check_devices(fleet, follow_up, plan, new=FOLLOW_UP_VERSION, old=None)
+            report.follow_up = await _settled(client, fleet, follow_up, plan, new=FOLLOW_UP_VERSION, old=None)
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+async def _settled(
+    client: httpx.AsyncClient,
+    fleet: SimulatedFleet,
+    campaign: dict[str, Any],
+    plan: FaultPlan,
+    *,
+    new: str,
+    old: str | None,
+    within_s: float = 30.0,
+) -> OtaSimReport:
+    """The device-side check, once the devices and the server agree (or `within_s` passed): a
+    device's last report may still be on its way when the server's campaign is at rest (a trial
+    that said hello with the new version and then rolled back, on a loaded machine)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        report = _check_devices(fleet, campaign, plan, new=new, old=old)
+        committed = sum(row["committed"] for row in report.rows)
+        if (report.on_new == committed and not report.mismatched) or time.monotonic() > deadline:
+            return report
+        await asyncio.sleep(1.0)
+        campaign = _check(await client.get(f"/api/v1/ota/campaigns/{campaign['campaign_id']}"))
 
 
 async def _campaign(

@@ -170,7 +170,7 @@ async def test_a_campaign_with_faults_ends_with_every_device_on_a_working_slot(
     assert report.campaign["failures"].keys() <= {"health_check", "boot"}, report.campaign["failures"]
     assert report.faults["download_cuts"] > 0
     assert report.faults["power_cuts"] > 0
-    assert report.on_new == sum(row["committed"] for row in report.rows)
+    assert report.on_new == sum(row["committed"] for row in report.rows), progress
     # The follow-up to everyone, right after the commits and with power cuts in trial boots.
     follow = report.follow_up
     assert follow is not None

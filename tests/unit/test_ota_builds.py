@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from edge_agent.ota import download as download_module
-from edge_agent.ota.builds import BuildError, build_agent, read_build
+from edge_agent.ota.builds import BuildError, build_agent, read_build, unpack
 from edge_agent.ota.slots import BootControl
 from firmware_protocols.messages import OtaFailure, OtaState
 from tests.unit.test_ota_device import Host, _until, artifact_server, offer_of, release_key, run_until_restart, updater
@@ -142,3 +142,18 @@ async def test_a_power_cut_mid_download_keeps_what_was_synced_and_the_resume_ver
     assert 0 < served[0] <= on_flash
     assert (tmp_path / "slots" / "b" / "payload.bin").read_bytes() == data  # ... and what was installed verifies
     assert OtaFailure.VERIFY not in [r.failure for r in again.reports]
+
+
+@pytest.mark.parametrize("name", ["../outside.py", "/etc/haodian.py", "edge_agent/../../up.py"])
+async def test_a_build_that_would_write_outside_its_slot_is_refused(tmp_path, build_150, name):
+    crafted = tmp_path / "crafted.zip"
+    crafted.write_bytes(build_150)
+    with zipfile.ZipFile(crafted, "a") as archive:
+        archive.writestr(name, b"print('owned')\n")
+    slot = tmp_path / "slot" / "app"
+    slot.mkdir(parents=True)
+    with pytest.raises(BuildError, match="unsafe path"):
+        await unpack(crafted, slot)
+    assert not (tmp_path / "outside.py").exists()
+    assert not (tmp_path / "up.py").exists()
+    assert list(slot.iterdir()) == []  # every name is checked before anything is written
