@@ -68,6 +68,7 @@ class Launcher:
         self.argv = argv
         self.python = python
         self.control = BootControl(config.state_dir, factory_version=config.firmware, factory_slot=config.slot)
+        self.process: asyncio.subprocess.Process | None = None  # the agent running now
         self._log = log.bind(device_id=config.device_id)
 
     async def run(self) -> int:
@@ -121,6 +122,7 @@ class Launcher:
         )
         proc = await asyncio.create_subprocess_exec(
             self.python,
+            "-P",  # no working folder first on the path: an `edge_agent` there must not shadow the slot's
             "-m",
             "edge_agent",
             *self.argv,
@@ -128,6 +130,7 @@ class Launcher:
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with(os.getpid()),
         )
+        self.process = proc
         tail: deque[str] = deque(maxlen=40)
         copier = asyncio.create_task(_copy_stderr(proc, tail))
         hung = False
