@@ -199,6 +199,43 @@ async def test_moved_device_is_found_relocated_and_back_in_place(pool):
     assert await state_of(pool, "D1") == "in_service"
 
 
+async def _payment(pool, payment_id: str, merchant: str, at: datetime) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status,"
+            " paid_at, received_at, raw)"
+            " VALUES (%s, 'test', %s, %s, 1250, 'wechat', 'payment', 'success', %s, %s, '{}')",
+            (payment_id, payment_id, merchant, at, at),
+        )
+
+
+async def test_the_idle_detector_finds_a_device_whose_merchant_stopped_taking_payments(pool):
+    """Through the inspector's SQL (issue 25 asked for it): a merchant whose last payment is 9 days
+    old has an idle device and a task; one paid an hour ago has neither; a merchant never paid
+    (a new shop) is not idle yet."""
+    registry = HEADER + row("DI1", "SNI1", merchant="MI1") + row("DB1", "SNB1", merchant="MB1")
+    await import_registry(pool, registry + row("DN1", "SNN1", merchant="MN1"), dry_run=False)
+    now = T0 + timedelta(days=20)
+    await write_batch(pool, [health(d, now - timedelta(minutes=5)) for d in ("DI1", "DB1", "DN1")])
+    await _payment(pool, "PI-first", "MI1", now - timedelta(days=15))
+    await _payment(pool, "PI-last", "MI1", now - timedelta(days=9))
+    await _payment(pool, "PB-last", "MB1", now - timedelta(hours=1))
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600, idle_after_days=7))
+    report = await inspector.run_once(now)
+    [finding] = [f for f in report.findings if f.device_id in ("DI1", "DB1", "DN1")]
+    assert (finding.device_id, finding.kind) == ("DI1", "idle")
+    assert finding.evidence["quiet_days"] == 9.0
+    assert await state_of(pool, "DI1") == "idle"
+    assert (await state_of(pool, "DB1"), await state_of(pool, "DN1")) == ("in_service", "in_service")
+    [task] = await inspector.tasks.find(device_id="DI1")
+    assert task.kind == "idle"
+    # The merchant takes a payment again: the device is in service and the task can close.
+    await _payment(pool, "PI-again", "MI1", now + timedelta(minutes=1))
+    await write_batch(pool, [health("DI1", now + timedelta(minutes=2))])
+    await inspector.run_once(now + timedelta(minutes=3))
+    assert await state_of(pool, "DI1") == "in_service"
+
+
 async def test_fault_events_of_printer_count_but_do_not_fail_the_device(pool):
     events = [
         Received(T0 + timedelta(seconds=i), Event(device_id="D9", ts=1, kind="fault", detail={"part": "printer"}))
