@@ -53,7 +53,6 @@ from edge_agent.program import BAD_CONFIG, RESTART
 log = structlog.get_logger(__name__)
 
 BOOT_ENV = "HAODIAN_AGENT_BOOT"  # the launcher's choice, for the agent it starts (JSON)
-PARENT_ENV = "HAODIAN_LAUNCHER_PID"
 # Signals that come from outside the program: an interruption, not a crash.
 _FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
 _PR_SET_PDEATHSIG = 1
@@ -87,7 +86,7 @@ class Launcher:
             code, how = await self._run_once(choice)
             self.control.reload()
             if code == RESTART:
-                self.control.ended("restart asked")
+                self.control.ended(how or "restart asked")
                 pause = 1.0
                 continue
             if code == 0:
@@ -110,9 +109,9 @@ class Launcher:
     async def _run_once(self, choice: BootChoice) -> tuple[int, str | None]:
         """Run the agent once; its exit code and, unless it was killed from outside, how it ended."""
         app = self.control.folder(choice.slot) / APP_DIR
-        env = {**os.environ, BOOT_ENV: json.dumps(dataclasses.asdict(choice)), PARENT_ENV: str(os.getpid())}
+        env = {**os.environ, BOOT_ENV: json.dumps(dataclasses.asdict(choice))}
         if app.is_dir():
-            env["PYTHONPATH"] = os.pathsep.join([str(app), *filter(None, [os.environ.get("PYTHONPATH")])])
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(app), os.environ.get("PYTHONPATH")]))
         self._log.info(
             "starting the agent",
             slot=choice.slot,
@@ -173,7 +172,6 @@ class Launcher:
 def follow_launcher() -> BootChoice | None:
     """In the agent program: the boot the launcher chose (None: started by hand)."""
     text = os.environ.pop(BOOT_ENV, None)
-    os.environ.pop(PARENT_ENV, None)
     if text is None:
         return None
     return BootChoice(**json.loads(text))

@@ -98,9 +98,8 @@ async def run_agent(
     config: AgentConfig, audio_dir: Path, *, booted: BootChoice | None = None, say: Callable[[str], None] = print
 ) -> int:
     """Run the agent until it asks for a restart (RESTART) or is cancelled."""
-    from edge_agent.agent import EdgeAgent  # noqa: PLC0415 - after the logs are set up
+    from edge_agent.agent import BUILD_ID, EdgeAgent  # noqa: PLC0415 - after the logs are set up
     from edge_agent.bootstrap import open_hardware  # noqa: PLC0415
-    from edge_agent.ota.builds import running_build  # noqa: PLC0415
 
     async with (
         open_hardware(config, audio_dir=audio_dir) as hardware,
@@ -108,8 +107,7 @@ async def run_agent(
     ):
         speech = f"TTS chip on {config.tts_port}" if config.tts_port else f"audio in {audio_dir}"
         boot = agent.boot
-        build = running_build()
-        code = f"build {build.get('version')} ({build.get('build_id')})" if build else "installed package"
+        code = f"build {BUILD_ID}" if BUILD_ID else "installed package"
         boot_text = f"{boot.boot_id} ({boot.reason})" if boot else "?"
         say(
             f"agent {config.device_id} running {agent.config.firmware} on slot {agent.config.slot} ({code}); "

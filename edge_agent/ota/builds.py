@@ -87,16 +87,21 @@ def build_agent(source: Path, version: str, out: Path) -> BuildManifest:
     return manifest
 
 
-def read_build(artifact: Path) -> BuildManifest:
-    """The build manifest of `artifact`, or BuildError if it is not an agent build."""
+def read_build(artifact: Path, version: str | None = None) -> BuildManifest:
+    """The build manifest of `artifact` (of `version`, if given), or BuildError if it is not an
+    agent build (of that version), or a name in it would land outside its slot."""
     try:
         with zipfile.ZipFile(artifact) as archive:
             data = json.loads(archive.read(BUILD_FILE))
+            for name in archive.namelist():
+                _safe_name(name)
         manifest = BuildManifest.model_validate(data)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, ValidationError) as exc:
         raise BuildError(f"not an agent build ({type(exc).__name__}: {str(exc)[:80]})") from exc
     if manifest.format != FORMAT:
         raise BuildError(f"build format {manifest.format!r}, this device runs {FORMAT!r}")
+    if version is not None and manifest.version != version:
+        raise BuildError(f"the artifact is a build of {manifest.version}; the manifest says {version}")
     return manifest
 
 

@@ -335,17 +335,11 @@ class Updater:
                     await asyncio.sleep(ahead)
 
         if self.policy.payload == "agent":
-            try:
-                build = await asyncio.to_thread(builds.read_build, part)
+            try:  # before the slot is touched
+                await asyncio.to_thread(builds.read_build, part, manifest.version)
             except builds.BuildError as exc:
                 discard(part)
                 raise UpdateStepFailed(OtaFailure.VERIFY, str(exc)) from exc
-            if build.version != manifest.version:
-                discard(part)
-                raise UpdateStepFailed(
-                    OtaFailure.VERIFY,
-                    f"the artifact is a build of {build.version}; the manifest says {manifest.version}",
-                )
         try:
             folder = self.boot_control.begin_install(slot)
             if self.policy.payload == "agent":
