@@ -84,9 +84,10 @@ class FiguresError(FleetError):
 
 
 class TaskError(FleetError):
-    """A task action that cannot be done: unknown task, or not in a state that allows it."""
+    """A task action that cannot be done: unknown task, or not in a state that allows it; a
+    device that cannot be retired (unknown, or retired already)."""
 
-    STATUS_OF: ClassVar[dict[str, int]] = {"TASK_NOT_FOUND": 404, "AGENT_NOT_FOUND": 404}
+    STATUS_OF: ClassVar[dict[str, int]] = {"TASK_NOT_FOUND": 404, "AGENT_NOT_FOUND": 404, "DEVICE_NOT_FOUND": 404}
     DEFAULT_STATUS = 409
 
 

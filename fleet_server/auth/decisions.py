@@ -79,6 +79,7 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "POST /api/v1/registry/devices/{device_id}/credentials": (YES, NO, NO, NO, NO),
     "GET /api/v1/registry/devices/{device_id}/credentials": (YES, YES, NO, NO, NO),
     "POST /api/v1/registry/devices/{device_id}/credentials/revoke": (YES, NO, NO, NO, NO),
+    "POST /api/v1/registry/devices/{device_id}/retire": (YES, NO, NO, NO, NO),
     # OTA
     "GET /api/v1/ota/releases": (YES, YES, NO, NO, NO),
     "POST /api/v1/ota/releases": (YES, NO, NO, NO, NO),

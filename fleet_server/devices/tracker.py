@@ -18,11 +18,11 @@ from psycopg import AsyncCursor
 
 from fleet_server.db.batch import columns, copy_rows
 from fleet_server.devices import queries
+from fleet_server.devices.parts import VERIFY_CLEAN_REPORTS
 from fleet_server.devices.states import DeviceState, Signal, next_state
 
-# A device is verified healthy after this many clean health reports in a row: one clean report
-# right after a fault may be luck; two, a health interval apart, are a working device.
-CLEAN_REPORTS_TO_VERIFY = 2
+# A device is verified healthy after this many clean health reports in a row (parts.py says why).
+CLEAN_REPORTS_TO_VERIFY = VERIFY_CLEAN_REPORTS
 
 
 @dataclass(frozen=True, slots=True)

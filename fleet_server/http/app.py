@@ -30,6 +30,7 @@ FLEET_ROUTERS: tuple[APIRouter, ...] = (
     devices_routes.router,
     figures_routes.router,
     inspection_routes.router,
+    inspection_routes.retire_router,
     devices_routes.registry_router,
     figures_routes.metrics_router,
     ota_routes.router,

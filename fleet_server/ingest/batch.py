@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from firmware_protocols.messages import Event, Health, Hello, Message, Presence
 from fleet_server.db.batch import columns, copy_rows
 from fleet_server.devices import tracker
+from fleet_server.devices.parts import Impact, impact_of
 from fleet_server.devices.states import Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest import queries
@@ -33,11 +34,6 @@ class Received:
 
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-# Fault events of these parts put a device out of service; others (printer paper, battery) are
-# counted for the detectors but a speaker with an empty printer still announces payments.
-CRITICAL_PARTS = frozenset({"audio", "tts", "modem", "storage"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +65,9 @@ def observations_of(item: Received) -> list[Observation]:
             return [Observation(msg.device_id, at, Signal.FAULT, "audio_selftest_failed")]
         if _health_clean(msg):
             return [Observation(msg.device_id, at, Signal.HEALTHY, "health_clean")]
-    if isinstance(msg, Event) and msg.kind == "fault" and msg.detail.get("part") in CRITICAL_PARTS:
+    # A fault of a part that stops announcements fails the device; others (printer paper,
+    # battery) are counted for the maintenance detector: the speaker still announces (parts.py).
+    if isinstance(msg, Event) and msg.kind == "fault" and impact_of(msg.detail.get("part")) is Impact.FAILED:
         detail = {k: v for k, v in msg.detail.items() if k in ("part", "state", "was")}
         return [Observation(msg.device_id, at, Signal.FAULT, f"fault_{msg.detail.get('part')}", detail)]
     return [Observation(msg.device_id, at, Signal.SEEN, type(msg).__name__.lower())]
@@ -80,9 +78,11 @@ class _Day:
     messages: int = 0
     health_reports: int = 0
     fault_events: int = 0
+    degraded_events: int = 0
     audio_failures: int = 0
     reconnects: int = 0
     min_rssi_dbm: int | None = None
+    degraded_parts: list[str] = field(default_factory=list)
     first_at: datetime | None = None
     last_at: datetime | None = None
 
@@ -92,9 +92,11 @@ class _Day:
             self.messages,
             self.health_reports,
             self.fault_events,
+            self.degraded_events,
             self.audio_failures,
             self.reconnects,
             self.min_rssi_dbm,
+            json.dumps(self.degraded_parts),
             self.first_at,
             self.last_at,
         )
@@ -109,8 +111,14 @@ class _Day:
             self.audio_failures += msg.audio_selftest == "fail"
             if msg.rssi_dbm is not None:
                 self.min_rssi_dbm = msg.rssi_dbm if self.min_rssi_dbm is None else min(self.min_rssi_dbm, msg.rssi_dbm)
-        elif isinstance(msg, Event):
-            self.fault_events += msg.kind == "fault"
+        elif isinstance(msg, Event) and msg.kind == "fault":
+            if impact_of(msg.detail.get("part")) is Impact.FAILED:
+                self.fault_events += 1
+            else:
+                self.degraded_events += 1
+                part = msg.detail.get("part")
+                if isinstance(part, str) and part not in self.degraded_parts:
+                    self.degraded_parts.append(part[:32])
         elif isinstance(msg, Hello):
             self.reconnects += 1
 
@@ -228,7 +236,7 @@ async def write_batch(
             queries.UPSERT_DAILY,
             columns(
                 ((d, day, *v.counts()) for (d, day), v in sorted(rows.days.items())),
-                10,
+                12,
             ),
         )
         if rows.clocks:

@@ -42,16 +42,20 @@ COPY_HEALTH: Final = (
     " queue_depth, played_total, mem_rss_kb, payload) FROM STDIN"
 )
 UPSERT_DAILY: Final = """
-INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, audio_failures,
-    reconnects, min_rssi_dbm, first_at, last_at)
-SELECT * FROM unnest(%s::text[], %s::date[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
-    %s::int2[], %s::timestamptz[], %s::timestamptz[])
+INSERT INTO device_daily AS t (device_id, day, messages, health_reports, fault_events, degraded_events,
+    audio_failures, reconnects, min_rssi_dbm, degraded_parts, first_at, last_at)
+SELECT d, day, m, h, f, g, a, r, rssi, ARRAY(SELECT jsonb_array_elements_text(parts)), first_at, last_at
+FROM unnest(%s::text[], %s::date[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+    %s::int2[], %s::jsonb[], %s::timestamptz[], %s::timestamptz[])
+    AS u(d, day, m, h, f, g, a, r, rssi, parts, first_at, last_at)
 ON CONFLICT (device_id, day) DO UPDATE SET messages = t.messages + EXCLUDED.messages,
     health_reports = t.health_reports + EXCLUDED.health_reports,
     fault_events = t.fault_events + EXCLUDED.fault_events,
+    degraded_events = t.degraded_events + EXCLUDED.degraded_events,
     audio_failures = t.audio_failures + EXCLUDED.audio_failures,
     reconnects = t.reconnects + EXCLUDED.reconnects,
     min_rssi_dbm = LEAST(t.min_rssi_dbm, EXCLUDED.min_rssi_dbm),
+    degraded_parts = ARRAY(SELECT DISTINCT unnest(t.degraded_parts || EXCLUDED.degraded_parts) ORDER BY 1),
     first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)
 """
 UPSERT_CELLS: Final = """

@@ -6,39 +6,50 @@ the action suggested to the field agent, or None.
 
 - idle (停用): in service, but its merchant took no payment for `idle_after_days` after having
   taken payments before;
-- faulty (故障): in the faulty state, the audio self-test failing, repeated fault events, a
-  flapping connection (many reconnects), or a stream of messages no consumer can take (held in
-  quarantine: corrupt firmware or storage, or someone publishing in its name);
+- faulty (故障): in the faulty state, the audio self-test failing, repeated fault events of parts
+  that stop announcements (`fleet_server.devices.parts`), a flapping connection (many
+  reconnects), or a stream of messages no consumer can take (held in quarantine: corrupt
+  firmware or storage, or someone publishing in its name);
+- degraded (待维护): trouble with a part that leaves the device announcing (printer paper,
+  battery, storage): a maintenance task, not a failure;
 - suspected lost (疑似遗失): offline for more than `lost_after_days` with no planned removal;
-- relocated (移机): since it first reported a cell outside its learned fingerprint it has not
-  been back in one, with a few reports to rule out a passing handover; a different tracking
-  area raises the confidence, and a GPS fix decides where there is one.
+- relocated (移机): since it first reported a cell outside its fingerprint it has not been back
+  in one, with a few reports to rule out a passing handover; a different tracking area raises
+  the confidence, and a GPS fix decides where there is one. The fingerprint is the cells of its
+  first hours where it was installed and the cells learned while it still came back to those
+  (`home_cells`), so a device moved during its learning days is found too.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
+from fleet_server.devices.parts import PART_NAMES_ZH
 from fleet_server.devices.states import DeviceState
+from fleet_server.inspection.placement import Placement as Placement  # noqa: PLC0414 - re-exported with the detectors.
+from fleet_server.inspection.placement import distance_m as distance_m  # noqa: PLC0414
+from fleet_server.inspection.placement import home_cells as home_cells  # noqa: PLC0414
+from fleet_server.inspection.placement import placement
 
 
 class InspectionThresholds(BaseModel):
     # A device reports health every this many seconds; offline after 1.5 x it without a word.
     heartbeat_interval_s: float = Field(default=60.0, gt=0)
     idle_after_days: float = Field(default=7.0, gt=0)
-    fault_events: int = Field(default=3, ge=1)  # fault events in the last two local days
+    fault_events: int = Field(default=3, ge=1)  # fault events of failed parts in the last two local days
     flapping_reconnects: int = Field(default=12, ge=2)  # reconnects in the last two local days
     poison_messages: int = Field(default=20, ge=1)  # of its messages quarantined in the last two local days
     lost_after_days: float = Field(default=3.0, gt=0)
     relocation_min_reports: int = Field(default=3, ge=1)
     relocation_min_confidence: float = Field(default=0.6, ge=0, le=1)
     relocation_gps_m: float = Field(default=500.0, gt=0)
+    # The cells of a device's first this many hours after installation are where it was installed.
+    relocation_anchor_h: float = Field(default=6.0, gt=0)
     # A board clock this far off, even corrected by the agent, is a broken clock (no battery, a
     # drifting crystal): a maintenance task. Reports arriving this far off their own time are a
     # device running on a wrong clock: it misses announces (a fault).
@@ -58,6 +69,7 @@ class FindingKind(StrEnum):
     LOST = "lost"
     RELOCATED = "relocated"
     CLOCK = "clock"  # the board's clock is broken, the agent corrects it: maintenance, not a failure
+    DEGRADED = "degraded"  # a part that leaves it announcing (printer, battery): maintenance, not a failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +122,11 @@ class DeviceFacts:
     planned_removal: bool = False
     merchant_first_payment_at: datetime | None = None
     merchant_last_payment_at: datetime | None = None
-    fault_events: int = 0
+    fault_events: int = 0  # of parts that stop announcements (parts.FAILED_PARTS)
     audio_failures: int = 0
     reconnects: int = 0
+    degraded_events: int = 0  # fault events of the other parts, and which parts
+    degraded_parts: tuple[str, ...] = ()
     quarantined: int = 0
     state_cause: str | None = None
     # Kinds of this device's tasks closed within the counting window (the last two local days):
@@ -120,6 +134,8 @@ class DeviceFacts:
     recently_closed: frozenset[str] = frozenset()
     cells: tuple[CellSeen, ...] = ()
     install_position: tuple[float, float] | None = None
+    # When its cells began to be learned: installation or first contact, whichever is later.
+    learning_from: datetime | None = None
     gps: tuple[float, float] | None = None
     clock: ClockFacts = field(default_factory=ClockFacts)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -216,6 +232,53 @@ def detect_faulty(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Fin
     )
 
 
+# What to do about each degraded part; a part not listed gets the general check.
+_DEGRADED_ACTIONS: Final = {
+    "printer": (
+        "打印机缺纸或故障：上门补充打印纸、检查纸仓盖（收款播报不受影响）",
+        "The receipt printer is out of paper or failing: refill it, check the cover (announcements still work)",
+    ),
+    "battery": (
+        "电池电量低或老化：检查电源适配器，必要时更换电池（收款播报不受影响）",
+        "The battery is low or worn: check the power adapter, replace the battery if need be"
+        " (announcements still work)",
+    ),
+    "storage": (
+        "设备存储空间不足：远程诊断后清理或重刷固件（收款播报不受影响）",
+        "The device's storage is full: run remote diagnose, clean up or reflash (announcements still work)",
+    ),
+    "registration": (
+        "网络注册不稳定：检查信号，建议调整位置或更换SIM卡（收款播报暂未受影响）",
+        "The network registration keeps dropping: check the signal, move the device or change the SIM",
+    ),
+}
+_DEGRADED_GENERAL = (
+    "设备部件异常但仍可播报：远程诊断后上门检查",
+    "A part reports trouble but the device still announces: run remote diagnose, check on site",
+)
+
+
+def detect_degraded(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:  # noqa: ARG001 - one signature for all detectors.
+    """A part that leaves the device announcing reported trouble: a maintenance task, no failure."""
+    if f.degraded_events < 1 or FindingKind.DEGRADED.value in f.recently_closed:
+        return None
+    parts = sorted(f.degraded_parts)
+    actions = [_DEGRADED_ACTIONS.get(part, _DEGRADED_GENERAL) for part in parts] or [_DEGRADED_GENERAL]
+    unique = list(dict.fromkeys(actions))
+    return Finding(
+        f.device_id,
+        FindingKind.DEGRADED,
+        confidence=1.0,
+        evidence={
+            "parts": parts,
+            "parts_zh": [PART_NAMES_ZH.get(part, part) for part in parts],
+            "events": f.degraded_events,
+        },
+        action_zh="；".join(zh for zh, _ in unique),
+        action_en="; ".join(en for _, en in unique),
+    )
+
+
 def detect_lost(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:
     if f.planned_removal or f.state not in (DeviceState.OFFLINE, DeviceState.SUSPECTED_LOST) or f.last_seen is None:
         return None
@@ -230,55 +293,6 @@ def detect_lost(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Findi
         action_zh="联系商户确认设备下落；找不到则登记遗失并停用",
         action_en="Call the merchant to find the device; if it is gone, report it lost and retire it",
     )
-
-
-def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """Great-circle distance in metres (haversine)."""
-    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6_371_000 * math.asin(math.sqrt(h))
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where the device is against its fingerprint: away (with a confidence) or back in place."""
-
-    away: bool
-    confidence: float
-    evidence: dict[str, Any]
-
-
-def placement(f: DeviceFacts, t: InspectionThresholds) -> Placement | None:
-    """None when there is nothing to judge by (no fingerprint learned, or no cell since)."""
-    learned = [c for c in f.cells if c.learned]
-    foreign = [c for c in f.cells if not c.learned]
-    if not learned:
-        return None
-    last_home = max(c.last_seen for c in learned)
-    # Foreign cells seen since the device was last in a learned one: where it is now.
-    since_move = [c for c in foreign if c.last_seen > last_home]
-    evidence: dict[str, Any] = {
-        "learned_cells": sorted(c.cell for c in learned),
-        "current_cells": sorted(c.cell for c in since_move),
-        "last_in_learned_cell": last_home.isoformat(),
-    }
-    if not since_move or min(c.first_seen for c in since_move) <= last_home:
-        back = not since_move
-        return Placement(away=not back, confidence=0.0, evidence=evidence) if back else None
-    reports = sum(c.reports for c in since_move)
-    if reports < t.relocation_min_reports:
-        return None
-    new_area = not {c.area for c in since_move} & {c.area for c in learned}
-    confidence = 0.9 if new_area else 0.6
-    evidence.update(reports_away=reports, new_tracking_area=new_area)
-    if f.gps is not None and f.install_position is not None:
-        metres = distance_m(f.gps, f.install_position)
-        evidence["gps_distance_m"] = round(metres)
-        if metres >= t.relocation_gps_m:
-            confidence = max(confidence, 0.98)
-        elif metres < t.relocation_gps_m / 2:
-            confidence *= 0.3  # the fix says it is where it was installed: a network change
-    return Placement(away=True, confidence=round(confidence, 2), evidence=evidence)
 
 
 def detect_relocated(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Finding | None:  # noqa: ARG001 - one signature for all detectors.
@@ -315,7 +329,7 @@ def detect_clock(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> Find
     )
 
 
-DETECTORS = (detect_faulty, detect_lost, detect_relocated, detect_idle, detect_clock)
+DETECTORS = (detect_faulty, detect_lost, detect_relocated, detect_idle, detect_clock, detect_degraded)
 
 
 def inspect(f: DeviceFacts, t: InspectionThresholds, now: datetime) -> list[Finding]:

@@ -32,8 +32,8 @@ from fleet_server.inspection.detectors import (
     Finding,
     InspectionThresholds,
     inspect,
-    placement,
 )
+from fleet_server.inspection.placement import placement
 from fleet_server.inspection.tasks import TaskBook
 from mqtt_link.tasks import Component, spawn
 
@@ -167,6 +167,7 @@ class Inspector(Component):
                     "poison": t.poison_messages,
                     "clock_board_ms": t.clock_board_off_s * 1000,
                     "clock_skew_ms": t.clock_skew_s * 1000,
+                    "anchor": timedelta(hours=t.relocation_anchor_h),
                 },
             )
             cell_rows = await fetch_dicts(conn, queries.CELLS, ([row["device_id"] for row in rows],))
@@ -186,11 +187,14 @@ class Inspector(Component):
                 fault_events=int(row["fault_events"]),
                 audio_failures=int(row["audio_failures"]),
                 reconnects=int(row["reconnects"]),
+                degraded_events=int(row["degraded_events"]),
+                degraded_parts=tuple(row["degraded_parts"]),
                 quarantined=int(row["quarantined"]),
                 state_cause=row["cause"],
                 recently_closed=frozenset(row["closed_kinds"]),
                 cells=tuple(cells.get(row["device_id"], ())),
                 install_position=_pair(row["install_lat"], row["install_lon"]),
+                learning_from=row["learning_from"],
                 gps=_pair(row["last_gps_lat"], row["last_gps_lon"]),
                 clock=ClockFacts(
                     row["clock_board_offset_ms"],

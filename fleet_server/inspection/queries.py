@@ -17,9 +17,9 @@ S = DeviceState
 
 # Facts of every device that could have a finding (the rest cannot): its state and when it was
 # last seen, its merchant's first and last payment, the last two local days' fault events, audio
-# failures and reconnects, the cause of a fault, the kinds of its tasks closed since, its
+# failures, reconnects and degraded parts, the cause of a fault, the kinds of its tasks closed since, its
 # installation and last GPS position, the messages of it quarantined since. Parameters:
-# since_day, since, flapping, idle_before, poison.
+# since_day, since, flapping, idle_before, poison, clock_board_ms, clock_skew_ms, anchor.
 FACTS: Final = statement(
     """
 WITH merchant_payments AS (
@@ -27,8 +27,12 @@ WITH merchant_payments AS (
 ),
 recent AS (
     SELECT device_id, sum(fault_events) AS fault_events, sum(audio_failures) AS audio_failures,
-           sum(reconnects) AS reconnects
+           sum(reconnects) AS reconnects, sum(degraded_events) AS degraded_events
     FROM device_daily WHERE day >= %(since_day)s GROUP BY device_id
+),
+degraded AS (
+    SELECT device_id, array_agg(DISTINCT part ORDER BY part) AS parts
+    FROM device_daily, unnest(degraded_parts) AS part WHERE day >= %(since_day)s GROUP BY device_id
 ),
 closed AS (
     SELECT device_id, array_agg(DISTINCT kind) AS kinds FROM tasks
@@ -44,9 +48,11 @@ last_cause AS (
     ORDER BY device_id, at DESC, seq DESC
 )
 SELECT d.device_id, d.state, d.last_seen, d.planned_removal, d.install_lat, d.install_lon,
+       GREATEST(d.installed_at, d.first_contact) AS learning_from,
        d.last_gps_lat, d.last_gps_lon, mp.first_at, mp.last_at, lc.cause,
        COALESCE(r.fault_events, 0) AS fault_events, COALESCE(r.audio_failures, 0) AS audio_failures,
-       COALESCE(r.reconnects, 0) AS reconnects, COALESCE(cl.kinds, '{{}}') AS closed_kinds,
+       COALESCE(r.reconnects, 0) AS reconnects, COALESCE(r.degraded_events, 0) AS degraded_events,
+       COALESCE(dg.parts, '{{}}') AS degraded_parts, COALESCE(cl.kinds, '{{}}') AS closed_kinds,
        COALESCE(po.quarantined, 0) AS quarantined,
        dc.board_offset_ms AS clock_board_offset_ms, dc.skew_ms AS clock_skew_ms, dc.reported_at AS clock_reported_at,
        dc.refused_skew_s AS clock_refused_skew_s, dc.refused_at AS clock_refused_at
@@ -54,16 +60,21 @@ FROM devices d
 LEFT JOIN bindings b USING (device_id)
 LEFT JOIN merchant_payments mp USING (merchant_id)
 LEFT JOIN recent r USING (device_id)
+LEFT JOIN degraded dg USING (device_id)
 LEFT JOIN last_cause lc USING (device_id)
 LEFT JOIN closed cl USING (device_id)
 LEFT JOIN poison po USING (device_id)
 LEFT JOIN device_clocks dc USING (device_id)
 WHERE d.state IS NOT NULL AND d.state <> {retired}
   AND (d.state = ANY({watched})
-       OR r.fault_events > 0 OR r.audio_failures > 0 OR r.reconnects >= %(flapping)s
+       OR r.fault_events > 0 OR r.audio_failures > 0 OR r.degraded_events > 0 OR r.reconnects >= %(flapping)s
        OR po.quarantined >= %(poison)s
        OR (mp.last_at < %(idle_before)s AND d.state = {in_service})
-       OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id AND NOT c.learned)
+       -- A cell outside what was learned, or the device is now on a cell first seen after its
+       -- first hours (a move during learning; detectors.home_cells decides).
+       OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id
+                  AND (NOT c.learned OR (c.cell = d.last_cell
+                       AND c.first_seen > GREATEST(d.installed_at, d.first_contact) + %(anchor)s)))
        OR abs(dc.board_offset_ms) > %(clock_board_ms)s OR abs(dc.skew_ms) > %(clock_skew_ms)s
        OR dc.refused_at >= %(since)s)
 """,
@@ -166,6 +177,15 @@ VERIFIED: Final = statement(
     " closed_at = CASE WHEN %s THEN %s ELSE closed_at END WHERE task_id = %s",
     closed=TaskStatus.CLOSED,
 )
+
+# A retired device's tasks not yet closed, closed now: (note, now, now, device_id). Rows: (task_id).
+CLOSE_FOR_RETIRED: Final = statement(
+    "UPDATE tasks SET status = {closed}, closed_at = %s, updated_at = %s, verification = %s"
+    " WHERE device_id = %s AND status <> {closed} RETURNING task_id",
+    closed=TaskStatus.CLOSED,
+)
+# A device's state, locked: (state) or no row.
+DEVICE_STATE: Final = "SELECT state FROM devices WHERE device_id = %s FOR UPDATE"
 
 # The round's session lock (one process runs a round at a time): (taken), then its release.
 TRY_ROUND_LOCK: Final = "SELECT pg_try_advisory_lock(%s)"

@@ -1,26 +1,41 @@
 """HTTP routes of field agents' tasks: list (a field agent's own stores only), one, assign,
-start, and ask to close (the task closes once the system verifies the device)."""
+start, and ask to close (the task closes once the system verifies the device); and retiring a
+device for good, which closes its tasks and revokes its credentials."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, Reach, ReachDep, TaskAssigner, TaskReader, TaskWorker
+from fleet_server.auth.deps import (
+    AUTH_ERRORS,
+    AuditDep,
+    Reach,
+    ReachDep,
+    RegistryWriter,
+    TaskAssigner,
+    TaskReader,
+    TaskWorker,
+)
 from fleet_server.auth.roles import Principal
-from fleet_server.errors import ApiError
+from fleet_server.errors import ApiError, IdentityError
 from fleet_server.http.errors import NOT_FOUND
+from fleet_server.http.params import DeviceIdPath
 from fleet_server.http.services import provide
+from fleet_server.identity.store import DeviceCredentials
 from fleet_server.inspection.rules import TaskStatus
-from fleet_server.inspection.tasks import Task, TaskBook
+from fleet_server.inspection.tasks import Retired, RetireReason, Task, TaskBook
 
 TasksDep = Annotated[TaskBook, Depends(provide(TaskBook))]
+CredentialsDep = Annotated[DeviceCredentials, Depends(provide(DeviceCredentials))]
 TaskId = Annotated[int, Path(ge=1)]
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=AUTH_ERRORS)
+retire_router = APIRouter(prefix="/api/v1/registry/devices", tags=["registry"], responses=AUTH_ERRORS)
 
 
 class AssignBody(BaseModel):
@@ -28,6 +43,11 @@ class AssignBody(BaseModel):
 
 
 class CloseBody(BaseModel):
+    note: str = Field(default="", max_length=500)
+
+
+class RetireBody(BaseModel):
+    reason: RetireReason
     note: str = Field(default="", max_length=500)
 
 
@@ -93,3 +113,24 @@ async def close_task(
     detail = {"device_id": task.device_id, "note": body.note, "status": task.status.value}
     await audit(principal, "task.close", str(task_id), detail=detail)
     return task
+
+
+@retire_router.post(
+    "/{device_id}/retire",
+    summary="Retire a device for good (lost, stolen, scrapped): out of the figures from now, its open tasks"
+    " closed, its credentials revoked",
+    responses=NOT_FOUND,
+)
+async def retire_device(
+    principal: RegistryWriter,
+    tasks: TasksDep,
+    credentials: CredentialsDep,
+    audit: AuditDep,
+    device_id: DeviceIdPath,
+    body: RetireBody,
+) -> Retired:
+    retired = await tasks.retire(device_id, body.reason, body.note, by=principal.login, now=datetime.now(tz=UTC))
+    with suppress(IdentityError):  # never provisioned: nothing to revoke
+        await credentials.revoke(device_id, by=principal.login)
+    await audit(principal, "device.retire", device_id, detail=retired.model_dump(mode="json") | {"note": body.note})
+    return retired

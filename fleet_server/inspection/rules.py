@@ -28,11 +28,16 @@ FIXED_WHEN: Final = {
     FindingKind.RELOCATED: {DeviceState.IN_SERVICE, DeviceState.IDLE},
     FindingKind.IDLE: {DeviceState.IN_SERVICE, DeviceState.RETIRED},
     FindingKind.CLOCK: {DeviceState.IN_SERVICE, DeviceState.IDLE},
+    FindingKind.DEGRADED: {DeviceState.IN_SERVICE, DeviceState.IDLE},
 }
-# What a newly opened task does to its device's state (a clock task: nothing, the device works).
+# What a newly opened task does to its device's state (a clock or degraded task: nothing, the
+# device works).
 SIGNAL_OF: Final = {
     FindingKind.FAULTY: Signal.FAULT,
     FindingKind.LOST: Signal.LOST_DETECTED,
     FindingKind.RELOCATED: Signal.RELOCATED_DETECTED,
     FindingKind.IDLE: Signal.IDLE_DETECTED,
 }
+# The kinds whose work puts the device under repair when a field agent starts it: a failure
+# being repaired. Work on a degraded part, a clock, a lost or moved device is no repair.
+REPAIRS: Final = frozenset({FindingKind.FAULTY})

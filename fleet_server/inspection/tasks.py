@@ -5,14 +5,16 @@ the evidence and a suggested action; a finding of the same kind for a device tha
 an open task merges into it (occurrences + 1, latest evidence). A field agent starts work
 (the device goes under repair) and asks to close; the task then waits in `verifying` until
 the inspector sees the device healthy again for the task's kind, and only then is it closed.
-The statuses and rules are in `rules`, the SQL in `queries`.
+A device retired for good (lost, stolen, scrapped) has its open tasks closed with it. The
+statuses and rules are in `rules`, the SQL in `queries`.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, LiteralString
+from enum import StrEnum
+from typing import Any, Final, LiteralString
 
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
@@ -25,7 +27,7 @@ from fleet_server.devices.tracker import Observation
 from fleet_server.errors import TaskError
 from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import Finding, FindingKind
-from fleet_server.inspection.rules import FIXED_WHEN, SIGNAL_OF, TaskStatus
+from fleet_server.inspection.rules import FIXED_WHEN, REPAIRS, SIGNAL_OF, TaskStatus
 
 
 class Task(BaseModel):
@@ -52,6 +54,23 @@ class Task(BaseModel):
     install_address: str | None = None
     install_lat: float | None = None
     install_lon: float | None = None
+
+
+class RetireReason(StrEnum):
+    LOST = "lost"  # 遗失: gone for good
+    STOLEN = "stolen"  # 被盗
+    SCRAPPED = "scrapped"  # 报废: broken beyond repair
+
+
+RETIRE_REASONS_ZH: Final = {RetireReason.LOST: "遗失", RetireReason.STOLEN: "被盗", RetireReason.SCRAPPED: "报废"}
+
+
+class Retired(BaseModel):
+    device_id: str
+    reason: RetireReason
+    at: datetime
+    previous_state: str | None
+    closed_tasks: list[int]
 
 
 class TaskBook:
@@ -132,8 +151,11 @@ class TaskBook:
         return await self.get(task_id)
 
     async def start(self, task_id: int, now: datetime) -> Task:
-        """The field agent is at it: the device is under repair from now."""
+        """The field agent is at it: a faulty device is under repair from now (work on anything
+        else, a printer or a lost device, is no repair: `rules.REPAIRS`)."""
         task = await self._move(task_id, {TaskStatus.OPEN}, queries.START, (now, now, task_id))
+        if task.kind not in REPAIRS:
+            return await self.get(task_id)
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await tracker.apply(
                 cur, [Observation(task.device_id, now, Signal.REPAIR_STARTED, f"task_{task_id}_started")]
@@ -161,6 +183,25 @@ class TaskBook:
         async with self._pool.connection() as conn:
             await conn.execute(update, params)
         return task
+
+    async def retire(self, device_id: str, reason: RetireReason, note: str, *, by: str, now: datetime) -> Retired:
+        """Take a device out of service for good (lost, stolen, scrapped): retired from `now`, so
+        out of the deployed figures from that moment, and every task of it still open closed
+        (there is nothing left to verify). One transaction; a retired device stays retired."""
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(queries.DEVICE_STATE, (device_id,))
+            row = await cur.fetchone()
+            if row is None:
+                raise TaskError("DEVICE_NOT_FOUND", f"device {device_id} not found", f"设备 {device_id} 不存在")
+            if row[0] == DeviceState.RETIRED:
+                raise TaskError("DEVICE_RETIRED", f"device {device_id} is retired already", f"设备 {device_id} 已退役")
+            detail = {"reason": reason.value, "note": note, "by": by}
+            observation = Observation(device_id, now, Signal.RETIRE, f"retired_{reason.value}", detail)
+            await tracker.apply(cur, [observation])
+            why = f"closed: device retired ({reason.value}) by {by}" + (f": {note}" if note else "")
+            await cur.execute(queries.CLOSE_FOR_RETIRED, (now, now, why, device_id))
+            closed = sorted(int(r[0]) for r in await cur.fetchall())
+        return Retired(device_id=device_id, reason=reason, at=now, previous_state=row[0], closed_tasks=closed)
 
     async def verify(self, now: datetime) -> list[int]:
         """Close every verifying task whose device is fixed for the task's kind; returns their ids."""

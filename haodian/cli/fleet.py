@@ -9,6 +9,7 @@ against the demo, a local server or production.
     haodian fleet import registry.csv [--apply]
     haodian fleet provision SPK-0001 [--rotate] [--out agent-secret.toml]
     haodian fleet revoke SPK-0001
+    haodian fleet retire SPK-0001 --reason stolen [--note "商户报案"]
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def add_parser(sub: Any) -> None:
     )
     revoke = action.add_parser("revoke", help="revoke a device's credentials: refused from its next connect")
     revoke.add_argument("device_id")
+    retire = action.add_parser(
+        "retire",
+        help="retire a device for good (遗失 lost, 被盗 stolen, 报废 scrapped): its open tasks close,"
+        " its credentials are revoked, it leaves the figures from now",
+    )
+    retire.add_argument("device_id")
+    retire.add_argument("--reason", required=True, choices=["lost", "stolen", "scrapped"], help="why it is retired")
+    retire.add_argument("--note", default="", help="a note for the record (the audit log and the closed tasks)")
 
 
 def fmt(name: str, value: float | None) -> str:
@@ -241,6 +250,22 @@ def _revoke(client: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+REASONS_ZH = {"lost": "遗失", "stolen": "被盗", "scrapped": "报废"}
+
+
+def _retire(client: httpx.Client, args: argparse.Namespace) -> int:
+    response = client.post(
+        f"/api/v1/registry/devices/{args.device_id}/retire", json={"reason": args.reason, "note": args.note}
+    )
+    done = checked(response, "haodian fleet retire")
+    tasks = ", ".join(f"#{t}" for t in done["closed_tasks"]) or "无 none"
+    print(
+        f"已退役 retired: {done['device_id']} ({REASONS_ZH[done['reason']]} {done['reason']}) at {done['at'][:19]} UTC,"
+        f" was {done['previous_state'] or '-'}; 关闭工单 tasks closed: {tasks}; 凭据已吊销 credentials revoked"
+    )
+    return 0
+
+
 _COMMANDS = {
     "summary": _summary,
     "figures": _figures,
@@ -248,4 +273,5 @@ _COMMANDS = {
     "import": _import,
     "provision": _provision,
     "revoke": _revoke,
+    "retire": _retire,
 }

@@ -264,6 +264,12 @@ async def _revoke(world: World) -> Call:
     return Call("POST", f"/api/v1/registry/devices/{device}/credentials/revoke")
 
 
+async def _retire(world: World) -> Call:
+    device = world.fresh("RET")
+    await world.sql("INSERT INTO devices (device_id, state) VALUES (%s, 'offline')", (device,))
+    return Call("POST", f"/api/v1/registry/devices/{device}/retire", json={"reason": "lost", "note": "table"})
+
+
 async def _add_release(world: World) -> Call:
     return Call("POST", "/api/v1/ota/releases", json=(await world.release()).model_dump(mode="json"))
 
@@ -376,6 +382,7 @@ CASES: dict[str, Case] = {
         200, call("GET", "/api/v1/registry/devices/DA1/credentials")
     ),
     "POST /api/v1/registry/devices/{device_id}/credentials/revoke": Case(200, _revoke),
+    "POST /api/v1/registry/devices/{device_id}/retire": Case(200, _retire),
     "GET /api/v1/ota/releases": Case(200, call("GET", "/api/v1/ota/releases")),
     "POST /api/v1/ota/releases": Case(201, _add_release),
     "PUT /api/v1/ota/releases/{name}/{version}/artifact": Case(200, _upload),

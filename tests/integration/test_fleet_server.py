@@ -13,11 +13,12 @@ from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from fleet_server.devices.importer import import_registry
 from fleet_server.errors import ImportRefused, TaskError
-from fleet_server.figures.figures import FleetFigures
+from fleet_server.figures.figures import FleetFigures, state_counts
 from fleet_server.ingest.consumer import IngestPolicy, Received, write_batch
 from fleet_server.ingest.telemetry import StorageMode, TelemetryStore
 from fleet_server.inspection.detectors import InspectionThresholds
 from fleet_server.inspection.inspector import Inspector
+from fleet_server.inspection.tasks import RetireReason
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -180,6 +181,42 @@ async def test_silent_device_goes_offline_then_suspected_lost_with_a_task(pool):
     assert closed.closed_tasks == [task.task_id]
 
 
+async def test_a_device_lost_for_good_is_retired_its_task_closed_and_out_of_the_figures(pool):
+    await import_registry(pool, HEADER + row("D1", "SN1") + row("D2", "SN2"), dry_run=False)
+    await write_batch(pool, [health("D1", T0), health("D2", T0)])
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=60, lost_after_days=2))
+    await inspector.run_once(T0 + timedelta(minutes=2))
+    assert await state_of(pool, "D1") == "offline"
+    await inspector.run_once(T0 + timedelta(days=3))
+    assert await state_of(pool, "D1") == "suspected_lost"
+    [task] = await inspector.tasks.find(device_id="D1")
+    assert (task.kind, task.status) == ("lost", "open")
+    retired_at = T0 + timedelta(days=4)
+    done = await inspector.tasks.retire("D1", RetireReason.STOLEN, "商户报案", by="ops1", now=retired_at)
+    assert (done.previous_state, done.closed_tasks) == ("suspected_lost", [task.task_id])
+    closed = await inspector.tasks.get(task.task_id)
+    assert (closed.status, closed.closed_at) == ("closed", retired_at)
+    assert "retired (stolen) by ops1: 商户报案" in (closed.verification or "")
+    assert await state_of(pool, "D1") == "retired"
+    # Deployed until the moment it was retired, not after: 4 days of D1 and 5 of D2 (lost too,
+    # but not given up on: still deployed).
+    [f] = await FleetFigures(pool).compute(T0, T0 + timedelta(days=5))
+    assert f.deployed_hours == pytest.approx(24 * (4 + 5))
+    [after] = await FleetFigures(pool).compute(retired_at, T0 + timedelta(days=5))
+    assert (after.devices, after.deployed_hours) == (1, pytest.approx(24))
+    counts = await state_counts(pool, retired_at + timedelta(seconds=1))
+    assert (counts.deployed, counts.by_state.get("retired")) == (1, 1)
+    # It talks again (found by a thief, switched on): still retired, no task, and it cannot be retired twice.
+    await write_batch(pool, [health("D1", retired_at + timedelta(hours=1))])
+    assert await state_of(pool, "D1") == "retired"
+    again = await inspector.run_once(retired_at + timedelta(hours=1, minutes=1))
+    assert [f.device_id for f in again.findings] == ["D2"]  # D2 is still lost: only its own task
+    with pytest.raises(TaskError, match="retired already"):
+        await inspector.tasks.retire("D1", RetireReason.LOST, "", by="ops1", now=retired_at + timedelta(hours=2))
+    with pytest.raises(TaskError, match="not found"):
+        await inspector.tasks.retire("NOPE", RetireReason.SCRAPPED, "", by="ops1", now=retired_at)
+
+
 async def test_moved_device_is_found_relocated_and_back_in_place(pool):
     await import_registry(pool, HEADER + row("D1", "SN1", installed_at=T0.isoformat()), dry_run=False)
     await write_batch(pool, [health("D1", T0 + timedelta(minutes=m)) for m in range(5)])  # learning at home
@@ -197,6 +234,35 @@ async def test_moved_device_is_found_relocated_and_back_in_place(pool):
     back = await inspector.run_once(later + timedelta(hours=1, minutes=1))
     assert back.back_in_place == 1
     assert await state_of(pool, "D1") == "in_service"
+
+
+async def test_a_device_moved_during_its_learning_days_is_found_relocated(pool):
+    """Every cell of the first 3 days is learned; a device moved on its second day used to learn
+    its new place as home. Its first hours are where it was installed (detectors.home_cells)."""
+    registry = HEADER + row("DL1", "SNL1", installed_at=T0.isoformat())
+    await import_registry(
+        pool, registry + row("DL2", "SNL2", merchant="M2", installed_at=T0.isoformat()), dry_run=False
+    )
+    first_hours = [health(d, T0 + timedelta(minutes=m)) for m in range(0, 120, 30) for d in ("DL1", "DL2")]
+    await write_batch(pool, first_hours)
+    day2 = T0 + timedelta(days=1)
+    # DL1 is carried to another district; DL2 hands over to a neighbour cell and back home.
+    moved = [health("DL1", day2 + timedelta(minutes=m), cell="77", area="9F00") for m in range(4)]
+    neighbour = [health("DL2", day2 + timedelta(minutes=m), cell="11") for m in range(4)]
+    await write_batch(pool, [*moved, *neighbour, health("DL2", day2 + timedelta(minutes=5))])
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT bool_and(learned) FROM device_cells")
+        assert (await cur.fetchone())[0], "all cells were seen within the learning days"
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600))
+    report = await inspector.run_once(day2 + timedelta(minutes=6))
+    [finding] = report.findings
+    assert (finding.device_id, finding.kind, finding.confidence) == ("DL1", "relocated", 0.9)
+    assert finding.evidence["learned_cells"] == ["460-0-1A2B-10"]
+    assert (await state_of(pool, "DL1"), await state_of(pool, "DL2")) == ("relocated", "in_service")
+    # Carried back: in place again.
+    await write_batch(pool, [health("DL1", day2 + timedelta(hours=1))])
+    assert (await inspector.run_once(day2 + timedelta(hours=1, minutes=1))).back_in_place == 1
+    assert await state_of(pool, "DL1") == "in_service"
 
 
 async def _payment(pool, payment_id: str, merchant: str, at: datetime) -> None:
@@ -236,16 +302,68 @@ async def test_the_idle_detector_finds_a_device_whose_merchant_stopped_taking_pa
     assert await state_of(pool, "DI1") == "in_service"
 
 
-async def test_fault_events_of_printer_count_but_do_not_fail_the_device(pool):
+def fault(device: str, at: datetime, part: str, state: str, was: str | None = "ok") -> Received:
+    detail = {"part": part, "state": state, "was": was}
+    return Received(at, Event(device_id=device, ts=int(at.timestamp() * 1000), kind="fault", detail=detail))
+
+
+async def test_a_printer_out_of_paper_makes_a_maintenance_task_and_no_failure(pool):
+    """The printer stops no announcement (fleet_server.devices.parts): three paper-out events
+    used to make the device faulty and, two clean reports later, count a 1.9-minute "repair"."""
+    await import_registry(pool, HEADER + row("D9", "SN9"), dry_run=False)
+    await write_batch(pool, [health("D9", T0)])
     events = [
-        Received(T0 + timedelta(seconds=i), Event(device_id="D9", ts=1, kind="fault", detail={"part": "printer"}))
-        for i in range(3)
+        fault("D9", T0 + timedelta(seconds=i), "printer", "paper_out", "ok" if i == 0 else None) for i in range(3)
     ]
-    await write_batch(pool, [health("D9", T0), *events])
+    await write_batch(pool, events)
     assert await state_of(pool, "D9") == "in_service"
-    report = await Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600)).run_once(T0 + timedelta(seconds=5))
-    assert [f.kind for f in report.findings] == ["faulty"]
-    assert await state_of(pool, "D9") == "faulty"
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600))
+    report = await inspector.run_once(T0 + timedelta(seconds=5))
+    [finding] = report.findings
+    assert (finding.kind, finding.evidence["parts"], finding.evidence["events"]) == ("degraded", ["printer"], 3)
+    assert "打印纸" in finding.action_zh
+    assert await state_of(pool, "D9") == "in_service"
+    [task] = await inspector.tasks.find(device_id="D9")
+    assert (task.kind, task.status, task.agent_id) == ("degraded", "open", "A1")
+    # The field agent starts the work: refilling paper is no repair, the device stays in service.
+    await inspector.tasks.start(task.task_id, T0 + timedelta(minutes=1))
+    assert await state_of(pool, "D9") == "in_service"
+    await write_batch(pool, [health("D9", T0 + timedelta(minutes=m)) for m in (2, 3)])
+    await inspector.tasks.request_close(task.task_id, "加了纸", T0 + timedelta(minutes=4))
+    assert (await inspector.run_once(T0 + timedelta(minutes=5))).closed_tasks == [task.task_id]
+    # The same events are not a new task once it closed; the figures saw no failure at all.
+    assert (await inspector.run_once(T0 + timedelta(minutes=6))).opened == 0
+    [f] = await FleetFigures(pool).compute(T0, T0 + timedelta(hours=1))
+    assert (f.failures, f.repairs, f.mttr_min, f.intact_rate, f.availability_calendar) == (0, 0, None, 1.0, 1.0)
+
+
+async def test_a_speaker_fault_is_a_failure_repaired_only_once_verified(pool):
+    """A fault of a part that stops announcements: a failure at once, a task, and a repair only
+    when the device is verified healthy (two clean reports in a row); MTTR is detected -> verified,
+    wherever the task stands."""
+    await import_registry(pool, HEADER + row("D8", "SN8"), dry_run=False)
+    await write_batch(pool, [health("D8", T0)])
+    await write_batch(pool, [fault("D8", T0 + timedelta(minutes=1), "audio", "fail")])
+    assert await state_of(pool, "D8") == "faulty"
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=3600))
+    assert [f.kind for f in (await inspector.run_once(T0 + timedelta(minutes=2))).findings] == ["faulty"]
+    [task] = await inspector.tasks.find(device_id="D8")
+    assert task.kind == "faulty"
+    # One clean report is luck, not a repair: still faulty, no repair in the figures yet.
+    await write_batch(pool, [health("D8", T0 + timedelta(minutes=20))])
+    assert await state_of(pool, "D8") == "faulty"
+    [f] = await FleetFigures(pool).compute(T0, T0 + timedelta(hours=1))
+    assert (f.failures, f.repairs) == (1, 0)
+    # A fault again in between: the streak starts over.
+    await write_batch(pool, [health("D8", T0 + timedelta(minutes=21), audio="fail")])
+    await write_batch(pool, [health("D8", T0 + timedelta(minutes=m)) for m in (25, 26)])
+    assert await state_of(pool, "D8") == "in_service"
+    [f] = await FleetFigures(pool).compute(T0, T0 + timedelta(hours=1))
+    assert (f.failures, f.repairs) == (1, 1)
+    assert f.mttr_min == pytest.approx(25)  # detected at +1 min, verified at +26 min
+    assert f.fault_rate_downtime == pytest.approx(25 / 60)
+    # The task still waits for the field agent: the device fixed itself, the visit may find why.
+    assert (await inspector.tasks.get(task.task_id)).status == "open"
 
 
 async def test_presence_offline_and_online_move_the_state(pool):

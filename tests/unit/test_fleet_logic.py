@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fleet_server.devices.parts import DEGRADED_PARTS, FAILED_PARTS, Impact, impact_of
 from fleet_server.devices.states import DeviceState as S
 from fleet_server.devices.states import Signal, next_state
 from fleet_server.devices.tracker import DeviceCursor, Observation, fold
@@ -14,11 +15,13 @@ from fleet_server.inspection.detectors import (
     DeviceFacts,
     FindingKind,
     InspectionThresholds,
+    detect_degraded,
     detect_faulty,
     detect_idle,
     detect_lost,
     detect_relocated,
     distance_m,
+    home_cells,
     placement,
 )
 
@@ -107,6 +110,44 @@ def test_faulty_from_state_fault_events_or_flapping_not_from_noise():
     assert detect_faulty(facts(fault_events=9, recently_closed=frozenset({"faulty"})), T, NOW) is None
 
 
+@pytest.mark.parametrize(
+    ("part", "impact"),
+    [
+        ("audio", Impact.FAILED),
+        ("tts", Impact.FAILED),
+        ("modem", Impact.FAILED),
+        ("power", Impact.FAILED),
+        ("printer", Impact.DEGRADED),
+        ("battery", Impact.DEGRADED),
+        ("storage", Impact.DEGRADED),
+        ("registration", Impact.DEGRADED),
+        ("a-part-of-newer-firmware", Impact.DEGRADED),
+        (None, Impact.DEGRADED),
+        (["audio"], Impact.DEGRADED),  # whatever a device sends as the part
+    ],
+)
+def test_what_a_fault_of_each_part_means(part, impact):
+    assert impact_of(part) is impact
+    assert FAILED_PARTS.isdisjoint(DEGRADED_PARTS)
+
+
+def test_a_degraded_part_is_a_maintenance_finding_not_a_fault():
+    printer = facts(degraded_events=3, degraded_parts=("printer",))
+    assert detect_faulty(printer, T, NOW) is None
+    finding = detect_degraded(printer, T, NOW)
+    assert finding is not None
+    assert (finding.kind, finding.evidence["parts_zh"]) == (FindingKind.DEGRADED, ["打印机"])
+    both = detect_degraded(facts(degraded_events=2, degraded_parts=("printer", "battery")), T, NOW)
+    assert both is not None
+    assert "打印纸" in both.action_zh
+    assert "电池" in both.action_zh
+    unknown = detect_degraded(facts(degraded_events=1, degraded_parts=("fan",)), T, NOW)
+    assert unknown is not None
+    assert "远程诊断" in unknown.action_zh
+    assert detect_degraded(facts(), T, NOW) is None
+    assert detect_degraded(facts(degraded_events=4, recently_closed=frozenset({"degraded"})), T, NOW) is None
+
+
 def test_a_device_that_keeps_sending_poison_is_a_finding():
     assert detect_faulty(facts(quarantined=T.poison_messages - 1), T, NOW) is None
     poisoning = detect_faulty(facts(quarantined=T.poison_messages), T, NOW)
@@ -159,6 +200,32 @@ def test_relocation_true_and_false_cases():
     assert far.evidence["gps_distance_m"] > 6000
     # Nothing learned: nothing to judge by.
     assert detect_relocated(facts(cells=(away,)), T, NOW) is None
+
+
+def test_the_fingerprint_is_where_the_device_began_not_where_it_was_carried_while_learning():
+    began = NOW - timedelta(hours=60)
+    start = cell("460-0-1A2B-10", "460-0-1A2B", learned=True, first_h=60, last_h=40, reports=20)
+    # Moved on the second day: learned (inside the learning days) but not home.
+    later = cell("460-0-9F00-77", "460-0-9F00", learned=True, first_h=30, last_h=0, reports=30)
+    assert [c.cell for c in home_cells(facts(cells=(start, later), learning_from=began), T)] == [start.cell]
+    moved = detect_relocated(facts(cells=(start, later), learning_from=began), T, NOW)
+    assert moved is not None
+    assert moved.confidence == 0.9
+    # A neighbour first seen later, while the device still came back to its first cell: home.
+    home_again = cell("460-0-1A2B-10", "460-0-1A2B", learned=True, first_h=60, last_h=1, reports=50)
+    neighbour = cell("460-0-1A2B-11", "460-0-1A2B", learned=True, first_h=30, last_h=0, reports=5)
+    assert len(home_cells(facts(cells=(home_again, neighbour), learning_from=began), T)) == 2
+    assert detect_relocated(facts(cells=(home_again, neighbour), learning_from=began), T, NOW) is None
+    # Chained: a neighbour of the neighbour, reached while the first neighbour was still seen.
+    second = cell("460-0-1A2B-12", "460-0-1A2B", learned=True, first_h=10, last_h=0, reports=5)
+    chain = home_cells(facts(cells=(start, neighbour, second), learning_from=began), T)
+    assert [c.cell for c in chain] == [start.cell]  # the first cell was left 40 h ago: not chained
+    still = cell("460-0-1A2B-10", "460-0-1A2B", learned=True, first_h=60, last_h=20, reports=20)
+    chain = home_cells(facts(cells=(still, neighbour, second), learning_from=began), T)
+    assert sorted(c.cell for c in chain) == [still.cell, neighbour.cell, second.cell]
+    # A cell seen only before learning began (switched on in the warehouse) is not the fingerprint.
+    warehouse = cell("460-0-7777-1", "460-0-7777", learned=True, first_h=200, last_h=190, reports=3)
+    assert [c.cell for c in home_cells(facts(cells=(warehouse, start), learning_from=began), T)] == [start.cell]
 
 
 def test_back_in_place_when_home_cells_are_seen_again():
