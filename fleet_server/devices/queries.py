@@ -17,6 +17,7 @@ from fleet_server.db.hierarchy import (
     TASK_WITHIN_REACH,
     merchant_period,
 )
+from fleet_server.devices.rollup_queries import SLICE_NOW
 
 # The columns of a device as lists show it (DeviceView), over DEVICE_HIERARCHY.
 _DEVICE_COLUMNS: Final = (
@@ -182,17 +183,27 @@ BIND_NEW: Final = "INSERT INTO bindings (device_id, merchant_id) VALUES (%s, %s)
 
 # -- the tracker --------------------------------------------------------------------------
 
-# The given devices' states and clean-report streaks, locked in device id order (so ingest
-# processes sharing the stream never deadlock): (device_id, state, healthy_streak).
+# The given devices' states, clean-report streaks and what the figure rollups hold of them
+# (rollups.Rolled), with the slice and business hours they have now, locked in device id order
+# (so ingest processes sharing the stream never deadlock). Parameters: ids, fleet_offset.
 LOCK_STATES: Final = (
-    "SELECT device_id, state, healthy_streak FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
+    "SELECT d.device_id, d.state, d.healthy_streak, d.state_since,"  # noqa: S608 - constant fragments.
+    " d.deployed_from, d.retired_at, d.run_fault_at, d.rolled_store, d.rolled_model, d.rolled_firmware,"
+    " d.rolled_off_s, d.rolled_open_s, d.rolled_close_s,"
+    f" {SLICE_NOW} FROM {DEVICE_HIERARCHY} WHERE d.device_id = ANY(%(ids)s) ORDER BY d.device_id FOR UPDATE OF d"
 )
-# New states, since when, and streaks, as unnest() columns (state, since, streak, device_id); a
-# NULL since keeps the state's start.
+# New states, since when, streaks and rollup fields, as unnest() columns (state, since, streak,
+# rolled store, model, firmware, off_s, open_s, close_s, deployed_from, retired_at, run_fault_at,
+# device_id); a NULL since keeps the state's start.
 SET_STATES: Final = (
     "UPDATE devices d SET state = u.state, state_since = COALESCE(u.since, d.state_since),"
-    " healthy_streak = u.streak"
-    " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[]) AS u(state, since, streak, device_id)"
+    " healthy_streak = u.streak, rolled_store = u.store, rolled_model = u.model, rolled_firmware = u.firmware,"
+    " rolled_off_s = u.off_s, rolled_open_s = u.open_s, rolled_close_s = u.close_s,"
+    " deployed_from = u.deployed_from, retired_at = u.retired_at, run_fault_at = u.run_fault_at"
+    " FROM unnest(%s::text[], %s::timestamptz[], %s::int4[], %s::text[], %s::text[], %s::text[], %s::float8[],"
+    " %s::float8[], %s::float8[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::text[])"
+    " AS u(state, since, streak, store, model, firmware, off_s, open_s, close_s, deployed_from, retired_at,"
+    " run_fault_at, device_id)"
     " WHERE d.device_id = u.device_id"
 )
 # The transitions, appended to the history the figures are computed from.

@@ -17,7 +17,8 @@ from typing import Any
 from psycopg import AsyncCursor
 
 from fleet_server.db.batch import columns, copy_rows
-from fleet_server.devices import queries
+from fleet_server.devices import queries, rollups
+from fleet_server.devices.ledger import Profile, Slice
 from fleet_server.devices.parts import VERIFY_CLEAN_REPORTS
 from fleet_server.devices.states import DeviceState, Signal, next_state
 
@@ -77,35 +78,54 @@ def fold(
 async def apply(
     cur: AsyncCursor[Any], observations: list[Observation], *, clean_reports: int = CLEAN_REPORTS_TO_VERIFY
 ) -> list[Transition]:
-    """Apply a batch of observations in the caller's transaction; returns the transitions made."""
+    """Apply a batch of observations in the caller's transaction; returns the transitions made.
+    The figure rollups take what the transitions close, in the same transaction (rollups.py)."""
     if not observations:
         return []
     by_device: dict[str, list[Observation]] = defaultdict(list)
     for obs in sorted(observations, key=lambda o: o.at):
         by_device[obs.device_id].append(obs)
     ids = sorted(by_device)
-    await cur.execute(
-        queries.LOCK_STATES,
-        (ids,),
-    )
-    current = {row[0]: DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2]) for row in await cur.fetchall()}
+    await rollups.lock_shared(cur)
+    held = await rollups.clock(cur)
+    await cur.execute(queries.LOCK_STATES, {"ids": ids, "fleet_offset": held.offset_min if held else 0})
+    rows = {row[0]: row for row in await cur.fetchall()}
+    ledger = held.ledger() if held else None
+    late: datetime | None = None
     transitions: list[Transition] = []
     updates: list[tuple[object, ...]] = []
     for device_id in ids:
-        cursor = current.get(device_id)
-        if cursor is None:
+        row = rows.get(device_id)
+        if row is None:
             continue  # not registered and never seen: ingest inserts the row before applying
+        cursor = DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2])
         before = (cursor.state, cursor.streak)
         made = fold(cursor, by_device[device_id], clean_reports=clean_reports)
         transitions.extend(made)
+        rolled = _rolled(row)
+        if made and ledger is not None and held is not None:
+            if row[7] is None and row[1] is not None:
+                late = _earliest(late, made[0].at)  # time the rollups never held: rebuild
+            elif not rollups.roll(ledger, rolled, [(t.at, t.state) for t in made], held.checkpoint):
+                late = _earliest(late, made[0].at)
         if made or before != (cursor.state, cursor.streak):
             since = made[-1].at if made else None
-            updates.append((cursor.state.value if cursor.state else None, since, cursor.streak, device_id))
+            known = row[7] is not None or (made and ledger is not None)
+            w, p = rolled.where, rolled.profile
+            updates.append(
+                (
+                    cursor.state.value if cursor.state else None,
+                    since,
+                    cursor.streak,
+                    *((w.store, w.model, w.firmware, p.off_s, p.open_s, p.close_s) if known else (None,) * 6),
+                    rolled.deployed_from,
+                    rolled.retired_at,
+                    rolled.run_fault_at,
+                    device_id,
+                )
+            )
     if updates:
-        await cur.execute(
-            queries.SET_STATES,
-            columns(updates, 4),
-        )
+        await cur.execute(queries.SET_STATES, columns(updates, 13))
     if transitions:
         await copy_rows(
             cur,
@@ -122,4 +142,21 @@ async def apply(
                 for t in transitions
             ),
         )
+    if ledger is not None:
+        await rollups.write(cur, ledger)
+    if late is not None:
+        await rollups.mark_dirty(cur, late)
     return transitions
+
+
+def _earliest(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else min(a, b)
+
+
+def _rolled(row: tuple[Any, ...]) -> rollups.Rolled:
+    """A LOCK_STATES row as the rollups hold the device (its slice now if never rolled)."""
+    rolled = row[7] is not None
+    where = Slice(*(row[7:10] if rolled else row[13:16]))
+    profile = Profile(*(row[10:13] if rolled else row[16:19]))
+    since = row[3].timestamp() if row[3] is not None else None
+    return rollups.Rolled(where, profile, DeviceState(row[1]) if row[1] else None, since, row[4], row[5], row[6])

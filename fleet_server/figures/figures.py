@@ -25,7 +25,7 @@ a failure run that began with a fault, into an up state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Final
 
 from psycopg_pool import AsyncConnectionPool
@@ -33,10 +33,12 @@ from pydantic import BaseModel
 
 from firmware_protocols.messages import HEARD
 from fleet_server.db.fetch import fetch_dicts, fetch_rows
+from fleet_server.devices import rollups
 from fleet_server.devices.states import DEPLOYED_STATES, FAILURE_STATES, GOOD_STATES, UP_STATES, DeviceState
 from fleet_server.errors import FiguresError
+from fleet_server.figures import rolled
 from fleet_server.figures.queries import Level as Level  # noqa: PLC0414 - re-exported: figures are asked for by level.
-from fleet_server.figures.queries import figures_query, state_counts_query
+from fleet_server.figures.queries import current_states_query, figures_query, state_counts_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,30 +183,110 @@ class FleetFigures:
         group_by: Level | None = None,
     ) -> list[Figures]:
         """Figures over [start, end) for the devices in `scope` (all when None), one row per
-        `group_by` key (one row for the whole scope when None)."""
-        if start.tzinfo is None or end.tzinfo is None:
-            raise FiguresError("window times need a time zone")
-        if end <= start:
-            raise FiguresError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
-        query = figures_query(group_by or Level.FLEET, scope)
-        local = timedelta(minutes=self._offset)
-        params = {
-            "start": start,
-            "end": end,
+        `group_by` key (one row for the whole scope when None): from the rollups when they can
+        answer exactly (`rolled.plan`), else from raw history."""
+        answer = await self.compute_rolled(start, end, scope=scope, group_by=group_by)
+        return answer if answer is not None else await self.compute_raw(start, end, scope=scope, group_by=group_by)
+
+    async def compute_rolled(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        scope: tuple[Level, str] | None = None,
+        group_by: Level | None = None,
+    ) -> list[Figures] | None:
+        """The same figures from the rollups only, or None when they cannot answer exactly."""
+        _check(start, end)
+        rolled = await self._rolled([(start, end)], group_by or Level.FLEET, scope)
+        return None if rolled is None else _shaped(rolled[0], start, end, grouped=group_by is not None)
+
+    async def series(
+        self, windows: list[tuple[datetime, datetime]], *, scope: tuple[Level, str] | None = None
+    ) -> list[Figures]:
+        """The figures of each window (a trend's buckets) for `scope`: one statement over the
+        rollups, or one raw computation per window when they cannot answer them all."""
+        for start, end in windows:
+            _check(start, end)
+        rolled = await self._rolled(windows, Level.FLEET, scope)
+        if rolled is None:
+            return [(await self.compute_raw(s, e, scope=scope))[0] for s, e in windows]
+        return [_shaped(rows, s, e, grouped=False)[0] for rows, (s, e) in zip(rolled, windows, strict=True)]
+
+    async def _rolled(
+        self, windows: list[tuple[datetime, datetime]], level: Level, scope: tuple[Level, str] | None
+    ) -> list[list[dict[str, Any]]] | None:
+        """Each window's rows from the rollups, or None when they cannot answer one of them."""
+        if level not in rolled.ROLLED_LEVELS or (scope is not None and scope[0] not in rolled.ROLLED_LEVELS):
+            return None
+        async with self._pool.connection() as conn:
+            async with conn.cursor() as cur:
+                held = await rollups.clock(cur)
+            if held is None or held.offset_min != self._offset or held.dirty_from is not None:
+                return None
+            now = datetime.now(tz=UTC)
+            buckets = [rolled.plan(s, e, held, now) for s, e in windows]
+            if any(b is None for b in buckets):
+                return None
+            params: dict[str, Any] = {
+                **rolled.bucket_params([b for b in buckets if b is not None]),
+                **self._groups(),
+            }
+            rows = await fetch_dicts(conn, rolled.compose(level, scope), params)
+        out: list[list[dict[str, Any]]] = [[] for _ in windows]
+        for row in rows:
+            out[row["b"]].append(row)
+        return out
+
+    def _groups(self) -> dict[str, Any]:
+        return {
             "fleet_offset": self._offset,
-            "first_day": (start.astimezone(UTC) + local).date(),
-            "last_day": (end.astimezone(UTC) + local - timedelta(microseconds=1)).date(),
             "up": _states(UP_STATES),
             "failure": _states(FAILURE_STATES),
             "good": _states(GOOD_STATES),
             "deployed": _states(DEPLOYED_STATES),
             "delivered": sorted(HEARD),
         }
+
+    async def compute_raw(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        scope: tuple[Level, str] | None = None,
+        group_by: Level | None = None,
+    ) -> list[Figures]:
+        """The figures from raw history (the state history, the daily rows, the deliveries):
+        the definition, the test oracle of the rollups, and `haodian fleet recompute`'s check."""
+        _check(start, end)
+        query = figures_query(group_by or Level.FLEET, scope)
+        local = timedelta(minutes=self._offset)
+        first_day = (start.astimezone(UTC) + local).date()
+        last_day = (end.astimezone(UTC) + local - timedelta(microseconds=1)).date()
+        params = {
+            "start": start,
+            "end": end,
+            "first_day": first_day,
+            "last_day": last_day,
+            "days_from": datetime.combine(first_day, time(), tzinfo=UTC) - local,
+            "days_to": datetime.combine(last_day + timedelta(days=1), time(), tzinfo=UTC) - local,
+            **self._groups(),
+        }
         rows = await fetch_dicts(self._pool, query, params)
-        if group_by is None:
-            row = rows[0] if rows else _EMPTY_ROW
-            return [figures_from_row(row, start, end, grouped=False)]
-        return [figures_from_row(row, start, end, grouped=True) for row in rows]
+        return _shaped(rows, start, end, grouped=group_by is not None)
+
+
+def _check(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise FiguresError("window times need a time zone")
+    if end <= start:
+        raise FiguresError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
+
+
+def _shaped(rows: list[dict[str, Any]], start: datetime, end: datetime, *, grouped: bool) -> list[Figures]:
+    if not grouped:
+        return [figures_from_row(rows[0] if rows else _EMPTY_ROW, start, end, grouped=False)]
+    return [figures_from_row(row, start, end, grouped=True) for row in rows]
 
 
 class StateCounts(BaseModel):
@@ -218,8 +300,11 @@ class StateCounts(BaseModel):
 async def state_counts(
     pool: AsyncConnectionPool, at: datetime, *, scope: tuple[Level, str] | None = None
 ) -> StateCounts:
-    """Devices by state at the instant `at`, from history: the point-in-time intact rate."""
-    rows = await fetch_rows(pool, state_counts_query(scope), (at,))
+    """Devices by state at the instant `at`: the point-in-time intact rate. From the devices'
+    current states when `at` is now (a minute either way), else from history."""
+    current = abs((datetime.now(tz=UTC) - at).total_seconds()) <= rolled.LIVE_GRACE.total_seconds()
+    query = current_states_query(scope) if current else state_counts_query(scope)
+    rows = await fetch_rows(pool, query, () if current else (at,))
     by_state = {state: int(n) for state, n in rows}
     deployed = sum(n for state, n in by_state.items() if state in DEPLOYED_STATES)
     good = sum(n for state, n in by_state.items() if state in GOOD_STATES)

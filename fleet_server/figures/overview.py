@@ -66,14 +66,16 @@ class FleetOverview:
         self.figures = figures
         self.tasks = tasks
         self._default_summary: Recent[FleetSummary] = Recent(SUMMARY_REUSE_S)
+        # The last 24 hours' figures, which the default summary and the alerts both show.
+        self._last_day: Recent[Figures] = Recent(SUMMARY_REUSE_S)
 
     async def summary(self, window: tuple[datetime, datetime], *, default_window: bool) -> FleetSummary:
         if default_window:
-            return await self._default_summary.get(lambda: self._summary(window))
+            return await self._default_summary.get(lambda: self._summary(window, default_window=True))
         return await self._summary(window)
 
-    async def _summary(self, window: tuple[datetime, datetime]) -> FleetSummary:
-        [f] = await self.figures.compute(*window)
+    async def _summary(self, window: tuple[datetime, datetime], *, default_window: bool = False) -> FleetSummary:
+        f = await self._last_24h(window) if default_window else (await self.figures.compute(*window))[0]
         basic = await self.registry.summary()
         values = f.model_dump()
         tiles = [
@@ -92,9 +94,16 @@ class FleetOverview:
             open_tasks=sum((await self.tasks.open_counts()).values()),
         )
 
+    async def _last_24h(self, window: tuple[datetime, datetime]) -> Figures:
+        async def compute() -> Figures:
+            return (await self.figures.compute(*window))[0]
+
+        return await self._last_day.get(compute)
+
     async def alerts(self, window: tuple[datetime, datetime]) -> list[Alert]:
-        """Figures off target over `window` (the last 24 hours), and the tasks still open."""
-        [f] = await self.figures.compute(*window)
+        """Figures off target over `window` (the last 24 hours, reused for a few seconds like the
+        summary's), and the tasks still open."""
+        f = await self._last_24h(window)
         values = f.model_dump()
         out = [
             Alert(
@@ -129,16 +138,18 @@ class FleetOverview:
             - offset
         )
         starts = [last_start - step * i for i in range(int(span / step) - 1, -1, -1)]
+        windows = [(start, min(start + step, end)) for start in starts]
+        rows = await self.figures.series(windows, scope=scope)
         points = []
-        for start in starts:
-            [row] = await self.figures.compute(start, min(start + step, end), scope=scope)
+        for (start, stop), row in zip(windows, rows, strict=True):
             local = start + offset
             label = f"{local:%H:%M}" if step < timedelta(days=1) else f"{local:%m-%d}"
-            points.append(TrendPoint(start=start, end=min(start + step, end), label=label, figures=row))
+            points.append(TrendPoint(start=start, end=stop, label=label, figures=row))
         return points
 
     async def metrics(self, now: datetime, ingest: IngestStats | None) -> str:
-        """Prometheus text: devices by state, the intact rate now, open tasks, ingest counters."""
+        """Prometheus text: devices by state, the intact rate now, open tasks, ingest counters
+        (the states as the devices hold them now: no read of the history)."""
         counts = await state_counts(self.registry.pool, now)
         lines = ["# HELP haodian_devices Devices by state, from the state history.", "# TYPE haodian_devices gauge"]
         lines += [f'haodian_devices{{state="{state}"}} {n}' for state, n in sorted(counts.by_state.items())]

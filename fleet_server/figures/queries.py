@@ -110,17 +110,27 @@ repairs AS (
     WHERE at >= %(start)s AND previous = ANY(%(failure)s) AND state = ANY(%(up)s) AND fault_at = run_at
     GROUP BY key
 ),
+power_history AS (
+    SELECT s.key, s.device_id, h.state, h.at, lead(h.at) OVER w AS until
+    FROM device_states h JOIN scope s USING (device_id)
+    WHERE h.at < %(days_to)s
+    WINDOW w AS (PARTITION BY h.device_id ORDER BY h.at, h.seq)
+),
 power AS (
-    -- Device-days deployed (the fleet's local days, numbered from 1970-01-01, that a deployed
-    -- interval touches) and which of them have a daily rollup row: one hash aggregation over
-    -- both, no join.
+    -- Device-days deployed (the fleet's local days, numbered from 1970-01-01, of the window's
+    -- local days [days_from, days_to) that a deployed interval touches, at any time of the day)
+    -- and which of them have a daily rollup row: one hash aggregation over both, no join.
     SELECT key, count(*) AS deployed_days, count(*) FILTER (WHERE seen) AS seen_days
     FROM (
         SELECT key, device_id, day, bool_or(seen) AS seen, bool_or(NOT seen) AS deployed
         FROM (
-            SELECT c.key, c.device_id, g.day, false AS seen
-            FROM clipped c, generate_series(floor((c.s + %(fleet_offset)s * 60.0) / 86400)::int,
-                                            ceil((c.e + %(fleet_offset)s * 60.0) / 86400)::int - 1) AS g(day)
+            SELECT h.key, h.device_id, g.day, false AS seen
+            FROM power_history h, generate_series(
+                floor((date_part('epoch', GREATEST(h.at, %(days_from)s)) + %(fleet_offset)s * 60.0) / 86400)::int,
+                ceil((date_part('epoch', LEAST(COALESCE(h.until, 'infinity'), %(days_to)s))
+                      + %(fleet_offset)s * 60.0) / 86400)::int - 1) AS g(day)
+            WHERE COALESCE(h.until, 'infinity') > %(days_from)s AND COALESCE(h.until, 'infinity') > h.at
+              AND h.state = ANY(%(deployed)s)
             UNION ALL
             SELECT s.key, r.device_id, r.day - date '1970-01-01', true
             FROM device_daily r JOIN scope s USING (device_id)
@@ -181,21 +191,92 @@ ORDER BY k.key
 """
 
 
+# The tail of the rollup statement (`rolled.ROLLED`): deliveries and OTA targets of each bucket b
+# read raw, and every bucket's row per key. Its parts are `announced_parts()`.
+ANNOUNCED_AND_OTA: Final = """
+announced AS (
+    SELECT b, key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
+    FROM (
+        SELECT bk.b, {akey} AS key, dl.status = ANY(%(delivered)s) AS played,
+               extract(epoch FROM dl.play_started_at - p.received_at) * 1000 AS latency_ms
+        FROM deliveries dl JOIN payments p USING (payment_id)
+        JOIN buckets bk ON p.received_at >= bk.s AND p.received_at < bk.e
+        JOIN ({hierarchy}) ON d.device_id = dl.device_id
+        WHERE dl.status <> {pending} AND p.kind IN ('payment', 'refund') AND {afilter}
+        UNION ALL
+        SELECT bk.b, {merchant_key}, false, NULL
+        FROM payments p
+        JOIN buckets bk ON p.received_at >= bk.s AND p.received_at < bk.e
+        LEFT JOIN merchants m ON m.merchant_id = p.merchant_id
+        LEFT JOIN stores st ON st.store_id = m.store_id
+        LEFT JOIN districts di ON di.district_id = st.district_id
+        WHERE {unrouted} AND p.kind IN ('payment', 'refund')
+          AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.payment_id = p.payment_id)
+    ) a GROUP BY 1, 2
+),
+ota AS (
+    SELECT bk.b, {akey} AS key, count(*) FILTER (WHERE o.state <> {unreachable}) AS targeted,
+           count(*) FILTER (WHERE o.state = {committed}) AS reached,
+           count(*) FILTER (WHERE o.state = {unreachable}) AS unreachable
+    FROM ota_targets o JOIN ({hierarchy}) ON d.device_id = o.device_id
+    JOIN buckets bk ON o.targeted_at >= bk.s AND o.targeted_at < bk.e
+    WHERE {afilter}
+    GROUP BY 1, 2
+),
+keys AS (
+    SELECT b, key FROM deployed WHERE devices > 0 UNION SELECT b, key FROM announced UNION SELECT b, key FROM ota
+)
+SELECT k.b, k.key, COALESCE(dv.devices, 0) AS devices,
+       COALESCE(t.deployed_s, 0) AS deployed_s, COALESCE(t.up_s, 0) AS up_s,
+       COALESCE(t.failure_s, 0) AS failure_s, COALESCE(t.good_s, 0) AS good_s,
+       COALESCE(t.b_expected_s, 0) AS b_expected_s, COALESCE(t.b_up_s, 0) AS b_up_s,
+       COALESCE(t.failures, 0) AS failures, COALESCE(t.repairs, 0) AS repairs,
+       CASE WHEN t.repairs > 0 THEN t.repair_s / t.repairs END AS mean_repair_s,
+       COALESCE(dv.deployed_days, 0) AS deployed_days, COALESCE(t.seen_days, 0) AS seen_days,
+       COALESCE(a.announcements, 0) AS announcements, COALESCE(a.played, 0) AS played, a.p50, a.p95,
+       COALESCE(o.targeted, 0) AS ota_targeted, COALESCE(o.reached, 0) AS ota_reached,
+       COALESCE(o.unreachable, 0) AS ota_unreachable
+FROM keys k
+LEFT JOIN times t USING (b, key) LEFT JOIN deployed dv USING (b, key)
+LEFT JOIN announced a USING (b, key) LEFT JOIN ota o USING (b, key)
+ORDER BY k.b, k.key
+"""
+
+
+def announced_parts(level: Level, scope: tuple[Level, str] | None) -> dict[str, sql.Composable]:
+    """The parts ANNOUNCED_AND_OTA is composed with for one level and scope."""
+    return {
+        "akey": _KEY[level],
+        "afilter": _scope_filter(scope),
+        "merchant_key": _payment_key(level) if level in _MERCHANT_LEVELS else sql.SQL("NULL"),
+        "unrouted": _unrouted(level, scope),
+        "pending": sql.Literal(_PENDING_DELIVERY),
+        "committed": sql.Literal(_OTA_COMMITTED),
+        "unreachable": sql.Literal(_OTA_UNREACHABLE),
+    }
+
+
+def _unrouted(level: Level, scope: tuple[Level, str] | None) -> sql.Composable:
+    """Which payments with no delivery count as missed: at merchant levels only, in scope."""
+    if level not in _MERCHANT_LEVELS:
+        return sql.SQL("false")
+    if scope is None:
+        return sql.SQL("true")
+    if scope[0] not in _MERCHANT_LEVELS:
+        return sql.SQL("false")
+    return sql.SQL("{} = {}").format(_payment_key(scope[0]), sql.Literal(scope[1]))
+
+
 def figures_query(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
     """FIGURES for one level and scope."""
-    payment_filter: sql.Composable = sql.SQL("true")
-    if scope is not None:
-        payment_filter = (
-            sql.SQL("{} = {}").format(_payment_key(scope[0]), sql.Literal(scope[1]))
-            if scope[0] in _MERCHANT_LEVELS
-            else sql.SQL("false")
-        )
     return sql.SQL(FIGURES).format(
         key=_KEY[level],
         hierarchy=sql.SQL(DEVICE_HIERARCHY),
         filter=_scope_filter(scope),
         merchant_key=_payment_key(level) if level in _MERCHANT_LEVELS else sql.SQL("NULL"),
-        unrouted=payment_filter if level in _MERCHANT_LEVELS else sql.SQL("false"),
+        unrouted=_unrouted(level, scope),
         faulty=sql.Literal(DeviceState.FAULTY.value),
         pending=sql.Literal(_PENDING_DELIVERY),
         committed=sql.Literal(_OTA_COMMITTED),
@@ -211,6 +292,17 @@ _STATE_COUNTS: Final = (
     " WHERE h.at <= %s AND {filter} ORDER BY h.device_id, h.at DESC, h.seq DESC"
     ") s GROUP BY state"
 )
+
+
+# Devices by the state they are in now (the tracker keeps it with the history): (state, count).
+_CURRENT_STATES: Final = (
+    "SELECT d.state, count(*) FROM {hierarchy} WHERE d.state IS NOT NULL AND {filter} GROUP BY d.state"
+)
+
+
+def current_states_query(scope: tuple[Level, str] | None) -> sql.Composed:
+    hierarchy = sql.SQL("devices d" if scope is None else DEVICE_HIERARCHY)
+    return sql.SQL(_CURRENT_STATES).format(hierarchy=hierarchy, filter=_scope_filter(scope))
 
 
 def state_counts_query(scope: tuple[Level, str] | None) -> sql.Composed:

@@ -15,9 +15,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols.messages import Event, Health, Hello, Message, Presence
 from fleet_server.db.batch import columns, copy_rows
-from fleet_server.devices import tracker
+from fleet_server.devices import rollups, tracker
 from fleet_server.devices.parts import Impact, impact_of
-from fleet_server.devices.states import Signal
+from fleet_server.devices.states import DEPLOYED_STATES, Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest import queries
 from mqtt_link.link import Delivery
@@ -239,9 +239,17 @@ async def write_batch(
                 12,
             ),
         )
+        first_of_day = [(device, day) for device, day, inserted in await cur.fetchall() if inserted]
         if rows.clocks:
             await cur.execute(queries.UPSERT_CLOCKS, columns(rows.clocks.values(), 6))
         if rows.cells:
             cells = columns(((d, cell, *entry) for (d, cell), entry in sorted(rows.cells.items())), 6)
             await cur.execute(queries.UPSERT_CELLS, [policy.cell_learning_days * 86400, *cells])
-        return await tracker.apply(cur, rows.observations, clean_reports=policy.clean_reports_to_verify)
+        made = await tracker.apply(cur, rows.observations, clean_reports=policy.clean_reports_to_verify)
+        # Power-on: a device seen on a new local day, counted once its state is applied.
+        await rollups.lock_shared(cur)
+        held = await rollups.clock(cur)
+        if held is not None:
+            first = {t.device_id for t in made if t.previous is None and t.state in DEPLOYED_STATES}
+            await rollups.count_seen(cur, first_of_day, held, first)
+        return made

@@ -57,6 +57,7 @@ ON CONFLICT (device_id, day) DO UPDATE SET messages = t.messages + EXCLUDED.mess
     min_rssi_dbm = LEAST(t.min_rssi_dbm, EXCLUDED.min_rssi_dbm),
     degraded_parts = ARRAY(SELECT DISTINCT unnest(t.degraded_parts || EXCLUDED.degraded_parts) ORDER BY 1),
     first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)
+RETURNING device_id, day, xmax = 0 AS inserted
 """
 UPSERT_CELLS: Final = """
 INSERT INTO device_cells AS t (device_id, cell, area, first_seen, last_seen, reports, learned)

@@ -2,7 +2,8 @@
 
 Each round (every `interval_s`): heartbeats (a device silent for 1.5 x its interval goes
 offline), the detectors over every device that could have a finding, tasks opened or merged,
-devices back in place or active again, tasks verified, telemetry partitions maintained. Only
+devices back in place or active again, tasks verified, the figure rollups kept (moved devices,
+the hourly checkpoint), telemetry partitions maintained. Only
 one process runs a round at a time (a PostgreSQL advisory lock), so several fleet-server
 processes can run side by side.
 """
@@ -20,7 +21,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_server.db.fetch import fetch_dicts, fetch_rows
-from fleet_server.devices import tracker
+from fleet_server.devices import rollups, tracker
 from fleet_server.devices.states import DeviceState, Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest.telemetry import TelemetryStore
@@ -52,6 +53,8 @@ class RoundReport:
     back_in_place: int = 0
     active_again: int = 0
     closed_tasks: list[int] = field(default_factory=list)
+    resliced: int = 0
+    checkpoint: datetime | None = None
     skipped: bool = False
 
 
@@ -73,6 +76,7 @@ class Inspector(Component):
         self.tasks = TaskBook(pool)
         self._telemetry = telemetry
         self._offset = timedelta(minutes=fleet_utc_offset_min)
+        self._offset_min = fleet_utc_offset_min
         self.last_round: RoundReport | None = None
         self.rounds = 0
 
@@ -130,6 +134,10 @@ class Inspector(Component):
                 await tracker.apply(cur, signals)
         report.opened, report.merged = await self.tasks.record(report.findings, now)
         report.closed_tasks = await self.tasks.verify(now)
+        # The figure rollups: devices moved to their new slice, the hour's checkpoint (the first
+        # round builds them; late history rebuilds them).
+        report.resliced = await rollups.move_resliced(self._pool, fleet_offset_min=self._offset_min)
+        report.checkpoint = await rollups.checkpoint(self._pool, now, fleet_offset_min=self._offset_min)
         if self._telemetry is not None:
             await self._telemetry.maintain(now)
 

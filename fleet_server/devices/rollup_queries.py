@@ -1,0 +1,305 @@
+"""The SQL of the figure rollups (migration 0014, `rollups.py`): the state tracker's additions,
+the hourly checkpoint, the rebuild from raw history, the devices to move to a new slice, and
+the power-on counts. State names come from their enums; every statement that writes the rows
+or the open sums runs under the rollup lock (`rollups.py`).
+
+Slices are the device's store (the one its figures group under: its merchant's, else its own),
+model and firmware, '' for none; business hours its merchant's, else 08:00-22:00 at the
+fleet's offset, as the raw figures take them.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+from fleet_server.db.fetch import statement
+from fleet_server.db.hierarchy import DEVICE_HIERARCHY
+from fleet_server.devices.states import DEPLOYED_STATES, FAILURE_STATES, UP_STATES, DeviceState
+
+_NAMES: Final = {
+    "deployed": DEPLOYED_STATES,
+    "up": UP_STATES,
+    "failure": FAILURE_STATES,
+    "good": frozenset({DeviceState.IN_SERVICE, DeviceState.IDLE, DeviceState.OFFLINE}),
+    "faulty": DeviceState.FAULTY,
+    "retired": DeviceState.RETIRED,
+}
+
+# The slice and business hours of every device now, over DEVICE_HIERARCHY. Parameter: fleet_offset.
+SLICE_NOW: Final = (
+    "COALESCE(st.store_id, '') AS store, COALESCE(d.model, '') AS model, COALESCE(d.firmware, '') AS firmware,"
+    " 60.0::float8 * COALESCE(m.utc_offset_min, %(fleet_offset)s) AS off_s,"
+    " date_part('epoch', COALESCE(m.business_open, time '08:00')) AS open_s,"
+    " date_part('epoch', COALESCE(m.business_close, time '22:00')) AS close_s"
+)
+
+CLOCK: Final = "SELECT checkpoint_at, hours_from, offset_min, dirty_from FROM figure_clock"
+MARK_DIRTY: Final = "UPDATE figure_clock SET dirty_from = LEAST(dirty_from, %s)"
+
+# The sums of one piece of time in a state, over columns s, e (epoch seconds), state and the
+# business hours off_s, open_s, close_s: the row columns after the bucket and slice.
+_PIECE_SUMS: Final = """
+    COALESCE(sum(e - s) FILTER (WHERE state = ANY({deployed})), 0),
+    COALESCE(sum(e - s) FILTER (WHERE state = ANY({up})), 0),
+    COALESCE(sum(e - s) FILTER (WHERE state = ANY({failure})), 0),
+    COALESCE(sum(e - s) FILTER (WHERE state = ANY({good})), 0),
+    COALESCE(sum(business_seconds(e, off_s, open_s, close_s) - business_seconds(s, off_s, open_s, close_s))
+        FILTER (WHERE state = ANY({deployed})), 0),
+    COALESCE(sum(business_seconds(e, off_s, open_s, close_s) - business_seconds(s, off_s, open_s, close_s))
+        FILTER (WHERE state = ANY({up})), 0),
+    sum(failures), sum(repairs), sum(repair_s)
+"""
+_ADD: Final = """
+ON CONFLICT ({key}, store_id, model, firmware) DO UPDATE SET
+    deployed_s = t.deployed_s + EXCLUDED.deployed_s, up_s = t.up_s + EXCLUDED.up_s,
+    failure_s = t.failure_s + EXCLUDED.failure_s, good_s = t.good_s + EXCLUDED.good_s,
+    b_expected_s = t.b_expected_s + EXCLUDED.b_expected_s, b_up_s = t.b_up_s + EXCLUDED.b_up_s,
+    failures = t.failures + EXCLUDED.failures, repairs = t.repairs + EXCLUDED.repairs,
+    repair_s = t.repair_s + EXCLUDED.repair_s
+"""
+_COLUMNS: Final = (
+    "store_id, model, firmware, deployed_s, up_s, failure_s, good_s, b_expected_s, b_up_s, failures, repairs, repair_s"
+)
+
+# What a batch adds, as unnest() columns: (bucket, store, model, firmware, the nine sums).
+ADD_DAYS: Final = (
+    f"INSERT INTO figure_days AS t (day, {_COLUMNS})"
+    " SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
+    " %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int4[], %s::int4[], %s::float8[])"
+    " ORDER BY 1, 2, 3, 4" + _ADD.format(key="day")
+)
+ADD_HOURS: Final = (
+    f"INSERT INTO figure_hours AS t (hour, {_COLUMNS})"
+    " SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
+    " %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int4[], %s::int4[], %s::float8[])"
+    " ORDER BY 1, 2, 3, 4" + _ADD.format(key="hour")
+)
+# (store, model, firmware, state, off_s, open_s, close_s, devices, since_s, since_bs) columns.
+ADD_OPEN: Final = """
+INSERT INTO figure_open AS t
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[],
+    %s::int4[], %s::float8[], %s::float8[])
+ORDER BY 1, 2, 3, 4, 5, 6, 7
+ON CONFLICT (store_id, model, firmware, state, off_s, open_s, close_s) DO UPDATE SET
+    devices = t.devices + EXCLUDED.devices, since_s = t.since_s + EXCLUDED.since_s,
+    since_bs = t.since_bs + EXCLUDED.since_bs
+"""
+
+# Devices with a message on a local day they were deployed, counted once, as the daily rollup
+# row is first written: (device_ids, days, offset_min). Only once the rollups are built.
+ADD_SEEN: Final = """
+INSERT INTO figure_days AS t (day, store_id, model, firmware, seen_devices)
+SELECT n.day, d.rolled_store, d.rolled_model, d.rolled_firmware, count(*)
+FROM unnest(%(devices)s::text[], %(days)s::date[]) AS n(device_id, day) JOIN devices d USING (device_id)
+WHERE d.rolled_store IS NOT NULL
+  AND d.deployed_from < (n.day + 1)::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(offset_min)s)
+  AND (d.retired_at IS NULL
+       OR d.retired_at > n.day::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(offset_min)s))
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+ON CONFLICT (day, store_id, model, firmware) DO UPDATE SET seen_devices = t.seen_devices + EXCLUDED.seen_devices
+"""
+
+# -- the checkpoint: every device's open piece up to the hour %(h)s moved into the rows ------
+
+# Pieces [max(state_since, %(c)s), %(h)s) of every rolled device, by hour and by local day.
+# Parameters: c, h (epoch seconds), hours_from (epoch seconds), fleet_offset (minutes).
+_OPEN_PIECES: Final = """
+WITH dev AS (
+    SELECT d.state, d.rolled_store AS store, d.rolled_model AS model, d.rolled_firmware AS firmware,
+           d.rolled_off_s AS off_s, d.rolled_open_s AS open_s, d.rolled_close_s AS close_s,
+           GREATEST(date_part('epoch', d.state_since), %(c)s) AS u
+    FROM devices d
+    WHERE d.rolled_store IS NOT NULL AND d.state = ANY({deployed})
+),
+pieces AS (
+    SELECT {bucket} AS bucket, store, model, firmware, state, off_s, open_s, close_s,
+           GREATEST(u, g) AS s, LEAST(%(h)s, g + {step}) AS e, 0 AS failures, 0 AS repairs, 0.0::float8 AS repair_s
+    FROM dev, generate_series({first}, {last}) AS n, LATERAL (SELECT n * {step} - {shift} AS g) x
+    WHERE u < %(h)s AND g < %(h)s
+)
+"""
+
+
+def _into(table: str, key: str, pieces: str, **parts: str) -> LiteralString:
+    """INSERT the sums of `pieces` (a template: bucket, step, shift, first, last) into `table`."""
+    names = {name: "{" + name + "}" for name in _NAMES}
+    return statement(
+        f"INSERT INTO {table} AS t ({key}, {_COLUMNS})"
+        + pieces.format(**parts, **names)
+        + " SELECT bucket, store, model, firmware, "
+        + _PIECE_SUMS
+        + " FROM pieces GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        + _ADD.format(key=key),
+        **_NAMES,
+    )
+
+
+_HOUR_BUCKETS: Final = {"bucket": "to_timestamp(g)", "step": "3600.0::float8", "shift": "0"}
+_DAY_BUCKETS: Final = {
+    "bucket": "date '1970-01-01' + n::int",
+    "step": "86400.0::float8",
+    "shift": "%(fleet_offset)s * 60.0",
+}
+CHECKPOINT_HOURS: Final = _into(
+    "figure_hours",
+    "hour",
+    _OPEN_PIECES,
+    **_HOUR_BUCKETS,
+    first="floor(GREATEST(u, %(hours_from)s) / 3600)::bigint",
+    last="floor(%(h)s / 3600)::bigint",
+)
+CHECKPOINT_DAYS: Final = _into(
+    "figure_days",
+    "day",
+    _OPEN_PIECES,
+    **_DAY_BUCKETS,
+    first="floor((u + %(fleet_offset)s * 60.0) / 86400)::bigint",
+    last="floor((%(h)s + %(fleet_offset)s * 60.0) / 86400)::bigint",
+)
+# The open sums again from every rolled device, their pieces now starting at the hour %(h)s.
+REOPEN: Final = (
+    "INSERT INTO figure_open SELECT store, model, firmware, state, off_s, open_s, close_s, count(*), sum(u),"
+    " sum(business_seconds(u, off_s, open_s, close_s)) FROM ("
+    " SELECT d.rolled_store AS store, d.rolled_model AS model, d.rolled_firmware AS firmware, d.state,"
+    " d.rolled_off_s AS off_s, d.rolled_open_s AS open_s, d.rolled_close_s AS close_s,"
+    " GREATEST(date_part('epoch', d.state_since), %(h)s) AS u"
+    " FROM devices d WHERE d.rolled_store IS NOT NULL AND d.state IS NOT NULL) o GROUP BY 1, 2, 3, 4, 5, 6, 7"
+)
+SET_CLOCK: Final = (
+    "UPDATE figure_clock SET checkpoint_at = %(at)s, hours_from = %(hours_from)s, offset_min = %(fleet_offset)s,"
+    " built_at = COALESCE(%(built)s, built_at), dirty_from = CASE WHEN %(built)s IS NULL THEN dirty_from END"
+)
+PRUNE_HOURS: Final = "DELETE FROM figure_hours WHERE hour < %s"
+
+# -- the rebuild from raw history ------------------------------------------------------------
+
+# Every device's slice now and the history as intervals, the last one open up to %(h)s, with
+# the failure and repair events (the raw figures' definitions). Parameters: h, hours_from
+# (epoch seconds), fleet_offset (minutes).
+_HISTORY_PIECES: Final = (
+    """
+WITH sl AS (SELECT d.device_id, """
+    + SLICE_NOW
+    + f" FROM {DEVICE_HIERARCHY}),"
+    + """
+h AS (
+    SELECT device_id, state, previous, date_part('epoch', at) AS s,
+           date_part('epoch', lead(at) OVER w) AS until,
+           max(at) FILTER (WHERE state = ANY({failure}) AND NOT COALESCE(previous = ANY({failure}), false))
+               OVER w AS run_at,
+           max(at) FILTER (WHERE state = {faulty} AND NOT COALESCE(previous = ANY({failure}), false))
+               OVER w AS fault_at, at
+    FROM device_states
+    WINDOW w AS (PARTITION BY device_id ORDER BY at, seq)
+),
+intervals AS (
+    SELECT sl.*, h.state, h.s, COALESCE(h.until, GREATEST(h.s, %(h)s)) AS e FROM h JOIN sl USING (device_id)
+    WHERE h.state = ANY({deployed})
+),
+events AS (
+    SELECT sl.*, h.s AS at_s,
+           (h.state = {faulty} AND NOT COALESCE(h.previous = ANY({failure}), false))::int AS failures,
+           (h.previous = ANY({failure}) AND h.state = ANY({up}) AND h.fault_at = h.run_at)::int AS repairs,
+           CASE WHEN h.previous = ANY({failure}) AND h.state = ANY({up}) AND h.fault_at = h.run_at
+                THEN date_part('epoch', h.at - h.fault_at) ELSE 0 END AS repair_s
+    FROM h JOIN sl USING (device_id)
+),
+pieces AS (
+    SELECT {bucket} AS bucket, store, model, firmware, state, off_s, open_s, close_s,
+           GREATEST(s, g) AS s, LEAST(e, g + {step}) AS e, 0 AS failures, 0 AS repairs, 0.0::float8 AS repair_s
+    FROM intervals, generate_series({first}, {last}) AS n, LATERAL (SELECT n * {step} - {shift} AS g) x
+    WHERE e > s AND e > %(floor)s AND g < e
+    UNION ALL
+    SELECT {event_bucket}, store, model, firmware, NULL, off_s, open_s, close_s, 0, 0, failures, repairs, repair_s
+    FROM events WHERE (failures > 0 OR repairs > 0) AND at_s >= %(floor)s
+)
+"""
+)
+REBUILD_DAYS: Final = _into(
+    "figure_days",
+    "day",
+    _HISTORY_PIECES.replace("%(floor)s", "'-infinity'::float8"),
+    **_DAY_BUCKETS,
+    event_bucket="date '1970-01-01' + floor((at_s + %(fleet_offset)s * 60.0) / 86400)::int",
+    first="floor((s + %(fleet_offset)s * 60.0) / 86400)::bigint",
+    last="floor((e + %(fleet_offset)s * 60.0) / 86400)::bigint",
+)
+REBUILD_HOURS: Final = _into(
+    "figure_hours",
+    "hour",
+    _HISTORY_PIECES.replace("%(floor)s", "%(hours_from)s"),
+    **_HOUR_BUCKETS,
+    event_bucket="to_timestamp(floor(at_s / 3600) * 3600)",
+    first="floor(GREATEST(s, %(hours_from)s) / 3600)::bigint",
+    last="floor(e / 3600)::bigint",
+)
+# Each device's state, deployed span, current failure run and slice from its history.
+# Parameters: fleet_offset.
+REBUILD_DEVICES: Final = statement(
+    """
+WITH h AS (
+    SELECT device_id, state, previous, at, seq,
+           max(at) FILTER (WHERE state = ANY({failure}) AND NOT COALESCE(previous = ANY({failure}), false))
+               OVER w AS run_at,
+           max(at) FILTER (WHERE state = {faulty} AND NOT COALESCE(previous = ANY({failure}), false))
+               OVER w AS fault_at,
+           min(at) FILTER (WHERE state <> {retired}) OVER (PARTITION BY device_id) AS deployed_from
+    FROM device_states WINDOW w AS (PARTITION BY device_id ORDER BY at, seq)
+),
+last AS (SELECT DISTINCT ON (device_id) * FROM h ORDER BY device_id, at DESC, seq DESC),
+sl AS (SELECT d.device_id, """
+    + SLICE_NOW
+    + f" FROM {DEVICE_HIERARCHY})"
+    + """
+UPDATE devices d SET state = last.state, state_since = last.at, deployed_from = last.deployed_from,
+    retired_at = CASE WHEN last.state = {retired} THEN last.at END,
+    run_fault_at = CASE WHEN last.state = ANY({failure}) AND last.fault_at = last.run_at THEN last.fault_at END,
+    rolled_store = sl.store, rolled_model = sl.model, rolled_firmware = sl.firmware,
+    rolled_off_s = sl.off_s, rolled_open_s = sl.open_s, rolled_close_s = sl.close_s
+FROM last JOIN sl USING (device_id)
+WHERE d.device_id = last.device_id
+""",
+    **_NAMES,
+)
+# Devices without history have no rolled time; the seen days of every deployed day.
+UNROLL_SILENT: Final = (
+    "UPDATE devices SET rolled_store = NULL, deployed_from = NULL, retired_at = NULL, run_fault_at = NULL"
+    " WHERE NOT EXISTS (SELECT 1 FROM device_states h WHERE h.device_id = devices.device_id)"
+    " AND rolled_store IS NOT NULL"
+)
+REBUILD_SEEN: Final = ADD_SEEN.replace(
+    "FROM unnest(%(devices)s::text[], %(days)s::date[]) AS n(device_id, day) JOIN devices d USING (device_id)",
+    "FROM device_daily n JOIN devices d USING (device_id)",
+).replace("%(offset_min)s", "%(fleet_offset)s")
+CLEAR: Final = ("DELETE FROM figure_days", "DELETE FROM figure_hours", "DELETE FROM figure_open")
+
+# -- devices whose slice or business hours changed since their time was rolled -------------------
+
+# Rows: (device_id, store, model, firmware, off_s, open_s, close_s) of the slice now. Parameter: fleet_offset.
+MOVED: Final = (
+    f"SELECT d.device_id, {SLICE_NOW} FROM {DEVICE_HIERARCHY}"
+    " WHERE d.rolled_store IS NOT NULL AND (d.rolled_store, d.rolled_model, d.rolled_firmware, d.rolled_off_s,"
+    " d.rolled_open_s, d.rolled_close_s) IS DISTINCT FROM (COALESCE(st.store_id, ''), COALESCE(d.model, ''),"
+    " COALESCE(d.firmware, ''), 60.0::float8 * COALESCE(m.utc_offset_min, %(fleet_offset)s),"
+    " date_part('epoch', COALESCE(m.business_open, time '08:00')),"
+    " date_part('epoch', COALESCE(m.business_close, time '22:00')))"
+    " ORDER BY d.device_id FOR UPDATE OF d"
+)
+# One device's history and its rolled slice: (state, previous, at) in order.
+HISTORY_OF: Final = "SELECT state, previous, at FROM device_states WHERE device_id = %s ORDER BY at, seq"
+ROLLED_OF: Final = (
+    "SELECT state, state_since, rolled_store, rolled_model, rolled_firmware, rolled_off_s, rolled_open_s,"
+    " rolled_close_s, deployed_from, retired_at FROM devices WHERE device_id = %s"
+)
+DAILY_ROWS_OF: Final = "SELECT device_id, day FROM device_daily WHERE device_id = ANY(%s)"
+SEEN_DAYS_OF: Final = "SELECT day FROM device_daily WHERE device_id = %s"
+# Seen device-days moved between slices: (day, store, model, firmware, change) columns.
+ADD_SEEN_COUNTS: Final = (
+    "INSERT INTO figure_days AS t (day, store_id, model, firmware, seen_devices)"
+    " SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::text[], %s::int4[]) ORDER BY 1, 2, 3, 4"
+    " ON CONFLICT (day, store_id, model, firmware) DO UPDATE SET seen_devices = t.seen_devices + EXCLUDED.seen_devices"
+)
+SET_ROLLED: Final = (
+    "UPDATE devices SET rolled_store = %s, rolled_model = %s, rolled_firmware = %s, rolled_off_s = %s,"
+    " rolled_open_s = %s, rolled_close_s = %s WHERE device_id = %s"
+)

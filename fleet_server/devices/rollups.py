@@ -1,0 +1,288 @@
+"""The figure rollups kept as history is written (migration 0014; docs/architecture.md, "Figures
+from rollups").
+
+- `roll()`: the state tracker's part, in its transaction: each transition moves the piece of
+  the state it ends into the rows and the device into its new state's open sums, with the
+  failures and repairs it makes.
+- `checkpoint()`: every hour, each device's open piece up to the hour goes into the rows, so an
+  open piece never starts before the last whole hour (windows from a whole hour need no cut).
+- `rebuild()`: everything again from raw history (the first build, `haodian fleet recompute`,
+  and after a transition written before the checkpoint: late or backdated history).
+- `move_resliced()`: a device rebound to another store, updated to other firmware, or whose
+  merchant's hours changed has its rolled time moved to where it now belongs.
+
+The tracker takes the rollup lock shared, the others exclusive (a PostgreSQL advisory lock for
+the transaction), so they never interleave. The arithmetic is `ledger.py`'s; the SQL is in
+`rollup_queries`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+import structlog
+from psycopg import AsyncCursor
+from psycopg_pool import AsyncConnectionPool
+
+from fleet_server.db.batch import columns
+from fleet_server.devices import rollup_queries as q
+from fleet_server.devices.ledger import DAY_S, Grain, Ledger, Profile, Slice, day_start
+from fleet_server.devices.states import FAILURE_STATES, UP_STATES, DeviceState
+
+log = structlog.get_logger(__name__)
+
+ROLLUP_LOCK: Final = 0x4844_0025
+# Hour rows are kept this long (the dashboard's hour-exact 24 hours, and the day before).
+HOURS_KEPT: Final = timedelta(days=3)
+_LOCK_SHARED: Final = "SELECT pg_advisory_xact_lock_shared(%s)"
+_LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    checkpoint: float  # epoch seconds: every device's time before it is in the rows
+    hours_from: float
+    offset_min: int
+    dirty_from: datetime | None
+
+    def ledger(self) -> Ledger:
+        return Ledger(offset_s=60.0 * self.offset_min, hours_from=self.hours_from)
+
+
+async def clock(cur: AsyncCursor[Any]) -> Clock | None:
+    """The rollups' clock, or None while they are not built."""
+    await cur.execute(q.CLOCK)
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return Clock(row[0].timestamp(), row[1].timestamp(), int(row[2]), row[3])
+
+
+@dataclass(slots=True)
+class Rolled:
+    """A device as the rollups hold it: where its time is summed, and its current run."""
+
+    where: Slice
+    profile: Profile
+    state: DeviceState | None
+    since: float | None
+    deployed_from: datetime | None = None
+    retired_at: datetime | None = None
+    run_fault_at: datetime | None = None
+
+
+def roll(ledger: Ledger, device: Rolled, transitions: list[tuple[datetime, DeviceState]], floor: float) -> bool:
+    """Add `transitions` (time order) of one device: the pieces they close from `floor` on (the
+    checkpoint: what is before it is in the rows already), their failures and repairs, and the
+    open sums' moves; `device` is updated. False when a transition is before the piece it would
+    close (late history: the rollups need a rebuild)."""
+    in_order = True
+    for at_dt, state in transitions:
+        at = at_dt.timestamp()
+        before = device.state
+        if before is not None and device.since is not None:
+            u = max(device.since, floor)
+            in_order &= at >= u
+            ledger.add_interval(device.where, device.profile, before, u, at)
+            ledger.open(device.where, before, device.profile, u, -1)
+        else:
+            in_order &= at >= floor  # a first contact before the checkpoint: time it never held
+            if device.deployed_from is None and state is not DeviceState.RETIRED:
+                device.deployed_from = at_dt
+        was_failure = before in FAILURE_STATES
+        if state in FAILURE_STATES and not was_failure:
+            device.run_fault_at = at_dt if state is DeviceState.FAULTY else None
+            if state is DeviceState.FAULTY:
+                ledger.add_event(device.where, at, failures=1)
+        elif was_failure and state not in FAILURE_STATES:
+            if state in UP_STATES and device.run_fault_at is not None:
+                ledger.add_event(device.where, at, repairs=1, repair_s=(at_dt - device.run_fault_at).total_seconds())
+            device.run_fault_at = None
+        if state is DeviceState.RETIRED:
+            device.retired_at = at_dt
+        ledger.open(device.where, state, device.profile, max(at, floor), +1)
+        device.state, device.since = state, at
+    return in_order
+
+
+async def write(cur: AsyncCursor[Any], ledger: Ledger) -> None:
+    """Add what `ledger` holds to the rows and the open sums (keys sorted: no deadlocks)."""
+    days = sorted(
+        (bucket, w.store, w.model, w.firmware, *sums.values())
+        for (grain, bucket, w), sums in ledger.rows.items()
+        if grain is Grain.DAY
+    )
+    hours = sorted(
+        (bucket, w.store, w.model, w.firmware, *sums.values())
+        for (grain, bucket, w), sums in ledger.rows.items()
+        if grain is Grain.HOUR
+    )
+    opens = sorted(
+        (w.store, w.model, w.firmware, state.value, p.off_s, p.open_s, p.close_s, o.devices, o.since_s, o.since_bs)
+        for (w, state, p), o in ledger.opens.items()
+        if o.devices or o.since_s
+    )
+    if days:
+        await cur.execute(q.ADD_DAYS, columns(days, 13))
+    if hours:
+        await cur.execute(q.ADD_HOURS, columns(hours, 13))
+    if opens:
+        await cur.execute(q.ADD_OPEN, columns(opens, 10))
+
+
+async def lock_shared(cur: AsyncCursor[Any]) -> None:
+    await cur.execute(_LOCK_SHARED, (ROLLUP_LOCK,))
+
+
+async def mark_dirty(cur: AsyncCursor[Any], since: datetime) -> None:
+    log.warning("history written before the rollups' checkpoint; they will be rebuilt", since=since.isoformat())
+    await cur.execute(q.MARK_DIRTY, (since,))
+
+
+async def count_seen(
+    cur: AsyncCursor[Any], device_days: list[tuple[str, date]], held: Clock, first_deployed: set[str]
+) -> None:
+    """Devices seen for the first time on a local day they were deployed (power-on): the daily
+    rows `device_days` just written, and every daily row of the devices deployed for the first
+    time just now (a message before their first state change was not counted)."""
+    pairs = {(device, day) for device, day in device_days if device not in first_deployed}
+    if first_deployed:
+        await cur.execute(q.DAILY_ROWS_OF, (sorted(first_deployed),))
+        pairs |= {(device, day) for device, day in await cur.fetchall()}
+    if pairs:
+        ids, days = columns(sorted(pairs), 2)
+        await cur.execute(q.ADD_SEEN, {"devices": ids, "days": days, "offset_min": held.offset_min})
+
+
+def _hour_floor(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min: int) -> datetime:
+    """Every rollup again from raw history, up to the last whole hour before `now`; returns it."""
+    at = _hour_floor(now.astimezone(UTC))
+    hours_from = at - HOURS_KEPT
+    params = {
+        "h": at.timestamp(),
+        "hours_from": hours_from.timestamp(),
+        "fleet_offset": fleet_offset_min,
+        "at": at,
+        "built": now,
+    }
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        for statement in q.CLEAR:
+            await cur.execute(statement)
+        await cur.execute(q.UNROLL_SILENT)
+        await cur.execute(q.REBUILD_DEVICES, params)
+        await cur.execute(q.REBUILD_DAYS, params)
+        await cur.execute(q.REBUILD_HOURS, params)
+        await cur.execute(q.REOPEN, params)
+        await cur.execute(q.REBUILD_SEEN, params)
+        await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
+    log.info("figure rollups rebuilt from history", checkpoint=at.isoformat())
+    return at
+
+
+async def checkpoint(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min: int) -> datetime | None:
+    """Move every device's open piece up to the last whole hour into the rows; build the rollups
+    first if they never were, rebuild them if late history made them dirty. The checkpoint
+    now, or None when there was nothing to do."""
+    async with pool.connection() as conn, conn.cursor() as cur:
+        held = await clock(cur)
+    at = _hour_floor(now.astimezone(UTC))
+    if held is None or held.dirty_from is not None or held.offset_min != fleet_offset_min:
+        return await rebuild(pool, now, fleet_offset_min=fleet_offset_min)
+    if at.timestamp() <= held.checkpoint:
+        return None
+    hours_from = max(datetime.fromtimestamp(held.hours_from, tz=UTC), at - HOURS_KEPT)
+    params = {
+        "c": held.checkpoint,
+        "h": at.timestamp(),
+        "hours_from": held.hours_from,
+        "fleet_offset": fleet_offset_min,
+        "at": at,
+        "built": None,
+    }
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        await cur.execute(q.CHECKPOINT_HOURS, params)
+        await cur.execute(q.CHECKPOINT_DAYS, params)
+        await cur.execute(q.CLEAR[2])
+        await cur.execute(q.REOPEN, params)
+        await cur.execute(q.PRUNE_HOURS, (hours_from,))
+        await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
+    return at
+
+
+async def move_resliced(pool: AsyncConnectionPool, *, fleet_offset_min: int) -> int:
+    """Devices whose slice or business hours changed since their time was rolled (rebound,
+    updated, the merchant's hours changed): their rolled time, open sums and seen days moved to
+    where they now belong, recomputed from their history. Returns how many moved."""
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        held = await clock(cur)
+        if held is None or held.dirty_from is not None:
+            return 0  # the rebuild to come puts every device where it belongs now
+        await cur.execute(q.MOVED, {"fleet_offset": fleet_offset_min})
+        moved = await cur.fetchall()
+        ledger = held.ledger()
+        seen: list[tuple[Slice, Slice, date]] = []
+        for device_id, store, model, firmware, off_s, open_s, close_s in moved:
+            new = (Slice(store, model, firmware), Profile(off_s, open_s, close_s))
+            old, days = await _history_into(cur, ledger, device_id, held, new)
+            seen += [(old, new[0], day) for day in days]
+            await cur.execute(q.SET_ROLLED, (store, model, firmware, off_s, open_s, close_s, device_id))
+        await write(cur, ledger)
+        await _move_seen(cur, seen)
+    if moved:
+        log.info("devices moved to their new slice in the figure rollups", devices=len(moved))
+    return len(moved)
+
+
+async def _history_into(
+    cur: AsyncCursor[Any], ledger: Ledger, device_id: str, held: Clock, new: tuple[Slice, Profile]
+) -> tuple[Slice, list[date]]:
+    """One device's rolled time taken out of its old slice and put into `new`, recomputed from
+    its history as the rollups hold it (every closed piece, the open one up to the checkpoint);
+    returns the old slice and the days it is counted seen on."""
+    await cur.execute(q.ROLLED_OF, (device_id,))
+    row = await cur.fetchone()
+    assert row is not None  # noqa: S101 - locked by MOVED a moment ago
+    old = Slice(row[2], row[3], row[4])
+    old_profile = Profile(row[5], row[6], row[7])
+    deployed_from, retired_at = row[8], row[9]
+    await cur.execute(q.HISTORY_OF, (device_id,))
+    history = [(at, DeviceState(state)) for state, _, at in await cur.fetchall()]
+    for where, profile, sign in ((old, old_profile, -1), (*new, 1)):
+        part = ledger.blank()
+        device = Rolled(where, profile, None, None)
+        roll(part, device, history, float("-inf"))
+        if device.state is None or device.since is None:
+            continue
+        part.add_interval(where, profile, device.state, device.since, held.checkpoint)
+        ledger.merge(part, sign)
+        ledger.open(where, device.state, profile, max(device.since, held.checkpoint), sign)
+    await cur.execute(q.SEEN_DAYS_OF, (device_id,))
+    offset_s = 60.0 * held.offset_min
+    days = [
+        day
+        for (day,) in await cur.fetchall()
+        if deployed_from is not None
+        and deployed_from.timestamp() < day_start(day, offset_s) + DAY_S
+        and (retired_at is None or retired_at.timestamp() > day_start(day, offset_s))
+    ]
+    return old, days
+
+
+async def _move_seen(cur: AsyncCursor[Any], seen: list[tuple[Slice, Slice, date]]) -> None:
+    """Seen device-days moved from the old slice to the new one."""
+    rows: dict[tuple[date, Slice], int] = {}
+    for old, new, day in seen:
+        rows[day, old] = rows.get((day, old), 0) - 1
+        rows[day, new] = rows.get((day, new), 0) + 1
+    moves = sorted((day, w.store, w.model, w.firmware, n) for (day, w), n in rows.items() if n)
+    if moves:
+        await cur.execute(q.ADD_SEEN_COUNTS, columns(moves, 5))

@@ -1,0 +1,218 @@
+"""The figures from the rollups (fleet_server/devices/rollups.py): the same sums as the raw
+query (`queries.FIGURES`), read from the day and hour rows, the open sums and the devices'
+deployed spans, for many windows (buckets) in one statement.
+
+A window is served here when the rollups can answer it exactly: it starts on a whole hour no
+later than the checkpoint, and ends on a whole hour no later than the checkpoint or now (a live
+window: the open sums carry it to its end); its hour parts are within the hours kept; the level
+and the scope are slices the rows hold (fleet, city, district, store, model, firmware). Anything
+else is computed from raw history. Deliveries and OTA targets are read raw (a delivery rollup
+comes next: BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Final
+
+from psycopg import sql
+
+from fleet_server.db.hierarchy import DEVICE_HIERARCHY
+from fleet_server.devices.ledger import DAY_S, HOUR_S, day_start, local_day
+from fleet_server.devices.rollups import Clock
+from fleet_server.figures.queries import ANNOUNCED_AND_OTA, Level, announced_parts
+
+# The levels the rollup rows hold, and each one's column over them (rows r, stores st, districts di).
+ROLLED_LEVELS: Final = {
+    Level.FLEET: sql.SQL("'fleet'"),
+    Level.CITY: sql.SQL("di.city_id"),
+    Level.DISTRICT: sql.SQL("st.district_id"),
+    Level.STORE: sql.SQL("st.store_id"),
+    Level.MODEL: sql.SQL("NULLIF(r.model, '')"),
+    Level.FIRMWARE: sql.SQL("NULLIF(r.firmware, '')"),
+}
+# The same columns over DEVICE_HIERARCHY (the devices' deployed spans).
+_DEVICE_KEY: Final = {
+    Level.FLEET: sql.SQL("'fleet'"),
+    Level.CITY: sql.SQL("di.city_id"),
+    Level.DISTRICT: sql.SQL("st.district_id"),
+    Level.STORE: sql.SQL("st.store_id"),
+    Level.MODEL: sql.SQL("d.model"),
+    Level.FIRMWARE: sql.SQL("d.firmware"),
+}
+# A window whose end is at most this much before now is live: the open sums carry it to its end.
+LIVE_GRACE: Final = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: datetime
+    end: datetime
+    live: bool
+    first_day: date
+    last_day: date
+    hours: tuple[tuple[datetime, datetime], ...]  # hour rows [from, to)
+    days: tuple[date, date] | None  # day rows, inclusive
+
+
+def plan(start: datetime, end: datetime, held: Clock, now: datetime) -> Bucket | None:
+    """How the rollups answer [start, end), or None when they cannot exactly."""
+    s, e, c = start.timestamp(), end.timestamp(), held.checkpoint
+    offset_s = 60.0 * held.offset_min
+    if held.offset_min % 60 or s % HOUR_S or s > c or e <= s:
+        return None
+    live = end >= now - LIVE_GRACE
+    if not live and (e % HOUR_S or e > c):
+        return None
+    hours: list[tuple[float, float]] = []
+    days: tuple[date, date] | None = None
+    at = s
+    first_full = day_start(local_day(s, offset_s), offset_s)
+    if first_full < s:
+        upto = min(first_full + DAY_S, e)
+        hours.append((at, upto))
+        at = upto
+    if at < e:
+        if live:
+            days = (local_day(at, offset_s), local_day(max(e, now.timestamp()) - 1e-6, offset_s))
+        else:
+            last_full = day_start(local_day(e, offset_s), offset_s)
+            if at < last_full:
+                days = (local_day(at, offset_s), local_day(last_full - 1, offset_s))
+                at = last_full
+            if at < e:
+                hours.append((at, e))
+    if any(a < held.hours_from for a, _ in hours):
+        return None
+    return Bucket(
+        start=start,
+        end=end,
+        live=live,
+        first_day=local_day(s, offset_s),
+        last_day=local_day(math.nextafter(e, -math.inf), offset_s),
+        hours=tuple((_utc(a), _utc(b)) for a, b in hours),
+        days=days,
+    )
+
+
+def _utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
+
+
+# The figures of each bucket (b) and key, from the rollups. Parameters: the buckets (b, b_start,
+# b_end, b_live, b_first, b_last), their hour parts (hb, hf, ht) and day parts (db, df, dt), the
+# state groups (deployed, up, failure, good, delivered), fleet_offset; {key}, {filter} over the
+# rows r with stores st and districts di; {dkey}, {dfilter} over DEVICE_HIERARCHY.
+ROLLED: Final = """
+WITH buckets AS (
+    SELECT *, first_day::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(fleet_offset)s) AS days_from,
+           (last_day + 1)::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(fleet_offset)s) AS days_to
+    FROM unnest(%(b)s::int[], %(b_start)s::timestamptz[], %(b_end)s::timestamptz[], %(b_live)s::bool[],
+                %(b_first)s::date[], %(b_last)s::date[]) AS b(b, s, e, live, first_day, last_day)
+),
+hp AS (SELECT * FROM unnest(%(hb)s::int[], %(hf)s::timestamptz[], %(ht)s::timestamptz[]) AS x(b, f, t)),
+dp AS (SELECT * FROM unnest(%(db)s::int[], %(df)s::date[], %(dt)s::date[]) AS x(b, f, t)),
+parts AS (
+    SELECT hp.b, r.store_id, r.model, r.firmware, r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
+           r.b_up_s, r.failures, r.repairs, r.repair_s, 0 AS seen
+    FROM figure_hours r JOIN hp ON r.hour >= hp.f AND r.hour < hp.t
+    UNION ALL
+    SELECT dp.b, r.store_id, r.model, r.firmware, r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
+           r.b_up_s, r.failures, r.repairs, r.repair_s, 0
+    FROM figure_days r JOIN dp ON r.day BETWEEN dp.f AND dp.t
+    UNION ALL
+    SELECT b.b, o.store_id, o.model, o.firmware,
+           CASE WHEN o.state = ANY(%(deployed)s) THEN o.devices * date_part('epoch', b.e) - o.since_s ELSE 0 END,
+           CASE WHEN o.state = ANY(%(up)s) THEN o.devices * date_part('epoch', b.e) - o.since_s ELSE 0 END,
+           CASE WHEN o.state = ANY(%(failure)s) THEN o.devices * date_part('epoch', b.e) - o.since_s ELSE 0 END,
+           CASE WHEN o.state = ANY(%(good)s) THEN o.devices * date_part('epoch', b.e) - o.since_s ELSE 0 END,
+           CASE WHEN o.state = ANY(%(deployed)s)
+                THEN o.devices * business_seconds(date_part('epoch', b.e), o.off_s, o.open_s, o.close_s) - o.since_bs
+                ELSE 0 END,
+           CASE WHEN o.state = ANY(%(up)s)
+                THEN o.devices * business_seconds(date_part('epoch', b.e), o.off_s, o.open_s, o.close_s) - o.since_bs
+                ELSE 0 END,
+           0, 0, 0, 0
+    FROM figure_open o JOIN buckets b ON b.live
+    UNION ALL
+    SELECT b.b, r.store_id, r.model, r.firmware, 0, 0, 0, 0, 0, 0, 0, 0, 0, r.seen_devices
+    FROM figure_days r JOIN buckets b ON r.day BETWEEN b.first_day AND b.last_day
+),
+times AS (
+    SELECT r.b, {key} AS key, sum(r.deployed_s) AS deployed_s, sum(r.up_s) AS up_s, sum(r.failure_s) AS failure_s,
+           sum(r.good_s) AS good_s, sum(r.b_expected_s) AS b_expected_s, sum(r.b_up_s) AS b_up_s,
+           sum(r.failures) AS failures, sum(r.repairs) AS repairs, sum(r.repair_s) AS repair_s,
+           sum(r.seen) AS seen_days
+    FROM parts r LEFT JOIN stores st ON st.store_id = NULLIF(r.store_id, '')
+    LEFT JOIN districts di ON di.district_id = st.district_id
+    WHERE {filter}
+    GROUP BY 1, 2
+),
+spans AS (
+    -- Devices by key and the hour they were first deployed and retired (a device is deployed in
+    -- a bucket from a whole hour's edge: these hours decide it exactly).
+    SELECT {dkey} AS key, date_trunc('hour', d.deployed_from) AS h,
+           CASE WHEN d.retired_at IS NOT NULL THEN date_trunc('hour', d.retired_at)
+                + CASE WHEN d.retired_at > date_trunc('hour', d.retired_at) THEN interval '1 hour'
+                       ELSE interval '0' END END AS r,
+           count(*) AS n
+    FROM {hierarchy}
+    WHERE d.deployed_from IS NOT NULL AND d.rolled_store IS NOT NULL AND {dfilter}
+    GROUP BY 1, 2, 3
+),
+deployed AS (
+    -- Devices deployed in the bucket, and device-days deployed over its local days (at any
+    -- time of the day: the power-on rate's days).
+    SELECT b.b, spans.key,
+           COALESCE(sum(n) FILTER (WHERE spans.h < b.e AND (spans.r IS NULL OR spans.r > b.s)), 0) AS devices,
+           sum(n * (1 + LEAST(b.last_day, COALESCE(
+                   date '1970-01-01' + floor((date_part('epoch', spans.r) - 1 + %(fleet_offset)s * 60.0) / 86400)::int,
+                   b.last_day))
+                 - GREATEST(b.first_day,
+                   date '1970-01-01' + floor((date_part('epoch', spans.h) + %(fleet_offset)s * 60.0) / 86400)::int)))
+               AS deployed_days
+    FROM spans JOIN buckets b ON spans.h < b.days_to AND (spans.r IS NULL OR spans.r > b.days_from)
+    GROUP BY 1, 2
+),
+"""
+
+
+def compose(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
+    """ROLLED and the deliveries and OTA parts for one level and scope (both must be rolled levels)."""
+    row_filter: sql.Composable = sql.SQL("true")
+    device_filter: sql.Composable = sql.SQL("true")
+    if scope is not None:
+        row_filter = sql.SQL("{} = {}").format(ROLLED_LEVELS[scope[0]], sql.Literal(scope[1]))
+        device_filter = sql.SQL("{} = {}").format(_DEVICE_KEY[scope[0]], sql.Literal(scope[1]))
+    announced = announced_parts(level, scope)
+    return sql.SQL(ROLLED + ANNOUNCED_AND_OTA).format(
+        key=ROLLED_LEVELS[level],
+        filter=row_filter,
+        dkey=_DEVICE_KEY[level],
+        dfilter=device_filter,
+        hierarchy=sql.SQL(DEVICE_HIERARCHY),
+        **announced,
+    )
+
+
+def bucket_params(buckets: list[Bucket]) -> dict[str, list[object]]:
+    out: dict[str, list[object]] = {k: [] for k in ("b", "b_start", "b_end", "b_live", "b_first", "b_last")}
+    out |= {k: [] for k in ("hb", "hf", "ht", "db", "df", "dt")}
+    for i, bucket in enumerate(buckets):
+        for k, v in zip(
+            ("b", "b_start", "b_end", "b_live", "b_first", "b_last"),
+            (i, bucket.start, bucket.end, bucket.live, bucket.first_day, bucket.last_day),
+            strict=True,
+        ):
+            out[k].append(v)
+        for f, t in bucket.hours:
+            out["hb"].append(i)
+            out["hf"].append(f)
+            out["ht"].append(t)
+        if bucket.days is not None:
+            out["db"].append(i)
+            out["df"].append(bucket.days[0])
+            out["dt"].append(bucket.days[1])
+    return out
