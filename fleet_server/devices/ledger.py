@@ -26,6 +26,7 @@ from fleet_server.devices.states import DEPLOYED_STATES, FAILURE_STATES, GOOD_ST
 HOUR_S: Final = 3600.0
 DAY_S: Final = 86400.0
 EPOCH_DAY: Final = date(1970, 1, 1)
+NOT_RETIRED: Final = datetime.max.replace(tzinfo=UTC)  # figure_spans's "not retired" (rollup_queries)
 
 
 class Grain(StrEnum):
@@ -146,6 +147,7 @@ class Ledger:
 
     rows: dict[tuple[Grain, date | datetime, Slice], Sums] = field(default_factory=dict)
     opens: dict[tuple[Slice, DeviceState, Profile], OpenSums] = field(default_factory=dict)
+    spans: dict[tuple[Slice, datetime, datetime], int] = field(default_factory=dict)
 
     def blank(self) -> Ledger:
         """An empty ledger of the same days and hours."""
@@ -175,6 +177,22 @@ class Ledger:
         self._row(Grain.DAY, local_day(at, self.offset_s), where).add(event, sign)
         if at >= self.hours_from:
             self._row(Grain.HOUR, hour_of(at), where).add(event, sign)
+
+    def edge(self, at: datetime, *, up: bool) -> datetime:
+        """A deployed span's end as figure_spans keeps it: the whole hour at or before (`up`:
+        at or after) `at`, or the local day when that is before the hours kept."""
+        epoch = at.timestamp()
+        hour = (math.ceil if up else math.floor)(epoch / HOUR_S) * HOUR_S
+        if hour >= self.hours_from:
+            return datetime.fromtimestamp(hour, tz=UTC)
+        days = (math.ceil if up else math.floor)((epoch + self.offset_s) / DAY_S)
+        return datetime.fromtimestamp(days * DAY_S - self.offset_s, tz=UTC)
+
+    def span(self, where: Slice, deployed: datetime, retired: datetime | None, sign: int) -> None:
+        """A device deployed from `deployed` until `retired` (None: still) joins or leaves."""
+        end = self.edge(retired, up=True) if retired is not None else NOT_RETIRED
+        key = (where, self.edge(deployed, up=False), end)
+        self.spans[key] = self.spans.get(key, 0) + sign
 
     def open(self, where: Slice, state: DeviceState, p: Profile, since: float, sign: int) -> None:
         """A device's open interval from `since` in `state` joins (+1) or leaves (-1) the sums."""

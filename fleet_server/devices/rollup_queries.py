@@ -271,7 +271,62 @@ REBUILD_SEEN: Final = ADD_SEEN.replace(
     "FROM unnest(%(devices)s::text[], %(days)s::date[]) AS n(device_id, day) JOIN devices d USING (device_id)",
     "FROM device_daily n JOIN devices d USING (device_id)",
 ).replace("%(offset_min)s", "%(fleet_offset)s")
-CLEAR: Final = ("DELETE FROM figure_days", "DELETE FROM figure_hours", "DELETE FROM figure_open")
+CLEAR: Final = (
+    "DELETE FROM figure_days",
+    "DELETE FROM figure_hours",
+    "DELETE FROM figure_open",
+    "DELETE FROM figure_spans",
+)
+# The deployed spans of every rolled device, at the edges `ledger.Ledger.edge` gives (whole
+# hours, or local days before the hours kept), 'not retired' as NOT_RETIRED. Parameters:
+# hours_from (epoch seconds), fleet_offset.
+NOT_RETIRED: Final = "timestamptz '9999-12-31 23:59:59.999999+00'"
+_UTC: Final = "({t} AT TIME ZONE 'UTC')"
+_OFF: Final = "make_interval(mins => %(fleet_offset)s)"
+_SPAN_EDGE: Final = (
+    "(CASE WHEN date_trunc('hour', {u}) >= to_timestamp(%(hours_from)s) AT TIME ZONE 'UTC'"
+    " THEN date_trunc('hour', {u}) ELSE date_trunc('day', {u} + {off}) - {off} END) AT TIME ZONE 'UTC'"
+)
+_SPAN_EDGE_UP: Final = (
+    "(CASE WHEN date_trunc('hour', {u} - interval '1 microsecond') + interval '1 hour'"
+    " >= to_timestamp(%(hours_from)s) AT TIME ZONE 'UTC'"
+    " THEN date_trunc('hour', {u} - interval '1 microsecond') + interval '1 hour'"
+    " ELSE date_trunc('day', {u} - interval '1 microsecond' + {off}) + interval '1 day' - {off} END) AT TIME ZONE 'UTC'"
+)
+
+
+def _edge(template: str, column: str) -> str:
+    return template.format(u=_UTC.format(t=column), off=_OFF)
+
+
+_ON_SPAN: Final = (
+    " ON CONFLICT (store_id, model, firmware, deployed_at, retired_at)"
+    " DO UPDATE SET devices = t.devices + EXCLUDED.devices"
+)
+REBUILD_SPANS: Final = (
+    "INSERT INTO figure_spans SELECT rolled_store, rolled_model, rolled_firmware, "
+    + _edge(_SPAN_EDGE, "deployed_from")
+    + ", COALESCE("
+    + _edge(_SPAN_EDGE_UP, "retired_at")
+    + f", {NOT_RETIRED}), count(*) FROM devices WHERE rolled_store IS NOT NULL AND deployed_from IS NOT NULL"
+    " GROUP BY 1, 2, 3, 4, 5"
+)
+# Spans whose hours are now before the hours kept, kept as local days from here on.
+SPANS_TO_DAYS: Final = (
+    "WITH old AS (DELETE FROM figure_spans WHERE deployed_at < to_timestamp(%(hours_from)s)"
+    " OR retired_at < to_timestamp(%(hours_from)s) RETURNING *)"
+    " INSERT INTO figure_spans AS t SELECT store_id, model, firmware, "
+    + _edge(_SPAN_EDGE, "deployed_at")
+    + f", CASE WHEN retired_at = {NOT_RETIRED} THEN retired_at ELSE "
+    + _edge(_SPAN_EDGE_UP, "retired_at")
+    + " END, sum(devices) FROM old GROUP BY 1, 2, 3, 4, 5"
+    + _ON_SPAN
+)
+# (store, model, firmware, deployed_at, retired_at, change) columns.
+ADD_SPANS: Final = (
+    "INSERT INTO figure_spans AS t SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
+    " %s::timestamptz[], %s::int4[]) ORDER BY 1, 2, 3, 4, 5" + _ON_SPAN
+)
 
 # -- devices whose slice or business hours changed since their time was rolled -------------------
 

@@ -38,6 +38,9 @@ ROLLUP_LOCK: Final = 0x4844_0025
 HOURS_KEPT: Final = timedelta(days=3)
 _LOCK_SHARED: Final = "SELECT pg_advisory_xact_lock_shared(%s)"
 _LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
+# The bulk statements are planned expensive: JIT compiling them costs more than it saves (1.7 s
+# of a 2.5 s rebuild of 2,000 devices), and their sorts want more than the default work_mem.
+_FOR_BULK: Final = "SET LOCAL jit = off; SET LOCAL work_mem = '256MB'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ def roll(ledger: Ledger, device: Rolled, transitions: list[tuple[datetime, Devic
             in_order &= at >= floor  # a first contact before the checkpoint: time it never held
             if device.deployed_from is None and state is not DeviceState.RETIRED:
                 device.deployed_from = at_dt
+                ledger.span(device.where, at_dt, None, +1)
         was_failure = before in FAILURE_STATES
         if state in FAILURE_STATES and not was_failure:
             device.run_fault_at = at_dt if state is DeviceState.FAULTY else None
@@ -100,8 +104,11 @@ def roll(ledger: Ledger, device: Rolled, transitions: list[tuple[datetime, Devic
             if state in UP_STATES and device.run_fault_at is not None:
                 ledger.add_event(device.where, at, repairs=1, repair_s=(at_dt - device.run_fault_at).total_seconds())
             device.run_fault_at = None
-        if state is DeviceState.RETIRED:
+        if state is DeviceState.RETIRED and device.retired_at is None:
             device.retired_at = at_dt
+            if device.deployed_from is not None:
+                ledger.span(device.where, device.deployed_from, None, -1)
+                ledger.span(device.where, device.deployed_from, at_dt, +1)
         ledger.open(device.where, state, device.profile, max(at, floor), +1)
         device.state, device.since = state, at
     return in_order
@@ -130,6 +137,11 @@ async def write(cur: AsyncCursor[Any], ledger: Ledger) -> None:
         await cur.execute(q.ADD_HOURS, columns(hours, 13))
     if opens:
         await cur.execute(q.ADD_OPEN, columns(opens, 10))
+    spans = sorted(
+        (w.store, w.model, w.firmware, deployed, retired, n) for (w, deployed, retired), n in ledger.spans.items() if n
+    )
+    if spans:
+        await cur.execute(q.ADD_SPANS, columns(spans, 6))
 
 
 async def lock_shared(cur: AsyncCursor[Any]) -> None:
@@ -173,6 +185,7 @@ async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min:
     }
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        await cur.execute(_FOR_BULK)
         for statement in q.CLEAR:
             await cur.execute(statement)
         await cur.execute(q.UNROLL_SILENT)
@@ -181,6 +194,7 @@ async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min:
         await cur.execute(q.REBUILD_HOURS, params)
         await cur.execute(q.REOPEN, params)
         await cur.execute(q.REBUILD_SEEN, params)
+        await cur.execute(q.REBUILD_SPANS, params)
         await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
     log.info("figure rollups rebuilt from history", checkpoint=at.isoformat())
     return at
@@ -208,11 +222,13 @@ async def checkpoint(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_m
     }
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        await cur.execute(_FOR_BULK)
         await cur.execute(q.CHECKPOINT_HOURS, params)
         await cur.execute(q.CHECKPOINT_DAYS, params)
         await cur.execute(q.CLEAR[2])
         await cur.execute(q.REOPEN, params)
         await cur.execute(q.PRUNE_HOURS, (hours_from,))
+        await cur.execute(q.SPANS_TO_DAYS, {"hours_from": hours_from.timestamp(), "fleet_offset": fleet_offset_min})
         await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
     return at
 
@@ -264,6 +280,8 @@ async def _history_into(
             continue
         part.add_interval(where, profile, device.state, device.since, held.checkpoint)
         ledger.merge(part, sign)
+        for key, n in part.spans.items():
+            ledger.spans[key] = ledger.spans.get(key, 0) + sign * n
         ledger.open(where, device.state, profile, max(device.since, held.checkpoint), sign)
     await cur.execute(q.SEEN_DAYS_OF, (device_id,))
     offset_s = 60.0 * held.offset_min

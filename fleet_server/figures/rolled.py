@@ -21,6 +21,7 @@ from psycopg import sql
 
 from fleet_server.db.hierarchy import DEVICE_HIERARCHY
 from fleet_server.devices.ledger import DAY_S, HOUR_S, day_start, local_day
+from fleet_server.devices.rollup_queries import NOT_RETIRED
 from fleet_server.devices.rollups import Clock
 from fleet_server.figures.queries import ANNOUNCED_AND_OTA, Level, announced_parts
 
@@ -32,15 +33,6 @@ ROLLED_LEVELS: Final = {
     Level.STORE: sql.SQL("st.store_id"),
     Level.MODEL: sql.SQL("NULLIF(r.model, '')"),
     Level.FIRMWARE: sql.SQL("NULLIF(r.firmware, '')"),
-}
-# The same columns over DEVICE_HIERARCHY (the devices' deployed spans).
-_DEVICE_KEY: Final = {
-    Level.FLEET: sql.SQL("'fleet'"),
-    Level.CITY: sql.SQL("di.city_id"),
-    Level.DISTRICT: sql.SQL("st.district_id"),
-    Level.STORE: sql.SQL("st.store_id"),
-    Level.MODEL: sql.SQL("d.model"),
-    Level.FIRMWARE: sql.SQL("d.firmware"),
 }
 # A window whose end is at most this much before now is live: the open sums carry it to its end.
 LIVE_GRACE: Final = timedelta(seconds=60)
@@ -104,7 +96,7 @@ def _utc(epoch_s: float) -> datetime:
 # The figures of each bucket (b) and key, from the rollups. Parameters: the buckets (b, b_start,
 # b_end, b_live, b_first, b_last), their hour parts (hb, hf, ht) and day parts (db, df, dt), the
 # state groups (deployed, up, failure, good, delivered), fleet_offset; {key}, {filter} over the
-# rows r with stores st and districts di; {dkey}, {dfilter} over DEVICE_HIERARCHY.
+# rows r (day and hour rows, open sums, deployed spans) with stores st and districts di.
 ROLLED: Final = """
 WITH buckets AS (
     SELECT *, first_day::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(fleet_offset)s) AS days_from,
@@ -120,7 +112,7 @@ parts AS (
     FROM figure_hours r JOIN hp ON r.hour >= hp.f AND r.hour < hp.t
     UNION ALL
     SELECT dp.b, r.store_id, r.model, r.firmware, r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
-           r.b_up_s, r.failures, r.repairs, r.repair_s, 0
+           r.b_up_s, r.failures, r.repairs, r.repair_s, r.seen_devices
     FROM figure_days r JOIN dp ON r.day BETWEEN dp.f AND dp.t
     UNION ALL
     SELECT b.b, o.store_id, o.model, o.firmware,
@@ -137,8 +129,11 @@ parts AS (
            0, 0, 0, 0
     FROM figure_open o JOIN buckets b ON b.live
     UNION ALL
+    -- The seen devices of the bucket's local days its day rows above do not cover.
     SELECT b.b, r.store_id, r.model, r.firmware, 0, 0, 0, 0, 0, 0, 0, 0, 0, r.seen_devices
-    FROM figure_days r JOIN buckets b ON r.day BETWEEN b.first_day AND b.last_day
+    FROM buckets b JOIN figure_days r ON r.day BETWEEN b.first_day AND b.last_day
+    LEFT JOIN dp ON dp.b = b.b
+    WHERE r.seen_devices <> 0 AND (dp.b IS NULL OR r.day NOT BETWEEN dp.f AND dp.t)
 ),
 times AS (
     SELECT r.b, {key} AS key, sum(r.deployed_s) AS deployed_s, sum(r.up_s) AS up_s, sum(r.failure_s) AS failure_s,
@@ -151,15 +146,10 @@ times AS (
     GROUP BY 1, 2
 ),
 spans AS (
-    -- Devices by key and the hour they were first deployed and retired (a device is deployed in
-    -- a bucket from a whole hour's edge: these hours decide it exactly).
-    SELECT {dkey} AS key, date_trunc('hour', d.deployed_from) AS h,
-           CASE WHEN d.retired_at IS NOT NULL THEN date_trunc('hour', d.retired_at)
-                + CASE WHEN d.retired_at > date_trunc('hour', d.retired_at) THEN interval '1 hour'
-                       ELSE interval '0' END END AS r,
-           count(*) AS n
-    FROM {hierarchy}
-    WHERE d.deployed_from IS NOT NULL AND d.rolled_store IS NOT NULL AND {dfilter}
+    SELECT {key} AS key, r.deployed_at AS h, NULLIF(r.retired_at, {not_retired}) AS r, sum(r.devices) AS n
+    FROM figure_spans r LEFT JOIN stores st ON st.store_id = NULLIF(r.store_id, '')
+    LEFT JOIN districts di ON di.district_id = st.district_id
+    WHERE r.devices <> 0 AND {filter}
     GROUP BY 1, 2, 3
 ),
 deployed AS (
@@ -182,16 +172,13 @@ deployed AS (
 def compose(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
     """ROLLED and the deliveries and OTA parts for one level and scope (both must be rolled levels)."""
     row_filter: sql.Composable = sql.SQL("true")
-    device_filter: sql.Composable = sql.SQL("true")
     if scope is not None:
         row_filter = sql.SQL("{} = {}").format(ROLLED_LEVELS[scope[0]], sql.Literal(scope[1]))
-        device_filter = sql.SQL("{} = {}").format(_DEVICE_KEY[scope[0]], sql.Literal(scope[1]))
     announced = announced_parts(level, scope)
     return sql.SQL(ROLLED + ANNOUNCED_AND_OTA).format(
         key=ROLLED_LEVELS[level],
         filter=row_filter,
-        dkey=_DEVICE_KEY[level],
-        dfilter=device_filter,
+        not_retired=sql.SQL(NOT_RETIRED),
         hierarchy=sql.SQL(DEVICE_HIERARCHY),
         **announced,
     )

@@ -12,7 +12,10 @@ from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.errors import ApiError
 
 DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN.pattern, description="Device id")]
-Start = Annotated[datetime | None, Query(description="Window start (ISO 8601 with zone); default: end - 24 h")]
+Start = Annotated[
+    datetime | None,
+    Query(description="Window start (ISO 8601 with zone); default: the whole hour 24 h before end"),
+]
 End = Annotated[datetime | None, Query(description="Window end (ISO 8601 with zone); default: now")]
 
 # A window longer than this is refused: a year of figures is the longest report anyone asks for.
@@ -26,7 +29,8 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    """[start, end) with the defaults (the last 24 hours), or a 422 saying what is wrong."""
+    """[start, end) with the defaults (the last 24 hours from a whole hour: the figures' rollups
+    answer that window exactly), or a 422 saying what is wrong."""
     for name, value in (("start", start), ("end", end)):
         if value is None:
             continue
@@ -42,7 +46,7 @@ def window(start: datetime | None, end: datetime | None) -> tuple[datetime, date
                 422, "BAD_WINDOW", f"{name} must be between 2000 and 2200", f"{name} 须在 2000 年至 2200 年之间"
             )
     end = end or datetime.now(tz=UTC)
-    start = start or end - timedelta(hours=24)
+    start = start or (end - timedelta(hours=24)).replace(minute=0, second=0, microsecond=0)
     if end <= start:
         raise ApiError(422, "BAD_WINDOW", "the window's end must be after its start", "时间窗口的结束必须晚于开始")
     if end - start > MAX_WINDOW:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,12 @@ def add_parser(sub: Any) -> None:
     figures = action.add_parser("figures", help="figures by slice over a window")
     figures.add_argument("--by", choices=["city", "district", "store", "merchant", "device", "model", "firmware"])
     figures.add_argument("--scope", help="LEVEL:VALUE, e.g. district:WJ or model:HD-S1")
-    figures.add_argument("--days", type=float, default=1.0, help="window: the last N days (default 1)")
+    figures.add_argument(
+        "--days",
+        type=float,
+        default=1.0,
+        help="window: the last N local days to now (N >= 2, whole), or N x 24 h from a whole hour (default 1)",
+    )
     figures.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     tasks = action.add_parser("tasks", help="field-agent tasks")
     tasks.add_argument("--open", action="store_true", help="only tasks not yet closed")
@@ -129,10 +134,20 @@ def _summary(client: httpx.Client, _: argparse.Namespace) -> int:
     return 0
 
 
+def _since(end: datetime, days: float) -> datetime:
+    """The window's start: N whole local days (China time) ending today for N >= 2 days, the
+    whole hour N days back otherwise, the windows the server answers from its rollups."""
+    if days >= 2 and days == int(days):
+        china = timezone(timedelta(hours=8))
+        today = end.astimezone(china).replace(hour=0, minute=0, second=0, microsecond=0)
+        return (today - timedelta(days=int(days) - 1)).astimezone(UTC)
+    return (end - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+
+
 def _figures(client: httpx.Client, args: argparse.Namespace) -> int:
     end = datetime.now(tz=UTC)
     params = {
-        "start": (end - timedelta(days=args.days)).isoformat(),
+        "start": _since(end, args.days).isoformat(),
         "end": end.isoformat(),
         "by": args.by,
         "scope": args.scope,

@@ -60,6 +60,19 @@ CREATE TABLE figure_open (
     PRIMARY KEY (store_id, model, firmware, state, off_s, open_s, close_s)
 );
 
+-- Devices by slice and the whole hour they were first deployed and retired ('infinity': not
+-- retired): a device counts in a window [s, e) when deployed_at < e and retired_at > s. Hours
+-- older than the hours kept are kept as local days (whole-day windows need no more).
+CREATE TABLE figure_spans (
+    store_id     text NOT NULL,
+    model        text NOT NULL,
+    firmware     text NOT NULL,
+    deployed_at  timestamptz NOT NULL,
+    retired_at   timestamptz NOT NULL,
+    devices      integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (store_id, model, firmware, deployed_at, retired_at)
+);
+
 -- One row: the rollups hold every device's time up to checkpoint_at (NULL: not built yet; the
 -- figures read raw history until `haodian fleet recompute` or the first inspector round builds
 -- them), with local days of the fleet's UTC offset; hour rows from hours_from on.
