@@ -64,6 +64,7 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "GET /api/v1/figures": (YES, YES, NO, NO, NO),
     "GET /api/v1/figures.csv": (YES, YES, NO, NO, NO),
     "GET /api/v1/figures/trend": (YES, YES, NO, NO, NO),
+    "POST /api/v1/figures/recompute": (YES, NO, NO, NO, NO),
     "GET /api/v1/fleet/summary": (YES, YES, NO, NO, NO),
     "GET /api/v1/alerts": (YES, YES, NO, NO, NO),
     "GET /metrics": (YES, YES, NO, NO, NO),

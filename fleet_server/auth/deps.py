@@ -134,6 +134,7 @@ BindingWriter = Annotated[Principal, Depends(require(Permission.BINDING_WRITE))]
 UsersAdmin = Annotated[Principal, Depends(require(Permission.USERS_ADMIN))]
 AuditReader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
 QuarantineAdmin = Annotated[Principal, Depends(require(Permission.QUARANTINE_ADMIN))]
+FiguresRebuilder = Annotated[Principal, Depends(require(Permission.FIGURES_REBUILD))]
 
 
 class Reach:

@@ -43,6 +43,7 @@ class Permission(StrEnum):
     USERS_ADMIN = "users.admin"
     AUDIT_READ = "audit.read"
     QUARANTINE_ADMIN = "quarantine.admin"  # read held messages (raw payloads) and purge them
+    FIGURES_REBUILD = "figures.rebuild"  # rebuild the figure rollups from raw history
 
 
 _READ_ALL: Final = {

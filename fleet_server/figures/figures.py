@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from time import perf_counter
 from typing import Any, Final
 
 from psycopg_pool import AsyncConnectionPool
@@ -174,6 +175,10 @@ class FleetFigures:
     def fleet_utc_offset_min(self) -> int:
         return self._offset
 
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._pool
+
     async def compute(
         self,
         start: datetime,
@@ -287,6 +292,26 @@ def _shaped(rows: list[dict[str, Any]], start: datetime, end: datetime, *, group
     if not grouped:
         return [figures_from_row(rows[0] if rows else _EMPTY_ROW, start, end, grouped=False)]
     return [figures_from_row(row, start, end, grouped=True) for row in rows]
+
+
+class Recomputed(BaseModel):
+    checkpoint: datetime
+    seconds: float
+    # The last 24 hours from a whole hour, from the rebuilt rollups and from raw history: equal.
+    rolled: Figures
+    raw: Figures
+
+
+async def recompute(figures: FleetFigures, now: datetime) -> Recomputed:
+    """Rebuild the rollups from raw history (the repair for anything that ever made them drift),
+    and show the last 24 hours both ways."""
+    started = perf_counter()
+    at = await rollups.rebuild(figures.pool, now, fleet_offset_min=figures.fleet_utc_offset_min)
+    seconds = perf_counter() - started
+    window = (at - timedelta(hours=24), at)
+    rolled_now = await figures.compute_rolled(*window)
+    [raw] = await figures.compute_raw(*window)
+    return Recomputed(checkpoint=at, seconds=seconds, rolled=rolled_now[0] if rolled_now else raw, raw=raw)
 
 
 class StateCounts(BaseModel):

@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
 
-from fleet_server.auth.deps import AUTH_ERRORS, FleetReader
+from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, FiguresRebuilder, FleetReader
 from fleet_server.errors import ApiError
-from fleet_server.figures.figures import Figures, FleetFigures, Level
+from fleet_server.figures.figures import Figures, FleetFigures, Level, Recomputed, recompute
 from fleet_server.figures.overview import SUMMARY_REUSE_S, Alert, FleetOverview, FleetSummary, TrendPoint
 from fleet_server.http.params import End, Start, window
 from fleet_server.http.services import provide, provide_optional
@@ -89,6 +89,16 @@ async def figures_trend(
     end: End = None,
 ) -> list[TrendPoint]:
     return await overview.trend(period, _scope(scope), window(None, end)[1])
+
+
+@router.post(
+    "/figures/recompute",
+    summary="Rebuild the figure rollups from raw history; the last 24 hours both ways (they must agree)",
+)
+async def figures_recompute(principal: FiguresRebuilder, figures: FiguresDep, audit: AuditDep) -> Recomputed:
+    done = await recompute(figures, datetime.now(tz=UTC))
+    await audit(principal, "figures.recompute", "rollups", detail={"seconds": round(done.seconds, 3)})
+    return done
 
 
 @router.get(

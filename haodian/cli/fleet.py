@@ -10,6 +10,7 @@ against the demo, a local server or production.
     haodian fleet provision SPK-0001 [--rotate] [--out agent-secret.toml]
     haodian fleet revoke SPK-0001
     haodian fleet retire SPK-0001 --reason stolen [--note "商户报案"]
+    haodian fleet recompute                     rebuild the figure rollups from raw history
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def add_parser(sub: Any) -> None:
     retire.add_argument("device_id")
     retire.add_argument("--reason", required=True, choices=["lost", "stolen", "scrapped"], help="why it is retired")
     retire.add_argument("--note", default="", help="a note for the record (the audit log and the closed tasks)")
+    action.add_parser(
+        "recompute", help="rebuild the figure rollups from raw history and check them against it (ops-admin)"
+    )
 
 
 def fmt(name: str, value: float | None) -> str:
@@ -281,6 +285,26 @@ def _retire(client: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _agree(a: float | None, b: float | None) -> bool:
+    return a == b or (a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(b)))
+
+
+def _recompute(client: httpx.Client, _: argparse.Namespace) -> int:
+    print("重算中 rebuilding the figure rollups from raw history (a minute at 100,000 devices) ...", flush=True)
+    done = checked(client.post("/api/v1/figures/recompute"), "haodian fleet recompute")
+    rolled, raw = done["rolled"], done["raw"]
+    print(f"已重算 rebuilt up to {done['checkpoint'][:19]} UTC in {done['seconds']:.1f} s")
+    names = ["availability_calendar", "intact_rate", "mttr_min", "power_on_rate"]
+    rows = [[LABELS[n], fmt(n, rolled[n]), fmt(n, raw[n])] for n in names]
+    print(table(["近24小时 last 24 h", "汇总表 rollups", "原始记录 raw history"], rows))
+    same = all(
+        rolled[n] == raw[n] or (rolled[n] is not None and raw[n] is not None and abs(rolled[n] - raw[n]) < 1e-9)
+        for n in names
+    )
+    print("一致 they agree" if same else "不一致 THEY DISAGREE: report this")
+    return 0 if same else 1
+
+
 _COMMANDS = {
     "summary": _summary,
     "figures": _figures,
@@ -289,4 +313,5 @@ _COMMANDS = {
     "provision": _provision,
     "revoke": _revoke,
     "retire": _retire,
+    "recompute": _recompute,
 }

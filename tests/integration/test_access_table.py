@@ -359,6 +359,7 @@ CASES: dict[str, Case] = {
     "GET /api/v1/figures": Case(200, call("GET", "/api/v1/figures")),
     "GET /api/v1/figures.csv": Case(200, call("GET", "/api/v1/figures.csv")),
     "GET /api/v1/figures/trend": Case(200, call("GET", "/api/v1/figures/trend")),
+    "POST /api/v1/figures/recompute": Case(200, call("POST", "/api/v1/figures/recompute")),
     "GET /api/v1/fleet/summary": Case(200, call("GET", "/api/v1/fleet/summary")),
     "GET /api/v1/alerts": Case(200, call("GET", "/api/v1/alerts")),
     "GET /metrics": Case(200, call("GET", "/metrics")),

@@ -82,7 +82,10 @@ def test_api_and_query() -> None:
     assert api["answered"] == api["sent"] == 100
     assert api["errors"] == 0
     query = bench("query", "--devices", "200", "--days", "2", "--repeats", "1")["figures"]
-    assert len(query["summary_s"]) == 1
+    timings = query["timings_ms"]
+    assert len(timings["fleet summary, 30 local days to now"]) == 20  # 20 runs at least
+    assert set(timings) >= {"figures by district, last 30 days", "a device's card, 30 days"}
+    assert query["raw_summary_ms"] > 0
 
 
 def test_connections() -> None:
