@@ -340,6 +340,7 @@ MOVED: Final = (
     " date_part('epoch', COALESCE(m.business_close, time '22:00')))"
     " ORDER BY d.device_id FOR UPDATE OF d"
 )
+LOCKED: Final = " FOR UPDATE OF d"
 # One device's history and its rolled slice: (state, previous, at) in order.
 HISTORY_OF: Final = "SELECT state, previous, at FROM device_states WHERE device_id = %s ORDER BY at, seq"
 ROLLED_OF: Final = (

@@ -73,16 +73,29 @@ class Rolled:
     since: float | None
     deployed_from: datetime | None = None
     retired_at: datetime | None = None
-    run_fault_at: datetime | None = None
+    # The last entry into a failure state from another, and the last into faulty from a
+    # non-failure state: a repair counts when they are the same (the run began with a fault).
+    run_at: datetime | None = None
+    fault_at: datetime | None = None
+
+    @property
+    def run_fault_at(self) -> datetime | None:
+        """When the current failure run began with a fault (what devices.run_fault_at keeps)."""
+        return self.fault_at if self.fault_at is not None and self.fault_at == self.run_at else None
 
 
-def roll(ledger: Ledger, device: Rolled, transitions: list[tuple[datetime, DeviceState]], floor: float) -> bool:
+# A transition: when, into which state, from which (as recorded: history written late keeps
+# the previous state it was written with, and the figures count failures and repairs by it).
+Step = tuple[datetime, DeviceState, DeviceState | None]
+
+
+def roll(ledger: Ledger, device: Rolled, transitions: list[Step], floor: float) -> bool:
     """Add `transitions` (time order) of one device: the pieces they close from `floor` on (the
     checkpoint: what is before it is in the rows already), their failures and repairs, and the
     open sums' moves; `device` is updated. False when a transition is before the piece it would
     close (late history: the rollups need a rebuild)."""
     in_order = True
-    for at_dt, state in transitions:
+    for at_dt, state, previous in transitions:
         at = at_dt.timestamp()
         before = device.state
         if before is not None and device.since is not None:
@@ -95,15 +108,15 @@ def roll(ledger: Ledger, device: Rolled, transitions: list[tuple[datetime, Devic
             if device.deployed_from is None and state is not DeviceState.RETIRED:
                 device.deployed_from = at_dt
                 ledger.span(device.where, at_dt, None, +1)
-        was_failure = before in FAILURE_STATES
+        was_failure = previous in FAILURE_STATES
         if state in FAILURE_STATES and not was_failure:
-            device.run_fault_at = at_dt if state is DeviceState.FAULTY else None
+            device.run_at = at_dt
             if state is DeviceState.FAULTY:
+                device.fault_at = at_dt
                 ledger.add_event(device.where, at, failures=1)
-        elif was_failure and state not in FAILURE_STATES:
-            if state in UP_STATES and device.run_fault_at is not None:
-                ledger.add_event(device.where, at, repairs=1, repair_s=(at_dt - device.run_fault_at).total_seconds())
-            device.run_fault_at = None
+        elif was_failure and state in UP_STATES and device.run_fault_at is not None:
+            fault_at = device.run_fault_at
+            ledger.add_event(device.where, at, repairs=1, repair_s=(at_dt - fault_at).total_seconds())
         if state is DeviceState.RETIRED and device.retired_at is None:
             device.retired_at = at_dt
             if device.deployed_from is not None:
@@ -237,6 +250,11 @@ async def move_resliced(pool: AsyncConnectionPool, *, fleet_offset_min: int) -> 
     """Devices whose slice or business hours changed since their time was rolled (rebound,
     updated, the merchant's hours changed): their rolled time, open sums and seen days moved to
     where they now belong, recomputed from their history. Returns how many moved."""
+    # Looked for without the lock first: most rounds find nothing, and ingest need not wait.
+    async with pool.connection() as conn, conn.cursor() as cur:
+        await cur.execute(q.MOVED.removesuffix(q.LOCKED), {"fleet_offset": fleet_offset_min})
+        if not await cur.fetchall():
+            return 0
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
         held = await clock(cur)
@@ -271,7 +289,10 @@ async def _history_into(
     old_profile = Profile(row[5], row[6], row[7])
     deployed_from, retired_at = row[8], row[9]
     await cur.execute(q.HISTORY_OF, (device_id,))
-    history = [(at, DeviceState(state)) for state, _, at in await cur.fetchall()]
+    history: list[Step] = [
+        (at, DeviceState(state), DeviceState(previous) if previous else None)
+        for state, previous, at in await cur.fetchall()
+    ]
     for where, profile, sign in ((old, old_profile, -1), (*new, 1)):
         part = ledger.blank()
         device = Rolled(where, profile, None, None)

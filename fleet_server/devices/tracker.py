@@ -106,7 +106,7 @@ async def apply(
         if made and ledger is not None and held is not None:
             if row[7] is None and row[1] is not None:
                 late = _earliest(late, made[0].at)  # time the rollups never held: rebuild
-            elif not rollups.roll(ledger, rolled, [(t.at, t.state) for t in made], held.checkpoint):
+            elif not rollups.roll(ledger, rolled, [(t.at, t.state, t.previous) for t in made], held.checkpoint):
                 late = _earliest(late, made[0].at)
         if made or before != (cursor.state, cursor.streak):
             since = made[-1].at if made else None
@@ -159,4 +159,6 @@ def _rolled(row: tuple[Any, ...]) -> rollups.Rolled:
     where = Slice(*(row[7:10] if rolled else row[13:16]))
     profile = Profile(*(row[10:13] if rolled else row[16:19]))
     since = row[3].timestamp() if row[3] is not None else None
-    return rollups.Rolled(where, profile, DeviceState(row[1]) if row[1] else None, since, row[4], row[5], row[6])
+    state = DeviceState(row[1]) if row[1] else None
+    # The current run as the row keeps it: begun with a fault at run_fault_at, or not.
+    return rollups.Rolled(where, profile, state, since, row[4], row[5], run_at=row[6], fault_at=row[6])

@@ -47,6 +47,8 @@ class Bucket:
     last_day: date
     hours: tuple[tuple[datetime, datetime], ...]  # hour rows [from, to)
     days: tuple[date, date] | None  # day rows, inclusive
+    # The local days the window touches that its day rows do not cover: their seen devices only.
+    seen_only: tuple[tuple[date, date], ...] = ()
 
 
 def plan(start: datetime, end: datetime, held: Clock, now: datetime) -> Bucket | None:
@@ -78,14 +80,23 @@ def plan(start: datetime, end: datetime, held: Clock, now: datetime) -> Bucket |
                 hours.append((at, e))
     if any(a < held.hours_from for a, _ in hours):
         return None
+    first_day, last_day = local_day(s, offset_s), local_day(math.nextafter(e, -math.inf), offset_s)
+    seen_only: tuple[tuple[date, date], ...]
+    if days is None:
+        seen_only = ((first_day, last_day),)
+    else:
+        before = (first_day, days[0] - timedelta(days=1)) if first_day < days[0] else None
+        after = (days[1] + timedelta(days=1), last_day) if last_day > days[1] else None
+        seen_only = tuple(r for r in (before, after) if r is not None)
     return Bucket(
         start=start,
         end=end,
         live=live,
-        first_day=local_day(s, offset_s),
-        last_day=local_day(math.nextafter(e, -math.inf), offset_s),
+        first_day=first_day,
+        last_day=last_day,
         hours=tuple((_utc(a), _utc(b)) for a, b in hours),
         days=days,
+        seen_only=seen_only,
     )
 
 
@@ -94,7 +105,8 @@ def _utc(epoch_s: float) -> datetime:
 
 
 # The figures of each bucket (b) and key, from the rollups. Parameters: the buckets (b, b_start,
-# b_end, b_live, b_first, b_last), their hour parts (hb, hf, ht) and day parts (db, df, dt), the
+# b_end, b_live, b_first, b_last), their hour parts (hb, hf, ht), day parts (db, df, dt) and
+# days read for their seen devices only (sb, sf, st), the
 # state groups (deployed, up, failure, good, delivered), fleet_offset; {key}, {filter} over the
 # rows r (day and hour rows, open sums, deployed spans) with stores st and districts di.
 ROLLED: Final = """
@@ -106,6 +118,7 @@ WITH buckets AS (
 ),
 hp AS (SELECT * FROM unnest(%(hb)s::int[], %(hf)s::timestamptz[], %(ht)s::timestamptz[]) AS x(b, f, t)),
 dp AS (SELECT * FROM unnest(%(db)s::int[], %(df)s::date[], %(dt)s::date[]) AS x(b, f, t)),
+sp AS (SELECT * FROM unnest(%(sb)s::int[], %(sf)s::date[], %(st)s::date[]) AS x(b, f, t)),
 parts AS (
     SELECT hp.b, r.store_id, r.model, r.firmware, r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
            r.b_up_s, r.failures, r.repairs, r.repair_s, 0 AS seen
@@ -130,10 +143,9 @@ parts AS (
     FROM figure_open o JOIN buckets b ON b.live
     UNION ALL
     -- The seen devices of the bucket's local days its day rows above do not cover.
-    SELECT b.b, r.store_id, r.model, r.firmware, 0, 0, 0, 0, 0, 0, 0, 0, 0, r.seen_devices
-    FROM buckets b JOIN figure_days r ON r.day BETWEEN b.first_day AND b.last_day
-    LEFT JOIN dp ON dp.b = b.b
-    WHERE r.seen_devices <> 0 AND (dp.b IS NULL OR r.day NOT BETWEEN dp.f AND dp.t)
+    SELECT sp.b, r.store_id, r.model, r.firmware, 0, 0, 0, 0, 0, 0, 0, 0, 0, r.seen_devices
+    FROM sp JOIN figure_days r ON r.day BETWEEN sp.f AND sp.t
+    WHERE r.seen_devices <> 0
 ),
 times AS (
     SELECT r.b, {key} AS key, sum(r.deployed_s) AS deployed_s, sum(r.up_s) AS up_s, sum(r.failure_s) AS failure_s,
@@ -186,7 +198,7 @@ def compose(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
 
 def bucket_params(buckets: list[Bucket]) -> dict[str, list[object]]:
     out: dict[str, list[object]] = {k: [] for k in ("b", "b_start", "b_end", "b_live", "b_first", "b_last")}
-    out |= {k: [] for k in ("hb", "hf", "ht", "db", "df", "dt")}
+    out |= {k: [] for k in ("hb", "hf", "ht", "db", "df", "dt", "sb", "sf", "st")}
     for i, bucket in enumerate(buckets):
         for k, v in zip(
             ("b", "b_start", "b_end", "b_live", "b_first", "b_last"),
@@ -202,4 +214,8 @@ def bucket_params(buckets: list[Bucket]) -> dict[str, list[object]]:
             out["db"].append(i)
             out["df"].append(bucket.days[0])
             out["dt"].append(bucket.days[1])
+        for first, last in bucket.seen_only:
+            out["sb"].append(i)
+            out["sf"].append(first)
+            out["st"].append(last)
     return out

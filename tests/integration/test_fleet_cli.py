@@ -25,7 +25,9 @@ def _health(device: str) -> Health:
     return Health(device_id=device, ts=1, uptime_s=1, volume=5, queue_depth=0, played_total=0)
 
 
-async def test_retiring_a_device_and_recomputing_the_figures_from_the_command_line(tmp_path, embedded_database, server_keys, unique, capsys):
+async def test_retiring_a_device_and_recomputing_the_figures_from_the_command_line(
+    tmp_path, embedded_database, server_keys, unique, capsys
+):
     def fleet(*argv: str) -> int:
         return run(build_parser().parse_args(["fleet", *argv]))
 
