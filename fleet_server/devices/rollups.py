@@ -12,8 +12,9 @@ from rollups").
   merchant's hours changed has its rolled time moved to where it now belongs.
 
 The tracker takes the rollup lock shared, the others exclusive (a PostgreSQL advisory lock for
-the transaction), so they never interleave. The arithmetic is `ledger.py`'s; the SQL is in
-`rollup_queries`.
+the transaction), so they never interleave; every transaction takes it before it locks a device
+row (the rebuild and the moves lock device rows after it), so the two never deadlock. The
+arithmetic is `ledger.py`'s; the SQL is in `rollup_queries`.
 """
 
 from __future__ import annotations

@@ -219,6 +219,8 @@ async def write_batch(
     for item in batch:
         rows.add(item)
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        # The rollup lock before any device row: a rebuild takes it first and then the rows.
+        await rollups.lock_shared(cur)
         no_position = (None, None, None)
         devices = (
             (d, rows.first[d], last, *rows.positions.get(d, no_position)) for d, last in sorted(rows.seen.items())
@@ -247,7 +249,6 @@ async def write_batch(
             await cur.execute(queries.UPSERT_CELLS, [policy.cell_learning_days * 86400, *cells])
         made = await tracker.apply(cur, rows.observations, clean_reports=policy.clean_reports_to_verify)
         # Power-on: a device seen on a new local day, counted once its state is applied.
-        await rollups.lock_shared(cur)
         held = await rollups.clock(cur)
         if held is not None:
             first = {t.device_id for t in made if t.previous is None and t.state in DEPLOYED_STATES}

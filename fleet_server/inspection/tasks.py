@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from fleet_server.db.fetch import fetch_model, fetch_models, fetch_row, fetch_rows
 from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
-from fleet_server.devices import tracker
+from fleet_server.devices import rollups, tracker
 from fleet_server.devices.states import DeviceState, Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.errors import TaskError
@@ -189,6 +189,7 @@ class TaskBook:
         out of the deployed figures from that moment, and every task of it still open closed
         (there is nothing left to verify). One transaction; a retired device stays retired."""
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await rollups.lock_shared(cur)  # before the device row, as every writer of the rollups
             await cur.execute(queries.DEVICE_STATE, (device_id,))
             row = await cur.fetchone()
             if row is None:

@@ -12,6 +12,7 @@ ending now, cutting intervals) at every rolled level is compared with the raw co
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, date, datetime, timedelta
 
@@ -333,3 +334,40 @@ def test_an_interval_is_cut_at_local_days_and_hours():
     assert all(v.up_s == 0 and v.b_expected_s == 0 for v in days.values())  # outside 08:00-22:00
     ledger.add_event(where, start, failures=1)
     assert days[date(2026, 11, 30)].failures == 1
+
+
+async def test_ingest_and_the_rollup_rebuild_run_side_by_side_without_deadlock(pool):
+    """Every writer takes the rollup lock before a device row (the rebuild locks rows after it):
+    batches and rebuilds interleaving for a while all commit."""
+    await _reset(pool)
+    now = datetime.now(tz=UTC)
+    await rollups.checkpoint(pool, now, fleet_offset_min=OFFSET)
+    stop = asyncio.Event()
+    written = rebuilt = 0
+
+    async def ingest() -> None:
+        nonlocal written
+        n = 0
+        while not stop.is_set():
+            n += 1
+            at = now + timedelta(seconds=n)
+            audio = "fail" if n % 7 == 0 else "pass"
+            await write_batch(pool, [_health(d, at, audio) for d in DEVICES])
+            written += 1
+
+    async def rebuild() -> None:
+        nonlocal rebuilt
+        while not stop.is_set():
+            await rollups.rebuild(pool, now, fleet_offset_min=OFFSET)
+            async with pool.connection() as conn:
+                await conn.execute("UPDATE devices SET firmware = '2.0' WHERE device_id = 'R1'")
+            await rollups.move_resliced(pool, fleet_offset_min=OFFSET)
+            rebuilt += 1
+
+    async def stopper() -> None:
+        await asyncio.sleep(3)
+        stop.set()
+
+    await asyncio.gather(ingest(), ingest(), rebuild(), stopper())
+    assert written > 5
+    assert rebuilt > 2
