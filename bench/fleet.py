@@ -45,7 +45,7 @@ from firmware_protocols import topics
 from firmware_protocols.messages import CellReport, Health
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
-from fleet_server.devices import rollups
+from fleet_server.devices import rollup_queries, rollups
 from fleet_server.figures.figures import FleetFigures, Level
 from simulators.history import FleetHistory, HistoryParameters
 from simulators.netproxy import free_port
@@ -322,6 +322,7 @@ class QueryFigures:
     transitions: int
     load_s: float
     rollup_build_s: float
+    checkpoint_s: float
     timings_ms: dict[str, list[float]]
     raw_summary_ms: float
     raw_by_district_ms: float
@@ -333,6 +334,8 @@ class QueryFigures:
             f"history: {self.devices:,} devices in {self.stores:,} stores x {self.days} days up to now,"
             f" {self.transitions:,} state transitions, {self.devices * self.days:,} daily rows;"
             f" generated and loaded in {self.load_s:.0f} s; rollups built from it in {self.rollup_build_s:.1f} s",
+            f"the hourly checkpoint (every device's open piece into the rows, under the rollup lock):"
+            f" {self.checkpoint_s:.2f} s",
         ]
         for name, runs in self.timings_ms.items():
             ordered = sorted(runs)
@@ -371,6 +374,24 @@ async def _timed(runs: list[float], call: Any) -> Any:
     answer = await call
     runs.append((time.perf_counter() - t) * 1000)
     return answer
+
+
+async def _checkpoint_cost(pool: AsyncConnectionPool) -> float:
+    """The time of the next hour's checkpoint statements, run and rolled back (a real one would
+    wait for the hour)."""
+    async with pool.connection() as conn, conn.cursor() as cur:
+        held = await rollups.clock(cur)
+        if held is None:
+            raise BenchError("the rollups were not built")
+        params = {"c": held.checkpoint, "h": held.checkpoint + 3600, "hours_from": held.hours_from, "fleet_offset": 480}
+        t = time.perf_counter()
+        async with conn.transaction(force_rollback=True):
+            await cur.execute(rollups.FOR_BULK)
+            for statement in (rollup_queries.CHECKPOINT_HOURS, rollup_queries.CHECKPOINT_DAYS):
+                await cur.execute(statement, params)
+            await cur.execute(rollup_queries.CLEAR[2])
+            await cur.execute(rollup_queries.REOPEN, params)
+        return time.perf_counter() - t
 
 
 async def _raw_beside(figures: FleetFigures, window: tuple[datetime, datetime]) -> tuple[float, float]:
@@ -418,6 +439,7 @@ async def measure_query(
         async with pool.connection() as conn:
             await conn.execute("ANALYZE")
         build_s = time.perf_counter() - t
+        checkpoint_s = await _checkpoint_cost(pool)
         figures = FleetFigures(pool)
         timings: dict[str, list[float]] = {
             name: []
@@ -458,6 +480,7 @@ async def measure_query(
         len(history.transitions),
         load_s,
         build_s,
+        checkpoint_s,
         timings,
         raw_ms,
         raw_district_ms,

@@ -41,7 +41,7 @@ _LOCK_SHARED: Final = "SELECT pg_advisory_xact_lock_shared(%s)"
 _LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
 # The bulk statements are planned expensive: JIT compiling them costs more than it saves (1.7 s
 # of a 2.5 s rebuild of 2,000 devices), and their sorts want more than the default work_mem.
-_FOR_BULK: Final = "SET LOCAL jit = off; SET LOCAL work_mem = '256MB'"
+FOR_BULK: Final = "SET LOCAL jit = off; SET LOCAL work_mem = '256MB'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +199,7 @@ async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min:
     }
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
-        await cur.execute(_FOR_BULK)
+        await cur.execute(FOR_BULK)
         for statement in q.CLEAR:
             await cur.execute(statement)
         await cur.execute(q.UNROLL_SILENT)
@@ -236,7 +236,7 @@ async def checkpoint(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_m
     }
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
-        await cur.execute(_FOR_BULK)
+        await cur.execute(FOR_BULK)
         await cur.execute(q.CHECKPOINT_HOURS, params)
         await cur.execute(q.CHECKPOINT_DAYS, params)
         await cur.execute(q.CLEAR[2])
