@@ -265,7 +265,10 @@ async def test_rollups_answer_what_raw_history_answers(pool, seed):
     done = await _drive(pool, rng, start, now)
     figures = FleetFigures(pool, fleet_utc_offset_min=OFFSET)
     answered = 0
-    for a, b in _windows(datetime.now(tz=UTC), start, rng):
+    # The checkpoint as the inspector keeps it, right before asking (an hour may have begun).
+    later = datetime.now(tz=UTC)
+    await rollups.checkpoint(pool, later, fleet_offset_min=OFFSET)
+    for a, b in _windows(later, start, rng):
         for level in (None, Level.DISTRICT, Level.STORE, Level.MODEL, Level.FIRMWARE, Level.CITY):
             rolled = await figures.compute_rolled(a, b, group_by=level)
             assert rolled is not None, f"the rollups should answer {a}..{b} by {level}"
