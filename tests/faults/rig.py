@@ -95,6 +95,8 @@ class Sent:
     answered: bool = False
     refusals: list[int] = field(default_factory=list)
     refund: bool = False  # a refund of an earlier payment, announced as 退款
+    # (began, ended, status) of every attempt on the monotonic clock; status 0 = no answer
+    tries: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 class Rig:
@@ -236,11 +238,14 @@ class Rig:
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
             sent.attempts += 1
+            began = time.monotonic()
             try:
                 answer = await bridge.post(path, content=body, headers=headers)
             except httpx.HTTPError:
+                sent.tries.append((began, time.monotonic(), 0))
                 sent.refusals.append(0)
             else:
+                sent.tries.append((began, time.monotonic(), answer.status_code))
                 if answer.is_success:
                     sent.answered = True
                     return
