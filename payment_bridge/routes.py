@@ -172,8 +172,12 @@ async def get_payment(
     "/deliveries/summary",
     summary="Announcement delivery rate and latency: a merchant's own, a field agent's stores', or the fleet's",
 )
-async def delivery_summary(principal: PaymentReader, store: StoreDep) -> DeliverySummary:
-    return await store.summary(reach=principal.reach())
+async def delivery_summary(
+    principal: PaymentReader,
+    store: StoreDep,
+    hours: Annotated[int, Query(ge=1, le=24 * 31, description="of the payments received in the last N hours")] = 24,
+) -> DeliverySummary:
+    return await store.recent_summary(hours=hours, reach=principal.reach())
 
 
 class BindRequest(BaseModel):

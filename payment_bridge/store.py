@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from typing import Any, LiteralString
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, LiteralString
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -20,8 +20,11 @@ from pydantic import BaseModel, computed_field
 from firmware_protocols.messages import HEARD, Ack, AnnounceKind
 from fleet_server.db.fetch import execute, fetch_dicts, fetch_models, fetch_rows
 from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
+from fleet_server.figures.recent import Recent
 from payment_bridge import queries
 from payment_bridge.notifications import PaymentNotice
+
+SUMMARY_REUSE_S: Final = 10.0
 
 # Statuses that mean the merchant heard it (a duplicate ack: the device played it before).
 
@@ -154,6 +157,8 @@ class NotAnnounced(BaseModel):
 class PaymentStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
+        # The whole fleet's summary of the last N hours, shared for a while once it is expensive.
+        self._fleet_summaries: dict[int, Recent[DeliverySummary]] = {}
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -287,6 +292,18 @@ class PaymentStore:
         with those of the refunds apart."""
         payments = await self._summary(AnnounceKind.PAYMENT, since, reach)
         return payments.model_copy(update={"refunds": await self._summary(AnnounceKind.REFUND, since, reach)})
+
+    async def recent_summary(self, *, hours: int, reach: Reach = WHOLE_FLEET) -> DeliverySummary:
+        """`summary()` of the last `hours` hours. The whole fleet's, once it takes a second or
+        more to compute, is reused for 10 s (one computation per interval however many ask)."""
+
+        async def compute() -> DeliverySummary:
+            return await self.summary(since=datetime.now(tz=UTC) - timedelta(hours=hours), reach=reach)
+
+        if reach != WHOLE_FLEET:
+            return await compute()
+        shared = self._fleet_summaries.setdefault(hours, Recent(SUMMARY_REUSE_S, reuse_after_s=1.0))
+        return await shared.get(compute)
 
     async def _summary(self, kind: AnnounceKind, since: datetime | None, reach: Reach) -> DeliverySummary:
         params = {"since": since, "kind": kind.value, **reach_params(reach)}

@@ -26,14 +26,17 @@ _NAMES: Final = {
 }
 
 # The slice and business hours of every device now, over DEVICE_HIERARCHY. Parameter: fleet_offset.
+SLICE_KEY: Final = (
+    "COALESCE(st.store_id, '') AS store, COALESCE(d.model, '') AS model, COALESCE(d.firmware, '') AS firmware"
+)
 SLICE_NOW: Final = (
-    "COALESCE(st.store_id, '') AS store, COALESCE(d.model, '') AS model, COALESCE(d.firmware, '') AS firmware,"
+    SLICE_KEY + ","
     " 60.0::float8 * COALESCE(m.utc_offset_min, %(fleet_offset)s) AS off_s,"
     " date_part('epoch', COALESCE(m.business_open, time '08:00')) AS open_s,"
     " date_part('epoch', COALESCE(m.business_close, time '22:00')) AS close_s"
 )
 
-CLOCK: Final = "SELECT checkpoint_at, hours_from, offset_min, dirty_from FROM figure_clock"
+CLOCK: Final = "SELECT checkpoint_at, hours_from, offset_min, dirty_from, deliveries_offset_min FROM figure_clock"
 MARK_DIRTY: Final = "UPDATE figure_clock SET dirty_from = LEAST(dirty_from, %s)"
 
 # The sums of one piece of time in a state, over columns s, e (epoch seconds), state and the

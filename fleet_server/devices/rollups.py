@@ -28,6 +28,7 @@ from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_server.db.batch import columns
+from fleet_server.devices import delivery_rollups
 from fleet_server.devices import rollup_queries as q
 from fleet_server.devices.ledger import DAY_S, Grain, Ledger, Profile, Slice, day_start
 from fleet_server.devices.states import FAILURE_STATES, UP_STATES, DeviceState
@@ -50,6 +51,15 @@ class Clock:
     hours_from: float
     offset_min: int
     dirty_from: datetime | None
+    deliveries_offset_min: int | None = None  # None: the delivery rollups are not built
+
+    def answers(self, fleet_offset_min: int) -> bool:
+        """Whether the rollups hold what the figures at this offset need."""
+        return (
+            self.offset_min == fleet_offset_min
+            and self.dirty_from is None
+            and self.deliveries_offset_min == fleet_offset_min
+        )
 
     def ledger(self) -> Ledger:
         return Ledger(offset_s=60.0 * self.offset_min, hours_from=self.hours_from)
@@ -61,7 +71,7 @@ async def clock(cur: AsyncCursor[Any]) -> Clock | None:
     row = await cur.fetchone()
     if row is None or row[0] is None:
         return None
-    return Clock(row[0].timestamp(), row[1].timestamp(), int(row[2]), row[3])
+    return Clock(row[0].timestamp(), row[1].timestamp(), int(row[2]), row[3], row[4])
 
 
 @dataclass(slots=True)
@@ -186,8 +196,12 @@ def _hour_floor(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
-async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min: int) -> datetime:
-    """Every rollup again from raw history, up to the last whole hour before `now`; returns it."""
+async def rebuild(
+    pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min: int, deliveries: bool = True
+) -> datetime:
+    """Every rollup again from raw history, up to the last whole hour before `now` (the delivery
+    rollups too unless `deliveries` is false: they are exact whatever the state history does);
+    returns the hour."""
     at = _hour_floor(now.astimezone(UTC))
     hours_from = at - HOURS_KEPT
     params = {
@@ -199,6 +213,7 @@ async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min:
     }
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        await delivery_rollups.lock(cur)
         await cur.execute(FOR_BULK)
         for statement in q.CLEAR:
             await cur.execute(statement)
@@ -210,7 +225,12 @@ async def rebuild(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_min:
         await cur.execute(q.REBUILD_SEEN, params)
         await cur.execute(q.REBUILD_SPANS, params)
         await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
-    log.info("figure rollups rebuilt from history", checkpoint=at.isoformat())
+        if deliveries:
+            await delivery_rollups.rebuild(cur, offset_min=fleet_offset_min, hours_from=hours_from)
+        else:  # kept as they are, but devices moved meanwhile (a move waits for this rebuild) moved
+            await delivery_rollups.move(cur, offset_min=fleet_offset_min, hours_from=hours_from)
+            await delivery_rollups.prune(cur, hours_from)
+    log.info("figure rollups rebuilt from history", checkpoint=at.isoformat(), deliveries=deliveries)
     return at
 
 
@@ -221,8 +241,15 @@ async def checkpoint(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_m
     async with pool.connection() as conn, conn.cursor() as cur:
         held = await clock(cur)
     at = _hour_floor(now.astimezone(UTC))
+    deliveries = held is None or held.deliveries_offset_min != fleet_offset_min
     if held is None or held.dirty_from is not None or held.offset_min != fleet_offset_min:
-        return await rebuild(pool, now, fleet_offset_min=fleet_offset_min)
+        return await rebuild(pool, now, fleet_offset_min=fleet_offset_min, deliveries=deliveries)
+    if deliveries:
+        async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await delivery_rollups.lock(cur)
+            await cur.execute(FOR_BULK)
+            hours_kept = datetime.fromtimestamp(held.hours_from, tz=UTC)
+            await delivery_rollups.rebuild(cur, offset_min=fleet_offset_min, hours_from=hours_kept)
     if at.timestamp() <= held.checkpoint:
         return None
     hours_from = max(datetime.fromtimestamp(held.hours_from, tz=UTC), at - HOURS_KEPT)
@@ -242,6 +269,7 @@ async def checkpoint(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_m
         await cur.execute(q.CLEAR[2])
         await cur.execute(q.REOPEN, params)
         await cur.execute(q.PRUNE_HOURS, (hours_from,))
+        await delivery_rollups.prune(cur, hours_from)
         await cur.execute(q.SPANS_TO_DAYS, {"hours_from": hours_from.timestamp(), "fleet_offset": fleet_offset_min})
         await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
     return at
@@ -251,16 +279,24 @@ async def move_resliced(pool: AsyncConnectionPool, *, fleet_offset_min: int) -> 
     """Devices whose slice or business hours changed since their time was rolled (rebound,
     updated, the merchant's hours changed): their rolled time, open sums and seen days moved to
     where they now belong, recomputed from their history. Returns how many moved."""
-    # Looked for without the lock first: most rounds find nothing, and ingest need not wait.
+    # Looked for without the locks first: most rounds find nothing, and ingest need not wait.
     async with pool.connection() as conn, conn.cursor() as cur:
         await cur.execute(q.MOVED.removesuffix(q.LOCKED), {"fleet_offset": fleet_offset_min})
-        if not await cur.fetchall():
+        states_moved = bool(await cur.fetchall())
+        await cur.execute(delivery_rollups.MOVED.removesuffix(q.LOCKED))
+        if not states_moved and not await cur.fetchall():
             return 0
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        await delivery_rollups.lock(cur)
         held = await clock(cur)
         if held is None or held.dirty_from is not None:
             return 0  # the rebuild to come puts every device where it belongs now
+        if held.deliveries_offset_min is not None:
+            hours_kept = datetime.fromtimestamp(held.hours_from, tz=UTC)
+            announced = await delivery_rollups.move(cur, offset_min=held.deliveries_offset_min, hours_from=hours_kept)
+            if announced:
+                log.info("devices' deliveries moved to their new slice in the rollups", devices=announced)
         await cur.execute(q.MOVED, {"fleet_offset": fleet_offset_min})
         moved = await cur.fetchall()
         ledger = held.ledger()

@@ -14,6 +14,7 @@ to the window, the daily rollup (`device_daily`), the bridge's deliveries and th
 | MTTR | mean of (verified healthy - fault detected) over repairs completed in the window |
 | power-on rate 开机率 | device-days with any message / device-days deployed, over the window's local days |
 | delivery rate 到达率 | announcements played (played, duplicate, silenced) / announcements settled |
+| latency p50, p95 | received → playback start, from a fixed histogram (`latency`) |
 | OTA success | devices that committed the target / devices targeted (unreachable ones apart) |
 
 The state groups (up, failure, good, deployed) are in `fleet_server.devices.states`; the SQL is in
@@ -37,7 +38,7 @@ from fleet_server.db.fetch import fetch_dicts, fetch_rows
 from fleet_server.devices import rollups
 from fleet_server.devices.states import DEPLOYED_STATES, FAILURE_STATES, GOOD_STATES, UP_STATES, DeviceState
 from fleet_server.errors import FiguresError
-from fleet_server.figures import rolled
+from fleet_server.figures import latency, rolled
 from fleet_server.figures.queries import Level as Level  # noqa: PLC0414 - re-exported: figures are asked for by level.
 from fleet_server.figures.queries import current_states_query, figures_query, state_counts_query
 
@@ -127,7 +128,7 @@ _EMPTY_ROW: Final[dict[str, Any]] = {
     ),
     **dict.fromkeys(("deployed_days", "seen_days", "announcements", "played"), 0),
     **dict.fromkeys(("ota_targeted", "ota_reached", "ota_unreachable"), 0),
-    **dict.fromkeys(("key", "mean_repair_s", "p50", "p95")),
+    **dict.fromkeys(("key", "mean_repair_s", "lat")),
 }
 
 
@@ -157,8 +158,8 @@ def figures_from_row(row: dict[str, Any], start: datetime, end: datetime, *, gro
         announcements=row["announcements"],
         announcements_played=row["played"],
         delivery_rate=_ratio(row["played"], row["announcements"]),
-        latency_p50_ms=row["p50"],
-        latency_p95_ms=row["p95"],
+        latency_p50_ms=latency.quantile(lat, 0.5) if (lat := row["lat"]) else None,
+        latency_p95_ms=latency.quantile(lat, 0.95) if lat else None,
         ota_targeted=row["ota_targeted"],
         ota_reached=row["ota_reached"],
         ota_unreachable=row["ota_unreachable"],
@@ -227,7 +228,7 @@ class FleetFigures:
         async with self._pool.connection() as conn:
             async with conn.cursor() as cur:
                 held = await rollups.clock(cur)
-            if held is None or held.offset_min != self._offset or held.dirty_from is not None:
+            if held is None or not held.answers(self._offset):
                 return None
             now = datetime.now(tz=UTC)
             buckets = [rolled.plan(s, e, held, now) for s, e in windows]

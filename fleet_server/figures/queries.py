@@ -14,6 +14,7 @@ from psycopg import sql
 
 from fleet_server.db.hierarchy import DEVICE_HIERARCHY
 from fleet_server.devices.states import DeviceState
+from fleet_server.figures import latency
 
 
 class Level(StrEnum):
@@ -142,12 +143,10 @@ power AS (
     GROUP BY key
 ),
 announced AS (
-    SELECT key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
+    SELECT key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played, {lat_counts} AS lat
     FROM (
         SELECT s.key, dl.status = ANY(%(delivered)s) AS played,
-               extract(epoch FROM dl.play_started_at - p.received_at) * 1000 AS latency_ms
+               latency_bucket(dl.play_started_at, p.received_at) AS lb
         FROM deliveries dl JOIN payments p USING (payment_id) JOIN scope s ON s.device_id = dl.device_id
         WHERE p.received_at >= %(start)s AND p.received_at < %(end)s AND dl.status <> {pending}
           AND p.kind IN ('payment', 'refund')
@@ -180,7 +179,7 @@ SELECT k.key, COALESCE(t.devices, 0) AS devices,
        COALESCE(t.b_expected_s, 0) AS b_expected_s, COALESCE(t.b_up_s, 0) AS b_up_s,
        COALESCE(f.failures, 0) AS failures, COALESCE(r.repairs, 0) AS repairs, r.mean_repair_s,
        COALESCE(pw.deployed_days, 0) AS deployed_days, COALESCE(pw.seen_days, 0) AS seen_days,
-       COALESCE(a.announcements, 0) AS announcements, COALESCE(a.played, 0) AS played, a.p50, a.p95,
+       COALESCE(a.announcements, 0) AS announcements, COALESCE(a.played, 0) AS played, a.lat,
        COALESCE(o.targeted, 0) AS ota_targeted, COALESCE(o.reached, 0) AS ota_reached,
        COALESCE(o.unreachable, 0) AS ota_unreachable
 FROM keys k
@@ -191,38 +190,46 @@ ORDER BY k.key
 """
 
 
-# The tail of the rollup statement (`rolled.ROLLED`): deliveries and OTA targets of each bucket b
-# read raw, and every bucket's row per key. Its parts are `announced_parts()`.
+# The tail of the rollup statement (`rolled.ROLLED`): the deliveries of each bucket b from their
+# rollups (migration 0015), its OTA targets read raw (one per device and release), and every
+# bucket's row per key. Its parts are `announced_parts()`.
 ANNOUNCED_AND_OTA: Final = """
 announced AS (
-    SELECT b, key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
+    SELECT b, key, sum(announcements) AS announcements, sum(played) AS played, {lat_sums} AS lat
     FROM (
-        SELECT bk.b, {akey} AS key, dl.status = ANY(%(delivered)s) AS played,
-               extract(epoch FROM dl.play_started_at - p.received_at) * 1000 AS latency_ms
-        FROM deliveries dl JOIN payments p USING (payment_id)
-        JOIN buckets bk ON p.received_at >= bk.s AND p.received_at < bk.e
-        JOIN ({hierarchy}) ON d.device_id = dl.device_id
-        WHERE dl.status <> {pending} AND p.kind IN ('payment', 'refund') AND {afilter}
+        SELECT hp.b, {akey} AS key, r.announcements, r.played, {lat_columns}
+        FROM delivery_hours r JOIN hp ON r.hour >= hp.f AND r.hour < hp.t
+        LEFT JOIN stores st ON st.store_id = NULLIF(r.store_id, '')
+        LEFT JOIN districts di ON di.district_id = st.district_id
+        WHERE {afilter}
         UNION ALL
-        SELECT bk.b, {merchant_key}, false, NULL
-        FROM payments p
-        JOIN buckets bk ON p.received_at >= bk.s AND p.received_at < bk.e
-        LEFT JOIN merchants m ON m.merchant_id = p.merchant_id
+        SELECT dp.b, {akey}, r.announcements, r.played, {lat_columns}
+        FROM delivery_days r JOIN dp ON r.day BETWEEN dp.f AND dp.t
+        LEFT JOIN stores st ON st.store_id = NULLIF(r.store_id, '')
+        LEFT JOIN districts di ON di.district_id = st.district_id
+        WHERE {afilter}
+        UNION ALL
+        -- Payments announced to nobody: missed, under their merchant's store.
+        SELECT u.b, {merchant_key}, u.payments, 0, {no_lat}
+        FROM (
+            SELECT hp.b, r.merchant_id, r.payments FROM unrouted_hours r JOIN hp ON r.hour >= hp.f AND r.hour < hp.t
+            UNION ALL
+            SELECT dp.b, r.merchant_id, r.payments FROM unrouted_days r JOIN dp ON r.day BETWEEN dp.f AND dp.t
+        ) u
+        LEFT JOIN merchants m ON m.merchant_id = NULLIF(u.merchant_id, '')
         LEFT JOIN stores st ON st.store_id = m.store_id
         LEFT JOIN districts di ON di.district_id = st.district_id
-        WHERE {unrouted} AND p.kind IN ('payment', 'refund')
-          AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.payment_id = p.payment_id)
+        WHERE {unrouted}
     ) a GROUP BY 1, 2
+    HAVING sum(announcements) <> 0  -- rows moved or settled away leave zeros behind
 ),
 ota AS (
-    SELECT bk.b, {akey} AS key, count(*) FILTER (WHERE o.state <> {unreachable}) AS targeted,
+    SELECT bk.b, {okey} AS key, count(*) FILTER (WHERE o.state <> {unreachable}) AS targeted,
            count(*) FILTER (WHERE o.state = {committed}) AS reached,
            count(*) FILTER (WHERE o.state = {unreachable}) AS unreachable
     FROM ota_targets o JOIN ({hierarchy}) ON d.device_id = o.device_id
     JOIN buckets bk ON o.targeted_at >= bk.s AND o.targeted_at < bk.e
-    WHERE {afilter}
+    WHERE {ofilter}
     GROUP BY 1, 2
 ),
 keys AS (
@@ -235,7 +242,7 @@ SELECT k.b, k.key, COALESCE(dv.devices, 0) AS devices,
        COALESCE(t.failures, 0) AS failures, COALESCE(t.repairs, 0) AS repairs,
        CASE WHEN t.repairs > 0 THEN t.repair_s / t.repairs END AS mean_repair_s,
        COALESCE(dv.deployed_days, 0) AS deployed_days, COALESCE(t.seen_days, 0) AS seen_days,
-       COALESCE(a.announcements, 0) AS announcements, COALESCE(a.played, 0) AS played, a.p50, a.p95,
+       COALESCE(a.announcements, 0) AS announcements, COALESCE(a.played, 0) AS played, a.lat,
        COALESCE(o.targeted, 0) AS ota_targeted, COALESCE(o.reached, 0) AS ota_reached,
        COALESCE(o.unreachable, 0) AS ota_unreachable
 FROM keys k
@@ -245,11 +252,19 @@ ORDER BY k.b, k.key
 """
 
 
-def announced_parts(level: Level, scope: tuple[Level, str] | None) -> dict[str, sql.Composable]:
-    """The parts ANNOUNCED_AND_OTA is composed with for one level and scope."""
+def announced_parts(
+    level: Level, scope: tuple[Level, str] | None, key: sql.Composable, row_filter: sql.Composable
+) -> dict[str, sql.Composable]:
+    """The parts ANNOUNCED_AND_OTA is composed with for one level and scope: `key` and
+    `row_filter` over rollup rows r (stores st, districts di)."""
     return {
-        "akey": _KEY[level],
-        "afilter": _scope_filter(scope),
+        "akey": key,
+        "afilter": row_filter,
+        "okey": _KEY[level],
+        "ofilter": _scope_filter(scope),
+        "lat_sums": sql.SQL(latency.summed_sql("a")),
+        "lat_columns": sql.SQL(", ".join(f"r.{c}" for c in latency.COLUMNS)),
+        "no_lat": sql.SQL(", ".join("0" for _ in latency.COLUMNS)),
         "merchant_key": _payment_key(level) if level in _MERCHANT_LEVELS else sql.SQL("NULL"),
         "unrouted": _unrouted(level, scope),
         "pending": sql.Literal(_PENDING_DELIVERY),
@@ -277,6 +292,7 @@ def figures_query(level: Level, scope: tuple[Level, str] | None) -> sql.Composed
         filter=_scope_filter(scope),
         merchant_key=_payment_key(level) if level in _MERCHANT_LEVELS else sql.SQL("NULL"),
         unrouted=_unrouted(level, scope),
+        lat_counts=sql.SQL(latency.counted_sql("lb")),
         faulty=sql.Literal(DeviceState.FAULTY.value),
         pending=sql.Literal(_PENDING_DELIVERY),
         committed=sql.Literal(_OTA_COMMITTED),

@@ -19,8 +19,9 @@ T = TypeVar("T")
 
 
 class Recent(Generic[T]):
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, *, reuse_after_s: float = 0.0) -> None:
         self._ttl = ttl_s
+        self._reuse_after = reuse_after_s
         self._value: T | None = None
         self._at = float("-inf")
         self._lock = asyncio.Lock()
@@ -33,7 +34,10 @@ class Recent(Generic[T]):
             # Another caller may have computed it while this one waited for the lock.
             if self._value is not None and time.monotonic() - self._at < self._ttl:
                 return self._value
+            began = time.monotonic()
             value = await compute()
-            self._value, self._at = value, time.monotonic()
+            done = time.monotonic()
             self.computed += 1
+            if done - began >= self._reuse_after:
+                self._value, self._at = value, done
             return value

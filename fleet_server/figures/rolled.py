@@ -6,8 +6,9 @@ A window is served here when the rollups can answer it exactly: it starts on a w
 later than the checkpoint, and ends on a whole hour no later than the checkpoint or now (a live
 window: the open sums carry it to its end); its hour parts are within the hours kept; the level
 and the scope are slices the rows hold (fleet, city, district, store, model, firmware). Anything
-else is computed from raw history. Deliveries and OTA targets are read raw (a delivery rollup
-comes next: BENCHMARKS.md).
+else is computed from raw history. Deliveries come from their own rollups (migration 0015,
+`fleet_server.devices.delivery_rollups`), kept exact at every moment by the bridge's writes: a
+live window's deliveries run to the moment of the query. OTA targets are read raw.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def compose(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
     row_filter: sql.Composable = sql.SQL("true")
     if scope is not None:
         row_filter = sql.SQL("{} = {}").format(ROLLED_LEVELS[scope[0]], sql.Literal(scope[1]))
-    announced = announced_parts(level, scope)
+    announced = announced_parts(level, scope, ROLLED_LEVELS[level], row_filter)
     return sql.SQL(ROLLED + ANNOUNCED_AND_OTA).format(
         key=ROLLED_LEVELS[level],
         filter=row_filter,

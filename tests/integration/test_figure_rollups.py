@@ -5,9 +5,11 @@ Each example makes a fleet (two districts, three stores, merchants open 08:00-22
 to now through the real ingest and state tracker: health reports, faults, presence,
 field agents' repairs, idle and relocation findings, retirements, late reports written before
 the checkpoint, devices rebound to another store's merchant, updated to other firmware, and a
-merchant's hours changed; the inspector's rollup work (moves, hourly checkpoints, rebuilds) runs
-in between. Then every window the rollups answer (whole hours, whole local days, live windows
-ending now, cutting intervals) at every rolled level is compared with the raw computation.
+merchant's hours changed, payments and refunds with their deliveries settled then or later (late
+acks, the TTL sweep), payments announced to nobody; the inspector's rollup work (moves, hourly
+checkpoints, rebuilds) runs in between. Then every window the rollups answer (whole hours,
+whole local days, live windows ending now, cutting intervals) at every rolled level is compared
+with the raw computation.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from firmware_protocols.messages import Health, Presence
+from firmware_protocols.messages import HEARD, AckStatus, Health, Presence
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
-from fleet_server.devices import rollups, tracker
+from fleet_server.devices import delivery_rollups, rollups, tracker
 from fleet_server.devices.ledger import Grain, Ledger, Profile, Slice, business_seconds
 from fleet_server.devices.states import DeviceState, Signal
 from fleet_server.devices.tracker import Observation
+from fleet_server.figures import latency
 from fleet_server.figures.figures import Figures, FleetFigures, Level
 from fleet_server.ingest.consumer import Received, write_batch
 
@@ -75,10 +78,11 @@ async def _reset(pool) -> None:
         await conn.execute(
             "TRUNCATE devices, device_states, device_daily, device_events, device_health, device_cells, bindings,"
             " merchants, stores, districts, cities, figure_days, figure_hours, figure_open, figure_spans, tasks,"
-            " payments, deliveries CASCADE"
+            " payments, deliveries, delivery_days, delivery_hours, unrouted_days, unrouted_hours CASCADE"
         )
         await conn.execute(
-            "UPDATE figure_clock SET checkpoint_at = NULL, hours_from = NULL, offset_min = NULL, dirty_from = NULL"
+            "UPDATE figure_clock SET checkpoint_at = NULL, hours_from = NULL, offset_min = NULL, dirty_from = NULL,"
+            " deliveries_offset_min = NULL"
         )
         await conn.execute("INSERT INTO cities VALUES ('C1', '北京')")
         await conn.execute("INSERT INTO districts VALUES ('D1', 'C1', '望京'), ('D2', 'C1', '回龙观')")
@@ -86,6 +90,7 @@ async def _reset(pool) -> None:
             "INSERT INTO stores (store_id, district_id, name)"
             " VALUES ('S1', 'D1', 'a'), ('S2', 'D1', 'b'), ('S3', 'D2', 'c')"
         )
+        await conn.execute("INSERT INTO merchants (merchant_id, store_id, name) VALUES ('MX', 'S2', 'no device')")
         for merchant, (store, opens, closes, offset) in MERCHANTS.items():
             await conn.execute(
                 "INSERT INTO merchants (merchant_id, store_id, name, business_open, business_close, utc_offset_min)"
@@ -121,31 +126,67 @@ async def _signal(pool, device: str, at: datetime, signal: Signal) -> None:
         await tracker.apply(cur, [Observation(device, at, signal, f"test_{signal.value}")])
 
 
+# A delivery's outcomes as the bridge writes them: the device's answers, or missed at its TTL.
+OUTCOMES = ["played", "played", "duplicate", "silenced", "refused", "failed", "missed"]
+
+
 async def _payment(pool, rng: random.Random, at: datetime, n: int) -> None:
-    """A payment to a random merchant, announced to its bound devices with a random outcome."""
-    merchant = rng.choice(sorted(MERCHANTS))
+    """A payment (now and then a refund, an alert, one recorded unannounced first, or one for
+    no merchant of ours) to a random merchant, in one statement with its deliveries to the
+    merchant's bound devices as the bridge records it: pending, or settled at once."""
+    merchant = rng.choice([*sorted(MERCHANTS), "MX", None])  # MX has no device; None: unknown
     payment_id = f"P{n}"
+    kind = rng.choice(["payment"] * 6 + ["refund", "alert", "none"])
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind, status,"
-            " paid_at, received_at, raw)"
-            " VALUES (%s, 'test', %s, %s, 100, 'alipay', 'payment', 'success', %s, %s, '{}')",
-            (payment_id, payment_id, merchant, at, at),
+            "WITH p AS (INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
+            " status, paid_at, received_at, raw)"
+            " VALUES (%(id)s, 'test', %(id)s, %(m)s, 100, 'alipay', %(kind)s, 'success', %(at)s, %(at)s, '{}')"
+            " RETURNING payment_id, merchant_id, kind)"
+            " INSERT INTO deliveries (payment_id, device_id, status, expires_at, last_published_at, play_started_at)"
+            " SELECT p.payment_id, b.device_id, %(status)s, %(at)s, %(at)s, %(started)s"
+            " FROM p JOIN bindings b USING (merchant_id) WHERE p.kind <> 'none'",
+            {
+                "id": payment_id,
+                "m": merchant,
+                "kind": kind,
+                "at": at,
+                "status": rng.choice(["pending", "pending", *OUTCOMES]),
+                "started": at + timedelta(milliseconds=rng.choice([3, 20, 45, 120, 900, 4000])),
+            },
         )
-        cur = await conn.execute("SELECT device_id FROM bindings WHERE merchant_id = %s ORDER BY 1", (merchant,))
-        for (device,) in await cur.fetchall():
+
+
+async def _settle(pool, rng: random.Random, at: datetime) -> str:
+    """A device's answer to a pending delivery, a late answer to a missed one, the TTL sweep,
+    or an unannounced payment taken again as a payment (what the bridge's writes do later)."""
+    async with pool.connection() as conn:
+        roll = rng.random()
+        if roll < 0.15:
             await conn.execute(
-                "INSERT INTO deliveries (payment_id, device_id, status, expires_at, last_published_at, play_started_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (
-                    payment_id,
-                    device,
-                    rng.choice(["played", "missed", "pending", "silenced"]),
-                    at,
-                    at,
-                    at + timedelta(milliseconds=rng.randint(20, 900)),
-                ),
+                "WITH p AS (UPDATE payments SET kind = 'payment', received_at = %s"
+                " WHERE payment_id = (SELECT payment_id FROM payments WHERE kind = 'none' LIMIT 1)"
+                " RETURNING payment_id, merchant_id)"
+                " INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at)"
+                " SELECT p.payment_id, b.device_id, now(), now() FROM p JOIN bindings b USING (merchant_id)",
+                (at,),
             )
+            return "taken_again"
+        if roll < 0.3:
+            await conn.execute("UPDATE deliveries SET status = 'missed' WHERE status = 'pending' AND random() < 0.5")
+            return "ttl_swept"
+        late = roll < 0.45
+        await conn.execute(
+            "UPDATE deliveries d SET status = %s, play_started_at = COALESCE(d.play_started_at, p.received_at + %s)"
+            " FROM payments p WHERE p.payment_id = d.payment_id AND (d.payment_id, d.device_id) IN"
+            " (SELECT payment_id, device_id FROM deliveries WHERE status = %s ORDER BY random() LIMIT 3)",
+            (
+                "played" if late else rng.choice(OUTCOMES),
+                timedelta(milliseconds=rng.choice([8, 60, 250, 2500])),
+                "missed" if late else "pending",
+            ),
+        )
+        return "late_ack" if late else "ack"
 
 
 async def _drive(pool, rng: random.Random, start: datetime, end: datetime) -> dict[str, int]:  # noqa: PLR0912, PLR0915 - one branch per kind of event
@@ -203,10 +244,12 @@ async def _drive(pool, rng: random.Random, start: datetime, end: datetime) -> di
                     "UPDATE merchants SET business_open = %s WHERE merchant_id = 'ME'",
                     (rng.choice(["06:00", "09:00"]),),
                 )
-        elif roll < 0.84:
+        elif roll < 0.87:
             kind = "payment"
             await _payment(pool, rng, at, sum(done.values()))
-        elif roll < 0.86:
+        elif roll < 0.89:
+            kind = await _settle(pool, rng, at)
+        elif roll < 0.91:
             kind = "late"
             await write_batch(pool, [_health(device, at - timedelta(hours=rng.uniform(1, 5)), audio="fail")])
         else:
@@ -374,3 +417,37 @@ async def test_ingest_and_the_rollup_rebuild_run_side_by_side_without_deadlock(p
     await asyncio.gather(ingest(), ingest(), rebuild(), stopper())
     assert written > 5
     assert rebuilt > 2
+
+
+async def test_the_delivery_rollups_count_as_the_code_defines(pool):
+    """Migration 0015's functions are pinned to the code: its latency buckets to
+    `latency.EDGES`, what it counts as heard to `HEARD`, and its lock to `DELIVERY_LOCK`."""
+    values = sorted({0.0, -3.0, 4.999, 1e7, *(float(e) for e in latency.EDGES), *(e - 0.001 for e in latency.EDGES)})
+    async with pool.connection() as conn:
+        for ms in values:
+            cur = await conn.execute(
+                "SELECT latency_bucket(timestamptz '2026-12-01 00:00:00+00' + make_interval(secs => %s / 1000.0),"
+                " timestamptz '2026-12-01 00:00:00+00')",
+                (ms,),
+            )
+            [(bucket,)] = await cur.fetchall()
+            assert bucket == latency.bucket(ms), ms
+        statuses = [*(s.value for s in AckStatus), "missed", "pending"]
+        cur = await conn.execute("SELECT s, delivery_heard(s) FROM unnest(%s::text[]) AS s", (statuses,))
+        assert {s for s, heard in await cur.fetchall() if heard} == set(HEARD)
+        cur = await conn.execute("SELECT prosrc FROM pg_proc WHERE proname IN ('roll_deliveries', 'roll_unrouted')")
+        sources = [src for (src,) in await cur.fetchall()]
+    assert len(sources) == 2
+    assert all(f"pg_advisory_xact_lock_shared({delivery_rollups.DELIVERY_LOCK})" in src for src in sources)
+
+
+def test_latency_percentiles_come_from_the_histogram():
+    counts = [0] * latency.BUCKETS
+    assert latency.quantile(counts, 0.5) is None
+    counts[latency.bucket(40)] = 1  # one latency in [30, 50)
+    assert latency.quantile(counts, 0.5) == pytest.approx(40)
+    counts[latency.bucket(120)] = 3  # three more in [100, 150)
+    assert latency.quantile(counts, 0.25) == pytest.approx(50)  # the first bucket's top
+    assert latency.quantile(counts, 0.95) == pytest.approx(100 + 50 * (3.8 - 1) / 3)
+    counts[-1] = 100
+    assert latency.quantile(counts, 0.99) == latency.EDGES[-1]  # the open bucket answers its floor

@@ -118,3 +118,21 @@ async def test_recent_does_not_keep_a_failure() -> None:
     with pytest.raises(RuntimeError):
         await recent.get(flaky)
     assert await recent.get(flaky) == "ok"
+
+
+async def test_recent_shares_only_an_answer_that_was_expensive() -> None:
+    cost = 0.0
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(cost)
+        return calls
+
+    recent: Recent[int] = Recent(ttl_s=60, reuse_after_s=0.05)
+    assert [await recent.get(compute) for _ in range(3)] == [1, 2, 3]  # cheap: always fresh
+    cost = 0.06
+    assert await recent.get(compute) == 4
+    cost = 0.0
+    assert await recent.get(compute) == 4  # expensive: shared while fresh
