@@ -8,7 +8,7 @@ Scenarios (each also measures the ceiling it runs against, on the same run):
   ingest       device health reports into PostgreSQL: at the devices' real report interval
                (--interval 60) or flat out (--interval 0), through 1 or more ingest processes
                (--ingesters); ceiling: raw COPY of the same rows
-  query        fleet summary and per-model figures over --devices x --days of history
+  query        the dashboard's figures over --devices x --days of history with payments (--per-day)
   api          device lookups and fleet summaries over HTTP at a steady rate (--rate);
                ceiling: /healthz at the same rate
   connections  concurrent device MQTT connections held (--devices), and memory per connection
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reports", type=int, default=3, help="ingest: health reports per device (default 3)")
     parser.add_argument("--days", type=int, default=30, help="query: days of history (default 30)")
     parser.add_argument("--repeats", type=int, default=3, help="query, codecs, reports: runs of each measurement")
+    parser.add_argument(
+        "--per-day", type=float, default=40.0, help="query: payments a day per merchant on average (default 40, v2)"
+    )
+    parser.add_argument(
+        "--raw-days", type=int, default=2, help="query: local days of raw payments and deliveries (default 2)"
+    )
     parser.add_argument("--processes", type=int, default=2, help="connections: simulator processes (default 2)")
     parser.add_argument("--tps", type=float, default=5.0, help="demo: payments per second (default 5)")
     parser.add_argument("--frames", type=int, default=20_000, help="codecs: frames per stream")
@@ -95,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reports",
         "days",
         "repeats",
+        "per_day",
+        "raw_days",
         "processes",
         "messages",
     ):
@@ -165,10 +173,21 @@ def _ingest(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
 
 
 def _query(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
-    parameters = {"devices": args.devices or 100_000, "days": args.days, "repeats": args.repeats}
+    parameters = {
+        "devices": args.devices or 100_000,
+        "days": args.days,
+        "repeats": args.repeats,
+        "per_day": args.per_day,
+        "raw_days": args.raw_days,
+    }
     figures = asyncio.run(
         fleet.measure_query(
-            devices=parameters["devices"], days=args.days, repeats=args.repeats, database_kind=args.database
+            devices=parameters["devices"],
+            days=args.days,
+            repeats=args.repeats,
+            per_day=args.per_day,
+            raw_days=args.raw_days,
+            database_kind=args.database,
         )
     )
     return parameters | {"database": args.database}, figures

@@ -39,6 +39,7 @@ import aiomqtt
 import uvloop
 from psycopg_pool import AsyncConnectionPool
 
+from bench import payments
 from bench.env import BenchError, BrokerKind, DatabaseKind, broker, database
 from bench.stats import process_tree_cpu_s
 from firmware_protocols import topics
@@ -327,6 +328,11 @@ class QueryFigures:
     raw_summary_ms: float
     raw_by_district_ms: float
     ceiling_scan_ms: float
+    payments: int
+    deliveries: int
+    per_day: float
+    raw_days: int
+    raw_24h_ms: float
 
     def lines(self) -> list[str]:
         out = [
@@ -334,6 +340,9 @@ class QueryFigures:
             f"history: {self.devices:,} devices in {self.stores:,} stores x {self.days} days up to now,"
             f" {self.transitions:,} state transitions, {self.devices * self.days:,} daily rows;"
             f" generated and loaded in {self.load_s:.0f} s; rollups built from it in {self.rollup_build_s:.1f} s",
+            f"payments: {self.per_day:g} a day per merchant over a shop's day; {self.payments:,} payments and"
+            f" {self.deliveries:,} deliveries raw over the last {self.raw_days} local days, the older days'"
+            " delivery rollup rows copied from the first whole one (bench/payments.py says why)",
             f"the hourly checkpoint (every device's open piece into the rows, under the rollup lock):"
             f" {self.checkpoint_s:.2f} s",
         ]
@@ -344,9 +353,9 @@ class QueryFigures:
             out.append(f"{name}: p50 {p50:,.1f} ms, p95 {p95:,.1f} ms, max {ordered[-1]:,.1f} ms ({len(runs)} runs)")
         out += [
             f"raw history, the same 30-day fleet summary: {self.raw_summary_ms:,.0f} ms;"
-            f" by district {self.raw_by_district_ms:,.0f} ms",
+            f" by district {self.raw_by_district_ms:,.0f} ms; the 24-hour summary {self.raw_24h_ms:,.0f} ms",
             f"ceiling, reading every row the raw figures read once (count(*) of device_states, device_daily,"
-            f" devices): {self.ceiling_scan_ms:,.0f} ms",
+            f" devices, payments, deliveries): {self.ceiling_scan_ms:,.0f} ms",
         ]
         return out
 
@@ -414,12 +423,34 @@ async def _raw_beside(figures: FleetFigures, window: tuple[datetime, datetime]) 
     return raw_ms, raw_district_ms
 
 
+async def _raw_24h_beside(figures: FleetFigures, window: tuple[datetime, datetime]) -> float:
+    """The raw computation of the hour-exact 24 hours (every delivery in it raw), timed once, and
+    the rollups' deliveries checked against it."""
+    rolled = await figures.compute_rolled(*window)
+    if rolled is None:
+        raise BenchError("the rollups did not answer the 24-hour summary")
+    t = time.perf_counter()
+    [raw] = await figures.compute_raw(*window)
+    raw_ms = (time.perf_counter() - t) * 1000
+    for name in ("announcements", "announcements_played", "latency_p50_ms", "latency_p95_ms", "deployed_hours"):
+        a, b = getattr(rolled[0], name), getattr(raw, name)
+        if a != b and (a is None or b is None or abs(a - b) > 1e-6 * max(1.0, abs(b))):
+            raise BenchError(f"rollups and raw history disagree on {name} over 24 hours: {a} / {b}")
+    return raw_ms
+
+
 async def measure_query(
-    *, devices: int, days: int, repeats: int = 3, database_kind: DatabaseKind = "machine"
+    *,
+    devices: int,
+    days: int,
+    repeats: int = 3,
+    per_day: float = 40.0,
+    raw_days: int = 2,
+    database_kind: DatabaseKind = "machine",
 ) -> QueryFigures:
-    """A history of `days` whole local days up to today, then the rollups built from it as the
-    inspector builds them, then the dashboard's queries timed `repeats` times each (at least 20),
-    and the raw computation of the 30-day summary once, on the same data."""
+    """A history of `days` whole local days up to today with payments (`bench.payments`), then
+    the rollups built from it as the inspector builds them, then the dashboard's queries timed
+    `repeats` times each (at least 20), and the raw computation once, on the same data."""
     china = timezone(timedelta(hours=8))
     today = datetime.now(tz=china).replace(hour=0, minute=0, second=0, microsecond=0)
     start = (today - timedelta(days=days)).astimezone(UTC)
@@ -431,14 +462,23 @@ async def measure_query(
         await history.load(pool)
         async with pool.connection() as conn:
             await conn.execute(_HIERARCHY)
+        raw_days = min(raw_days, days + 1)
+        print(f"generating {raw_days} local days of payments at {per_day:g} a day per merchant", flush=True)
+        counts = await payments.generate(
+            pool, devices=devices, per_day=per_day, raw_days=raw_days, today=today.astimezone(UTC)
+        )
+        async with pool.connection() as conn:
             await conn.execute("ANALYZE")
         load_s = time.perf_counter() - started
         print(f"loaded {len(history.transitions):,} transitions in {load_s:.0f} s; building the rollups", flush=True)
         t = time.perf_counter()
         await rollups.rebuild(pool, datetime.now(tz=UTC), fleet_offset_min=480)
+        build_s = time.perf_counter() - t
+        first_whole = today.astimezone(UTC) - timedelta(days=raw_days - 1)
+        if days + 1 > raw_days:
+            await payments.copy_older_days(pool, first_whole_day=first_whole, older=days + 1 - raw_days)
         async with pool.connection() as conn:
             await conn.execute("ANALYZE")
-        build_s = time.perf_counter() - t
         checkpoint_s = await _checkpoint_cost(pool)
         figures = FleetFigures(pool)
         timings: dict[str, list[float]] = {
@@ -467,9 +507,10 @@ async def measure_query(
             device = rng.choice(device_ids)
             await _timed(timings[names[4]], figures.compute(*month, scope=(Level.DEVICE, device)))
         raw_ms, raw_district_ms = await _raw_beside(figures, month)
+        raw_24h_ms = await _raw_24h_beside(figures, (hour - timedelta(hours=23), now))
         async with pool.connection() as conn:
             t = time.perf_counter()
-            for table in ("device_states", "device_daily", "devices"):
+            for table in ("device_states", "device_daily", "devices", "payments", "deliveries"):
                 await conn.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - our own table names
             scan_ms = (time.perf_counter() - t) * 1000
     return QueryFigures(
@@ -485,4 +526,8 @@ async def measure_query(
         raw_ms,
         raw_district_ms,
         scan_ms,
+        *counts,
+        per_day,
+        raw_days,
+        raw_24h_ms,
     )
