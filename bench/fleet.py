@@ -423,9 +423,11 @@ async def _raw_beside(figures: FleetFigures, window: tuple[datetime, datetime]) 
     return raw_ms, raw_district_ms
 
 
-async def _raw_24h_beside(figures: FleetFigures, window: tuple[datetime, datetime]) -> float:
-    """The raw computation of the hour-exact 24 hours (every delivery in it raw), timed once, and
-    the rollups' deliveries checked against it."""
+async def _raw_24h_beside(figures: FleetFigures) -> float:
+    """The raw computation of the hour-exact 24 hours to now (every delivery in it raw), timed
+    once, and the rollups' deliveries checked against it."""
+    now = datetime.now(tz=UTC)
+    window = (now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23), now)
     rolled = await figures.compute_rolled(*window)
     if rolled is None:
         raise BenchError("the rollups did not answer the 24-hour summary")
@@ -439,7 +441,7 @@ async def _raw_24h_beside(figures: FleetFigures, window: tuple[datetime, datetim
     return raw_ms
 
 
-async def measure_query(
+async def measure_query(  # noqa: PLR0915 - one measurement, step by step
     *,
     devices: int,
     days: int,
@@ -506,8 +508,9 @@ async def measure_query(
             await _timed(timings[names[3]], figures.compute(hour - timedelta(hours=23), now))
             device = rng.choice(device_ids)
             await _timed(timings[names[4]], figures.compute(*month, scope=(Level.DEVICE, device)))
+        raw_24h_ms = await _raw_24h_beside(figures)
+        month = (month[0], datetime.now(tz=UTC))  # the same window, to now again
         raw_ms, raw_district_ms = await _raw_beside(figures, month)
-        raw_24h_ms = await _raw_24h_beside(figures, (hour - timedelta(hours=23), now))
         async with pool.connection() as conn:
             t = time.perf_counter()
             for table in ("device_states", "device_daily", "devices", "payments", "deliveries"):
