@@ -36,7 +36,12 @@ SLICE_NOW: Final = (
     " date_part('epoch', COALESCE(m.business_close, time '22:00')) AS close_s"
 )
 
-CLOCK: Final = "SELECT checkpoint_at, hours_from, offset_min, dirty_from, deliveries_offset_min FROM figure_clock"
+CLOCK: Final = (
+    "SELECT checkpoint_at, hours_from, offset_min, dirty_from, deliveries_offset_min, sealed_through FROM figure_clock"
+)
+# The local days up to a day summed by store (migration 0016): how many were; none, before a rebuild.
+SEAL: Final = "SELECT seal_days(%s)"
+UNSEAL: Final = "SELECT unseal_days()"
 MARK_DIRTY: Final = "UPDATE figure_clock SET dirty_from = LEAST(dirty_from, %s)"
 
 # The sums of one piece of time in a state, over columns s, e (epoch seconds), state and the

@@ -10,6 +10,8 @@ from rollups").
   and after a transition written before the checkpoint: late or backdated history).
 - `move_resliced()`: a device rebound to another store, updated to other firmware, or whose
   merchant's hours changed has its rolled time moved to where it now belongs.
+- `seal()`: the local days that have ended summed again by store alone (migration 0016), so the
+  figures over the hierarchy read a sixth of the rows; triggers keep them equal to the day rows.
 
 The tracker takes the rollup lock shared, the others exclusive (a PostgreSQL advisory lock for
 the transaction), so they never interleave; every transaction takes it before it locks a device
@@ -30,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from fleet_server.db.batch import columns
 from fleet_server.devices import delivery_rollups
 from fleet_server.devices import rollup_queries as q
-from fleet_server.devices.ledger import DAY_S, Grain, Ledger, Profile, Slice, day_start
+from fleet_server.devices.ledger import DAY_S, Grain, Ledger, Profile, Slice, day_start, local_day
 from fleet_server.devices.states import FAILURE_STATES, UP_STATES, DeviceState
 
 log = structlog.get_logger(__name__)
@@ -52,6 +54,7 @@ class Clock:
     offset_min: int
     dirty_from: datetime | None
     deliveries_offset_min: int | None = None  # None: the delivery rollups are not built
+    sealed_through: date | None = None  # the last local day summed by store (migration 0016)
 
     def answers(self, fleet_offset_min: int) -> bool:
         """Whether the rollups hold what the figures at this offset need."""
@@ -71,7 +74,7 @@ async def clock(cur: AsyncCursor[Any]) -> Clock | None:
     row = await cur.fetchone()
     if row is None or row[0] is None:
         return None
-    return Clock(row[0].timestamp(), row[1].timestamp(), int(row[2]), row[3], row[4])
+    return Clock(row[0].timestamp(), row[1].timestamp(), int(row[2]), row[3], row[4], row[5])
 
 
 @dataclass(slots=True)
@@ -215,6 +218,7 @@ async def rebuild(
         await cur.execute(_LOCK, (ROLLUP_LOCK,))
         await delivery_rollups.lock(cur)
         await cur.execute(FOR_BULK)
+        await cur.execute(q.UNSEAL)
         for statement in q.CLEAR:
             await cur.execute(statement)
         await cur.execute(q.UNROLL_SILENT)
@@ -230,6 +234,7 @@ async def rebuild(
         else:  # kept as they are, but devices moved meanwhile (a move waits for this rebuild) moved
             await delivery_rollups.move(cur, offset_min=fleet_offset_min, hours_from=hours_from)
             await delivery_rollups.prune(cur, hours_from)
+        await cur.execute(q.SEAL, (_sealable(at, fleet_offset_min),))
     log.info("figure rollups rebuilt from history", checkpoint=at.isoformat(), deliveries=deliveries)
     return at
 
@@ -272,7 +277,32 @@ async def checkpoint(pool: AsyncConnectionPool, now: datetime, *, fleet_offset_m
         await delivery_rollups.prune(cur, hours_from)
         await cur.execute(q.SPANS_TO_DAYS, {"hours_from": hours_from.timestamp(), "fleet_offset": fleet_offset_min})
         await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
+    await seal(pool, at, held, fleet_offset_min=fleet_offset_min)
     return at
+
+
+def _sealable(at: datetime, fleet_offset_min: int) -> date:
+    """The last local day that ended at or before the checkpoint `at`."""
+    return local_day(at.timestamp(), 60.0 * fleet_offset_min) - timedelta(days=1)
+
+
+async def seal(pool: AsyncConnectionPool, at: datetime, held: Clock, *, fleet_offset_min: int) -> int:
+    """Seal the local days ended by the checkpoint `at` (once a day some work, else nothing):
+    under both locks exclusive, so no writer that read the old sealed day is still open. The
+    days sealed."""
+    through = _sealable(at, fleet_offset_min)
+    if held.sealed_through is not None and through <= held.sealed_through:
+        return 0
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_LOCK, (ROLLUP_LOCK,))
+        await delivery_rollups.lock(cur)
+        await cur.execute(FOR_BULK)
+        await cur.execute(q.SEAL, (through,))
+        row = await cur.fetchone()
+    days = int(row[0]) if row else 0
+    if days:
+        log.info("figure rollups sealed by store", through=through.isoformat(), days=days)
+    return days
 
 
 async def move_resliced(pool: AsyncConnectionPool, *, fleet_offset_min: int) -> int:

@@ -225,17 +225,21 @@ class FleetFigures:
         """Each window's rows from the rollups, or None when they cannot answer one of them."""
         if level not in rolled.ROLLED_LEVELS or (scope is not None and scope[0] not in rolled.ROLLED_LEVELS):
             return None
-        async with self._pool.connection() as conn:
-            async with conn.cursor() as cur:
-                held = await rollups.clock(cur)
+        # One snapshot for the clock and the rows: a rebuild or a seal between them cannot
+        # change what the clock says the rows hold.
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(rolled.FOR_FIGURES)
+            held = await rollups.clock(cur)
             if held is None or not held.answers(self._offset):
                 return None
             now = datetime.now(tz=UTC)
             buckets = [rolled.plan(s, e, held, now) for s, e in windows]
             if any(b is None for b in buckets):
                 return None
+            hierarchy_only = level in rolled.SEALED_LEVELS and (scope is None or scope[0] in rolled.SEALED_LEVELS)
+            sealed = held.sealed_through if hierarchy_only else None
             params: dict[str, Any] = {
-                **rolled.bucket_params([b for b in buckets if b is not None]),
+                **rolled.bucket_params([b for b in buckets if b is not None], sealed),
                 **self._groups(),
             }
             rows = await fetch_dicts(conn, rolled.compose(level, scope), params)

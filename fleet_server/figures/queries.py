@@ -191,7 +191,7 @@ ORDER BY k.key
 
 
 # The tail of the rollup statement (`rolled.ROLLED`): the deliveries of each bucket b from their
-# rollups (migration 0015), its OTA targets read raw (one per device and release), and every
+# rollups (migration 0015; sealed days by store, 0016), its OTA targets read raw (one per device and release), and every
 # bucket's row per key. Its parts are `announced_parts()`.
 ANNOUNCED_AND_OTA: Final = """
 announced AS (
@@ -209,12 +209,20 @@ announced AS (
         LEFT JOIN districts di ON di.district_id = st.district_id
         WHERE {afilter}
         UNION ALL
+        SELECT zp.b, {akey}, r.announcements, r.played, {lat_columns}
+        FROM (SELECT *, '' AS model, '' AS firmware FROM delivery_store_days) r JOIN zp ON r.day BETWEEN zp.f AND zp.t
+        LEFT JOIN stores st ON st.store_id = NULLIF(r.store_id, '')
+        LEFT JOIN districts di ON di.district_id = st.district_id
+        WHERE {afilter}
+        UNION ALL
         -- Payments announced to nobody: missed, under their merchant's store.
         SELECT u.b, {merchant_key}, u.payments, 0, {no_lat}
         FROM (
             SELECT hp.b, r.merchant_id, r.payments FROM unrouted_hours r JOIN hp ON r.hour >= hp.f AND r.hour < hp.t
             UNION ALL
             SELECT dp.b, r.merchant_id, r.payments FROM unrouted_days r JOIN dp ON r.day BETWEEN dp.f AND dp.t
+            UNION ALL
+            SELECT zp.b, r.merchant_id, r.payments FROM unrouted_days r JOIN zp ON r.day BETWEEN zp.f AND zp.t
         ) u
         LEFT JOIN merchants m ON m.merchant_id = NULLIF(u.merchant_id, '')
         LEFT JOIN stores st ON st.store_id = m.store_id

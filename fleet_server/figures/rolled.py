@@ -35,6 +35,15 @@ ROLLED_LEVELS: Final = {
     Level.MODEL: sql.SQL("NULLIF(r.model, '')"),
     Level.FIRMWARE: sql.SQL("NULLIF(r.firmware, '')"),
 }
+# The levels whose rows may come from the sealed days' store rows (migration 0016): those of
+# the hierarchy, which a store's rows hold.
+SEALED_LEVELS: Final = frozenset({Level.FLEET, Level.CITY, Level.DISTRICT, Level.STORE})
+# The first statement of the figures' transaction: one snapshot for the clock and the rows; the
+# statement is planned expensive, and compiling it (JIT) costs more than running it; its
+# aggregations want more than the default work_mem to hash instead of sorting on disk.
+FOR_FIGURES: Final = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
+)
 # A window whose end is at most this much before now is live: the open sums carry it to its end.
 LIVE_GRACE: Final = timedelta(seconds=60)
 
@@ -106,8 +115,8 @@ def _utc(epoch_s: float) -> datetime:
 
 
 # The figures of each bucket (b) and key, from the rollups. Parameters: the buckets (b, b_start,
-# b_end, b_live, b_first, b_last), their hour parts (hb, hf, ht), day parts (db, df, dt) and
-# days read for their seen devices only (sb, sf, st), the
+# b_end, b_live, b_first, b_last), their hour parts (hb, hf, ht), day parts (db, df, dt), sealed
+# day parts read by store (zb, zf, zt) and days read for their seen devices only (sb, sf, st), the
 # state groups (deployed, up, failure, good, delivered), fleet_offset; {key}, {filter} over the
 # rows r (day and hour rows, open sums, deployed spans) with stores st and districts di.
 ROLLED: Final = """
@@ -120,6 +129,7 @@ WITH buckets AS (
 hp AS (SELECT * FROM unnest(%(hb)s::int[], %(hf)s::timestamptz[], %(ht)s::timestamptz[]) AS x(b, f, t)),
 dp AS (SELECT * FROM unnest(%(db)s::int[], %(df)s::date[], %(dt)s::date[]) AS x(b, f, t)),
 sp AS (SELECT * FROM unnest(%(sb)s::int[], %(sf)s::date[], %(st)s::date[]) AS x(b, f, t)),
+zp AS (SELECT * FROM unnest(%(zb)s::int[], %(zf)s::date[], %(zt)s::date[]) AS x(b, f, t)),
 parts AS (
     SELECT hp.b, r.store_id, r.model, r.firmware, r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
            r.b_up_s, r.failures, r.repairs, r.repair_s, 0 AS seen
@@ -128,6 +138,10 @@ parts AS (
     SELECT dp.b, r.store_id, r.model, r.firmware, r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
            r.b_up_s, r.failures, r.repairs, r.repair_s, r.seen_devices
     FROM figure_days r JOIN dp ON r.day BETWEEN dp.f AND dp.t
+    UNION ALL
+    SELECT zp.b, r.store_id, '', '', r.deployed_s, r.up_s, r.failure_s, r.good_s, r.b_expected_s,
+           r.b_up_s, r.failures, r.repairs, r.repair_s, r.seen_devices
+    FROM figure_store_days r JOIN zp ON r.day BETWEEN zp.f AND zp.t
     UNION ALL
     SELECT b.b, o.store_id, o.model, o.firmware,
            CASE WHEN o.state = ANY(%(deployed)s) THEN o.devices * date_part('epoch', b.e) - o.since_s ELSE 0 END,
@@ -197,9 +211,11 @@ def compose(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
     )
 
 
-def bucket_params(buckets: list[Bucket]) -> dict[str, list[object]]:
+def bucket_params(buckets: list[Bucket], sealed: date | None = None) -> dict[str, list[object]]:
+    """The statement's parameters for `buckets`: their day parts up to the `sealed` day (None:
+    none may be) read from the store rows (migration 0016), the rest from the day rows."""
     out: dict[str, list[object]] = {k: [] for k in ("b", "b_start", "b_end", "b_live", "b_first", "b_last")}
-    out |= {k: [] for k in ("hb", "hf", "ht", "db", "df", "dt", "sb", "sf", "st")}
+    out |= {k: [] for k in ("hb", "hf", "ht", "db", "df", "dt", "zb", "zf", "zt", "sb", "sf", "st")}
     for i, bucket in enumerate(buckets):
         for k, v in zip(
             ("b", "b_start", "b_end", "b_live", "b_first", "b_last"),
@@ -212,9 +228,16 @@ def bucket_params(buckets: list[Bucket]) -> dict[str, list[object]]:
             out["hf"].append(f)
             out["ht"].append(t)
         if bucket.days is not None:
-            out["db"].append(i)
-            out["df"].append(bucket.days[0])
-            out["dt"].append(bucket.days[1])
+            first, last = bucket.days
+            if sealed is not None and first <= sealed:
+                out["zb"].append(i)
+                out["zf"].append(first)
+                out["zt"].append(min(last, sealed))
+                first = sealed + timedelta(days=1)
+            if first <= last:
+                out["db"].append(i)
+                out["df"].append(first)
+                out["dt"].append(last)
         for first, last in bucket.seen_only:
             out["sb"].append(i)
             out["sf"].append(first)

@@ -262,6 +262,34 @@ async def _drive(pool, rng: random.Random, start: datetime, end: datetime) -> di
     return done
 
 
+_SEALED_SUMS = """
+SELECT day, store_id, {sums} FROM {table} WHERE day <= (SELECT sealed_through FROM figure_clock)
+GROUP BY 1, 2 HAVING {nonzero} ORDER BY 1, 2
+"""
+
+
+async def _sealed_days_sum_the_day_rows(pool) -> None:
+    """The sealed days' store rows (migration 0016) are the sums of their day rows, after every
+    late write, move and rebuild the history made."""
+    async with pool.connection() as conn:
+        sealed = (await (await conn.execute("SELECT sealed_through FROM figure_clock")).fetchone())[0]
+        assert sealed is not None, "the checkpoints sealed the days that ended"
+        for fine, store, names in (
+            ("figure_days", "figure_store_days", ("deployed_s", "up_s", "failures", "repairs", "seen_devices")),
+            ("delivery_days", "delivery_store_days", ("announcements", "played", "lat_00", "lat_08", "lat_21")),
+        ):
+            sums = ", ".join(f"round(sum({n})::numeric, 3)" for n in names)
+            nonzero = " OR ".join(f"round(sum({n})::numeric, 3) <> 0" for n in names)
+            by_store = await (
+                await conn.execute(_SEALED_SUMS.format(sums=sums, table=store, nonzero=nonzero))
+            ).fetchall()
+            by_slice = await (
+                await conn.execute(_SEALED_SUMS.format(sums=sums, table=fine, nonzero=nonzero))
+            ).fetchall()
+            assert by_store == by_slice, f"{store} differs from {fine} summed by store"
+            assert fine == "delivery_days" or by_slice, "some sealed day has rows"
+
+
 def _same(rolled: list[Figures], raw: list[Figures], what: str) -> None:
     assert [f.key for f in rolled] == [f.key for f in raw], what
     for a, b in zip(rolled, raw, strict=True):
@@ -323,6 +351,7 @@ async def test_rollups_answer_what_raw_history_answers(pool, seed):
             assert rolled is not None
             _same(rolled, await figures.compute_raw(a, b, scope=scope), f"seed {seed}, scope {scope}")
     assert answered > 30
+    await _sealed_days_sum_the_day_rows(pool)
     # The history was not empty: some figure has something to compare.
     [whole] = await figures.compute_raw(start, now)
     assert whole.deployed_hours > 0
