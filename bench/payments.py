@@ -96,6 +96,13 @@ COPY_DAYS: Final = (
     _copy("delivery_days", "day", "t.day - k", "t.day = %(model)s::date", _DELIVERY_COLUMNS),
     _copy("unrouted_days", "day", "t.day - k", "t.day = %(model)s::date", "merchant_id, payments"),
     _copy(
+        "delivery_device_days",
+        "day",
+        "t.day - k",
+        "t.day = %(model)s::date",
+        "device_id, announcements, played, " + ", ".join(latency.COLUMNS),
+    ),
+    _copy(
         "delivery_hours",
         "hour",
         "t.hour - k * interval '1 day'",

@@ -1,5 +1,6 @@
-"""The delivery rollups (migration 0015): announcements settled and played, their latency
-histogram, and the payments announced to nobody, by slice or merchant and local day or hour.
+"""The delivery rollups (migrations 0015, 0017): announcements settled and played, their latency
+histogram, and the payments announced to nobody, by slice or merchant and local day or hour,
+and by device and local day (a device's card).
 
 The bridge keeps them: triggers on `deliveries` and `payments` add every change in the
 transaction that makes it (migration 0015's `roll_deliveries`, `roll_unrouted`), under the
@@ -63,8 +64,21 @@ MOVE: Final = _ADD.format(
     " JOIN deliveries dl USING (device_id) JOIN payments p USING (payment_id)",
     also="",
 )
+# Every device's deliveries of payments received in [from, to) by device (migration 0017).
+REBUILD_DEVICE_DAY: Final = """
+SELECT add_device_deliveries(array_agg(device_id), array_agg(day), array_agg(n), array_agg(p), array_agg(lb))
+FROM (
+    SELECT dl.device_id, local_day(p.received_at, %(offset_min)s) AS day,
+           latency_bucket(dl.play_started_at, p.received_at) AS lb, count(*)::int AS n,
+           count(*) FILTER (WHERE delivery_heard(dl.status))::int AS p
+    FROM payments p JOIN deliveries dl USING (payment_id)
+    WHERE delivery_counted(p.kind, dl.status) AND p.received_at >= %(from)s AND p.received_at < %(to)s
+    GROUP BY 1, 2, 3
+) g
+"""
 CLEAR: Final = (
     "DELETE FROM delivery_days",
+    "DELETE FROM delivery_device_days",
     "DELETE FROM delivery_hours",
     "DELETE FROM unrouted_days",
     "DELETE FROM unrouted_hours",
@@ -122,6 +136,7 @@ async def rebuild(cur: AsyncCursor[Any], *, offset_min: int, hours_from: datetim
             upto = at + timedelta(days=1)
             params = {"offset_min": offset_min, "hours_from": hours_from, "from": at, "to": upto}
             await cur.execute(REBUILD_DAY, params)
+            await cur.execute(REBUILD_DEVICE_DAY, params)
             at, days = upto, days + 1
     await cur.execute(SET_BUILT, (offset_min,))
     await cur.execute(RECOUNT_UNROUTED)

@@ -40,7 +40,12 @@ from fleet_server.devices.states import DEPLOYED_STATES, FAILURE_STATES, GOOD_ST
 from fleet_server.errors import FiguresError
 from fleet_server.figures import latency, rolled
 from fleet_server.figures.queries import Level as Level  # noqa: PLC0414 - re-exported: figures are asked for by level.
-from fleet_server.figures.queries import current_states_query, figures_query, state_counts_query
+from fleet_server.figures.queries import (
+    announced_by_device_days,
+    current_states_query,
+    figures_query,
+    state_counts_query,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +197,26 @@ class FleetFigures:
         `group_by` key (one row for the whole scope when None): from the rollups when they can
         answer exactly (`rolled.plan`), else from raw history."""
         answer = await self.compute_rolled(start, end, scope=scope, group_by=group_by)
-        return answer if answer is not None else await self.compute_raw(start, end, scope=scope, group_by=group_by)
+        if answer is not None:
+            return answer
+        device_days = await self._device_days_answer(start, end, group_by or Level.FLEET, scope)
+        return await self.compute_raw(start, end, scope=scope, group_by=group_by, device_days=device_days)
+
+    async def _device_days_answer(
+        self, start: datetime, end: datetime, level: Level, scope: tuple[Level, str] | None
+    ) -> bool:
+        """Whether the deliveries of [start, end) can come from the device rows (migration 0017):
+        built for this offset, the window whole local days (the last one possibly live), and no
+        payment announced to nobody counting at this level."""
+        if not announced_by_device_days(level, scope):
+            return False
+        local = timedelta(minutes=self._offset)
+        live = end >= datetime.now(tz=UTC) - rolled.LIVE_GRACE
+        if not all(at == _local_midnight(at, local) for at in ((start,) if live else (start, end))):
+            return False
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            held = await rollups.clock(cur)
+        return held is not None and held.deliveries_offset_min == self._offset
 
     async def compute_rolled(
         self,
@@ -265,11 +289,14 @@ class FleetFigures:
         *,
         scope: tuple[Level, str] | None = None,
         group_by: Level | None = None,
+        device_days: bool = False,
     ) -> list[Figures]:
         """The figures from raw history (the state history, the daily rows, the deliveries):
-        the definition, the test oracle of the rollups, and `haodian fleet recompute`'s check."""
+        the definition, the test oracle of the rollups, and `haodian fleet recompute`'s check.
+        With `device_days` the deliveries come from their device rows (`compute` decides when
+        they hold them)."""
         _check(start, end)
-        query = figures_query(group_by or Level.FLEET, scope)
+        query = figures_query(group_by or Level.FLEET, scope, device_days=device_days)
         local = timedelta(minutes=self._offset)
         first_day = (start.astimezone(UTC) + local).date()
         last_day = (end.astimezone(UTC) + local - timedelta(microseconds=1)).date()
@@ -284,6 +311,12 @@ class FleetFigures:
         }
         rows = await fetch_dicts(self._pool, query, params)
         return _shaped(rows, start, end, grouped=group_by is not None)
+
+
+def _local_midnight(at: datetime, local: timedelta) -> datetime:
+    """The start of the local day (at the fleet's offset `local`) that `at` is in."""
+    day = (at.astimezone(UTC) + local).date()
+    return datetime.combine(day, time(), tzinfo=UTC) - local
 
 
 def _check(start: datetime, end: datetime) -> None:

@@ -142,26 +142,7 @@ power AS (
     WHERE deployed
     GROUP BY key
 ),
-announced AS (
-    SELECT key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played, {lat_counts} AS lat
-    FROM (
-        SELECT s.key, dl.status = ANY(%(delivered)s) AS played,
-               latency_bucket(dl.play_started_at, p.received_at) AS lb
-        FROM deliveries dl JOIN payments p USING (payment_id) JOIN scope s ON s.device_id = dl.device_id
-        WHERE p.received_at >= %(start)s AND p.received_at < %(end)s AND dl.status <> {pending}
-          AND p.kind IN ('payment', 'refund')
-        UNION ALL
-        -- A payment whose merchant had no bound device was never announced: missed.
-        SELECT {merchant_key}, false, NULL
-        FROM payments p
-        LEFT JOIN merchants m ON m.merchant_id = p.merchant_id
-        LEFT JOIN stores st ON st.store_id = m.store_id
-        LEFT JOIN districts di ON di.district_id = st.district_id
-        WHERE {unrouted} AND p.received_at >= %(start)s AND p.received_at < %(end)s
-          AND p.kind IN ('payment', 'refund')
-          AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.payment_id = p.payment_id)
-    ) a GROUP BY key
-),
+{announced}
 ota AS (
     SELECT s.key, count(*) FILTER (WHERE o.state <> {unreachable}) AS targeted,
            count(*) FILTER (WHERE o.state = {committed}) AS reached,
@@ -188,6 +169,37 @@ LEFT JOIN repairs r USING (key) LEFT JOIN power pw USING (key) LEFT JOIN announc
 LEFT JOIN ota o USING (key)
 ORDER BY k.key
 """
+
+# The deliveries part of FIGURES: raw (the definition), or from the device rows (migration
+# 0017) when the window is made of whole local days, the last one possibly live, and no payment
+# announced to nobody belongs to the level (`announced_by_device_days`).
+_ANNOUNCED_RAW: Final = """announced AS (
+    SELECT key, count(*) AS announcements, count(*) FILTER (WHERE played) AS played, {lat_counts} AS lat
+    FROM (
+        SELECT s.key, dl.status = ANY(%(delivered)s) AS played,
+               latency_bucket(dl.play_started_at, p.received_at) AS lb
+        FROM deliveries dl JOIN payments p USING (payment_id) JOIN scope s ON s.device_id = dl.device_id
+        WHERE p.received_at >= %(start)s AND p.received_at < %(end)s AND dl.status <> {pending}
+          AND p.kind IN ('payment', 'refund')
+        UNION ALL
+        -- A payment whose merchant had no bound device was never announced: missed.
+        SELECT {merchant_key}, false, NULL
+        FROM payments p
+        LEFT JOIN merchants m ON m.merchant_id = p.merchant_id
+        LEFT JOIN stores st ON st.store_id = m.store_id
+        LEFT JOIN districts di ON di.district_id = st.district_id
+        WHERE {unrouted} AND p.received_at >= %(start)s AND p.received_at < %(end)s
+          AND p.kind IN ('payment', 'refund')
+          AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.payment_id = p.payment_id)
+    ) a GROUP BY key
+),
+"""
+_ANNOUNCED_BY_DEVICE_DAY: Final = """announced AS (
+    SELECT s.key, sum(r.announcements) AS announcements, sum(r.played) AS played, {lat_sums} AS lat
+    FROM delivery_device_days r JOIN scope s USING (device_id)
+    WHERE r.day BETWEEN %(first_day)s AND %(last_day)s
+    GROUP BY s.key HAVING sum(r.announcements) <> 0
+),"""
 
 
 # The tail of the rollup statement (`rolled.ROLLED`): the deliveries of each bucket b from their
@@ -292,9 +304,17 @@ def _unrouted(level: Level, scope: tuple[Level, str] | None) -> sql.Composable:
     return sql.SQL("{} = {}").format(_payment_key(scope[0]), sql.Literal(scope[1]))
 
 
-def figures_query(level: Level, scope: tuple[Level, str] | None) -> sql.Composed:
-    """FIGURES for one level and scope."""
-    return sql.SQL(FIGURES).format(
+def announced_by_device_days(level: Level, scope: tuple[Level, str] | None) -> bool:
+    """Whether the device rows hold every delivery figure of the level and scope: no payment
+    announced to nobody counts there."""
+    return level not in _MERCHANT_LEVELS or (scope is not None and scope[0] not in _MERCHANT_LEVELS)
+
+
+def figures_query(level: Level, scope: tuple[Level, str] | None, *, device_days: bool = False) -> sql.Composed:
+    """FIGURES for one level and scope, the deliveries raw or (`device_days`) from the device rows."""
+    announced = _ANNOUNCED_BY_DEVICE_DAY if device_days else _ANNOUNCED_RAW
+    return sql.SQL(FIGURES.replace("{announced}", announced)).format(
+        lat_sums=sql.SQL(latency.summed_sql("r")),
         key=_KEY[level],
         hierarchy=sql.SQL(DEVICE_HIERARCHY),
         filter=_scope_filter(scope),

@@ -290,6 +290,24 @@ async def _sealed_days_sum_the_day_rows(pool) -> None:
             assert fine == "delivery_days" or by_slice, "some sealed day has rows"
 
 
+async def _device_days_answer_what_raw_deliveries_answer(figures: FleetFigures, now: datetime, what: str) -> None:
+    """A device's card (and devices by device) over whole local days, live or not, from the
+    device rows (migration 0017), equals the raw computation."""
+    local_midnight = (now + timedelta(minutes=OFFSET)).replace(hour=0, minute=0, second=0, microsecond=0)
+    local_midnight -= timedelta(minutes=OFFSET)
+    windows = [(local_midnight - timedelta(days=3), now), (local_midnight - timedelta(days=2), local_midnight)]
+    windows += [(local_midnight, now)]
+    for a, b in windows:
+        for device in DEVICES:
+            by_days = await figures.compute_raw(a, b, scope=(Level.DEVICE, device), device_days=True)
+            _same(by_days, await figures.compute_raw(a, b, scope=(Level.DEVICE, device)), f"{what}, {device} {a}..{b}")
+        grouped = await figures.compute_raw(a, b, group_by=Level.DEVICE, device_days=True)
+        _same(grouped, await figures.compute_raw(a, b, group_by=Level.DEVICE), f"{what}, by device {a}..{b}")
+        # The card's path: compute() takes the device rows for these windows.
+        card = await figures.compute(a, b, scope=(Level.DEVICE, DEVICES[0]))
+        _same(card, await figures.compute_raw(a, b, scope=(Level.DEVICE, DEVICES[0])), f"{what}, card {a}..{b}")
+
+
 def _same(rolled: list[Figures], raw: list[Figures], what: str) -> None:
     assert [f.key for f in rolled] == [f.key for f in raw], what
     for a, b in zip(rolled, raw, strict=True):
@@ -352,6 +370,7 @@ async def test_rollups_answer_what_raw_history_answers(pool, seed):
             _same(rolled, await figures.compute_raw(a, b, scope=scope), f"seed {seed}, scope {scope}")
     assert answered > 30
     await _sealed_days_sum_the_day_rows(pool)
+    await _device_days_answer_what_raw_deliveries_answer(figures, later, f"seed {seed}, after {done}")
     # The history was not empty: some figure has something to compare.
     [whole] = await figures.compute_raw(start, now)
     assert whole.deployed_hours > 0
