@@ -14,6 +14,8 @@ Scenarios (each also measures the ceiling it runs against, on the same run):
   connections  concurrent device MQTT connections held (--devices), and memory per connection
   agent        one agent's idle RSS and CPU (as on a device), and its announce path cost
   codecs       decode throughput of the serial codecs (TTS chips, modem AT, ESC/POS)
+  rollups      what keeping the delivery rollups costs PostgreSQL per notification (the bridge's
+               recording and ack statements); floor: the same with the rollups not built
   record       the cost of recording one payment (the bridge's one statement, committed): our
                backend's and a platform's routed one; ceiling: the commit of one plain row
   reports      the per-message cost of signing a device's ack and of verifying it; ceiling: the
@@ -40,7 +42,7 @@ from typing import Any, Protocol
 
 import uvloop
 
-from bench import agent, announce, api, codecs, connections, fleet, record, reports
+from bench import agent, announce, api, codecs, connections, fleet, record, reports, rollups
 from bench.env import BROKERS, DATABASES, BenchError, machine
 from haodian import logs
 
@@ -49,7 +51,19 @@ class Figures(Protocol):
     def lines(self) -> list[str]: ...
 
 
-SCENARIOS = ("announce", "ingest", "query", "api", "connections", "agent", "codecs", "record", "reports", "demo")
+SCENARIOS = (
+    "announce",
+    "ingest",
+    "query",
+    "api",
+    "connections",
+    "agent",
+    "codecs",
+    "record",
+    "rollups",
+    "reports",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--devices",
         type=int,
-        help="announce 1,000; ingest 10,000; query 100,000; api 10,000; connections 10,000; demo 20",
+        help="announce 1,000; ingest 10,000; query 100,000; api 10,000; connections 10,000; rollups 1,000; demo 20",
     )
     parser.add_argument("--bridges", type=int, default=1, help="announce: bridge processes (default 1)")
     parser.add_argument("--ingesters", type=int, default=1, help="ingest: ingest processes (default 1)")
@@ -73,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--reports", type=int, default=3, help="ingest: health reports per device (default 3)")
     parser.add_argument("--days", type=int, default=30, help="query: days of history (default 30)")
-    parser.add_argument("--repeats", type=int, default=3, help="query, codecs, reports: runs of each measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="query, codecs, reports, rollups: runs of each")
     parser.add_argument(
         "--per-day", type=float, default=40.0, help="query: payments a day per merchant on average (default 40, v2)"
     )
@@ -237,6 +251,14 @@ def _record(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
     return parameters, figures
 
 
+def _rollups(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
+    parameters = {"devices": args.devices or 1000, "repeats": args.repeats, "database": args.database}
+    figures = asyncio.run(
+        rollups.measure(devices=parameters["devices"], repeats=args.repeats, database_kind=args.database)
+    )
+    return parameters, figures
+
+
 def _reports(args: argparse.Namespace) -> tuple[dict[str, Any], Figures]:
     parameters = {"messages": args.messages, "repeats": args.repeats}
     return parameters, reports.measure(messages=args.messages, repeats=args.repeats)
@@ -293,6 +315,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], Figures]
     "connections": _connections,
     "agent": _agent,
     "codecs": _codecs,
+    "rollups": _rollups,
     "reports": _reports,
     "demo": _demo,
 }

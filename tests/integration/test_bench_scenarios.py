@@ -88,6 +88,13 @@ def test_api_and_query() -> None:
     assert query["raw_summary_ms"] > 0
 
 
+@pytest.mark.usefixtures("machine_pg_admin")
+def test_rollups() -> None:
+    figures = bench("rollups", "--devices", "50", "--repeats", "1")["figures"]
+    assert figures["counted"] == 2 * figures["per_run"]  # the warm-up's and the built run's
+    assert set(figures["runs"]) == {"rollups built", "rollups not built (floor)"}
+
+
 def test_connections() -> None:
     figures = bench("connections", "--devices", "300", "--processes", "2")["figures"]
     assert figures["connected"] == figures["held"] == 300
