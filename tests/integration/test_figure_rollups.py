@@ -78,11 +78,12 @@ async def _reset(pool) -> None:
         await conn.execute(
             "TRUNCATE devices, device_states, device_daily, device_events, device_health, device_cells, bindings,"
             " merchants, stores, districts, cities, figure_days, figure_hours, figure_open, figure_spans, tasks,"
-            " payments, deliveries, delivery_days, delivery_hours, unrouted_days, unrouted_hours CASCADE"
+            " payments, deliveries, delivery_days, delivery_hours, unrouted_days, unrouted_hours,"
+            " figure_store_days, delivery_store_days, delivery_device_days CASCADE"
         )
         await conn.execute(
             "UPDATE figure_clock SET checkpoint_at = NULL, hours_from = NULL, offset_min = NULL, dirty_from = NULL,"
-            " deliveries_offset_min = NULL"
+            " deliveries_offset_min = NULL, sealed_through = NULL"
         )
         await conn.execute("INSERT INTO cities VALUES ('C1', '北京')")
         await conn.execute("INSERT INTO districts VALUES ('D1', 'C1', '望京'), ('D2', 'C1', '回龙观')")

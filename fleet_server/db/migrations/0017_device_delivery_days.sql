@@ -90,3 +90,18 @@ BEGIN
     SELECT 1 INTO done FROM by_slice, by_device;
 END
 $$;
+
+-- A database whose delivery rollups are built already gets its device rows from the raw
+-- deliveries kept (those older than their retention are gone from the raw computation too),
+-- under the delivery rollup lock, exclusive: a bridge transaction still running the old
+-- function finishes first, and the next ones run this one.
+SELECT pg_advisory_xact_lock(1212416038);
+SELECT add_device_deliveries(array_agg(device_id), array_agg(day), array_agg(n), array_agg(p), array_agg(lb))
+FROM (
+    SELECT dl.device_id, local_day(p.received_at, c.deliveries_offset_min) AS day,
+           latency_bucket(dl.play_started_at, p.received_at) AS lb, count(*)::int AS n,
+           count(*) FILTER (WHERE delivery_heard(dl.status))::int AS p
+    FROM figure_clock c CROSS JOIN payments p JOIN deliveries dl USING (payment_id)
+    WHERE c.deliveries_offset_min IS NOT NULL AND delivery_counted(p.kind, dl.status)
+    GROUP BY 1, 2, 3
+) g;

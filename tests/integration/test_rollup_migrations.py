@@ -1,0 +1,95 @@
+"""The rollup migrations applied to a database already in service: what they add is built from
+what the database holds, and counted from then on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleet_server.db.migrate import migrate, migrations
+from fleet_server.db.pool import open_pool
+from fleet_server.devices.delivery_rollups import DELIVERY_LOCK
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+_RAW_BY_DEVICE_DAY = """
+SELECT dl.device_id, local_day(p.received_at, 480), count(*), count(*) FILTER (WHERE delivery_heard(dl.status))
+FROM payments p JOIN deliveries dl USING (payment_id) WHERE delivery_counted(p.kind, dl.status)
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+_ROWS = "SELECT device_id, day, announcements, played FROM delivery_device_days WHERE announcements <> 0 ORDER BY 1, 2"
+
+
+async def _record(conn, payment_id: str, merchant: str, at: datetime, status: str) -> None:
+    await conn.execute(
+        "WITH p AS (INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
+        " status, paid_at, received_at, raw) VALUES (%(id)s, 'test', %(id)s, %(m)s, 100, 'wechat', 'payment',"
+        " 'success', %(at)s, %(at)s, '{}') RETURNING payment_id, merchant_id)"
+        " INSERT INTO deliveries (payment_id, device_id, status, expires_at, last_published_at, play_started_at)"
+        " SELECT p.payment_id, b.device_id, %(status)s, %(at)s, %(at)s, %(at)s::timestamptz + interval '40 ms'"
+        " FROM p JOIN bindings b USING (merchant_id)",
+        {"id": payment_id, "m": merchant, "at": at, "status": status},
+    )
+
+
+async def test_deliveries_by_device_are_built_from_the_raw_deliveries_on_upgrade(machine_database):
+    """Migration 0017 on a database whose delivery rollups count already: its device rows are the
+    raw deliveries' counts, and the next delivery is counted in them too."""
+    now = datetime.now(tz=UTC)
+    async with open_pool(machine_database, max_size=2) as pool:
+        async with pool.connection() as conn:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, text in migrations():
+                if version < 17:
+                    async with conn.transaction():
+                        await conn.execute(text.encode())
+                        await conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, name))
+            await conn.execute(
+                "INSERT INTO devices (device_id, model, firmware) VALUES ('A', 'HD-S1', '1'), ('B', 'HD-S1', '1')"
+            )
+            await conn.execute("INSERT INTO cities VALUES ('C1', 'city')")
+            await conn.execute("INSERT INTO districts VALUES ('D1', 'C1', 'district')")
+            await conn.execute("INSERT INTO stores (store_id, district_id, name) VALUES ('S1', 'D1', 'store')")
+            await conn.execute(
+                "INSERT INTO merchants (merchant_id, store_id, name) VALUES ('MA', 'S1', 'a'), ('MB', 'S1', 'b')"
+            )
+            await conn.execute("INSERT INTO bindings (device_id, merchant_id) VALUES ('A', 'MA'), ('B', 'MB')")
+            # The delivery rollups count (as after their first build), by slice only before 0017.
+            await conn.execute("UPDATE figure_clock SET deliveries_offset_min = 480, hours_from = %s", (now,))
+            for i, (merchant, days_ago, status) in enumerate(
+                [
+                    ("MA", 0, "played"),
+                    ("MA", 1, "missed"),
+                    ("MA", 1, "played"),
+                    ("MB", 2, "duplicate"),
+                    ("MB", 0, "pending"),
+                ]
+            ):
+                await _record(conn, f"P{i}", merchant, now - timedelta(days=days_ago), status)
+            cur = await conn.execute("SELECT sum(announcements) FROM delivery_days")
+            assert (await cur.fetchone())[0] == 4  # settled ones, counted by 0015's trigger
+
+        assert await migrate(pool) == [17]
+        async with pool.connection() as conn:
+            raw = await (await conn.execute(_RAW_BY_DEVICE_DAY)).fetchall()
+            assert len(raw) == 3
+            assert await (await conn.execute(_ROWS)).fetchall() == raw
+            # From now on the trigger counts both ways: the pending one played late.
+            await conn.execute(
+                "UPDATE deliveries SET status = 'played', play_started_at = now() WHERE payment_id = 'P4'"
+            )
+            raw = await (await conn.execute(_RAW_BY_DEVICE_DAY)).fetchall()
+            assert len(raw) == 4
+            assert await (await conn.execute(_ROWS)).fetchall() == raw
+            cur = await conn.execute("SELECT sum(announcements) FROM delivery_days")
+            assert (await cur.fetchone())[0] == 5
+
+
+def test_the_backfill_waits_for_the_bridges_writes():
+    """The backfill holds the delivery rollup lock exclusive (the triggers take it shared)."""
+    [text] = [text for version, _, text in migrations() if version == 17]
+    assert f"SELECT pg_advisory_xact_lock({DELIVERY_LOCK});" in text
