@@ -10,7 +10,8 @@ Brokers:
 - `embedded`: the embedded amqtt broker (`haodian broker`) in a process of its own. It has no
   shared subscriptions, so scenarios with several processes refuse it.
 
-Databases: `machine` (a fresh database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards)
+Databases: `machine` (a fresh database on the PostgreSQL at 127.0.0.1:5432, or the server
+HAODIAN_TEST_DATABASE_URL names, dropped afterwards)
 or `embedded` (a private PostgreSQL from the pgserver package in a temporary folder).
 
 The benchmarks' one error, `BenchError`, is what a scenario cannot set up or measure (a broker
@@ -40,11 +41,18 @@ import psycopg
 from psycopg import sql
 
 from bench.stats import percentiles
+from fleet_server.db.pool import with_database
 from haodian.embedded import EmbeddedDatabase
 from simulators.mosquitto import MosquittoError, PrivateMosquitto
 from simulators.netproxy import free_port
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# The PostgreSQL `--database machine` creates its databases on: the machine's, or the server
+# HAODIAN_TEST_DATABASE_URL names (as the tests do: tests/conftest.py).
+def admin_url() -> str:
+    return os.environ.get("HAODIAN_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
 MACHINE_MQTT = ("127.0.0.1", 1883)
 DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
 
@@ -177,7 +185,7 @@ async def _reachable(host: str, port: int) -> bool:
 async def database(kind: DatabaseKind) -> AsyncIterator[Database]:
     if kind == "machine":
         async with fresh_database() as url:
-            yield Database(kind, url, await _describe(url, "the machine's PostgreSQL on 127.0.0.1:5432"))
+            yield Database(kind, url, await _describe(url, "the PostgreSQL at {server}"))
     else:
         with tempfile.TemporaryDirectory(prefix="haodian-bench-pg-") as folder:
             async with EmbeddedDatabase(Path(folder) / "pg", "bench") as embedded:
@@ -186,30 +194,32 @@ async def database(kind: DatabaseKind) -> AsyncIterator[Database]:
 
 async def _describe(url: str, where: str) -> str:
     async with await psycopg.AsyncConnection.connect(url) as conn:
+        server = f"{conn.info.host}:{conn.info.port}"
         cur = await conn.execute(
             "SELECT current_setting('server_version'),"
             " EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
         )
         version, timescale = (await cur.fetchone()) or ("?", False)
     storage = "TimescaleDB available" if timescale else "no TimescaleDB (native partitions and rollup tables)"
-    return f"{where}, PostgreSQL {version}, {storage}"
+    return f"{where.format(server=server)}, PostgreSQL {version}, {storage}"
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
+async def fresh_database(admin: str | None = None) -> AsyncIterator[str]:
+    admin = admin or admin_url()
     name = f"haodian_bench_{uuid.uuid4().hex[:10]}"
     try:
-        async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.OperationalError as exc:
         raise BenchError(
-            f"cannot reach PostgreSQL at {admin_url} ({exc}); start it with:"
+            f"cannot reach PostgreSQL at {admin} ({exc}); start it with:"
             " pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
         ) from exc
     try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+        yield with_database(admin, name)
     finally:
-        async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 

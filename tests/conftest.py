@@ -1,12 +1,14 @@
 """Shared fixtures: the async backend, and real databases and brokers.
 
 Integration tests run against real services: the embedded ones (pgserver, amqtt) always, and
-the machine's PostgreSQL (127.0.0.1:5432) and Mosquitto (127.0.0.1:1883) where they run; a test
-needing one that cannot be reached is skipped with the reason.
+the machine's PostgreSQL (127.0.0.1:5432, or the server HAODIAN_TEST_DATABASE_URL names: a URL of
+a database there whose user may create databases) and Mosquitto (127.0.0.1:1883) where they run;
+a test needing one that cannot be reached is skipped with the reason.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 import warnings
@@ -20,7 +22,11 @@ with warnings.catch_warnings():
     import pgserver
 from psycopg import sql
 
-MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/{db}"
+from fleet_server.db.pool import with_database
+
+# The PostgreSQL the tests (and the benchmarks: bench/env.py) create their databases on.
+TEST_DATABASE_URL = os.environ.get("HAODIAN_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+MACHINE_PG = with_database(TEST_DATABASE_URL, "{db}")
 MACHINE_MQTT = ("127.0.0.1", 1883)
 
 
@@ -54,7 +60,7 @@ def machine_pg_admin() -> str:
         with psycopg.connect(MACHINE_PG.format(db="postgres"), connect_timeout=3):
             pass
     except psycopg.Error as exc:
-        pytest.skip(f"the machine's PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
+        pytest.skip(f"the PostgreSQL at {TEST_DATABASE_URL} cannot be reached: {exc}")
     return MACHINE_PG
 
 

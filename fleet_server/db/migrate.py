@@ -46,15 +46,20 @@ async def migrate(pool: AsyncConnectionPool) -> list[int]:
             for version, name, sql in migrations():
                 if version in done:
                     continue
-                async with conn.transaction():
-                    await conn.execute(sql.encode())
-                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                try:
+                    async with conn.transaction():
+                        await conn.execute(sql.encode())
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                        )
+                except psycopg.Error as exc:
+                    raise DatabaseError(f"migration {version:04d}_{name} failed: {exc}") from exc
                 log.info("migration applied", version=version, name=name)
                 applied_now.append(version)
         except psycopg.Error as exc:
             raise DatabaseError(f"migration failed: {exc}") from exc
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+            await _unlock(conn)
     return applied_now
 
 
@@ -63,3 +68,15 @@ async def timescaledb_available(pool: AsyncConnectionPool) -> bool:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
         return await cur.fetchone() is not None
+
+
+async def _unlock(conn: psycopg.AsyncConnection[object]) -> None:
+    """The migration lock given back; on a connection the server closed (a FATAL error in a
+    migration) it is gone with the session, and the migration's own error is the one to see."""
+    if conn.closed or conn.broken:
+        log.warning("migration lock not released: the connection is gone (the lock went with it)")
+        return
+    try:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    except psycopg.Error as exc:
+        log.warning("migration lock not released", error=str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -23,3 +24,10 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Async
         yield pool
     finally:
         await pool.close()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` (a `postgresql://` URL) naming the database `name` instead: its host, port, user
+    and query (`?host=/socket/dir`) kept."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))

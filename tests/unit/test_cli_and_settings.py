@@ -7,6 +7,7 @@ import sys
 import pytest
 import structlog
 
+from fleet_server.db.pool import with_database
 from haodian.cli import build_parser, main
 from haodian.settings import Settings
 
@@ -150,3 +151,19 @@ def test_agent_side_imports_nothing_server_side():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/postgres", "postgresql://postgres@127.0.0.1:5432/t1"),
+        (
+            "postgresql://u:p%40ss@db.example:6543/admin?sslmode=require",
+            "postgresql://u:p%40ss@db.example:6543/t1?sslmode=require",
+        ),
+        ("postgresql://postgres@/postgres?host=/tmp/pg", "postgresql://postgres@/t1?host=/tmp/pg"),
+        ("postgresql://postgres@localhost", "postgresql://postgres@localhost/t1"),
+    ],
+)
+def test_a_database_url_names_another_database_keeping_the_server(url, expected):
+    assert with_database(url, "t1") == expected

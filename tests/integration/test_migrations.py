@@ -1,5 +1,6 @@
-"""The rollup migrations applied to a database already in service: what they add is built from
-what the database holds, and counted from then on."""
+"""Migrations: a failing one reports its own error, whatever it did to the connection; and the
+rollup migrations applied to a database already in service build what they add from what the
+database holds."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fleet_server.db import migrate as migrate_module
 from fleet_server.db.migrate import migrate, migrations
 from fleet_server.db.pool import open_pool
 from fleet_server.devices.delivery_rollups import DELIVERY_LOCK
+from fleet_server.errors import DatabaseError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -93,3 +96,26 @@ def test_the_backfill_waits_for_the_bridges_writes():
     """The backfill holds the delivery rollup lock exclusive (the triggers take it shared)."""
     [text] = [text for version, _, text in migrations() if version == 17]
     assert f"SELECT pg_advisory_xact_lock({DELIVERY_LOCK});" in text
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        # A FATAL error closes the connection (as "extension must be preloaded" does): the
+        # lock's release on the dead connection must not replace it.
+        ("SELECT pg_terminate_backend(pg_backend_pid())", "terminating connection"),
+        ("SELECT 1/0", "division by zero"),
+    ],
+)
+async def test_a_failing_migration_reports_its_own_error(machine_database, monkeypatch, sql, said):
+    shipped = migrations()
+    monkeypatch.setattr(migrate_module, "migrations", lambda: [*shipped, (9999, "breaks", sql)])
+    async with open_pool(machine_database, max_size=1) as pool:
+        with pytest.raises(DatabaseError, match=f"migration 9999_breaks failed: .*{said}"):
+            await migrate(pool)
+        # Nothing of it stayed, the lock is free, and the next start fails the same way.
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
+            assert (await cur.fetchone())[0] == shipped[-1][0]
+        with pytest.raises(DatabaseError, match=said):
+            await migrate(pool)
