@@ -28,7 +28,7 @@ from firmware_protocols.signing import Signer, decode_public_key, key_id_of
 from fleet_server.auth.store import AuthStore
 from fleet_server.contacts.cipher import FieldCipher
 from fleet_server.contacts.contacts import Contacts
-from fleet_server.db.migrate import migrate, timescaledb_available
+from fleet_server.db.migrate import migrate, timescale_decision
 from fleet_server.db.pool import open_pool
 from fleet_server.devices.registry import DeviceRegistry
 from fleet_server.figures.figures import FleetFigures
@@ -144,7 +144,7 @@ class ServerStack(Component):
         log.info(
             "database ready",
             migrations_applied=applied,
-            timescaledb_available=await timescaledb_available(pool),
+            timescaledb=(await timescale_decision(pool)).reason,
             telemetry_storage=mode.value,
         )
         self.pool = pool

@@ -11,6 +11,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from fleet_server.db import timescale
 from fleet_server.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,8 @@ async def migrate(pool: AsyncConnectionPool) -> list[int]:
     """Bring the schema up to date; return the versions applied now."""
     applied_now: list[int] = []
     async with pool.connection() as conn:
+        # What a migration says (RAISE NOTICE: a fallback and its reason) reaches the log.
+        conn.add_notice_handler(_log_notice)
         await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             await conn.execute(
@@ -43,6 +46,11 @@ async def migrate(pool: AsyncConnectionPool) -> list[int]:
             )
             cur = await conn.execute("SELECT version FROM schema_migrations")
             done = {row[0] for row in await cur.fetchall()}
+            # Migration 0002 creates the extension only where it can be loaded (`timescale.decide`).
+            decision = timescale.decide(await timescale.probe(conn))
+            await conn.execute(
+                "SELECT set_config(%s, %s, false)", (timescale.SETTING, "on" if decision.timescale else "off")
+            )
             for version, name, sql in migrations():
                 if version in done:
                     continue
@@ -59,15 +67,15 @@ async def migrate(pool: AsyncConnectionPool) -> list[int]:
         except psycopg.Error as exc:
             raise DatabaseError(f"migration failed: {exc}") from exc
         finally:
+            conn.remove_notice_handler(_log_notice)
             await _unlock(conn)
     return applied_now
 
 
-async def timescaledb_available(pool: AsyncConnectionPool) -> bool:
-    """Whether the server could load the timescaledb extension (reported at start)."""
+async def timescale_decision(pool: AsyncConnectionPool) -> timescale.Decision:
+    """Whether the telemetry is in TimescaleDB here, and why (reported at start)."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        return await cur.fetchone() is not None
+        return timescale.decide(await timescale.probe(conn))
 
 
 async def _unlock(conn: psycopg.AsyncConnection[object]) -> None:
@@ -80,3 +88,7 @@ async def _unlock(conn: psycopg.AsyncConnection[object]) -> None:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     except psycopg.Error as exc:
         log.warning("migration lock not released", error=str(exc))
+
+
+def _log_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+    log.info("database notice during migration", severity=diagnostic.severity, message=diagnostic.message_primary)

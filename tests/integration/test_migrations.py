@@ -4,11 +4,15 @@ database holds."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from fleet_server.db import migrate as migrate_module
+from fleet_server.db import timescale
 from fleet_server.db.migrate import migrate, migrations
 from fleet_server.db.pool import open_pool
 from fleet_server.devices.delivery_rollups import DELIVERY_LOCK
@@ -119,3 +123,35 @@ async def test_a_failing_migration_reports_its_own_error(machine_database, monke
             assert (await cur.fetchone())[0] == shipped[-1][0]
         with pytest.raises(DatabaseError, match=said):
             await migrate(pool)
+
+
+async def test_the_migrations_are_told_whether_timescaledb_can_be_loaded(machine_database):
+    """The probe's answers on this server, for the superuser and for a user who may not create
+    extensions; the migrations run with the decision set (migration 0002 reads it)."""
+    role = f"haodian_plain_{uuid.uuid4().hex[:8]}"
+    async with open_pool(machine_database, max_size=1) as pool:
+        async with pool.connection() as conn:
+            facts = await timescale.probe(conn)
+            available = await (
+                await conn.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+            ).fetchone()
+            await conn.execute(f"CREATE ROLE {role} LOGIN")
+        try:
+            assert facts.superuser
+            assert facts.installed is bool(available[0])
+            decision = timescale.decide(facts)
+            assert await migrate_module.timescale_decision(pool) == decision
+            await migrate(pool)
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT current_setting(%s)", (timescale.SETTING,))
+                assert (await cur.fetchone())[0] == ("on" if decision.timescale else "off")
+            async with await psycopg.AsyncConnection.connect(with_database_user(machine_database, role)) as plain:
+                assert not (await timescale.probe(plain)).superuser
+        finally:
+            async with pool.connection() as conn:
+                await conn.execute(f"DROP ROLE {role}")
+
+
+def with_database_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc.split('@', 1)[-1]}"))

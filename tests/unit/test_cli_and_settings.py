@@ -8,6 +8,7 @@ import pytest
 import structlog
 
 from fleet_server.db.pool import with_database
+from fleet_server.db.timescale import Facts, decide
 from haodian.cli import build_parser, main
 from haodian.settings import Settings
 
@@ -167,3 +168,21 @@ def test_agent_side_imports_nothing_server_side():
 )
 def test_a_database_url_names_another_database_keeping_the_server(url, expected):
     assert with_database(url, "t1") == expected
+
+
+@pytest.mark.parametrize(
+    ("facts", "timescale_mode", "why"),
+    [
+        (Facts(created=True, installed=True, preloaded=True, superuser=False), True, "loaded in this database"),
+        (Facts(created=False, installed=False, preloaded=False, superuser=True), False, "not installed"),
+        (Facts(created=False, installed=True, preloaded=False, superuser=True), False, "not in shared_preload"),
+        (Facts(created=False, installed=True, preloaded=True, superuser=False), False, "may not create"),
+        (Facts(created=False, installed=True, preloaded=False, superuser=False), False, "may not create"),
+        (Facts(created=False, installed=True, preloaded=True, superuser=True), True, "preloaded: created"),
+    ],
+)
+def test_the_telemetry_storage_is_chosen_from_what_the_server_says(facts, timescale_mode, why):
+    decision = decide(facts)
+    assert decision.timescale is timescale_mode
+    assert why in decision.reason
+    assert decision.timescale or decision.reason.endswith("native partitions")

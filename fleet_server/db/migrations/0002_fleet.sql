@@ -169,7 +169,10 @@ DO $$
 DECLARE
     timescale boolean := false;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    -- 'off' when the migrator found the extension cannot be loaded (fleet_server.db.timescale):
+    -- trying would end the session when it is not preloaded.
+    IF COALESCE(NULLIF(current_setting('haodian.timescaledb', true), ''), 'on') <> 'off'
+       AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
         BEGIN
             CREATE EXTENSION IF NOT EXISTS timescaledb;
             timescale := true;
