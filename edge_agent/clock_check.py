@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from edge_agent.check import Check
-from edge_agent.time_sources import TIME_FLOOR_MS
 from firmware_protocols.credentials import DEFAULT_MAX_SKEW_S
+from firmware_protocols.fields import TIME_FLOOR_MS
 
 # A clock before this is a board that lost its time: every announce would look expired.
 CLOCK_FLOOR_MS = TIME_FLOOR_MS

@@ -29,14 +29,12 @@ import httpx
 from edge_agent.clock import Clock
 from edge_agent.errors import AgentError
 from firmware_protocols.errors import MessageError, SignatureError
+from firmware_protocols.fields import TIME_FLOOR_MS
 from firmware_protocols.messages import TimeReference, parse_payload
 from firmware_protocols.serial.at import NetworkTime
 from firmware_protocols.signing import Verifier
 from mqtt_link.link import NO_CHECK_TIME
 
-# A time before this is a board or module that lost its time (2023-01-01, before any of our
-# firmware was built): never a sample.
-TIME_FLOOR_MS = 1_672_531_200_000
 NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
 
 

@@ -12,6 +12,9 @@ from firmware_protocols.topics import DEVICE_ID_PATTERN
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN.pattern)]
 PaymentId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 EpochMs = Annotated[int, Field(ge=0, lt=10**14)]
+# A device time before this is a board or module that lost its time (2023-01-01, before any of
+# our firmware was built; a modem's power-on default is 1980 or 2000): never a real time.
+TIME_FLOOR_MS = 1_672_531_200_000
 ShortText = Annotated[str, StringConstraints(max_length=128)]
 # Printable ASCII ids chosen by a server (commands, campaigns): safe in topics, logs and URLs.
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]

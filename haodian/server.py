@@ -42,6 +42,7 @@ from fleet_server.identity.reports import ReportAuthority
 from fleet_server.identity.store import BrokerAuthority, DeviceCredentials
 from fleet_server.ingest.batch import IngestPolicy
 from fleet_server.ingest.consumer import Ingest
+from fleet_server.ingest.storage import Storage
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection.inspector import Inspector
 from fleet_server.ota.conductor import OtaConductor
@@ -138,15 +139,15 @@ class ServerStack(Component):
         prefix = self.settings.mqtt_client_prefix
         pool = await stack.enter_async_context(open_pool(self.database_url))
         applied = await migrate(pool)
-        telemetry = TelemetryStore(pool, retention_days=self.settings.telemetry_retention_days)
-        # Partitions are made by the fleet part's inspector, whose first round runs at once.
-        mode = await telemetry.detect()
-        log.info(
-            "database ready",
-            migrations_applied=applied,
-            timescaledb=(await timescale_decision(pool)).reason,
-            telemetry_storage=mode.value,
+        telemetry = TelemetryStore(
+            pool,
+            retention_days=self.settings.telemetry_retention_days,
+            compress_after_days=self.settings.telemetry_compress_after_days,
         )
+        # Partitions and policies are kept by the fleet part's inspector, whose first round runs at once.
+        await telemetry.detect()
+        decision = await timescale_decision(pool)
+        log.info("database ready", migrations_applied=applied, timescaledb=decision.reason, **telemetry.describe())
         self.pool = pool
         self.auth = AuthStore(pool, session_ttl=timedelta(hours=self.settings.session_hours))
         self.services.add(self.auth)
@@ -191,6 +192,7 @@ class ServerStack(Component):
                 self.inspector.tasks,
                 self.ota_store,
                 ReleaseKeys({key_id_of(k): k for k in release_keys}),
+                Storage(pool, telemetry, decision),
             ):
                 self.services.add(service)
             self.remote = await stack.enter_async_context(

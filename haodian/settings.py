@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     cell_learning_days: Annotated[float, Field(gt=0, le=365)] = 3.0
     # Raw telemetry kept this long (native partitions are dropped past it; Timescale's policy).
     telemetry_retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    # Timescale's chunks of raw telemetry are compressed once this old (native partitions have
+    # no compression: the setting has nothing to do there, and the start log says so).
+    telemetry_compress_after_days: Annotated[int, Field(ge=1, le=3650)] = 3
     # The pages' session cookie is sent only over HTTPS when true: set it behind TLS (a load
     # balancer terminating HTTPS included). Off in development, where the demo serves plain HTTP.
     cookie_secure: bool = False

@@ -95,6 +95,8 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "GET /api/v1/quarantine": (YES, NO, NO, NO, NO),
     "GET /api/v1/quarantine/{held_id}": (YES, NO, NO, NO, NO),
     "DELETE /api/v1/quarantine": (YES, NO, NO, NO, NO),
+    # the telemetry storage and its jobs
+    "GET /api/v1/storage": (YES, YES, NO, NO, NO),
     # the payment bridge
     "POST /api/v1/notifications/backend": (PUBLIC,) * 5,
     "POST /api/v1/notifications/alipay": (PUBLIC,) * 5,

@@ -162,7 +162,7 @@ class FleetOverview:
         lines += ["# HELP haodian_open_tasks Field-agent tasks not yet closed.", "# TYPE haodian_open_tasks gauge"]
         lines += [f'haodian_open_tasks{{kind="{kind}"}} {n}' for kind, n in sorted(by_kind.items())]
         if ingest is not None:
-            for name in ("received", "rejected", "written", "write_failures"):
+            for name in ("received", "rejected", "written", "write_failures", "clock_refused"):
                 lines += [
                     f"# TYPE haodian_ingest_{name}_total counter",
                     f"haodian_ingest_{name}_total {getattr(ingest, name)}",

@@ -19,6 +19,7 @@ from fleet_server.http.params import End, Start, window
 from fleet_server.http.services import provide, provide_optional
 from fleet_server.identity.reports import ReportStats
 from fleet_server.ingest.consumer import IngestStats
+from fleet_server.ingest.storage import Storage, storage_metrics
 from fleet_server.quarantine.store import HeldCount, Quarantine
 
 FiguresDep = Annotated[FleetFigures, Depends(provide(FleetFigures))]
@@ -26,6 +27,7 @@ OverviewDep = Annotated[FleetOverview, Depends(provide(FleetOverview))]
 IngestStatsDep = Annotated[IngestStats | None, Depends(provide_optional(IngestStats))]
 QuarantineOptional = Annotated[Quarantine | None, Depends(provide_optional(Quarantine))]
 ReportStatsDep = Annotated[ReportStats | None, Depends(provide_optional(ReportStats))]
+StorageOptional = Annotated[Storage | None, Depends(provide_optional(Storage))]
 
 router = APIRouter(prefix="/api/v1", tags=["devices"], responses=AUTH_ERRORS)
 metrics_router = APIRouter(tags=["ops"], responses=AUTH_ERRORS)
@@ -122,8 +124,12 @@ async def metrics(
     ingest: IngestStatsDep,
     quarantine: QuarantineOptional,
     reports: ReportStatsDep,
+    storage: StorageOptional,
 ) -> PlainTextResponse:
-    text = await overview.metrics(datetime.now(tz=UTC), ingest)
+    now = datetime.now(tz=UTC)
+    text = await overview.metrics(now, ingest)
+    if storage is not None:
+        text += storage_metrics(await storage.status(now))
     if quarantine is not None:
         text += quarantine_metrics(await quarantine.counts())
     if reports is not None:

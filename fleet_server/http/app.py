@@ -19,6 +19,7 @@ from fleet_server.figures import routes as figures_routes
 from fleet_server.http import device_time, web
 from fleet_server.http.errors import install_error_handlers
 from fleet_server.identity import routes as identity_routes
+from fleet_server.ingest import routes as ingest_routes
 from fleet_server.inspection import routes as inspection_routes
 from fleet_server.ota import routes as ota_routes
 from fleet_server.quarantine import routes as quarantine_routes
@@ -39,6 +40,7 @@ FLEET_ROUTERS: tuple[APIRouter, ...] = (
     identity_routes.router,
     contacts_routes.router,
     quarantine_routes.router,
+    ingest_routes.router,
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from firmware_protocols.fields import TIME_FLOOR_MS
 from firmware_protocols.messages import Event, Health, Hello, Message, Presence
 from fleet_server.db.batch import columns, copy_rows
 from fleet_server.devices import rollups, tracker
@@ -21,6 +22,19 @@ from fleet_server.devices.states import DEPLOYED_STATES, Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest import queries
 from mqtt_link.link import Delivery
+
+# A device time more than this ahead of the server's is a wrong clock, not a time to file a row
+# under (the protocol allows up to year 5138: a chunk or partition no retention would ever reach).
+FUTURE_ALLOWANCE_MS = 86_400_000
+
+
+def implausible_time(ts_ms: int, received_at: datetime) -> str | None:
+    """Why a device's time cannot be the time its telemetry row is filed under, or None."""
+    if ts_ms < TIME_FLOOR_MS:
+        return "clock_unset"  # before 2023-01-01: a board or modem that lost its time
+    if ts_ms > received_at.timestamp() * 1000 + FUTURE_ALLOWANCE_MS:
+        return "clock_ahead"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +45,17 @@ class Received:
     # once the batch holding it commits, or quarantined as it came if it can never be stored.
     delivery: Delivery | None = None
 
+    @property
+    def time_refused(self) -> str | None:
+        """Why the device's time is not this message's row time (it is filed at receipt), or None."""
+        return implausible_time(self.message.ts, self.received_at)
 
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    @property
+    def filed_at(self) -> datetime:
+        """The time the message's telemetry row is filed under: the device's, when plausible."""
+        if self.time_refused is not None:
+            return self.received_at
+        return datetime.fromtimestamp(self.message.ts / 1000, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,15 +183,17 @@ class _Rows:
         elif isinstance(msg, Presence):
             self.presences[msg.device_id] = (msg.online, msg.reason, at, msg.session, msg.device_id)
         elif isinstance(msg, Event):
-            self.events.append((msg.device_id, _at(msg.ts), at, msg.kind, json.dumps(msg.detail)))
+            # Filed at receipt when the device's time is implausible; the device's own is kept.
+            detail = msg.detail if item.time_refused is None else {**msg.detail, "device_ts": msg.ts}
+            self.events.append((msg.device_id, item.filed_at, at, msg.kind, json.dumps(detail)))
         elif isinstance(msg, Health):
-            self._add_health(msg, at)
+            self._add_health(msg, at, item.filed_at)
 
-    def _add_health(self, msg: Health, at: datetime) -> None:
+    def _add_health(self, msg: Health, at: datetime, filed_at: datetime) -> None:
         self.health.append(
             (
                 msg.device_id,
-                _at(msg.ts),
+                filed_at,  # the report itself (payload) keeps the device's time
                 at,
                 msg.uptime_s,
                 msg.rssi_dbm,

@@ -41,7 +41,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from firmware_protocols import topics
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.messages import UP_MODELS, Presence, Report
+from firmware_protocols.messages import UP_MODELS, Event, Health, Presence, Report
 from fleet_server.db import failures
 from fleet_server.db.fetch import fetch_rows
 from fleet_server.identity.reports import ReportAuthority
@@ -55,6 +55,9 @@ from mqtt_link.tasks import Component, spawn
 
 log = structlog.get_logger(__name__)
 
+# Devices whose implausible clock is logged once each, up to this many before the set starts over.
+_CLOCK_LOG_DEVICES = 10_000
+
 INGESTED_KINDS = (topics.Up.HELLO, topics.Up.HEALTH, topics.Up.EVENT, topics.Up.PRESENCE)
 
 
@@ -66,6 +69,9 @@ class IngestStats:
     write_failures: int = 0  # a batch kept for retry: the database was away
     poisoned: int = 0  # refused by the database for the data's sake: quarantined
     stale_presences: int = 0  # an offline presence of a connection other than the current one
+    # Health and events whose device time was implausible (unset, or more than a day ahead):
+    # filed at their time of receipt instead (`batch.implausible_time`).
+    clock_refused: int = 0
     # Stored, but the connection that brought them had gone before the acknowledgement: the
     # broker sends them again and they are stored twice.
     acks_void: int = 0
@@ -99,6 +105,7 @@ class Ingest(Component):
         self._pool = pool
         self.quarantine = quarantine or Quarantine(pool)
         self._sessions: dict[str, str | None] = {}
+        self._clock_logged: set[str] = set()  # devices whose implausible time was logged (once each)
         self.ack_after_commit = ack_after_commit
         self._policy = policy or IngestPolicy()
         self._batch_size = batch_size
@@ -138,8 +145,27 @@ class Ingest(Component):
         await self._link.wait_connected(timeout_s)
 
     async def _take(self, inbound: Inbound[Report]) -> None:
+        received = Received(datetime.now(tz=UTC), inbound.message, inbound.delivery)
+        if isinstance(received.message, Health | Event) and (why := received.time_refused) is not None:
+            self._count_clock_refused(received, why)
         # Blocks when the queue is full: back-pressure onto the broker, never a drop.
-        await self._queue.put(Received(datetime.now(tz=UTC), inbound.message, inbound.delivery))
+        await self._queue.put(received)
+
+    def _count_clock_refused(self, received: Received, why: str) -> None:
+        self.stats.clock_refused += 1
+        device = received.message.device_id
+        if device in self._clock_logged:
+            return
+        if len(self._clock_logged) >= _CLOCK_LOG_DEVICES:  # a fleet with unset clocks: log again later
+            self._clock_logged.clear()
+        self._clock_logged.add(device)
+        log.warning(
+            "device time not used as the telemetry time; filed at receipt",
+            device_id=device,
+            device_ts=received.message.ts,
+            received_at=received.received_at.isoformat(),
+            reason=why,
+        )
 
     async def _stale_presences(self, batch: list[Received]) -> list[Received]:
         """The offline presences of `batch` that name another session than the one their device

@@ -393,6 +393,7 @@ CASES: dict[str, Case] = {
     "POST /api/v1/ota/campaigns/{campaign_id}/{action}": Case(200, _campaign_action),
     "GET /ota/artifacts/{sha256}": Case(200, _artifact),
     "GET /api/v1/quarantine/summary": Case(200, call("GET", "/api/v1/quarantine/summary")),
+    "GET /api/v1/storage": Case(200, call("GET", "/api/v1/storage")),
     "GET /api/v1/quarantine": Case(200, call("GET", "/api/v1/quarantine")),
     "GET /api/v1/quarantine/{held_id}": Case(404, call("GET", "/api/v1/quarantine/999999"), code="NOT_FOUND"),
     "DELETE /api/v1/quarantine": Case(200, call("DELETE", "/api/v1/quarantine", params={"device_id": "NOPE"})),

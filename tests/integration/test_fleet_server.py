@@ -380,7 +380,8 @@ async def test_presence_offline_and_online_move_the_state(pool):
 
 async def test_native_partitions_are_made_ahead_stray_rows_moved_and_old_days_dropped(pool, machine_database):
     store = TelemetryStore(pool, retention_days=30)
-    assert await store.detect() is StorageMode.NATIVE
+    if await store.detect() is not StorageMode.NATIVE:
+        pytest.skip("native partitions only: this database has TimescaleDB hypertables")
     now = datetime(2026, 11, 20, 12, tzinfo=UTC)
     # A row far in the past lands in the default partition first.
     await write_batch(

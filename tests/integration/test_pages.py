@@ -255,6 +255,11 @@ async def test_ops_admin_walks_the_dashboard(world):
     # The poison message, held: its device and reason on the quarantine card.
     await page.wait_for_selector(f"#quarantine tr[data-device='{world['ours']}'] >> text=格式无效")
     assert "1" in await page.text_content("#quarantine-total")
+    # The storage card: the mode in use, and TimescaleDB's jobs (on a server that has it) or none.
+    mode = (await world["http"].get("/api/v1/storage")).json()["mode"]
+    await page.wait_for_selector(f"#storage-facts >> text={mode}")
+    jobs = "#storage-jobs tr[data-job]" if mode == "timescaledb" else "#storage-jobs >> text=原生分区：没有后台任务"
+    await page.wait_for_selector(jobs)
     await page.click("#periods button[data-period='7d']")
     await s.shot("ops-dashboard")
     await page.click("#lang")

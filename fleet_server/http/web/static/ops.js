@@ -138,12 +138,36 @@
     fill(document.getElementById("quarantine"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
   }
 
+  async function storage() {
+    // The telemetry storage in use and why; with TimescaleDB its background jobs (compression,
+    // retention), the failing ones first, with the server's error.
+    const s = await api("/api/v1/storage");
+    const failing = s.jobs.filter((j) => j.last_run_status === "Failed");
+    const state = document.getElementById("storage-state");
+    state.textContent = s.jobs.length ? (failing.length ? `${failing.length} ${t("storage_jobs_failing")}` : t("storage_jobs_ok")) : "";
+    state.className = failing.length ? "badge red" : "muted";
+    fill(document.getElementById("storage-facts"),
+      el("span", { class: "badge" }, `${t("storage_mode")}: ${s.mode}`), el("span", {}, s.reason),
+      el("span", { class: "badge" }, `${t("storage_retention")}: ${s.retention_days}`),
+      s.compress_after_days === null ? null : el("span", { class: "badge" }, `${t("storage_compress")}: ${s.compress_after_days}`));
+    const lastError = (job) => s.errors.find((e) => e.job_id === job.job_id);
+    const head = el("tr", {}, [t("col_job"), t("col_state"), t("col_runs"), t("col_last"), t("col_error")].map((h) => el("th", {}, h)));
+    const jobs = [...failing, ...s.jobs.filter((j) => j.last_run_status !== "Failed")];
+    const rows = jobs.map((j) => el("tr", { "data-job": String(j.job_id) },
+      el("td", {}, `${j.proc} ${j.hypertable}`, el("div", { class: "muted" }, `#${j.job_id}`)),
+      el("td", {}, el("span", { class: `badge ${j.last_run_status === "Failed" ? "red" : ""}` }, j.last_run_status)),
+      el("td", {}, `${j.total_runs} / ${j.total_failures}`), el("td", {}, j.last_run_started_at ? time(j.last_run_started_at) : "-"),
+      el("td", {}, lastError(j) ? `${lastError(j).sqlerrcode} ${lastError(j).message}` : "")));
+    const empty = el("tr", {}, el("td", { class: "muted" }, t("storage_no_jobs")));
+    fill(document.getElementById("storage-jobs"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : empty));
+  }
+
   async function act(id, action) {
     await show(async () => { await api(`/api/v1/ota/campaigns/${encodeURIComponent(id)}/${action}`, { method: "POST" }); await campaigns(); });
   }
 
   async function refresh() {
-    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine)]);
+    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine), show(storage)]);
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
