@@ -41,6 +41,7 @@ import psycopg
 from psycopg import sql
 
 from bench.stats import percentiles
+from fleet_server.db import timescale
 from fleet_server.db.pool import with_database
 from haodian.embedded import EmbeddedDatabase
 from simulators.mosquitto import MosquittoError, PrivateMosquitto
@@ -193,15 +194,13 @@ async def database(kind: DatabaseKind) -> AsyncIterator[Database]:
 
 
 async def _describe(url: str, where: str) -> str:
+    """Which server, its version, and the telemetry storage the migrations will choose there, why."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         server = f"{conn.info.host}:{conn.info.port}"
-        cur = await conn.execute(
-            "SELECT current_setting('server_version'),"
-            " EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
-        )
-        version, timescale = (await cur.fetchone()) or ("?", False)
-    storage = "TimescaleDB available" if timescale else "no TimescaleDB (native partitions and rollup tables)"
-    return f"{where.format(server=server)}, PostgreSQL {version}, {storage}"
+        cur = await conn.execute("SELECT current_setting('server_version')")
+        version = ((await cur.fetchone()) or ("?",))[0]
+        decision = timescale.decide(await timescale.probe(conn))
+    return f"{where.format(server=server)}, PostgreSQL {version}, {decision.reason} (rollups: our tables)"
 
 
 @contextlib.asynccontextmanager
