@@ -100,6 +100,7 @@ class HealthReporter(Component):
             firmware=config.firmware,
             slot=config.slot,
             settings_version=settings.version or None,
+            interval_s=config.health_interval_s,
             errors=self.errors(),
             **self._clock_fields(),
         )

@@ -211,6 +211,9 @@ class Health(Report):
     network: Literal["2g", "3g", "4g", "5g", "wifi", "ethernet"] | None = None
     audio_selftest: Literal["pass", "fail"] | None = None
     settings_version: EpochMs | None = None
+    # The device's health interval now (s): the fleet expects its next report within 1.5 x this
+    # (absent from older agents: the fleet's default interval is expected of them).
+    interval_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
     errors: dict[ShortText, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
     # The board's clock as the device corrects it: trusted time = board clock + offset (ms; a
     # board 5 min fast reports -300000), the source of the correction and its possible error.

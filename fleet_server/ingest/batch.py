@@ -169,6 +169,8 @@ class _Rows:
     days: dict[tuple[str, date], _Day] = field(default_factory=lambda: defaultdict(_Day))
     cells: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     positions: dict[str, tuple[str | None, float | None, float | None]] = field(default_factory=dict)
+    # The health interval each device last said it keeps (arrival order).
+    intervals: dict[str, float] = field(default_factory=dict)
     clocks: dict[str, tuple[object, ...]] = field(default_factory=dict)
     observations: list[Observation] = field(default_factory=list)
 
@@ -205,6 +207,8 @@ class _Rows:
             )
         )
         self._add_clock(msg, at)
+        if msg.interval_s is not None:
+            self.intervals[msg.device_id] = msg.interval_s
         keys = cell_of(msg)
         if keys is not None:
             entry = self.cells.setdefault((msg.device_id, keys[0]), [keys[1], at, at, 0])
@@ -247,9 +251,10 @@ async def write_batch(
         await rollups.lock_shared(cur)
         no_position = (None, None, None)
         devices = (
-            (d, rows.first[d], last, *rows.positions.get(d, no_position)) for d, last in sorted(rows.seen.items())
+            (d, rows.first[d], last, *rows.positions.get(d, no_position), rows.intervals.get(d))
+            for d, last in sorted(rows.seen.items())
         )
-        await cur.execute(queries.UPSERT_DEVICES, columns(devices, 6))
+        await cur.execute(queries.UPSERT_DEVICES, columns(devices, 7))
         if rows.hellos:
             await cur.execute(queries.HELLOS, columns(rows.hellos.values(), 7))
         if rows.presences:

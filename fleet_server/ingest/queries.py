@@ -8,14 +8,16 @@ from typing import Final
 # through unnest() (upserts) or COPY (append-only tables). Device rows are touched in device id
 # order so that ingest processes sharing the stream lock them in the same order and never deadlock.
 UPSERT_DEVICES: Final = """
-INSERT INTO devices (device_id, first_contact, last_seen, last_cell, last_gps_lat, last_gps_lon)
-SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::float8[], %s::float8[])
+INSERT INTO devices (device_id, first_contact, last_seen, last_cell, last_gps_lat, last_gps_lon, health_interval_s)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::float8[], %s::float8[],
+    %s::float8[])
 ORDER BY 1
 ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
     first_contact = LEAST(devices.first_contact, EXCLUDED.first_contact),
     last_cell = COALESCE(EXCLUDED.last_cell, devices.last_cell),
     last_gps_lat = COALESCE(EXCLUDED.last_gps_lat, devices.last_gps_lat),
-    last_gps_lon = COALESCE(EXCLUDED.last_gps_lon, devices.last_gps_lon)
+    last_gps_lon = COALESCE(EXCLUDED.last_gps_lon, devices.last_gps_lon),
+    health_interval_s = COALESCE(EXCLUDED.health_interval_s, devices.health_interval_s)
 """
 HELLOS: Final = """
 UPDATE devices d SET reported_serial = h.serial, model = h.model, firmware = h.firmware, boot_id = h.boot_id,

@@ -36,9 +36,13 @@ from fleet_server.inspection.placement import distance_m as distance_m  # noqa: 
 from fleet_server.inspection.placement import home_cells as home_cells  # noqa: PLC0414
 from fleet_server.inspection.placement import placement
 
+# A device silent for this many of its health intervals is offline.
+OFFLINE_AFTER_INTERVALS = 1.5
+
 
 class InspectionThresholds(BaseModel):
-    # A device reports health every this many seconds; offline after 1.5 x it without a word.
+    # The health interval expected of a device that has not said its own (each health report
+    # says the device's: `Health.interval_s`); offline after 1.5 x it without a word.
     heartbeat_interval_s: float = Field(default=60.0, gt=0)
     idle_after_days: float = Field(default=7.0, gt=0)
     fault_events: int = Field(default=3, ge=1)  # fault events of failed parts in the last two local days
@@ -57,10 +61,6 @@ class InspectionThresholds(BaseModel):
     clock_skew_s: float = Field(default=60.0, gt=0)
     # How often the inspector runs.
     interval_s: float = Field(default=60.0, gt=0)
-
-    @property
-    def offline_after_s(self) -> float:
-        return 1.5 * self.heartbeat_interval_s
 
 
 class FindingKind(StrEnum):

@@ -27,6 +27,7 @@ from fleet_server.devices.tracker import Observation
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import (
+    OFFLINE_AFTER_INTERVALS,
     CellSeen,
     ClockFacts,
     DeviceFacts,
@@ -142,13 +143,14 @@ class Inspector(Component):
             await self._telemetry.maintain(now)
 
     async def _heartbeats(self, now: datetime) -> int:
-        """Devices in an up state silent for 1.5 x the interval go offline, as of that moment."""
-        silent_for = timedelta(seconds=self.thresholds.offline_after_s)
+        """Devices in an up state silent for 1.5 x their health interval (the one each reported,
+        or the fleet's default) go offline, as of that moment."""
+        factor, default = OFFLINE_AFTER_INTERVALS, self.thresholds.heartbeat_interval_s
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.execute(queries.SILENT, (silent_for, now - silent_for))
+            await cur.execute(queries.SILENT, (factor, default, now))
             observations = [
-                Observation(device, at, Signal.HEARTBEAT_MISSED, "heartbeat_missed", {"silent_s": silent_for.seconds})
-                for device, at in await cur.fetchall()
+                Observation(device, at, Signal.HEARTBEAT_MISSED, "heartbeat_missed", {"silent_s": round(allowance)})
+                for device, at, allowance in await cur.fetchall()
             ]
             made = await tracker.apply(cur, observations)
         return len(made)

@@ -91,11 +91,15 @@ CELLS: Final = (
     "SELECT device_id, cell, area, learned, first_seen, last_seen, reports FROM device_cells WHERE device_id = ANY(%s)"
 )
 
-# Devices in an up state silent since before a moment, with the time they went silent (their last
-# word plus the allowance, but not before their state began): (device_id, at). Parameters: the
-# allowance (an interval), the moment.
+# Devices in an up state silent for longer than their allowance (a factor of the health interval
+# each reported, or of the fleet's default for those that never said), with the time they went
+# silent (their last word plus the allowance, but not before their state began): (device_id, at,
+# allowance in s). Parameters: factor, default interval (s), now.
 SILENT: Final = statement(
-    "SELECT device_id, GREATEST(last_seen + %s, state_since) FROM devices WHERE state = ANY({up}) AND last_seen < %s",
+    "SELECT device_id, GREATEST(last_seen + make_interval(secs => allowance), state_since), allowance"
+    " FROM (SELECT device_id, last_seen, state_since, %s * COALESCE(health_interval_s, %s) AS allowance"
+    "  FROM devices WHERE state = ANY({up})) d"
+    " WHERE last_seen < %s - make_interval(secs => allowance)",
     up=UP_STATES,
 )
 

@@ -181,6 +181,40 @@ async def test_silent_device_goes_offline_then_suspected_lost_with_a_task(pool):
     assert closed.closed_tasks == [task.task_id]
 
 
+async def test_a_device_reporting_every_300_s_is_expected_at_its_own_interval(pool):
+    await import_registry(pool, HEADER + row("D1", "SN1") + row("D2", "SN2"), dry_run=False)
+    slow = Health(
+        device_id="D1",
+        ts=int(T0.timestamp() * 1000),
+        uptime_s=1,
+        volume=5,
+        queue_depth=0,
+        played_total=0,
+        interval_s=300,
+    )
+    await write_batch(pool, [Received(T0, slow), health("D2", T0)])  # D2 says no interval: the default
+    inspector = Inspector(pool, InspectionThresholds(heartbeat_interval_s=60))
+    report = await inspector.run_once(T0 + timedelta(seconds=200))
+    assert (report.went_offline, await state_of(pool, "D1"), await state_of(pool, "D2")) == (1, "in_service", "offline")
+    await inspector.run_once(T0 + timedelta(seconds=440))
+    assert await state_of(pool, "D1") == "in_service"  # 1.5 x 300 s not yet passed
+    await inspector.run_once(T0 + timedelta(seconds=460))
+    assert await state_of(pool, "D1") == "offline"
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT device_id, at, detail->>'silent_s' FROM device_states WHERE state = 'offline' ORDER BY 1"
+        )
+        assert await cur.fetchall() == [
+            ("D1", T0 + timedelta(seconds=450), "450"),
+            ("D2", T0 + timedelta(seconds=90), "90"),
+        ]
+    # Told 60 s again: its next report says so, and 1.5 x 60 s of silence is offline again.
+    fast = slow.model_copy(update={"ts": slow.ts + 500_000, "interval_s": 60})
+    await write_batch(pool, [Received(T0 + timedelta(seconds=500), fast)])
+    await inspector.run_once(T0 + timedelta(seconds=600))
+    assert await state_of(pool, "D1") == "offline"
+
+
 async def test_a_device_lost_for_good_is_retired_its_task_closed_and_out_of_the_figures(pool):
     await import_registry(pool, HEADER + row("D1", "SN1") + row("D2", "SN2"), dry_run=False)
     await write_batch(pool, [health("D1", T0), health("D2", T0)])

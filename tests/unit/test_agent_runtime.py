@@ -219,6 +219,8 @@ async def test_set_config_changes_the_health_interval_and_keeps_it(tmp_path, clo
         ("succeeded", None),
     ]
     assert agent.config.health_interval_s == 15
+    # The next report says the new interval: the fleet expects the device at it from then on.
+    assert (await agent.reporter.health()).interval_s == 15
     assert make_agent(tmp_path, clock, MemorySink()).config.health_interval_s == 15
 
 

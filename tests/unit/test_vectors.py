@@ -21,7 +21,7 @@ from edge_agent.speech import announcement_text
 from firmware_protocols import topics
 from firmware_protocols.credentials import decode_secret
 from firmware_protocols.errors import CodecError, MessageError, SignatureError
-from firmware_protocols.messages import Ack, Announce, CommandResult, Presence, parse_payload
+from firmware_protocols.messages import Ack, Announce, CommandResult, Health, Presence, parse_payload
 from firmware_protocols.reports import report_canonical, report_key, sign_report, verify_report
 from firmware_protocols.serial import at, escpos, tts
 from firmware_protocols.signing import Signer, Verifier, canonical_bytes, decode_public_key, key_id_of
@@ -350,14 +350,14 @@ def test_v1_forged_announces_are_refused(vector: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("vector", V1["messages"], ids=_name)
 def test_v1_messages_parse_and_keep_their_fields(vector: dict[str, Any]) -> None:
-    model = {"presence": Presence, "ack": Ack}[vector["message"]["type"]]
+    model = {"presence": Presence, "ack": Ack, "health": Health}[vector["message"]["type"]]
     parsed = parse_payload(model, _json(vector["message"]), topic=vector["topic"])
     assert parsed.model_dump(mode="json", exclude_none=True) == vector["message"]
 
 
 @pytest.mark.parametrize("vector", V1["invalid_messages"], ids=_name)
 def test_v1_invalid_messages(vector: dict[str, Any]) -> None:
-    model = {"presence": Presence, "ack": Ack, "announce": Announce}[vector["message"]["type"]]
+    model = {"presence": Presence, "ack": Ack, "announce": Announce, "health": Health}[vector["message"]["type"]]
     with pytest.raises(MessageError):
         parse_payload(model, _json(vector["message"]), topic="hd/v1/SPK0001/up/x")
 
