@@ -15,6 +15,7 @@ call their store and let the error travel.
     ├── BindingError           a binding of a device or merchant not in the registry  404 / 422
     ├── IdentityError          a device credential request refused             404 / 409
     ├── OtaError               a release or campaign request refused     404 / 409 / 422
+    ├── NotifyError            a notification channel refused: unknown, or scope or secret wrong  404 / 422
     └── AuthError              an account action refused, a wrong login  401/403/404/409/422
 """
 
@@ -102,6 +103,14 @@ class RemoteError(FleetError):
 
     STATUS_OF: ClassVar[dict[str, int]] = {"DEVICE_NOT_FOUND": 404, "COMMAND_NOT_FOUND": 404}
     DEFAULT_STATUS = 503
+
+
+class NotifyError(FleetError):
+    """A notification channel request refused: an unknown channel, a scope that names no store
+    or field agent (or both), a webhook without a secret."""
+
+    STATUS_OF: ClassVar[dict[str, int]] = {"CHANNEL_NOT_FOUND": 404}
+    DEFAULT_STATUS = 422
 
 
 class IdentityError(FleetError):

@@ -45,6 +45,8 @@ from fleet_server.ingest.consumer import Ingest
 from fleet_server.ingest.storage import Storage
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection.inspector import Inspector
+from fleet_server.notify.channels import Channels
+from fleet_server.notify.sender import Notifier
 from fleet_server.ota.conductor import OtaConductor
 from fleet_server.ota.routes import ReleaseKeys
 from fleet_server.ota.store import OtaStore
@@ -124,6 +126,8 @@ class ServerStack(Component):
         self.bridge: PaymentBridge | None = None
         self.ota: OtaConductor | None = None
         self.remote: DeviceRemote | None = None
+        self.channels: Channels | None = None
+        self.notifier: Notifier | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
@@ -174,7 +178,10 @@ class ServerStack(Component):
             self.services.add(self.ingest.stats)
         if Part.FLEET in self.parts:
             self.credentials = DeviceCredentials(pool, self.keys.device_master_key)
-            self.contacts = Contacts(pool, FieldCipher(self.keys.field_keys))
+            cipher = FieldCipher(self.keys.field_keys)
+            self.contacts = Contacts(pool, cipher)
+            self.channels = Channels(pool, cipher)
+            self.services.add(self.channels)
             await self.contacts.seal_legacy()
             registry = DeviceRegistry(pool)
             figures = FleetFigures(pool, fleet_utc_offset_min=offset)
@@ -218,6 +225,13 @@ class ServerStack(Component):
                 )
         await self._wait_broker()
         await self._start_http(stack)
+        await self._start_after_http(stack)
+        log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
+
+    async def _start_after_http(self, stack: AsyncExitStack) -> None:
+        """What names this server's own address: OTA offers (where to download) and the
+        notifier (links to tasks)."""
+        prefix = self.settings.mqtt_client_prefix
         if self.ota_store is not None:
             # After the HTTP server: offers name it as the place to download artifacts from.
             conductor = await stack.enter_async_context(
@@ -236,7 +250,15 @@ class ServerStack(Component):
             self.ota = conductor
             self.services.add(conductor)
             await conductor.wait_connected(30)
-        log.info("server ready", parts=sorted(self.parts), http=self.base_url, broker=self.endpoint.url())
+        if self.channels is not None:
+            self.notifier = await stack.enter_async_context(
+                Notifier(
+                    self.pool,
+                    self.channels.cipher,
+                    base_url=self.settings.public_base_url or self.base_url,
+                    poll_s=self.settings.notify_poll_s,
+                )
+            )
 
     def _ingest(self, pool: AsyncConnectionPool) -> Ingest:
         return Ingest(

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     ota_artifacts_dir: Path | None = None
     ota_artifact_base_url: Annotated[str | None, Field(pattern=r"^https?://[\x21-\x7e]{1,400}$")] = None
     ota_round_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    # The fleet server's address as people reach it (behind a proxy or load balancer), for the
+    # links in task notifications; default: this server's own address.
+    public_base_url: Annotated[str | None, Field(pattern=r"^https?://[\x21-\x7e]{1,400}$")] = None
+    # How often the notifier looks for task notifications to send (it is also woken at once).
+    notify_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Inspection thresholds, e.g. HAODIAN_INSPECTION__LOST_AFTER_DAYS=3.
     inspection: InspectionThresholds = InspectionThresholds()
     # The fleet's local time for "a day" (power-on rate, daily rollup): China Standard Time.

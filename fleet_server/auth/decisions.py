@@ -95,6 +95,11 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "GET /api/v1/quarantine": (YES, NO, NO, NO, NO),
     "GET /api/v1/quarantine/{held_id}": (YES, NO, NO, NO, NO),
     "DELETE /api/v1/quarantine": (YES, NO, NO, NO, NO),
+    # notification channels
+    "GET /api/v1/notify/channels": (YES, YES, NO, NO, NO),
+    "POST /api/v1/notify/channels": (YES, NO, NO, NO, NO),
+    "DELETE /api/v1/notify/channels/{channel_id}": (YES, NO, NO, NO, NO),
+    "POST /api/v1/notify/channels/{channel_id}/test": (YES, NO, NO, NO, NO),
     # the telemetry storage and its jobs
     "GET /api/v1/storage": (YES, YES, NO, NO, NO),
     # the payment bridge

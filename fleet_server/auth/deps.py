@@ -135,6 +135,7 @@ UsersAdmin = Annotated[Principal, Depends(require(Permission.USERS_ADMIN))]
 AuditReader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
 QuarantineAdmin = Annotated[Principal, Depends(require(Permission.QUARANTINE_ADMIN))]
 FiguresRebuilder = Annotated[Principal, Depends(require(Permission.FIGURES_REBUILD))]
+NotifyAdmin = Annotated[Principal, Depends(require(Permission.NOTIFY_ADMIN))]
 
 
 class Reach:

@@ -44,6 +44,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit.read"
     QUARANTINE_ADMIN = "quarantine.admin"  # read held messages (raw payloads) and purge them
     FIGURES_REBUILD = "figures.rebuild"  # rebuild the figure rollups from raw history
+    NOTIFY_ADMIN = "notify.admin"  # add, remove and test notification channels
 
 
 _READ_ALL: Final = {

@@ -125,7 +125,7 @@ OPEN_OR_MERGE: Final = statement(
     " ON CONFLICT (device_id, kind) WHERE status <> {closed} DO UPDATE SET"
     " occurrences = t.occurrences + 1, evidence = EXCLUDED.evidence,"
     " confidence = EXCLUDED.confidence, updated_at = EXCLUDED.updated_at"
-    " RETURNING (xmax = 0) AS inserted",
+    " RETURNING (xmax = 0) AS inserted, task_id",
     closed=TaskStatus.CLOSED,
 )
 

@@ -28,6 +28,7 @@ from fleet_server.errors import TaskError
 from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import Finding, FindingKind
 from fleet_server.inspection.rules import FIXED_WHEN, REPAIRS, SIGNAL_OF, TaskStatus
+from fleet_server.notify.outbox import queue_task
 
 
 class Task(BaseModel):
@@ -100,6 +101,7 @@ class TaskBook:
                     continue
                 if row[0]:
                     opened += 1
+                    await queue_task(cur, int(row[1]), "task.opened", now)
                     if (signal := SIGNAL_OF.get(f.kind)) is not None:
                         observations.append(Observation(f.device_id, now, signal, f"inspection_{f.kind}"))
                 else:
@@ -147,7 +149,11 @@ class TaskBook:
     async def assign(self, task_id: int, agent_id: str, now: datetime) -> Task:
         if await fetch_row(self._pool, queries.AGENT_KNOWN, (agent_id,)) is None:
             raise TaskError("AGENT_NOT_FOUND", f"field agent {agent_id} not found", f"经纪人 {agent_id} 不存在")
-        await self._move(task_id, {TaskStatus.OPEN, TaskStatus.IN_PROGRESS}, queries.ASSIGN, (agent_id, now, task_id))
+        before = self._allowed(await self.get(task_id), {TaskStatus.OPEN, TaskStatus.IN_PROGRESS})
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(queries.ASSIGN, (agent_id, now, task_id))
+            if before.agent_id != agent_id:  # the new agent is told, in the same transaction
+                await queue_task(cur, task_id, "task.assigned", now, to_agent=agent_id)
         return await self.get(task_id)
 
     async def start(self, task_id: int, now: datetime) -> Task:
@@ -173,15 +179,19 @@ class TaskBook:
         self, task_id: int, allowed: set[TaskStatus], update: LiteralString, params: tuple[object, ...]
     ) -> Task:
         """Run `update` on the task if its status is one of `allowed`; the task as it was."""
-        task = await self.get(task_id)
+        task = self._allowed(await self.get(task_id), allowed)
+        async with self._pool.connection() as conn:
+            await conn.execute(update, params)
+        return task
+
+    @staticmethod
+    def _allowed(task: Task, allowed: set[TaskStatus]) -> Task:
         if task.status not in allowed:
             raise TaskError(
                 "TASK_STATE",
-                f"task {task_id} is {task.status}; this needs one of {', '.join(sorted(allowed))}",
-                f"工单 {task_id} 当前状态为 {task.status}，不能执行此操作",
+                f"task {task.task_id} is {task.status}; this needs one of {', '.join(sorted(allowed))}",
+                f"工单 {task.task_id} 当前状态为 {task.status}，不能执行此操作",
             )
-        async with self._pool.connection() as conn:
-            await conn.execute(update, params)
         return task
 
     async def retire(self, device_id: str, reason: RetireReason, note: str, *, by: str, now: datetime) -> Retired:

@@ -264,6 +264,22 @@ async def _revoke(world: World) -> Call:
     return Call("POST", f"/api/v1/registry/devices/{device}/credentials/revoke")
 
 
+_CHANNEL = {"name": "table", "kind": "wecom", "url": "https://qyapi.example/cgi-bin/webhook/send?key=K"}
+
+
+async def _channel(world: World) -> int:
+    made = await world.ok("POST", "/api/v1/notify/channels", json=_CHANNEL)
+    return int(made["channel_id"])
+
+
+async def _delete_channel(world: World) -> Call:
+    return Call("DELETE", f"/api/v1/notify/channels/{await _channel(world)}")
+
+
+async def _test_channel(world: World) -> Call:
+    return Call("POST", f"/api/v1/notify/channels/{await _channel(world)}/test")
+
+
 async def _retire(world: World) -> Call:
     device = world.fresh("RET")
     await world.sql("INSERT INTO devices (device_id, state) VALUES (%s, 'offline')", (device,))
@@ -394,6 +410,10 @@ CASES: dict[str, Case] = {
     "GET /ota/artifacts/{sha256}": Case(200, _artifact),
     "GET /api/v1/quarantine/summary": Case(200, call("GET", "/api/v1/quarantine/summary")),
     "GET /api/v1/storage": Case(200, call("GET", "/api/v1/storage")),
+    "GET /api/v1/notify/channels": Case(200, call("GET", "/api/v1/notify/channels")),
+    "POST /api/v1/notify/channels": Case(201, call("POST", "/api/v1/notify/channels", json=_CHANNEL)),
+    "DELETE /api/v1/notify/channels/{channel_id}": Case(204, _delete_channel),
+    "POST /api/v1/notify/channels/{channel_id}/test": Case(202, _test_channel),
     "GET /api/v1/quarantine": Case(200, call("GET", "/api/v1/quarantine")),
     "GET /api/v1/quarantine/{held_id}": Case(404, call("GET", "/api/v1/quarantine/999999"), code="NOT_FOUND"),
     "DELETE /api/v1/quarantine": Case(200, call("DELETE", "/api/v1/quarantine", params={"device_id": "NOPE"})),
