@@ -200,6 +200,7 @@ class ServerStack(Component):
                 self.ota_store,
                 ReleaseKeys({key_id_of(k): k for k in release_keys}),
                 Storage(pool, telemetry, decision),
+                self.settings.inspection,
             ):
                 self.services.add(service)
             self.remote = await stack.enter_async_context(

@@ -74,6 +74,7 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "POST /api/v1/tasks/{task_id}/assign": (YES, NO, NO, NO, NO),
     "POST /api/v1/tasks/{task_id}/start": (YES, NO, OWN, NO, NO),
     "POST /api/v1/tasks/{task_id}/close": (YES, NO, OWN, NO, NO),
+    "POST /api/v1/tasks/{task_id}/cancel": (YES, NO, OWN, NO, NO),
     # the registry and device credentials
     "POST /api/v1/registry/import": (YES, NO, NO, NO, NO),
     "GET /api/v1/registry/merchants": (YES, YES, NO, NO, NO),

@@ -61,6 +61,8 @@ class InspectionThresholds(BaseModel):
     clock_skew_s: float = Field(default=60.0, gt=0)
     # How often the inspector runs.
     interval_s: float = Field(default=60.0, gt=0)
+    # A task cancelled as a false alarm holds the same finding of the same device back this long.
+    false_alarm_hold_days: float = Field(default=7.0, gt=0, le=365)
 
 
 class FindingKind(StrEnum):

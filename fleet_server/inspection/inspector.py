@@ -54,6 +54,7 @@ class RoundReport:
     back_in_place: int = 0
     active_again: int = 0
     closed_tasks: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)  # tasks past their due time, escalated now
     resliced: int = 0
     checkpoint: datetime | None = None
     skipped: bool = False
@@ -105,7 +106,7 @@ class Inspector(Component):
             finally:
                 await lock_conn.execute(queries.ROUND_UNLOCK, (_ROUND_LOCK,))
         self.last_round, self.rounds = report, self.rounds + 1
-        if report.went_offline or report.opened or report.closed_tasks or report.back_in_place:
+        if report.went_offline or report.opened or report.closed_tasks or report.back_in_place or report.escalated:
             log.info(
                 "inspection round",
                 went_offline=report.went_offline,
@@ -115,6 +116,7 @@ class Inspector(Component):
                 back_in_place=report.back_in_place,
                 active_again=report.active_again,
                 closed_tasks=report.closed_tasks,
+                escalated=report.escalated,
             )
         return report
 
@@ -135,6 +137,7 @@ class Inspector(Component):
                 await tracker.apply(cur, signals)
         report.opened, report.merged = await self.tasks.record(report.findings, now)
         report.closed_tasks = await self.tasks.verify(now)
+        report.escalated = await self.tasks.escalate(now)
         # The figure rollups: devices moved to their new slice, the hour's checkpoint (the first
         # round builds them; late history rebuilds them).
         report.resliced = await rollups.move_resliced(self._pool, fleet_offset_min=self._offset_min)

@@ -118,9 +118,9 @@ ACTIVE_AGAIN: Final = statement(
 OPEN_OR_MERGE: Final = statement(
     "INSERT INTO tasks AS t"  # noqa: S608 - constant fragments; values are parameters.
     " (device_id, kind, store_id, agent_id, confidence, evidence, action_zh, action_en,"
-    " opened_at, updated_at)"
+    " opened_at, updated_at, due_at)"
     f" SELECT d.device_id, %(kind)s, {STORE_OF_DEVICE}, COALESCE(d.agent_id, st.agent_id),"
-    " %(confidence)s, %(evidence)s, %(zh)s, %(en)s, %(now)s, %(now)s"
+    " %(confidence)s, %(evidence)s, %(zh)s, %(en)s, %(now)s, %(now)s, %(due)s"
     f" FROM {DEVICE_HIERARCHY} WHERE d.device_id = %(device)s"
     " ON CONFLICT (device_id, kind) WHERE status <> {closed} DO UPDATE SET"
     " occurrences = t.occurrences + 1, evidence = EXCLUDED.evidence,"
@@ -146,6 +146,27 @@ FIND_TASKS: Final = statement(
 )
 # One task. Rows: Task.
 TASK: Final = _TASK + " WHERE t.task_id = %s"
+# Findings held back by a false alarm: (device ids, now). Rows: (device_id, kind).
+SUPPRESSED: Final = "SELECT device_id, kind FROM finding_suppressions WHERE device_id = ANY(%s) AND until > %s"
+# Open tasks past their due time, not yet escalated, marked escalated now: (now, now). Rows: (task_id).
+ESCALATE: Final = statement(
+    "UPDATE tasks SET escalated_at = %s WHERE status <> {closed} AND escalated_at IS NULL AND due_at <= %s"
+    " RETURNING task_id",
+    closed=TaskStatus.CLOSED,
+)
+# A task cancelled: (reason, by, note, now, now, task_id).
+CANCEL: Final = statement(
+    "UPDATE tasks SET status = {closed}, cancel_reason = %s, cancelled_by = %s, close_note = %s,"
+    " verification = 'cancelled', closed_at = %s, updated_at = %s WHERE task_id = %s",
+    closed=TaskStatus.CLOSED,
+)
+# A finding held back for a device until a time: (device, kind, until, reason, by, task, now).
+SUPPRESS: Final = (
+    "INSERT INTO finding_suppressions (device_id, kind, until, reason, by_login, task_id, created_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device_id, kind) DO UPDATE SET until = EXCLUDED.until,"
+    " reason = EXCLUDED.reason, by_login = EXCLUDED.by_login, task_id = EXCLUDED.task_id,"
+    " created_at = EXCLUDED.created_at"
+)
 # One task within reach (`reach_params`, TASK_WITHIN_REACH). Rows: Task.
 TASK_WITHIN: Final = _TASK + f" WHERE t.task_id = %(id)s AND {TASK_WITHIN_REACH}"
 # Tasks not yet closed, by kind: (kind, count).

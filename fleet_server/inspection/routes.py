@@ -27,10 +27,12 @@ from fleet_server.http.errors import NOT_FOUND
 from fleet_server.http.params import DeviceIdPath
 from fleet_server.http.services import provide
 from fleet_server.identity.store import DeviceCredentials
-from fleet_server.inspection.rules import TaskStatus
+from fleet_server.inspection.detectors import InspectionThresholds
+from fleet_server.inspection.rules import CancelReason, TaskStatus
 from fleet_server.inspection.tasks import Retired, RetireReason, Task, TaskBook
 
 TasksDep = Annotated[TaskBook, Depends(provide(TaskBook))]
+TaskPolicyDep = Annotated[InspectionThresholds, Depends(provide(InspectionThresholds))]
 CredentialsDep = Annotated[DeviceCredentials, Depends(provide(DeviceCredentials))]
 TaskId = Annotated[int, Path(ge=1)]
 
@@ -43,6 +45,11 @@ class AssignBody(BaseModel):
 
 
 class CloseBody(BaseModel):
+    note: str = Field(default="", max_length=500)
+
+
+class CancelBody(BaseModel):
+    reason: CancelReason
     note: str = Field(default="", max_length=500)
 
 
@@ -112,6 +119,30 @@ async def close_task(
     task = await tasks.request_close(task_id, body.note, datetime.now(tz=UTC))
     detail = {"device_id": task.device_id, "note": body.note, "status": task.status.value}
     await audit(principal, "task.close", str(task_id), detail=detail)
+    return task
+
+
+@router.post(
+    "/{task_id}/cancel",
+    summary="Cancel a task that needs no work, with the reason; a false alarm holds the same finding back a while",
+    responses=NOT_FOUND,
+)
+async def cancel_task(
+    principal: TaskWorker,
+    tasks: TasksDep,
+    reach: ReachDep,
+    audit: AuditDep,
+    policy: TaskPolicyDep,
+    task_id: TaskId,
+    body: CancelBody,
+) -> Task:
+    await _within_reach(tasks, reach, principal, task_id)
+    now = datetime.now(tz=UTC)
+    task = await tasks.cancel(
+        task_id, body.reason, body.note, by=principal.login, now=now, hold_days=policy.false_alarm_hold_days
+    )
+    detail = {"device_id": task.device_id, "kind": task.kind, "reason": body.reason.value, "note": body.note}
+    await audit(principal, "task.cancel", str(task_id), detail=detail)
     return task
 
 

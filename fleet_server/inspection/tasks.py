@@ -12,7 +12,7 @@ statuses and rules are in `rules`, the SQL in `queries`.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, LiteralString
 
@@ -27,7 +27,7 @@ from fleet_server.devices.tracker import Observation
 from fleet_server.errors import TaskError
 from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import Finding, FindingKind
-from fleet_server.inspection.rules import FIXED_WHEN, REPAIRS, SIGNAL_OF, TaskStatus
+from fleet_server.inspection.rules import FIXED_WHEN, REPAIRS, SIGNAL_OF, SLA_H, CancelReason, TaskStatus
 from fleet_server.notify.outbox import queue_task
 
 
@@ -50,6 +50,10 @@ class Task(BaseModel):
     close_note: str | None
     closed_at: datetime | None
     verification: str | None
+    due_at: datetime | None = None
+    escalated_at: datetime | None = None
+    cancel_reason: str | None = None
+    cancelled_by: str | None = None
     device_state: str | None = None
     serial: str | None = None
     install_address: str | None = None
@@ -79,11 +83,16 @@ class TaskBook:
         self._pool = pool
 
     async def record(self, findings: list[Finding], now: datetime) -> tuple[int, int]:
-        """Open a task per finding or merge it into the open one; returns (opened, merged)."""
+        """Open a task per finding or merge it into the open one, except findings a false alarm
+        holds back; returns (opened, merged)."""
         opened = merged = 0
         observations: list[Observation] = []
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(queries.SUPPRESSED, (sorted({f.device_id for f in findings}), now))
+            held = {(device, kind) for device, kind in await cur.fetchall()}
             for f in sorted(findings, key=lambda f: (f.device_id, f.kind)):
+                if (f.device_id, f.kind.value) in held:
+                    continue
                 await cur.execute(
                     queries.OPEN_OR_MERGE,
                     {
@@ -93,6 +102,7 @@ class TaskBook:
                         "zh": f.action_zh,
                         "en": f.action_en,
                         "now": now,
+                        "due": now + timedelta(hours=SLA_H[f.kind]),
                         "device": f.device_id,
                     },
                 )
@@ -154,6 +164,31 @@ class TaskBook:
             await cur.execute(queries.ASSIGN, (agent_id, now, task_id))
             if before.agent_id != agent_id:  # the new agent is told, in the same transaction
                 await queue_task(cur, task_id, "task.assigned", now, to_agent=agent_id)
+        return await self.get(task_id)
+
+    async def escalate(self, now: datetime) -> list[int]:
+        """Mark every open task past its due time escalated, once, and queue the news for its
+        store's channels and ops, in one transaction; returns their ids."""
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(queries.ESCALATE, (now, now))
+            escalated = sorted(int(row[0]) for row in await cur.fetchall())
+            for task_id in escalated:
+                await queue_task(cur, task_id, "task.escalated", now)
+        return escalated
+
+    async def cancel(
+        self, task_id: int, reason: CancelReason, note: str, *, by: str, now: datetime, hold_days: float
+    ) -> Task:
+        """Close a task that needs no work, with the reason; a false alarm also holds the same
+        finding of the same device back for `hold_days`. The device's state is its own: a
+        device a finding made faulty leaves that state when it is verified healthy."""
+        task = self._allowed(await self.get(task_id), {TaskStatus.OPEN, TaskStatus.IN_PROGRESS, TaskStatus.VERIFYING})
+        why = f"cancelled ({reason.value}) by {by}" + (f": {note}" if note else "")
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(queries.CANCEL, (reason.value, by, why, now, now, task_id))
+            if reason is CancelReason.FALSE_ALARM:
+                until = now + timedelta(days=hold_days)
+                await cur.execute(queries.SUPPRESS, (task.device_id, task.kind, until, why, by, task_id, now))
         return await self.get(task_id)
 
     async def start(self, task_id: int, now: datetime) -> Task:

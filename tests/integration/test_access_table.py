@@ -339,6 +339,7 @@ def _moved_device(what: str, hides: Hides) -> Case:
 
 _start, _start_foreign = _task_action("start")
 _close, _close_foreign = _task_action("close", {"note": "换了电源"})
+_cancel, _cancel_foreign = _task_action("cancel", {"reason": "false_alarm", "note": "商户在用"})
 
 CASES: dict[str, Case] = {
     "POST /api/v1/auth/login": Case(200, _login),
@@ -390,6 +391,7 @@ CASES: dict[str, Case] = {
     ),
     "POST /api/v1/tasks/{task_id}/start": Case(200, _start, foreign=_start_foreign),
     "POST /api/v1/tasks/{task_id}/close": Case(200, _close, foreign=_close_foreign),
+    "POST /api/v1/tasks/{task_id}/cancel": Case(200, _cancel, foreign=_cancel_foreign),
     "POST /api/v1/registry/import": Case(200, _import),
     "GET /api/v1/registry/merchants": Case(
         200, call("GET", "/api/v1/registry/merchants", params={"merchant_id": "MA"})

@@ -30,8 +30,9 @@ from fleet_server.contacts.cipher import FieldCipher, FieldKeys
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from fleet_server.devices.importer import import_registry
-from fleet_server.errors import NotifyError
+from fleet_server.errors import NotifyError, TaskError
 from fleet_server.inspection.detectors import Finding, FindingKind
+from fleet_server.inspection.rules import CancelReason
 from fleet_server.inspection.tasks import TaskBook
 from fleet_server.notify.channels import Channels, NewChannel
 from fleet_server.notify.formats import ChannelKind
@@ -332,3 +333,59 @@ async def test_the_running_server_sends_a_channels_test_message(tmp_path, machin
 
         await eventually(told, what="the test message at the webhook, marked sent")
     assert [r.body["event"] for r in receiver.received] == ["test"]
+
+
+async def test_a_task_past_its_due_time_is_escalated_and_notified_once(world):
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    for name, scope in (("ops", {}), ("s1", {"store_id": "S1"})):
+        channel = NewChannel(
+            name=name, kind=ChannelKind.WEBHOOK, url=f"{base}/hooks/{name}", secret=HOOK_SECRET, **scope
+        )
+        await world["channels"].add(channel, by="t")
+    tasks: TaskBook = world["tasks"]
+    await tasks.record([_finding("D1")], T0)
+    [task] = await tasks.find(device_id="D1")
+    assert task.due_at == T0 + timedelta(hours=4)  # a faulty speaker's SLA
+    assert await tasks.escalate(T0 + timedelta(hours=3, minutes=59)) == []
+    assert await tasks.escalate(T0 + timedelta(hours=4)) == [task.task_id]
+    assert await tasks.escalate(T0 + timedelta(hours=5)) == []  # once
+    receiver = Receiver()
+    async with serving(receiver, port), notifier_of(world) as notifier:
+        first = await notifier.run_once(T0 + timedelta(hours=5))
+        again = await notifier.run_once(T0 + timedelta(hours=6))
+    assert (first.sent, again.sent) == (4, 0)
+    events = sorted((r.headers["who"], r.body["event"]) for r in receiver.received)
+    assert events == [
+        ("ops", "task.escalated"),
+        ("ops", "task.opened"),
+        ("s1", "task.escalated"),
+        ("s1", "task.opened"),
+    ]
+    escalated = next(r for r in receiver.received if r.body["event"] == "task.escalated")
+    assert "工单超时升级" in escalated.body["text"]
+    assert (await tasks.get(task.task_id)).escalated_at == T0 + timedelta(hours=4)
+
+
+async def test_a_false_alarm_closes_the_task_and_holds_the_same_finding_back(world):
+    tasks: TaskBook = world["tasks"]
+    await tasks.record([_finding("D1"), _finding("D2")], T0)
+    one, two = sorted(await tasks.find(status=None), key=lambda t: t.device_id)[:2]
+    cancelled = await tasks.cancel(
+        one.task_id,
+        CancelReason.FALSE_ALARM,
+        "商户说一直正常",
+        by="agent1",
+        now=T0 + timedelta(minutes=10),
+        hold_days=7,
+    )
+    assert (cancelled.status, cancelled.cancel_reason, cancelled.cancelled_by) == ("closed", "false_alarm", "agent1")
+    assert cancelled.closed_at == T0 + timedelta(minutes=10)
+    await tasks.cancel(two.task_id, CancelReason.DUPLICATE, "", by="ops", now=T0 + timedelta(minutes=10), hold_days=7)
+    with pytest.raises(TaskError, match="closed"):
+        await tasks.cancel(two.task_id, CancelReason.OTHER, "", by="ops", now=T0 + timedelta(minutes=11), hold_days=7)
+    # The same finding an hour later: D1's is held back (false alarm), D2's opens a new task.
+    assert await tasks.record([_finding("D1"), _finding("D2")], T0 + timedelta(hours=1)) == (1, 0)
+    # Another kind of finding of D1 is not held back; the faulty one is again after the hold.
+    assert await tasks.record([_finding("D1", FindingKind.DEGRADED)], T0 + timedelta(hours=1)) == (1, 0)
+    assert await tasks.record([_finding("D1")], T0 + timedelta(days=7, minutes=11)) == (1, 0)
