@@ -45,6 +45,7 @@ from fleet_server.ingest.consumer import Ingest
 from fleet_server.ingest.storage import Storage
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection.inspector import Inspector
+from fleet_server.inspection.site import SiteBook
 from fleet_server.notify.channels import Channels
 from fleet_server.notify.sender import Notifier
 from fleet_server.ota.conductor import OtaConductor
@@ -182,6 +183,7 @@ class ServerStack(Component):
             self.contacts = Contacts(pool, cipher)
             self.channels = Channels(pool, cipher)
             self.services.add(self.channels)
+            self.services.add(SiteBook(pool, self.contacts))
             await self.contacts.seal_legacy()
             registry = DeviceRegistry(pool)
             figures = FleetFigures(pool, fleet_utc_offset_min=offset)

@@ -75,9 +75,13 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "POST /api/v1/tasks/{task_id}/start": (YES, NO, OWN, NO, NO),
     "POST /api/v1/tasks/{task_id}/close": (YES, NO, OWN, NO, NO),
     "POST /api/v1/tasks/{task_id}/cancel": (YES, NO, OWN, NO, NO),
+    "GET /api/v1/tasks/{task_id}/site": (YES, YES, OWN, NO, NO),
+    "POST /api/v1/tasks/{task_id}/call": (YES, NO, OWN, NO, NO),
+    "POST /api/v1/tasks/{task_id}/notes": (YES, NO, OWN, NO, NO),
     # the registry and device credentials
     "POST /api/v1/registry/import": (YES, NO, NO, NO, NO),
     "GET /api/v1/registry/merchants": (YES, YES, NO, NO, NO),
+    "GET /api/v1/registry/agents": (YES, YES, NO, NO, NO),
     "POST /api/v1/registry/devices/{device_id}/credentials": (YES, NO, NO, NO, NO),
     "GET /api/v1/registry/devices/{device_id}/credentials": (YES, YES, NO, NO, NO),
     "POST /api/v1/registry/devices/{device_id}/credentials/revoke": (YES, NO, NO, NO, NO),

@@ -104,6 +104,20 @@ class Announcement(BaseModel):
     reason: str | None
 
 
+class Agent(BaseModel):
+    agent_id: str
+    name: str
+    stores: list[str]
+
+
+# Field agents and their stores: (). Rows: Agent.
+AGENTS = (
+    "SELECT a.agent_id, a.name, COALESCE(array_agg(s.store_id ORDER BY s.store_id)"
+    " FILTER (WHERE s.store_id IS NOT NULL), '{}') AS stores"
+    " FROM field_agents a LEFT JOIN stores s ON s.agent_id = a.agent_id GROUP BY a.agent_id, a.name ORDER BY 1"
+)
+
+
 class DeviceRegistry:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
@@ -111,6 +125,9 @@ class DeviceRegistry:
     @property
     def pool(self) -> AsyncConnectionPool:
         return self._pool
+
+    async def agents(self) -> list[Agent]:
+        return await fetch_models(self.pool, Agent, AGENTS)
 
     async def list_devices(
         self,

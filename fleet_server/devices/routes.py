@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, DeviceReader, ReachDep, RegistryWriter
+from fleet_server.auth.deps import AUTH_ERRORS, AuditDep, DeviceReader, FleetReader, ReachDep, RegistryWriter
 from fleet_server.contacts.contacts import Contacts
 from fleet_server.devices.importer import ImportReport, import_registry
-from fleet_server.devices.registry import Announcement, DeviceDetail, DeviceRegistry, DeviceView, Timeline
+from fleet_server.devices.registry import Agent, Announcement, DeviceDetail, DeviceRegistry, DeviceView, Timeline
 from fleet_server.errors import ApiError
 from fleet_server.http.errors import NOT_FOUND
 from fleet_server.http.params import DeviceIdPath, End, Start, window
@@ -90,6 +90,11 @@ async def announcements(
 ) -> list[Announcement]:
     await reach.device(principal, device_id)
     return await registry.announcements(device_id, limit=limit, reach=principal.reach())
+
+
+@registry_router.get("/agents", summary="Field agents and the stores they look after (to assign tasks)")
+async def list_agents(_: FleetReader, registry: RegistryDep) -> list[Agent]:
+    return await registry.agents()
 
 
 @registry_router.post("/import", summary="Import the registry from CSV (one row per device)")

@@ -29,10 +29,12 @@ from fleet_server.http.services import provide
 from fleet_server.identity.store import DeviceCredentials
 from fleet_server.inspection.detectors import InspectionThresholds
 from fleet_server.inspection.rules import CancelReason, TaskStatus
+from fleet_server.inspection.site import NoteText, Site, SiteBook
 from fleet_server.inspection.tasks import Retired, RetireReason, Task, TaskBook
 
 TasksDep = Annotated[TaskBook, Depends(provide(TaskBook))]
 TaskPolicyDep = Annotated[InspectionThresholds, Depends(provide(InspectionThresholds))]
+SiteDep = Annotated[SiteBook, Depends(provide(SiteBook))]
 CredentialsDep = Annotated[DeviceCredentials, Depends(provide(DeviceCredentials))]
 TaskId = Annotated[int, Path(ge=1)]
 
@@ -51,6 +53,14 @@ class CloseBody(BaseModel):
 class CancelBody(BaseModel):
     reason: CancelReason
     note: str = Field(default="", max_length=500)
+
+
+class NoteBody(BaseModel):
+    text: NoteText
+
+
+class Phone(BaseModel):
+    phone: str
 
 
 class RetireBody(BaseModel):
@@ -144,6 +154,46 @@ async def cancel_task(
     detail = {"device_id": task.device_id, "kind": task.kind, "reason": body.reason.value, "note": body.note}
     await audit(principal, "task.cancel", str(task_id), detail=detail)
     return task
+
+
+@router.get(
+    "/{task_id}/site",
+    summary="On site: the merchant (contact masked), where the device was installed (map link), the task's notes",
+    responses=NOT_FOUND,
+)
+async def task_site(principal: TaskReader, tasks: TasksDep, reach: ReachDep, site: SiteDep, task_id: TaskId) -> Site:
+    await _within_reach(tasks, reach, principal, task_id)
+    found = await site.site(task_id)
+    if found is None:
+        raise ApiError(404, "TASK_NOT_FOUND", f"task {task_id} has no device", f"工单 {task_id} 没有设备")
+    return found
+
+
+@router.post(
+    "/{task_id}/call",
+    summary="The merchant's phone in clear, to call from the phone (audited)",
+    responses=NOT_FOUND,
+)
+async def task_call(
+    principal: TaskWorker, tasks: TasksDep, reach: ReachDep, site: SiteDep, audit: AuditDep, task_id: TaskId
+) -> Phone:
+    await _within_reach(tasks, reach, principal, task_id)
+    phone = await site.phone(task_id)
+    if phone is None:
+        raise ApiError(404, "NO_PHONE", f"the merchant of task {task_id} has no phone on record", "商户未登记电话")
+    await audit(principal, "merchant.contact.call", str(task_id))
+    return Phone(phone=phone)
+
+
+@router.post("/{task_id}/notes", summary="Add a note to the task", responses=NOT_FOUND, status_code=201)
+async def add_task_note(
+    principal: TaskWorker, tasks: TasksDep, reach: ReachDep, site: SiteDep, task_id: TaskId, body: NoteBody
+) -> Site:
+    await _within_reach(tasks, reach, principal, task_id)
+    await site.note(task_id, body.text, by=principal.login, now=datetime.now(tz=UTC))
+    found = await site.site(task_id)
+    assert found is not None  # noqa: S101 - the task was just found within reach
+    return found
 
 
 @retire_router.post(

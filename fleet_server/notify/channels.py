@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from fleet_server.contacts.cipher import FieldCipher
 from fleet_server.db.fetch import fetch_models
@@ -50,9 +50,21 @@ class NewChannel(BaseModel):
     kind: ChannelKind
     url: Url
     secret: Annotated[str, StringConstraints(min_length=8, max_length=256)] | None = None
-    store_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    agent_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    store_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    agent_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     per_minute: Annotated[int, Field(ge=1, le=600)] = ROBOT_PER_MINUTE
+
+    @field_validator("url")
+    @classmethod
+    def _a_url_with_a_host(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError as exc:  # "http://[": an unclosed IPv6 literal, a bad port
+            raise ValueError(f"not a URL: {exc}") from exc
+        if not host:
+            raise ValueError("the URL names no host")
+        return url
 
 
 class Channel(BaseModel):
@@ -83,7 +95,7 @@ class Channels:
         self.cipher = cipher
 
     async def add(self, new: NewChannel, *, by: str) -> int:
-        if new.store_id and new.agent_id:
+        if new.store_id is not None and new.agent_id is not None:
             raise NotifyError(
                 "BAD_SCOPE", "a channel is for a store or a field agent, not both", "渠道只能属于门店或经纪人之一"
             )

@@ -158,7 +158,7 @@ def registry_csv(bindings: dict[str, str]) -> str:
     each, the merchants and their devices installed yesterday near the store."""
     lines = [
         "city_id,city_name,district_id,district_name,store_id,store_name,agent_id,agent_name,merchant_id,"
-        "merchant_name,device_id,serial,model,installed_at,install_lat,install_lon"
+        "merchant_name,device_id,serial,model,installed_at,install_lat,install_lon,merchant_contact,merchant_phone"
     ]
     installed = (datetime.now(tz=UTC) - timedelta(days=1)).isoformat(timespec="seconds")
     for device_id, merchant_id in sorted(bindings.items()):
@@ -166,7 +166,8 @@ def registry_csv(bindings: dict[str, str]) -> str:
         district, name = DISTRICTS[n % len(DISTRICTS)]
         lines.append(
             f"BJ,北京,{district},{name},S-{district},{name}店,A-{district},{name}经纪人,{merchant_id},商户{n},"
-            f"{device_id},HD{device_id},HD-S1,{installed},{39.99 + n * 0.001:.4f},{116.47 + n * 0.001:.4f}"
+            f"{device_id},HD{device_id},HD-S1,{installed},{39.99 + n * 0.001:.4f},{116.47 + n * 0.001:.4f},"
+            f"王{n},138{n:08d}"  # made-up contacts (the demo's merchants are not real)
         )
     return "\n".join(lines) + "\n"
 

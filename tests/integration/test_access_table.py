@@ -340,6 +340,17 @@ def _moved_device(what: str, hides: Hides) -> Case:
 _start, _start_foreign = _task_action("start")
 _close, _close_foreign = _task_action("close", {"note": "换了电源"})
 _cancel, _cancel_foreign = _task_action("cancel", {"reason": "false_alarm", "note": "商户在用"})
+_note, _note_foreign = _task_action("notes", {"text": "到店，商户不在"})
+_call, _call_foreign = _task_action("call")
+
+
+async def _site(world: World) -> Call:
+    return Call("GET", f"/api/v1/tasks/{await world.task('DA1', 'S-A')}/site")
+
+
+async def _site_foreign(world: World) -> list[Call]:
+    return [Call("GET", f"/api/v1/tasks/{await world.task(d, 'S-B')}/site") for d in ("DB1", "DM1")]
+
 
 CASES: dict[str, Case] = {
     "POST /api/v1/auth/login": Case(200, _login),
@@ -392,6 +403,9 @@ CASES: dict[str, Case] = {
     "POST /api/v1/tasks/{task_id}/start": Case(200, _start, foreign=_start_foreign),
     "POST /api/v1/tasks/{task_id}/close": Case(200, _close, foreign=_close_foreign),
     "POST /api/v1/tasks/{task_id}/cancel": Case(200, _cancel, foreign=_cancel_foreign),
+    "GET /api/v1/tasks/{task_id}/site": Case(200, _site, foreign=_site_foreign),
+    "POST /api/v1/tasks/{task_id}/notes": Case(201, _note, foreign=_note_foreign),
+    "POST /api/v1/tasks/{task_id}/call": Case(404, _call, foreign=_call_foreign, code="NO_PHONE"),
     "POST /api/v1/registry/import": Case(200, _import),
     "GET /api/v1/registry/merchants": Case(
         200, call("GET", "/api/v1/registry/merchants", params={"merchant_id": "MA"})
@@ -413,6 +427,7 @@ CASES: dict[str, Case] = {
     "GET /api/v1/quarantine/summary": Case(200, call("GET", "/api/v1/quarantine/summary")),
     "GET /api/v1/storage": Case(200, call("GET", "/api/v1/storage")),
     "GET /api/v1/notify/channels": Case(200, call("GET", "/api/v1/notify/channels")),
+    "GET /api/v1/registry/agents": Case(200, call("GET", "/api/v1/registry/agents")),
     "POST /api/v1/notify/channels": Case(201, call("POST", "/api/v1/notify/channels", json=_CHANNEL)),
     "DELETE /api/v1/notify/channels/{channel_id}": Case(204, _delete_channel),
     "POST /api/v1/notify/channels/{channel_id}/test": Case(202, _test_channel),

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -114,7 +115,7 @@ class Receiver:
         return [r for r in self.received if r.kind == kind]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -158,7 +159,7 @@ def _finding(device: str, kind: FindingKind = FindingKind.FAULTY) -> Finding:
 
 
 async def test_a_new_task_reaches_each_kind_of_channel_once_in_its_format(world):
-    port = _free_port()
+    port = free_port()
     channels: Channels = world["channels"]
     base = f"http://127.0.0.1:{port}"
     await channels.add(
@@ -210,7 +211,7 @@ async def test_a_new_task_reaches_each_kind_of_channel_once_in_its_format(world)
 
 
 async def test_a_receiver_down_for_a_minute_gets_every_notification_once_when_it_returns(world):
-    port = _free_port()
+    port = free_port()
     await world["channels"].add(
         NewChannel(name="hook", kind=ChannelKind.WEBHOOK, url=f"http://127.0.0.1:{port}/hooks/ops", secret=HOOK_SECRET),
         by="t",
@@ -235,7 +236,7 @@ async def test_a_receiver_down_for_a_minute_gets_every_notification_once_when_it
 
 
 async def test_a_wrong_signature_is_kept_with_the_platforms_answer_and_retried(world):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/robot/send?access_token={DING_TOKEN}"
     await world["channels"].add(
         NewChannel(name="ding", kind=ChannelKind.DINGTALK, url=url, secret=WRONG_SECRET), by="t"
@@ -252,7 +253,7 @@ async def test_a_wrong_signature_is_kept_with_the_platforms_answer_and_retried(w
 
 
 async def test_a_reassigned_task_reaches_the_new_agent_and_a_robot_gets_at_most_its_minute(world):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     await world["channels"].add(
         NewChannel(name="李经纪", kind=ChannelKind.WEBHOOK, url=f"{base}/hooks/a2", secret=HOOK_SECRET, agent_id="A2"),
@@ -295,6 +296,10 @@ async def test_channels_refuse_a_bad_scope_and_a_webhook_without_a_secret(world)
             NewChannel(name="x", kind=ChannelKind.WECOM, url="https://h.example/x", store_id="S1", agent_id="A1"),
             by="t",
         )
+    with pytest.raises(ValidationError, match="not a URL"):
+        NewChannel(name="x", kind=ChannelKind.WECOM, url="http://[")  # found by the OpenAPI fuzzing
+    with pytest.raises(ValidationError, match="names no host"):
+        NewChannel(name="x", kind=ChannelKind.WECOM, url="https://:80/x")
     channel_id = await channels.add(
         NewChannel(name="x", kind=ChannelKind.WECOM, url="https://user:pw@qyapi.example/cgi-bin/webhook/send?key=K"),
         by="t",
@@ -307,7 +312,7 @@ async def test_channels_refuse_a_bad_scope_and_a_webhook_without_a_secret(world)
 
 
 async def test_the_running_server_sends_a_channels_test_message(tmp_path, machine_database, server_keys, unique):
-    port = _free_port()
+    port = free_port()
     settings = Settings(
         data_dir=tmp_path, http_port=0, mqtt_client_prefix=f"t{unique}", notify_poll_s=0.2, public_base_url=BASE
     )
@@ -336,7 +341,7 @@ async def test_the_running_server_sends_a_channels_test_message(tmp_path, machin
 
 
 async def test_a_task_past_its_due_time_is_escalated_and_notified_once(world):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     for name, scope in (("ops", {}), ("s1", {"store_id": "S1"})):
         channel = NewChannel(

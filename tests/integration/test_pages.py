@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from simulators.backend import PaymentBackend
 from simulators.fleet import SimulatedFleet
 from tests.conftest import _fresh_database
 from tests.integration.conftest import eventually, in_process_stack
+from tests.integration.test_notifications import HOOK_SECRET, Receiver, free_port, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.browser]
 
@@ -176,6 +178,7 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
             "browser": browser,
             "ours": ours,
             "theirs": theirs,
+            "our_task": (await server.inspector.tasks.find(device_id=ours))[0].task_id,
             "merchant_devices": sorted(d for d, m in bindings.items() if m == "M00001"),
         }
     next(database, None)
@@ -270,6 +273,41 @@ async def test_ops_admin_walks_the_dashboard(world):
     await s.context.close()
 
 
+async def test_ops_reassigns_a_task_and_the_new_agents_webhook_hears_it(world):
+    port = free_port()
+    receiver = Receiver()
+    channel = {
+        "name": "回龙观经纪人",
+        "kind": "webhook",
+        "agent_id": "A-HLG",
+        "secret": HOOK_SECRET,
+        "url": f"http://127.0.0.1:{port}/hooks/a-hlg",
+    }
+    made = (await world["http"].post("/api/v1/notify/channels", json=channel)).json()
+    async with serving(receiver, port):
+        s = await sign_in(world["browser"], world["server"].base_url, "ops", viewport=DESKTOP)
+        page = s.page
+        row = f"#ops-tasks tr[data-task='{world['our_task']}']"
+        await page.wait_for_selector(row)
+        await page.select_option(f"{row} select.assign-agent", "A-HLG")
+        await page.click(f"{row} button.assign")
+        await page.wait_for_selector(f"{row} .task-agent >> text=A-HLG")
+
+        async def heard() -> bool:
+            return any(r.body["event"] == "task.assigned" for r in receiver.received)
+
+        await eventually(heard, what="the reassignment at the new agent's webhook")
+        await page.wait_for_selector(f"#channels tr[data-channel='{made['channel_id']}']")
+        assert s.errors == []
+        await s.context.close()
+    [told] = receiver.received
+    assert told.headers["who"] == "a-hlg"
+    assert told.body["notice"]["task_id"] == world["our_task"]
+    assert told.body["notice"]["device_id"] == world["ours"]
+    audit = (await world["http"].get("/api/v1/audit", params={"login": "ops"})).json()
+    assert any(e["action"] == "task.assign" and e["target"] == str(world["our_task"]) for e in audit)
+
+
 async def test_ops_viewer_sees_the_dashboard_and_changes_nothing(world):
     s = await sign_in(world["browser"], world["server"].base_url, "viewer", viewport=DESKTOP)
     assert s.page.url.endswith("/ops")
@@ -306,6 +344,20 @@ async def test_field_agent_works_a_task_on_the_phone(world):
     await page.click("#device-actions button[data-command='reboot']")
     await page.wait_for_selector("#command-status", timeout=30_000)
     assert await page.text_content("#command-status") == "成功"
+    # On site: whose it is (the phone masked; the clear one only on a tap, audited), where it
+    # was installed (高德 map link at the registered position), notes, the due time.
+    site = (await world["http"].get(f"/api/v1/tasks/{world['our_task']}/site")).json()
+    assert await page.text_content("#site-merchant") == site["merchant_name"]
+    assert "****" in (await page.text_content("#site-phone") or "")
+    href = await page.get_attribute("#site-map", "href") or ""
+    assert href.startswith("https://uri.amap.com/marker?position=")
+    assert f"{site['install_lon']:.6f},{site['install_lat']:.6f}" in href
+    assert "截止" in (await page.text_content("#task-due") or "")
+    called = (await world["http"].post(f"/api/v1/tasks/{world['our_task']}/call")).json()["phone"]
+    assert re.fullmatch(r"138\d{8}", called)
+    await page.fill("#note-text", "商户说昨天开始没声音")
+    await page.click("#add-note")
+    await page.wait_for_selector("#notes >> text=商户说昨天开始没声音")
     await page.click("#start-task")
     await page.wait_for_selector("#task-status >> text=处理中")
     await page.fill("#close-note", "换了喇叭线")

@@ -66,7 +66,8 @@
       fill($("task-panel")); fill($("faults")); fill($("timeline"));
       return;
     }
-    current = { device, task };
+    current = { device, task, site: null };
+    if (task) current.site = await api(`/api/v1/tasks/${task.task_id}/site`).catch(() => null);
     $("device-actions").classList.remove("hidden");
     fill($("device-title"), device.serial || device.device_id);
     const last = announcements[0];
@@ -87,18 +88,52 @@
     renderTaskPanel();
   }
 
+  function siteBlock(site) {
+    // Whose device it is and where it was installed: the phone masked, the clear one fetched
+    // (and audited) only when the agent taps to call.
+    if (!site) return null;
+    const call = site.can_call ? el("button", { class: "small", id: "call", onclick: async () => {
+      try { const { phone } = await api(`/api/v1/tasks/${site.task_id}/call`, { method: "POST" }); location.href = `tel:${phone}`; } catch (e) { fail(e); }
+    } }, t("call")) : null;
+    return el("dl", { class: "kv", id: "site" },
+      el("dt", {}, t("merchant")), el("dd", { id: "site-merchant" }, site.merchant_name || "-"),
+      el("dt", {}, t("contact")), el("dd", { id: "site-phone" }, `${site.contact_name || ""} ${site.phone || "-"} `, call),
+      site.map_url ? [el("dt", {}, t("map")), el("dd", {}, el("a", { href: site.map_url, target: "_blank", rel: "noopener", id: "site-map" }, site.install_address || t("map")))] : null);
+  }
+
+  function notesBlock(site) {
+    if (!site) return [];
+    const text = el("textarea", { id: "note-text", rows: 2, maxlength: 1000, style: "width:100%" });
+    const add = el("button", { class: "small", id: "add-note", onclick: async () => {
+      if (!text.value.trim()) return;
+      try { current.site = await api(`/api/v1/tasks/${site.task_id}/notes`, { method: "POST", body: { text: text.value } }); renderTaskPanel(); } catch (e) { fail(e); }
+    } }, t("add_note"));
+    return [el("h3", {}, t("notes")),
+      el("ul", { class: "list", id: "notes" }, site.notes.length ? site.notes.map((n) => el("li", {}, el("span", { class: "muted" }, `${time(n.at)} ${n.login}`), " ", n.text)) : el("li", { class: "muted" }, t("none"))),
+      text, add];
+  }
+
+  function cancelBlock(task) {
+    const reason = el("select", { id: "cancel-reason" }, ["false_alarm", "duplicate", "merchant_closed", "other"].map((r) => el("option", { value: r }, t(`cr_${r}`))));
+    return el("div", { class: "row" }, el("label", { for: "cancel-reason" }, t("cancel_reason")), reason,
+      el("button", { class: "small warn", id: "cancel-task", onclick: () => taskAction("cancel", { reason: reason.value, note: ($("close-note") || {}).value || "" }) }, t("cancel_task")));
+  }
+
   function renderTaskPanel() {
     const task = current && current.task;
     if (!task) { fill($("task-panel")); return; }
     const note = el("textarea", { id: "close-note", rows: 2, maxlength: 500, style: "width:100%" });
-    const parts = [el("h3", {}, `${t("task")} #${task.task_id} · ${t(`kind_${task.kind}`)} · `, el("span", { class: "badge", id: "task-status" }, t(`ts_${task.status}`))),
-      el("p", {}, HD.lang === "zh" ? task.action_zh : task.action_en)];
+    const due = task.due_at ? el("p", { class: task.escalated_at ? "error" : "muted", id: "task-due" }, `${t("due")} ${time(task.due_at)}${task.escalated_at ? ` · ${t("escalated")}` : ""}`) : null;
+    const parts = [el("h3", {}, `${t("task")} #${task.task_id} · ${t(`kind_${task.kind}`)} · `, el("span", { class: "badge", id: "task-status" }, task.cancel_reason ? t("cancelled") : t(`ts_${task.status}`))),
+      el("p", {}, HD.lang === "zh" ? task.action_zh : task.action_en), due, siteBlock(current.site)];
     if (task.status === "open") parts.push(el("button", { id: "start-task", onclick: () => taskAction("start") }, t("start_work")));
     if (task.status === "open" || task.status === "in_progress") {
       parts.push(el("label", { for: "close-note" }, t("close_note")), note,
         el("button", { class: "primary", id: "close-task", onclick: () => taskAction("close", { note: note.value }) }, t("close_task")));
     }
     if (task.status === "verifying") parts.push(el("p", { class: "ok", id: "verifying" }, t("verifying_note")));
+    if (task.status !== "closed") parts.push(cancelBlock(task));
+    parts.push(...notesBlock(current.site));
     fill($("task-panel"), parts);
   }
 

@@ -138,6 +138,51 @@
     fill(document.getElementById("quarantine"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
   }
 
+  let agents = null;
+
+  async function opsTasks() {
+    // The open tasks, overdue first; ops-admin gives one to another field agent from here (the
+    // new agent's channels are told).
+    const admin = HD.me.permissions.includes("task.assign");
+    const list = await api("/api/v1/tasks?open_only=true&limit=100");
+    if (admin && agents === null) agents = await api("/api/v1/registry/agents");
+    document.getElementById("ops-tasks-total").textContent = `${list.length} ${t("open_count")}`;
+    const now = Date.now();
+    const overdue = (task) => task.due_at && Date.parse(task.due_at) <= now;
+    list.sort((a, b) => Number(overdue(b)) - Number(overdue(a)) || (a.due_at || "").localeCompare(b.due_at || ""));
+    const head = el("tr", {}, [t("col_task"), t("col_device"), t("col_store"), t("col_agent"), t("col_state"), t("col_due"), admin ? t("col_actions") : null]
+      .filter(Boolean).map((h) => el("th", {}, h)));
+    const rows = list.map((task) => {
+      let actions = null;
+      if (admin) {
+        const pick = el("select", { class: "assign-agent" }, agents.map((a) =>
+          el("option", { value: a.agent_id, ...(a.agent_id === task.agent_id ? { selected: "selected" } : {}) }, `${a.name} (${a.agent_id})`)));
+        actions = el("td", {}, el("div", { class: "row" }, pick, el("button", { class: "small assign", onclick: () => assign(task.task_id, pick.value) }, t("assign"))));
+      }
+      return el("tr", { "data-task": String(task.task_id) },
+        el("td", {}, `#${task.task_id} ${t(`kind_${task.kind}`)}`),
+        el("td", {}, task.serial || task.device_id), el("td", {}, task.store_id || "-"),
+        el("td", { class: "task-agent" }, task.agent_id || "-"), el("td", {}, t(`ts_${task.status}`)),
+        el("td", { class: overdue(task) ? "error" : "" }, task.due_at ? time(task.due_at) : "-"), actions);
+    });
+    fill(document.getElementById("ops-tasks"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
+  }
+
+  async function assign(taskId, agentId) {
+    await show(async () => { await api(`/api/v1/tasks/${taskId}/assign`, { method: "POST", body: { agent_id: agentId } }); await opsTasks(); });
+  }
+
+  async function channels() {
+    const list = await api("/api/v1/notify/channels");
+    const head = el("tr", {}, ["col_key", "col_channel_kind", "col_scope", "col_pending", "col_last_sent", "col_error"].map((h) => el("th", {}, t(h))));
+    const rows = list.map((c) => el("tr", { "data-channel": String(c.channel_id) },
+      el("td", {}, c.name, el("div", { class: "muted" }, c.shown)), el("td", {}, c.kind),
+      el("td", {}, c.store_id || c.agent_id || t("scope_fleet")),
+      el("td", {}, String(c.pending), c.given_up ? el("span", { class: "badge red" }, ` ${c.given_up}`) : null),
+      el("td", {}, c.last_sent_at ? time(c.last_sent_at) : "-"), el("td", { class: c.last_error ? "error" : "" }, c.last_error || "")));
+    fill(document.getElementById("channels"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
+  }
+
   async function storage() {
     // The telemetry storage in use and why; with TimescaleDB its background jobs (compression,
     // retention), the failing ones first, with the server's error.
@@ -167,7 +212,7 @@
   }
 
   async function refresh() {
-    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine), show(storage)]);
+    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine), show(storage), show(opsTasks), show(channels)]);
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
