@@ -186,6 +186,12 @@ async def test_with_the_brokers_allowance_raised_to_a_day_and_no_time_source_the
             await eventually(lambda: _all_played(fleet, devices[slow], [paid[slow]]), timeout_s=30, what="slow played")
             await eventually(lambda: _acked(fleet, paid[fast], "expired"), timeout_s=30, what="fast acked expired")
             assert fleet.played(devices[fast]) == {}
+
+            async def recorded() -> bool:  # the device played it; its ack reaches the bridge a moment later
+                (delivery,) = (await fleet.payment(paid[slow]))["deliveries"]
+                return delivery["play_started_at"] is not None
+
+            await eventually(recorded, timeout_s=30, what="the slow device's play recorded")
             payment = await fleet.payment(paid[slow])
             received = datetime.fromisoformat(payment["received_at"]).timestamp()
             (delivery,) = payment["deliveries"]

@@ -263,6 +263,23 @@ async def test_ops_admin_walks_the_dashboard(world):
     await page.wait_for_selector(f"#storage-facts >> text={mode}")
     jobs = "#storage-jobs tr[data-job]" if mode == "timescaledb" else "#storage-jobs >> text=原生分区：没有后台任务"
     await page.wait_for_selector(jobs)
+    # The registry from a file: a dry run names the bad row and writes nothing; apply writes the good one.
+    # Two devices for 天通苑店, whose devices no other test counts.
+    rows = registry_csv({"PG-NEW1": "M00098", "PG-NEW2": "M00095"}).splitlines()
+    header, bad = rows[0].split(","), rows[2].split(",")
+    bad[header.index("install_lat")] = "99.5"  # PG-NEW2's latitude out of range
+    rows[2] = ",".join(bad)
+    await page.set_input_files(
+        "#import-file", files=[{"name": "registry.csv", "mimeType": "text/csv", "buffer": "\n".join(rows).encode()}]
+    )
+    await page.click("#import-dry")
+    await page.wait_for_selector("#import-problems li >> text=PG-NEW2")
+    assert "有效 1，无效 1" in (await page.text_content("#import-report") or "")
+    assert (await world["http"].get("/api/v1/devices/PG-NEW1")).status_code == 404  # nothing written
+    await page.click("#import-apply")
+    await page.wait_for_selector("#import-report >> text=已写入 1")
+    assert (await world["http"].get("/api/v1/devices/PG-NEW1")).status_code == 200
+    await page.wait_for_selector("#audit td >> text=registry.import")
     await page.click("#periods button[data-period='7d']")
     await s.shot("ops-dashboard")
     await page.click("#lang")

@@ -15,6 +15,9 @@ const HD = (() => {
       period_24h: "24小时", period_7d: "7天", period_30d: "30天", drill: "分层钻取", whole_fleet: "全部",
       alerts: "告警与工单", campaigns: "OTA 升级",
       quarantine: "消息隔离 quarantined messages", quarantined: "条已隔离", col_messages: "消息数", col_last: "最近",
+      import_title: "导入登记表 import the registry", import_file: "CSV 文件", dry_run: "试导入（不写入）", apply: "确认导入",
+      import_report: "共 {rows} 行：有效 {valid}，无效 {invalid}，新增 {creates}，更新 {updates}，已写入 {applied}",
+      audit_title: "审计日志 audit log", col_login: "账号", col_action: "操作", col_target: "对象", col_outcome: "结果",
       ops_tasks: "工单 tasks", open_count: "个未关闭", col_task: "工单", col_store: "门店", col_agent: "经纪人", col_due: "截止",
       assign: "指派", channels: "通知渠道 notification channels", col_channel_kind: "类型", col_scope: "范围",
       col_pending: "待发", col_last_sent: "最近发送", col_error: "错误", scope_fleet: "全部（运营）",
@@ -78,6 +81,9 @@ const HD = (() => {
       period_24h: "24 h", period_7d: "7 d", period_30d: "30 d", drill: "Drill down", whole_fleet: "Fleet",
       alerts: "Alerts and tasks", campaigns: "OTA campaigns",
       quarantine: "Quarantined messages 消息隔离", quarantined: "held", col_messages: "Messages", col_last: "Last",
+      import_title: "Import the registry 导入登记表", import_file: "CSV file", dry_run: "Dry run (writes nothing)", apply: "Apply",
+      import_report: "{rows} rows: {valid} valid, {invalid} invalid, {creates} new, {updates} updated, {applied} applied",
+      audit_title: "Audit log 审计日志", col_login: "Login", col_action: "Action", col_target: "Target", col_outcome: "Outcome",
       ops_tasks: "Tasks 工单", open_count: "open", col_task: "Task", col_store: "Store", col_agent: "Agent", col_due: "Due",
       assign: "Assign", channels: "Notification channels 通知渠道", col_channel_kind: "Kind", col_scope: "Scope",
       col_pending: "Pending", col_last_sent: "Last sent", col_error: "Error", scope_fleet: "Fleet (ops)",
@@ -159,13 +165,14 @@ const HD = (() => {
       this.body = body;
     }
   }
-  async function api(path, { method = "GET", body, redirect = true } = {}) {
+  async function api(path, { method = "GET", body, csv, redirect = true } = {}) {
+    // `body` goes as JSON; `csv`, text as it is (a registry file).
     const headers = { accept: "application/json" };
     if (body !== undefined) headers["content-type"] = "application/json";
+    if (csv !== undefined) headers["content-type"] = "text/csv; charset=utf-8";
     if (method !== "GET" && me) headers["X-CSRF-Token"] = me.csrf;
-    const response = await fetch(path, {
-      method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    const payload = csv !== undefined ? csv : body === undefined ? undefined : JSON.stringify(body);
+    const response = await fetch(path, { method, headers, credentials: "same-origin", body: payload });
     if (response.status === 401 && redirect) {
       location.href = "/login?next=" + encodeURIComponent(location.pathname + location.hash);
       throw new ApiError(401, null);

@@ -172,6 +172,31 @@
     await show(async () => { await api(`/api/v1/tasks/${taskId}/assign`, { method: "POST", body: { agent_id: agentId } }); await opsTasks(); });
   }
 
+  // The registry from a CSV file: a dry run first (each bad row with its line and why), then
+  // apply the same file. ops-admin only (registry.write); every apply is audited.
+  let importText = null;
+
+  async function importRegistry(dryRun) {
+    const file = document.getElementById("import-file").files[0];
+    if (!file) return;
+    if (dryRun) importText = await file.text();
+    const report = await api(`/api/v1/registry/import?dry_run=${dryRun}`, { method: "POST", csv: importText });
+    document.getElementById("import-report").textContent = Object.entries(report).reduce(
+      (text, [key, value]) => text.replace(`{${key}}`, String(value)), t("import_report"));
+    fill(document.getElementById("import-problems"), report.problems.slice(0, 50).map((p) =>
+      el("li", { class: "error" }, `#${p.line} ${p.device_id || ""}: ${p.errors.join("; ")}`)));
+    document.getElementById("import-apply").classList.toggle("hidden", !dryRun || report.valid === 0);
+    if (!dryRun) await Promise.all([show(opsTasks), show(audit)]);
+  }
+
+  async function audit() {
+    const list = await api("/api/v1/audit?limit=30");
+    const head = el("tr", {}, ["col_time", "col_login", "col_action", "col_target", "col_outcome"].map((h) => el("th", {}, t(h))));
+    const rows = list.map((e) => el("tr", { "data-audit": String(e.audit_id) }, el("td", {}, time(e.at)), el("td", {}, e.login),
+      el("td", {}, e.action), el("td", {}, e.target), el("td", { class: e.outcome === "ok" ? "" : "error" }, e.outcome)));
+    fill(document.getElementById("audit"), el("thead", {}, head), el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { class: "muted" }, t("none")))));
+  }
+
   async function channels() {
     const list = await api("/api/v1/notify/channels");
     const head = el("tr", {}, ["col_key", "col_channel_kind", "col_scope", "col_pending", "col_last_sent", "col_error"].map((h) => el("th", {}, t(h))));
@@ -212,12 +237,19 @@
   }
 
   async function refresh() {
-    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine), show(storage), show(opsTasks), show(channels)]);
+    await Promise.all([show(summary), show(alerts), show(campaigns), show(quarantine), show(storage), show(opsTasks), show(channels),
+      HD.me.permissions.includes("audit.read") ? show(audit) : null]);
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
     if (!(await HD.start("ops_title", ["ops-admin", "ops-viewer"]))) return;
     if (!charts) document.getElementById("no-charts").classList.remove("hidden");
+    if (HD.me.permissions.includes("registry.write")) {
+      document.getElementById("import-card").classList.remove("hidden");
+      document.getElementById("import-dry").addEventListener("click", () => show(() => importRegistry(true)));
+      document.getElementById("import-apply").addEventListener("click", () => show(() => importRegistry(false)));
+    }
+    if (HD.me.permissions.includes("audit.read")) document.getElementById("audit-card").classList.remove("hidden");
     document.querySelectorAll("#periods button").forEach((b) => b.addEventListener("click", () => { period = b.dataset.period; show(trend); }));
     document.addEventListener("hd:lang", () => { refresh(); show(trend); show(drill); });
     window.addEventListener("resize", () => charts && Object.values(charts).forEach((c) => c.resize()));
