@@ -263,6 +263,19 @@ async def test_ops_admin_walks_the_dashboard(world):
     await page.wait_for_selector(f"#storage-facts >> text={mode}")
     jobs = "#storage-jobs tr[data-job]" if mode == "timescaledb" else "#storage-jobs >> text=原生分区：没有后台任务"
     await page.wait_for_selector(jobs)
+    await page.click("#periods button[data-period='7d']")
+    await s.shot("ops-dashboard")
+    await page.click("#lang")
+    await page.wait_for_selector(".tile >> text=Intact rate")
+    assert await page.get_attribute("html", "lang") == "en"
+    await s.shot("ops-dashboard-en")
+    assert s.errors == []
+    await s.context.close()
+
+
+async def test_ops_admin_imports_the_registry_and_manages_accounts(world):
+    s = await sign_in(world["browser"], world["server"].base_url, "ops", viewport=DESKTOP)
+    page = s.page
     # The registry from a file: a dry run names the bad row and writes nothing; apply writes the good one.
     # Two devices for 天通苑店, whose devices no other test counts.
     rows = registry_csv({"PG-NEW1": "M00098", "PG-NEW2": "M00095"}).splitlines()
@@ -280,12 +293,22 @@ async def test_ops_admin_walks_the_dashboard(world):
     await page.wait_for_selector("#import-report >> text=已写入 1")
     assert (await world["http"].get("/api/v1/devices/PG-NEW1")).status_code == 200
     await page.wait_for_selector("#audit td >> text=registry.import")
-    await page.click("#periods button[data-period='7d']")
-    await s.shot("ops-dashboard")
-    await page.click("#lang")
-    await page.wait_for_selector(".tile >> text=Intact rate")
-    assert await page.get_attribute("html", "lang") == "en"
-    await s.shot("ops-dashboard-en")
+    # An account from the page: a field agent for 天通苑店, then disabled; they cannot sign in.
+    await page.fill("#acct-login", "agent-tty")
+    await page.fill("#acct-name", "天通苑经纪人")
+    await page.select_option("#acct-role", "field-agent")
+    await page.fill("#acct-password", PASSWORD)
+    await page.fill("#acct-stores", "S-TTY")
+    await page.fill("#acct-agent", "A-TTY")
+    await page.click("#acct-add")
+    account = "#accounts tr[data-login='agent-tty']"
+    await page.wait_for_selector(f"{account} >> text=S-TTY")
+    login = {"login": "agent-tty", "password": PASSWORD, "mode": "token"}
+    assert (await world["http"].post("/api/v1/auth/login", json=login)).status_code == 200
+    await page.click(f"{account} button.acct-toggle")
+    await page.wait_for_selector(f"{account} .acct-state >> text=已停用")
+    assert (await world["http"].post("/api/v1/auth/login", json=login)).status_code == 401
+    await page.wait_for_selector("#audit td >> text=user.change")
     assert s.errors == []
     await s.context.close()
 

@@ -189,6 +189,38 @@
     if (!dryRun) await Promise.all([show(opsTasks), show(audit)]);
   }
 
+  async function accounts() {
+    // Accounts, for ops-admin (users.admin): who may sign in, in which role and reach; disabling
+    // one ends its sign-ins. Every change is audited by the API.
+    const list = await api("/api/v1/users");
+    const head = el("tr", {}, ["col_login", "acct_name", "col_role", "col_scope", "col_state", "col_actions"].map((h) => el("th", {}, t(h))));
+    const rows = list.map((u) => el("tr", { "data-login": u.login }, el("td", {}, u.login), el("td", {}, u.name || "-"), el("td", {}, u.role),
+      el("td", {}, [u.merchant_id, u.agent_id, u.stores.join(", ")].filter(Boolean).join(" · ") || "-"),
+      el("td", { class: "acct-state" }, u.disabled ? el("span", { class: "badge red" }, t("acct_disabled")) : t("acct_active")),
+      el("td", {}, u.login === HD.me.login ? null : el("button", { class: "small acct-toggle", onclick: () => setDisabled(u.login, !u.disabled) },
+        u.disabled ? t("enable") : t("disable")))));
+    fill(document.getElementById("accounts"), el("thead", {}, head), el("tbody", {}, rows));
+  }
+
+  async function setDisabled(login, disabled) {
+    await show(async () => { await api(`/api/v1/users/${encodeURIComponent(login)}`, { method: "PATCH", body: { disabled } }); await accounts(); await audit(); });
+  }
+
+  async function addAccount(event) {
+    event.preventDefault();
+    const value = (id) => document.getElementById(id).value.trim();
+    const body = { login: value("acct-login"), name: value("acct-name"), role: value("acct-role"),
+      stores: value("acct-stores").split(/[,，\s]+/).filter(Boolean) };
+    if (value("acct-password")) body.password = value("acct-password");
+    if (value("acct-agent")) body.agent_id = value("acct-agent");
+    if (value("acct-merchant")) body.merchant_id = value("acct-merchant");
+    await show(async () => {
+      await api("/api/v1/users", { method: "POST", body });
+      document.getElementById("new-account").reset();
+      await accounts(); await audit();
+    });
+  }
+
   async function audit() {
     const list = await api("/api/v1/audit?limit=30");
     const head = el("tr", {}, ["col_time", "col_login", "col_action", "col_target", "col_outcome"].map((h) => el("th", {}, t(h))));
@@ -250,6 +282,11 @@
       document.getElementById("import-apply").addEventListener("click", () => show(() => importRegistry(false)));
     }
     if (HD.me.permissions.includes("audit.read")) document.getElementById("audit-card").classList.remove("hidden");
+    if (HD.me.permissions.includes("users.admin")) {
+      document.getElementById("accounts-card").classList.remove("hidden");
+      document.getElementById("new-account").addEventListener("submit", addAccount);
+      show(accounts);
+    }
     document.querySelectorAll("#periods button").forEach((b) => b.addEventListener("click", () => { period = b.dataset.period; show(trend); }));
     document.addEventListener("hd:lang", () => { refresh(); show(trend); show(drill); });
     window.addEventListener("resize", () => charts && Object.values(charts).forEach((c) => c.resize()));
