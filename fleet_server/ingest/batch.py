@@ -50,12 +50,13 @@ class Received:
         """Why the device's time is not this message's row time (it is filed at receipt), or None."""
         return implausible_time(self.message.ts, self.received_at)
 
-    @property
-    def filed_at(self) -> datetime:
-        """The time the message's telemetry row is filed under: the device's, when plausible."""
-        if self.time_refused is not None:
-            return self.received_at
-        return datetime.fromtimestamp(self.message.ts / 1000, tz=UTC)
+    def filed(self) -> tuple[datetime, str | None]:
+        """The time the message's telemetry row is filed under (the device's, when plausible)
+        and why not the device's (None: it is)."""
+        why = self.time_refused
+        if why is not None:
+            return self.received_at, why
+        return datetime.fromtimestamp(self.message.ts / 1000, tz=UTC), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +187,11 @@ class _Rows:
             self.presences[msg.device_id] = (msg.online, msg.reason, at, msg.session, msg.device_id)
         elif isinstance(msg, Event):
             # Filed at receipt when the device's time is implausible; the device's own is kept.
-            detail = msg.detail if item.time_refused is None else {**msg.detail, "device_ts": msg.ts}
-            self.events.append((msg.device_id, item.filed_at, at, msg.kind, json.dumps(detail)))
+            filed_at, why = item.filed()
+            detail = msg.detail if why is None else {**msg.detail, "device_ts": msg.ts}
+            self.events.append((msg.device_id, filed_at, at, msg.kind, json.dumps(detail)))
         elif isinstance(msg, Health):
-            self._add_health(msg, at, item.filed_at)
+            self._add_health(msg, at, item.filed()[0])
 
     def _add_health(self, msg: Health, at: datetime, filed_at: datetime) -> None:
         self.health.append(

@@ -113,14 +113,17 @@ def storage_metrics(status: StorageStatus) -> str:
         "# HELP haodian_timescaledb_job_failures_total Runs of a TimescaleDB background job that failed.",
         "# TYPE haodian_timescaledb_job_failures_total counter",
     ]
-    for j in status.jobs:
-        labels = f'job_id="{j.job_id}",proc="{j.proc}",hypertable="{j.hypertable}"'
-        lines.append(f"haodian_timescaledb_job_failures_total{{{labels}}} {j.total_failures}")
+    labels = [f'job_id="{j.job_id}",proc="{j.proc}",hypertable="{j.hypertable}"' for j in status.jobs]
+    lines += [
+        f"haodian_timescaledb_job_failures_total{{{lab}}} {j.total_failures}"
+        for lab, j in zip(labels, status.jobs, strict=True)
+    ]
     lines += [
         "# HELP haodian_timescaledb_job_last_run_failed 1 when the job's last run failed.",
         "# TYPE haodian_timescaledb_job_last_run_failed gauge",
     ]
-    for j in status.jobs:
-        labels = f'job_id="{j.job_id}",proc="{j.proc}",hypertable="{j.hypertable}"'
-        lines.append(f"haodian_timescaledb_job_last_run_failed{{{labels}}} {int(j.last_run_status == 'Failed')}")
+    lines += [
+        f"haodian_timescaledb_job_last_run_failed{{{lab}}} {int(j.last_run_status == 'Failed')}"
+        for lab, j in zip(labels, status.jobs, strict=True)
+    ]
     return "\n".join(lines) + "\n"
