@@ -13,6 +13,7 @@ call their store and let the error travel.
     ├── TaskError              a task action its state does not allow          404 / 409
     ├── RemoteError            a command or settings change that could not be sent 404 / 503
     ├── BindingError           a binding of a device or merchant not in the registry  404 / 422
+    ├── LifecycleError         a lifecycle action its stage does not allow, or a wrong store  404 / 409 / 422
     ├── IdentityError          a device credential request refused             404 / 409
     ├── OtaError               a release or campaign request refused     404 / 409 / 422
     ├── NotifyError            a notification channel refused: unknown, or scope or secret wrong  404 / 422
@@ -96,6 +97,19 @@ class BindingError(FleetError):
     """A binding refused: the device or the merchant is not in the registry, or no binding."""
 
     STATUS_OF: ClassVar[dict[str, int]] = {"BINDING_NOT_FOUND": 404}
+
+
+class LifecycleError(FleetError):
+    """A lifecycle action refused: unknown device, merchant, store or agent; a stage that does not
+    allow it; a merchant of another store; an install without its test announcement."""
+
+    STATUS_OF: ClassVar[dict[str, int]] = {
+        "DEVICE_NOT_FOUND": 404,
+        "MERCHANT_NOT_FOUND": 404,
+        "STORE_NOT_FOUND": 404,
+        "AGENT_NOT_FOUND": 404,
+    }
+    DEFAULT_STATUS = 409
 
 
 class RemoteError(FleetError):

@@ -3,8 +3,9 @@
     async with ServerStack(settings, parts={Part.FLEET, Part.BRIDGE}, endpoint=..., database_url=...) as stack:
         print(stack.base_url)
 
-Each part has its own MQTT session; both share the pool and the schema. Run them in one
-process (the default and the demo) or as separate processes (`haodian server --parts bridge`).
+Each part has its own MQTT session; both share the pool and the schema. Run them in one process
+(the default, the demo; an install's 设备绑定成功 goes out at once, not at the bridge's retry
+scan) or as separate processes (`haodian server --parts bridge`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from fleet_server.ingest.storage import Storage
 from fleet_server.ingest.telemetry import TelemetryStore
 from fleet_server.inspection.inspector import Inspector
 from fleet_server.inspection.site import SiteBook
+from fleet_server.lifecycle.book import Lifecycle
 from fleet_server.notify.channels import Channels
 from fleet_server.notify.sender import Notifier
 from fleet_server.ota.conductor import OtaConductor
@@ -128,6 +130,7 @@ class ServerStack(Component):
         self.ota: OtaConductor | None = None
         self.remote: DeviceRemote | None = None
         self.channels: Channels | None = None
+        self.lifecycle: Lifecycle | None = None
         self.notifier: Notifier | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -184,6 +187,7 @@ class ServerStack(Component):
             self.channels = Channels(pool, cipher)
             self.services.add(self.channels)
             self.services.add(SiteBook(pool, self.contacts))
+            self.lifecycle = Lifecycle(pool)
             await self.contacts.seal_legacy()
             registry = DeviceRegistry(pool)
             figures = FleetFigures(pool, fleet_utc_offset_min=offset)
@@ -199,6 +203,7 @@ class ServerStack(Component):
                 figures,
                 FleetOverview(registry, figures, self.inspector.tasks),
                 self.inspector.tasks,
+                self.lifecycle,
                 self.ota_store,
                 ReleaseKeys({key_id_of(k): k for k in release_keys}),
                 Storage(pool, telemetry, decision),
@@ -222,6 +227,8 @@ class ServerStack(Component):
             self.services.add(store)
             self.bridge = await stack.enter_async_context(self._bridge(store))
             self.services.add(self.bridge)
+            if self.lifecycle is not None:
+                self.lifecycle.on_alert = self.bridge.publish_alert
             if self.settings.backend_webhook_url:
                 await stack.enter_async_context(
                     WebhookSender(pool, self.settings.backend_webhook_url, Signer(self.keys.signing_key))
@@ -273,11 +280,7 @@ class ServerStack(Component):
             policy=IngestPolicy(
                 utc_offset_min=self.settings.fleet_utc_offset_min, cell_learning_days=self.settings.cell_learning_days
             ),
-            ack_after_commit=(
-                self.settings.ingest_ack_after_commit
-                if self.settings.ingest_ack_after_commit is not None
-                else self.settings.mqtt_url is not None
-            ),
+            ack_after_commit=self.settings.acks_after_commit,
             share_group=_share(self.settings.mqtt_share_group, "ingest"),
             quarantine=self.quarantine,
             authority=self.reports,

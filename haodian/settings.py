@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     log_json: bool = True
     log_level: str = "INFO"
 
+    @property
+    def acks_after_commit(self) -> bool:
+        """Whether ingest acknowledges a message only after its commit (`ingest_ack_after_commit`,
+        by default on with an external broker)."""
+        explicit = self.ingest_ack_after_commit
+        return explicit if explicit is not None else self.mqtt_url is not None
+
     @model_validator(mode="after")
     def _refuse_generated_keys_in_production(self) -> Self:
         if self.environment is Environment.PRODUCTION:

@@ -32,6 +32,7 @@ from firmware_protocols.messages import Ack, AlertCode, Announce, AnnounceKind, 
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
 from fleet_server.db.isolate import write_apart
+from fleet_server.devices.bindings import Alert, Binding, Bindings
 from fleet_server.identity.reports import ReportAuthority
 from fleet_server.quarantine.store import Quarantine
 from mqtt_link.errors import LinkDown
@@ -39,7 +40,6 @@ from mqtt_link.link import Delivery
 from mqtt_link.routing import Inbound, Router, consumer_link
 from mqtt_link.tasks import Component, spawn
 from payment_bridge import doors
-from payment_bridge.bindings import Binding, Bindings
 from payment_bridge.coalesce import Coalescer, CoalescerClosed
 from payment_bridge.doors import Door
 from payment_bridge.errors import NotificationRejected
@@ -249,12 +249,29 @@ class PaymentBridge(Component):
         """Bind a registered device to a registered merchant; the device says 设备绑定成功."""
         binding, alert = await self.bindings.bind(device_id, merchant_id, ttl=self._ttl)
         if alert is not None:
-            self._publish(alert, datetime.now(tz=UTC))
+            self.publish_alert(alert)
         return binding
 
     async def unbind(self, device_id: str) -> None:
         """Unbind a device; it says 设备已解绑."""
-        self._publish(await self.bindings.unbind(device_id, ttl=self._ttl), datetime.now(tz=UTC))
+        self.publish_alert(await self.bindings.unbind(device_id, ttl=self._ttl))
+
+    def publish_alert(self, alert: Alert) -> None:
+        """Publish an alert recorded elsewhere (a binding, the device lifecycle's install) now;
+        if the broker is away the retry scan publishes it later, as any announce."""
+        delivery = PendingDelivery(
+            payment_id=alert.alert_id,
+            device_id=alert.device_id,
+            merchant_id=alert.merchant_id,
+            amount_fen=0,
+            channel=Channel.OTHER.value,
+            kind=AnnounceKind.ALERT.value,
+            paid_at=alert.at,
+            received_at=alert.at,
+            expires_at=alert.expires_at,
+            alert=alert.code.value,
+        )
+        self._publish(delivery, datetime.now(tz=UTC))
 
     # -- announces out ---------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The SQL of the payment bridge: payments and their deliveries recorded in one statement, the
-devices' acks, the retry scan, the figures of delivery, bindings, and the outbox of events for
+devices' acks, the retry scan, the figures of delivery, and the outbox of events for
 the backend's webhook. The statuses come from the protocol's `AckStatus`, `HEARD`, and the
-bridge's own names below.
+bridge's own names below. Bindings are the fleet's (`fleet_server.devices.bindings`).
 """
 
 from __future__ import annotations
@@ -113,40 +113,6 @@ PAYMENT: Final = (
 DELIVERIES: Final = (
     "SELECT device_id, status, attempts, acked_at, play_started_at, text, reason"
     " FROM deliveries WHERE payment_id = %s ORDER BY device_id"
-)
-# A device bound to a merchant, moved from any previous one; bound again to the same merchant it
-# keeps the time it was first bound (the merchant's period, `hierarchy.merchant_period`). Rows: Binding.
-BIND: Final = (
-    "INSERT INTO bindings AS b (device_id, merchant_id) VALUES (%s, %s)"
-    " ON CONFLICT (device_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id,"
-    " bound_at = CASE WHEN b.merchant_id = EXCLUDED.merchant_id THEN b.bound_at ELSE now() END"
-    " RETURNING device_id, merchant_id, bound_at"
-)
-# The previous binding of a device, locked while it changes: one row (merchant_id), or none.
-LOCK_BINDING: Final = "SELECT merchant_id FROM bindings WHERE device_id = %s FOR UPDATE"
-UNBIND: Final = "DELETE FROM bindings WHERE device_id = %s"
-# Whether the device and the merchant are in the registry: one row (device, merchant) of booleans.
-REGISTERED: Final = (
-    "SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = %(d)s),"
-    " EXISTS (SELECT 1 FROM merchants WHERE merchant_id = %(m)s)"
-)
-# An alert for one device (bound / unbound), as a record of kind 'alert' with one delivery, so it
-# is retried like any announcement: (id, merchant, alert code, received at, expires at, device).
-RECORD_ALERT: Final = (
-    "WITH p AS (INSERT INTO payments (payment_id, source, notify_id, merchant_id, amount_fen, channel, kind,"
-    " status, paid_at, received_at, raw) VALUES (%(id)s, 'binding', %(id)s, %(m)s, 0, 'other', 'alert', %(code)s,"
-    " %(at)s, %(at)s, '{}') RETURNING payment_id)"
-    " INSERT INTO deliveries (payment_id, device_id, expires_at, last_published_at, attempts)"
-    " SELECT payment_id, %(d)s, %(until)s, %(at)s, 1 FROM p"
-)
-# Bindings by merchant, device id or a serial (the registry's or the reported one); NULL matches
-# all. Rows: Binding.
-BINDINGS: Final = (
-    "SELECT device_id, merchant_id, bound_at FROM bindings"
-    " WHERE (%(m)s::text IS NULL OR merchant_id = %(m)s) AND (%(d)s::text IS NULL OR device_id = %(d)s)"
-    " AND (%(s)s::text IS NULL OR device_id IN"
-    "   (SELECT device_id FROM devices WHERE serial = %(s)s OR reported_serial = %(s)s))"
-    " ORDER BY merchant_id, device_id"
 )
 # Payments nobody heard, newest first, by merchant and since (NULL matches all). Rows: NotAnnounced.
 NOT_ANNOUNCED_PAYMENTS: Final = statement(

@@ -12,12 +12,12 @@ from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader, ReachDep
+from fleet_server.devices.bindings import Binding
 from fleet_server.errors import ApiError, BindingError
 from fleet_server.http.errors import NOT_FOUND, ErrorResponse
 from fleet_server.http.ratelimit import too_many
 from fleet_server.http.services import HttpPolicy, provide, services_of
 from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
-from payment_bridge.bindings import Binding
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.doors import Door
 from payment_bridge.errors import NotificationRejected

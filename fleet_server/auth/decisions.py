@@ -86,6 +86,18 @@ _TABLE: Final[dict[str, tuple[Decision, ...]]] = {
     "GET /api/v1/registry/devices/{device_id}/credentials": (YES, YES, NO, NO, NO),
     "POST /api/v1/registry/devices/{device_id}/credentials/revoke": (YES, NO, NO, NO, NO),
     "POST /api/v1/registry/devices/{device_id}/retire": (YES, NO, NO, NO, NO),
+    # the device lifecycle
+    "GET /api/v1/lifecycle/devices/{key}": (YES, YES, OWN, NO, NO),
+    "GET /api/v1/lifecycle/devices/{device_id}/history": (YES, YES, OWN, NO, NO),
+    "GET /api/v1/lifecycle/counts": (YES, YES, NO, NO, NO),
+    "GET /api/v1/lifecycle/merchants": (YES, YES, OWN, NO, NO),
+    "POST /api/v1/lifecycle/stock": (YES, NO, NO, NO, NO),
+    "POST /api/v1/lifecycle/allocate": (YES, NO, NO, NO, NO),
+    "POST /api/v1/lifecycle/devices/{key}/install": (YES, NO, OWN, NO, NO),
+    "POST /api/v1/lifecycle/devices/{device_id}/commission": (YES, NO, OWN, NO, NO),
+    "POST /api/v1/lifecycle/devices/{device_id}/return": (YES, NO, OWN, NO, NO),
+    "POST /api/v1/lifecycle/devices/{device_id}/swap": (YES, NO, OWN, NO, NO),
+    "POST /api/v1/lifecycle/devices/{device_id}/{action}": (YES, NO, NO, NO, NO),
     # OTA
     "GET /api/v1/ota/releases": (YES, YES, NO, NO, NO),
     "POST /api/v1/ota/releases": (YES, NO, NO, NO, NO),

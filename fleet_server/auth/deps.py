@@ -136,6 +136,8 @@ AuditReader = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
 QuarantineAdmin = Annotated[Principal, Depends(require(Permission.QUARANTINE_ADMIN))]
 FiguresRebuilder = Annotated[Principal, Depends(require(Permission.FIGURES_REBUILD))]
 NotifyAdmin = Annotated[Principal, Depends(require(Permission.NOTIFY_ADMIN))]
+LifecycleReader = Annotated[Principal, Depends(require(Permission.LIFECYCLE_READ))]
+Installer = Annotated[Principal, Depends(require(Permission.DEVICE_INSTALL))]
 
 
 class Reach:

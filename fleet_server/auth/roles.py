@@ -3,7 +3,7 @@
     ops-admin    everything, including users and the audit log
     ops-viewer   reads the whole fleet; changes nothing
     field-agent  the devices and tasks of the stores assigned; diagnostics, test announcement,
-                 reboot; starts and closes tasks
+                 reboot; starts and closes tasks; installs, returns and swaps devices
     merchant     their own devices: settings, a test announcement, recent announcements
     backend      the payment backend's service account: bindings, payments, delivery figures
 
@@ -45,6 +45,8 @@ class Permission(StrEnum):
     QUARANTINE_ADMIN = "quarantine.admin"  # read held messages (raw payloads) and purge them
     FIGURES_REBUILD = "figures.rebuild"  # rebuild the figure rollups from raw history
     NOTIFY_ADMIN = "notify.admin"  # add, remove and test notification channels
+    DEVICE_INSTALL = "device.install"  # install, commission, return and swap devices within reach
+    LIFECYCLE_READ = "lifecycle.read"  # devices' stages and the merchants to install for, within reach
 
 
 _READ_ALL: Final = {
@@ -53,12 +55,20 @@ _READ_ALL: Final = {
     Permission.TASK_READ,
     Permission.OTA_READ,
     Permission.PAYMENT_READ,
+    Permission.LIFECYCLE_READ,
 }
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.OPS_ADMIN: frozenset(Permission),
     Role.OPS_VIEWER: frozenset(_READ_ALL),
     Role.FIELD_AGENT: frozenset(
-        {Permission.DEVICE_READ, Permission.DEVICE_COMMAND, Permission.TASK_READ, Permission.TASK_WORK}
+        {
+            Permission.DEVICE_READ,
+            Permission.DEVICE_COMMAND,
+            Permission.DEVICE_INSTALL,
+            Permission.LIFECYCLE_READ,
+            Permission.TASK_READ,
+            Permission.TASK_WORK,
+        }
     ),
     Role.MERCHANT: frozenset(
         {Permission.DEVICE_READ, Permission.DEVICE_COMMAND, Permission.DEVICE_SETTINGS, Permission.PAYMENT_READ}

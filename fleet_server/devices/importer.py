@@ -163,23 +163,31 @@ def check_row(line: int, values: dict[str, str]) -> tuple[DeviceRow | None, list
 
 def read_csv(text: str) -> list[tuple[int, dict[str, str]]]:
     """The rows of a registry CSV by line number; `ImportRefused` for a file that is not one."""
+    return read_table(text, COLUMNS, REQUIRED)
+
+
+def read_table(text: str, known: tuple[str, ...], required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV file with the columns `known` (`required` among them) by line number;
+    `ImportRefused` for a file that is not one. Excel's UTF-8 byte order mark is dropped."""
     # newline="": the csv module's own line handling, so a CR inside a quoted field is data
     # and a stray one elsewhere is a clear error, not a crash (found by the OpenAPI fuzzing).
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
     try:
-        return _read_rows(reader)
+        return _read_rows(reader, known, required)
     except csv.Error as exc:
         raise ImportRefused(f"not a CSV file (line {reader.line_num}): {exc}") from exc
 
 
-def _read_rows(reader: csv.DictReader[str]) -> list[tuple[int, dict[str, str]]]:
+def _read_rows(
+    reader: csv.DictReader[str], known: tuple[str, ...], required: tuple[str, ...]
+) -> list[tuple[int, dict[str, str]]]:
     header = reader.fieldnames or []
-    missing = [name for name in REQUIRED if name not in header]
+    missing = [name for name in required if name not in header]
     if missing:
-        raise ImportRefused(f"the CSV header lacks {', '.join(missing)}; expected columns: {', '.join(COLUMNS)}")
-    unknown = [name for name in header if name not in COLUMNS]
+        raise ImportRefused(f"the CSV header lacks {', '.join(missing)}; expected columns: {', '.join(known)}")
+    unknown = [name for name in header if name not in known]
     if unknown:
-        raise ImportRefused(f"unknown columns {', '.join(unknown)}; expected: {', '.join(COLUMNS)}")
+        raise ImportRefused(f"unknown columns {', '.join(unknown)}; expected: {', '.join(known)}")
     rows: list[tuple[int, dict[str, str]]] = []
     for values in reader:
         if len(rows) >= MAX_ROWS:

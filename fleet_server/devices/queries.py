@@ -190,7 +190,8 @@ LOCK_STATES: Final = (
     "SELECT d.device_id, d.state, d.healthy_streak, d.state_since,"  # noqa: S608 - constant fragments.
     " d.deployed_from, d.retired_at, d.run_fault_at, d.rolled_store, d.rolled_model, d.rolled_firmware,"
     " d.rolled_off_s, d.rolled_open_s, d.rolled_close_s,"
-    f" {SLICE_NOW} FROM {DEVICE_HIERARCHY} WHERE d.device_id = ANY(%(ids)s) ORDER BY d.device_id FOR UPDATE OF d"
+    f" {SLICE_NOW}, d.stage FROM {DEVICE_HIERARCHY} WHERE d.device_id = ANY(%(ids)s)"
+    " ORDER BY d.device_id FOR UPDATE OF d"
 )
 # New states, since when, streaks and rollup fields, as unnest() columns (state, since, streak,
 # rolled store, model, firmware, off_s, open_s, close_s, deployed_from, retired_at, run_fault_at,

@@ -14,6 +14,7 @@ from typing import Final, LiteralString
 
 from fleet_server.db.fetch import statement
 from fleet_server.db.hierarchy import DEVICE_HIERARCHY
+from fleet_server.devices.spans import SPANS
 from fleet_server.devices.states import DEPLOYED_STATES, FAILURE_STATES, UP_STATES, DeviceState
 
 _NAMES: Final = {
@@ -91,20 +92,6 @@ ORDER BY 1, 2, 3, 4, 5, 6, 7
 ON CONFLICT (store_id, model, firmware, state, off_s, open_s, close_s) DO UPDATE SET
     devices = t.devices + EXCLUDED.devices, since_s = t.since_s + EXCLUDED.since_s,
     since_bs = t.since_bs + EXCLUDED.since_bs
-"""
-
-# Devices with a message on a local day they were deployed, counted once, as the daily rollup
-# row is first written: (device_ids, days, offset_min). Only once the rollups are built.
-ADD_SEEN: Final = """
-INSERT INTO figure_days AS t (day, store_id, model, firmware, seen_devices)
-SELECT n.day, d.rolled_store, d.rolled_model, d.rolled_firmware, count(*)
-FROM unnest(%(devices)s::text[], %(days)s::date[]) AS n(device_id, day) JOIN devices d USING (device_id)
-WHERE d.rolled_store IS NOT NULL
-  AND d.deployed_from < (n.day + 1)::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(offset_min)s)
-  AND (d.retired_at IS NULL
-       OR d.retired_at > n.day::timestamp AT TIME ZONE 'UTC' - make_interval(mins => %(offset_min)s))
-GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-ON CONFLICT (day, store_id, model, firmware) DO UPDATE SET seen_devices = t.seen_devices + EXCLUDED.seen_devices
 """
 
 # -- the checkpoint: every device's open piece up to the hour %(h)s moved into the rows ------
@@ -241,18 +228,23 @@ REBUILD_HOURS: Final = _into(
     first="floor(GREATEST(s, %(hours_from)s) / 3600)::bigint",
     last="floor(e / 3600)::bigint",
 )
-# Each device's state, deployed span, current failure run and slice from its history.
+# Each device's state, current deployed span, current failure run and slice from its history.
 # Parameters: fleet_offset.
 REBUILD_DEVICES: Final = statement(
     """
-WITH h AS (
+WITH g AS (
+    SELECT *, count(*) FILTER (WHERE previous = {retired} AND state <> {retired})
+                  OVER (PARTITION BY device_id ORDER BY at, seq) AS span
+    FROM device_states
+),
+h AS (
     SELECT device_id, state, previous, at, seq,
            max(at) FILTER (WHERE state = ANY({failure}) AND NOT COALESCE(previous = ANY({failure}), false))
                OVER w AS run_at,
            max(at) FILTER (WHERE state = {faulty} AND NOT COALESCE(previous = ANY({failure}), false))
                OVER w AS fault_at,
-           min(at) FILTER (WHERE state <> {retired}) OVER (PARTITION BY device_id) AS deployed_from
-    FROM device_states WINDOW w AS (PARTITION BY device_id ORDER BY at, seq)
+           min(at) FILTER (WHERE state <> {retired}) OVER (PARTITION BY device_id, span) AS deployed_from
+    FROM g WINDOW w AS (PARTITION BY device_id ORDER BY at, seq)
 ),
 last AS (SELECT DISTINCT ON (device_id) * FROM h ORDER BY device_id, at DESC, seq DESC),
 sl AS (SELECT d.device_id, """
@@ -275,10 +267,6 @@ UNROLL_SILENT: Final = (
     " WHERE NOT EXISTS (SELECT 1 FROM device_states h WHERE h.device_id = devices.device_id)"
     " AND rolled_store IS NOT NULL"
 )
-REBUILD_SEEN: Final = ADD_SEEN.replace(
-    "FROM unnest(%(devices)s::text[], %(days)s::date[]) AS n(device_id, day) JOIN devices d USING (device_id)",
-    "FROM device_daily n JOIN devices d USING (device_id)",
-).replace("%(offset_min)s", "%(fleet_offset)s")
 CLEAR: Final = (
     "DELETE FROM figure_days",
     "DELETE FROM figure_hours",
@@ -311,13 +299,20 @@ _ON_SPAN: Final = (
     " ON CONFLICT (store_id, model, firmware, deployed_at, retired_at)"
     " DO UPDATE SET devices = t.devices + EXCLUDED.devices"
 )
+# A device deployed more than once has, beside its spans, the gap between each two taken off
+# once: a span from the later one's start to the earlier one's end (its "retired" before its
+# "deployed"), -1, which meets exactly the windows that meet both (`rolled.py` counts a device in a
+# window, and a day, once). `rollups.roll` writes the same.
 REBUILD_SPANS: Final = (
-    "INSERT INTO figure_spans SELECT rolled_store, rolled_model, rolled_firmware, "
-    + _edge(_SPAN_EDGE, "deployed_from")
+    "WITH " + SPANS + ", runs AS (SELECT device_id, deployed_from, retired_at, 1 AS n FROM spans"
+    " UNION ALL SELECT device_id, deployed_from, lag(retired_at) OVER"
+    " (PARTITION BY device_id ORDER BY deployed_from), -1 FROM spans)"
+    " INSERT INTO figure_spans SELECT d.rolled_store, d.rolled_model, d.rolled_firmware, "
+    + _edge(_SPAN_EDGE, "s.deployed_from")
     + ", COALESCE("
-    + _edge(_SPAN_EDGE_UP, "retired_at")
-    + f", {NOT_RETIRED}), count(*) FROM devices WHERE rolled_store IS NOT NULL AND deployed_from IS NOT NULL"
-    " GROUP BY 1, 2, 3, 4, 5"
+    + _edge(_SPAN_EDGE_UP, "s.retired_at")
+    + f", {NOT_RETIRED}), sum(s.n) FROM runs s JOIN devices d USING (device_id) WHERE d.rolled_store IS NOT NULL"
+    " AND (s.n = 1 OR s.retired_at IS NOT NULL) GROUP BY 1, 2, 3, 4, 5 HAVING sum(s.n) <> 0"
 )
 # Spans whose hours are now before the hours kept, kept as local days from here on.
 SPANS_TO_DAYS: Final = (
@@ -353,9 +348,8 @@ LOCKED: Final = " FOR UPDATE OF d"
 HISTORY_OF: Final = "SELECT state, previous, at FROM device_states WHERE device_id = %s ORDER BY at, seq"
 ROLLED_OF: Final = (
     "SELECT state, state_since, rolled_store, rolled_model, rolled_firmware, rolled_off_s, rolled_open_s,"
-    " rolled_close_s, deployed_from, retired_at FROM devices WHERE device_id = %s"
+    " rolled_close_s FROM devices WHERE device_id = %s"
 )
-DAILY_ROWS_OF: Final = "SELECT device_id, day FROM device_daily WHERE device_id = ANY(%s)"
 SEEN_DAYS_OF: Final = "SELECT day FROM device_daily WHERE device_id = %s"
 # Seen device-days moved between slices: (day, store, model, firmware, change) columns.
 ADD_SEEN_COUNTS: Final = (

@@ -10,6 +10,8 @@ from rollups").
   and after a transition written before the checkpoint: late or backdated history).
 - `move_resliced()`: a device rebound to another store, updated to other firmware, or whose
   merchant's hours changed has its rolled time moved to where it now belongs.
+- `spans`: the deployed spans (a device may have several: installed again after a return) and
+  the power-on counts of the days they touch.
 - `seal()`: the local days that have ended summed again by store alone (migration 0016), so the
   figures over the hierarchy read a sixth of the rows; triggers keep them equal to the day rows.
 
@@ -30,7 +32,7 @@ from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_server.db.batch import columns
-from fleet_server.devices import delivery_rollups
+from fleet_server.devices import delivery_rollups, spans
 from fleet_server.devices import rollup_queries as q
 from fleet_server.devices.ledger import DAY_S, Grain, Ledger, Profile, Slice, day_start, local_day
 from fleet_server.devices.states import FAILURE_STATES, UP_STATES, DeviceState
@@ -117,6 +119,13 @@ def roll(ledger: Ledger, device: Rolled, transitions: list[Step], floor: float) 
             in_order &= at >= u
             ledger.add_interval(device.where, device.profile, before, u, at)
             ledger.open(device.where, before, device.profile, u, -1)
+            if previous is DeviceState.RETIRED and state is not DeviceState.RETIRED:
+                # Installed again: a new span, and the gap since the last one taken off once, so
+                # a window that meets both counts the device (and a day both touch) once.
+                if device.deployed_from is not None and device.retired_at is not None:
+                    ledger.span(device.where, at_dt, device.retired_at, -1)
+                device.deployed_from, device.retired_at = at_dt, None
+                ledger.span(device.where, at_dt, None, +1)
         else:
             in_order &= at >= floor  # a first contact before the checkpoint: time it never held
             if device.deployed_from is None and state is not DeviceState.RETIRED:
@@ -180,21 +189,6 @@ async def mark_dirty(cur: AsyncCursor[Any], since: datetime) -> None:
     await cur.execute(q.MARK_DIRTY, (since,))
 
 
-async def count_seen(
-    cur: AsyncCursor[Any], device_days: list[tuple[str, date]], held: Clock, first_deployed: set[str]
-) -> None:
-    """Devices seen for the first time on a local day they were deployed (power-on): the daily
-    rows `device_days` just written, and every daily row of the devices deployed for the first
-    time just now (a message before their first state change was not counted)."""
-    pairs = {(device, day) for device, day in device_days if device not in first_deployed}
-    if first_deployed:
-        await cur.execute(q.DAILY_ROWS_OF, (sorted(first_deployed),))
-        pairs |= {(device, day) for device, day in await cur.fetchall()}
-    if pairs:
-        ids, days = columns(sorted(pairs), 2)
-        await cur.execute(q.ADD_SEEN, {"devices": ids, "days": days, "offset_min": held.offset_min})
-
-
 def _hour_floor(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
@@ -226,7 +220,7 @@ async def rebuild(
         await cur.execute(q.REBUILD_DAYS, params)
         await cur.execute(q.REBUILD_HOURS, params)
         await cur.execute(q.REOPEN, params)
-        await cur.execute(q.REBUILD_SEEN, params)
+        await cur.execute(spans.REBUILD_SEEN, params)
         await cur.execute(q.REBUILD_SPANS, params)
         await cur.execute(q.SET_CLOCK, {**params, "hours_from": hours_from})
         if deliveries:
@@ -354,7 +348,6 @@ async def _history_into(
     assert row is not None  # noqa: S101 - locked by MOVED a moment ago
     old = Slice(row[2], row[3], row[4])
     old_profile = Profile(row[5], row[6], row[7])
-    deployed_from, retired_at = row[8], row[9]
     await cur.execute(q.HISTORY_OF, (device_id,))
     history: list[Step] = [
         (at, DeviceState(state), DeviceState(previous) if previous else None)
@@ -373,12 +366,14 @@ async def _history_into(
         ledger.open(where, device.state, profile, max(device.since, held.checkpoint), sign)
     await cur.execute(q.SEEN_DAYS_OF, (device_id,))
     offset_s = 60.0 * held.offset_min
+    runs = list(spans.deployed_spans(history))
     days = [
         day
         for (day,) in await cur.fetchall()
-        if deployed_from is not None
-        and deployed_from.timestamp() < day_start(day, offset_s) + DAY_S
-        and (retired_at is None or retired_at.timestamp() > day_start(day, offset_s))
+        if any(
+            s.timestamp() < day_start(day, offset_s) + DAY_S and (e is None or e.timestamp() > day_start(day, offset_s))
+            for s, e in runs
+        )
     ]
     return old, days
 

@@ -44,7 +44,8 @@ class Signal(StrEnum):
     LOST_DETECTED = "lost_detected"
     RELOCATED_DETECTED = "relocated_detected"
     BACK_IN_PLACE = "back_in_place"  # serving cells match the installation again
-    RETIRE = "retire"
+    RETIRE = "retire"  # returned, scrapped, lost or stolen (the lifecycle, `fleet_server.lifecycle`)
+    INSTALLED = "installed"  # installed at a merchant by a field agent: deployed from now
 
 
 S = DeviceState
@@ -66,7 +67,9 @@ _ONLINE_FROM: Final = {S.OFFLINE, S.SUSPECTED_LOST}
 def next_state(current: DeviceState | None, signal: Signal) -> DeviceState | None:
     """Where `signal` takes a device in `current` (None: never seen); None when it stays."""
     if current is S.RETIRED:
-        return None  # retired is final; a retired device that talks again is a finding, not a state
+        # Retired until installed again (`lifecycle`: back from repair, or stocked after a switch-on
+        # before it was registered); a retired device that talks again is a finding, not a state.
+        return S.IN_SERVICE if signal is Signal.INSTALLED else None
     if signal is Signal.RETIRE:
         return S.RETIRED
     if current is None:
@@ -75,7 +78,8 @@ def next_state(current: DeviceState | None, signal: Signal) -> DeviceState | Non
     return target if target is not current else None
 
 
-_FIRST_CONTACT: Final = frozenset({Signal.SEEN, Signal.HEALTHY})
+# A device registered before the lifecycle is deployed when first seen; one from stock when installed.
+_FIRST_CONTACT: Final = frozenset({Signal.SEEN, Signal.HEALTHY, Signal.INSTALLED})
 
 _TABLE: Final[dict[tuple[DeviceState, Signal], DeviceState]] = {
     **{(state, Signal.SEEN): S.IN_SERVICE for state in _ONLINE_FROM},

@@ -12,15 +12,19 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from psycopg import AsyncCursor
 
 from fleet_server.db.batch import columns, copy_rows
-from fleet_server.devices import queries, rollups
+from fleet_server.devices import queries, rollups, spans
 from fleet_server.devices.ledger import Profile, Slice
 from fleet_server.devices.parts import VERIFY_CLEAN_REPORTS
 from fleet_server.devices.states import DeviceState, Signal, next_state
+
+# The lifecycle's stages before install (`lifecycle.stages.UNDEPLOYED`, pinned by a test): a
+# device there moves no operational state, whatever it sends.
+UNDEPLOYED_STAGES: Final = frozenset({"in_stock", "allocated"})
 
 # A device is verified healthy after this many clean health reports in a row (parts.py says why).
 CLEAN_REPORTS_TO_VERIFY = VERIFY_CLEAN_REPORTS
@@ -94,15 +98,20 @@ async def apply(
     late: datetime | None = None
     transitions: list[Transition] = []
     updates: list[tuple[object, ...]] = []
+    started: dict[str, datetime | None] = {}  # devices whose deployed span begins in this batch
     for device_id in ids:
         row = rows.get(device_id)
-        if row is None:
-            continue  # not registered and never seen: ingest inserts the row before applying
+        # Not registered and never seen (ingest inserts the row before applying), or on a shelf
+        # (in stock, allocated): deployed at install, not when switched on in the warehouse.
+        if row is None or row[19] in UNDEPLOYED_STAGES:
+            continue
         cursor = DeviceCursor(DeviceState(row[1]) if row[1] else None, row[2])
         before = (cursor.state, cursor.streak)
         made = fold(cursor, by_device[device_id], clean_reports=clean_reports)
         transitions.extend(made)
         rolled = _rolled(row)
+        if any(spans.starts_span(t.previous, t.state) for t in made):
+            started[device_id] = rolled.retired_at  # the previous span's end, before roll() moves on
         if made and ledger is not None and held is not None:
             if row[7] is None and row[1] is not None:
                 late = _earliest(late, made[0].at)  # time the rollups never held: rebuild
@@ -124,6 +133,17 @@ async def apply(
                     device_id,
                 )
             )
+    await _store(cur, updates, transitions)
+    if ledger is not None and held is not None:
+        await rollups.write(cur, ledger)
+        await spans.count_started(cur, started, held)
+    if late is not None:
+        await rollups.mark_dirty(cur, late)
+    return transitions
+
+
+async def _store(cur: AsyncCursor[Any], updates: list[tuple[object, ...]], transitions: list[Transition]) -> None:
+    """The devices' new states and rollup fields, and the transitions with their causes."""
     if updates:
         await cur.execute(queries.SET_STATES, columns(updates, 13))
     if transitions:
@@ -142,11 +162,6 @@ async def apply(
                 for t in transitions
             ),
         )
-    if ledger is not None:
-        await rollups.write(cur, ledger)
-    if late is not None:
-        await rollups.mark_dirty(cur, late)
-    return transitions
 
 
 def _earliest(a: datetime | None, b: datetime) -> datetime:

@@ -181,10 +181,11 @@ spans AS (
 ),
 deployed AS (
     -- Devices deployed in the bucket, and device-days deployed over its local days (at any
-    -- time of the day: the power-on rate's days).
+    -- time of the day: the power-on rate's days). A gap between two spans of a device
+    -- (rollup_queries.REBUILD_SPANS, n -1) counts the days both touch: none, or the one day.
     SELECT b.b, spans.key,
            COALESCE(sum(n) FILTER (WHERE spans.h < b.e AND (spans.r IS NULL OR spans.r > b.s)), 0) AS devices,
-           sum(n * (1 + LEAST(b.last_day, COALESCE(
+           sum(n * GREATEST(0, 1 + LEAST(b.last_day, COALESCE(
                    date '1970-01-01' + floor((date_part('epoch', spans.r) - 1 + %(fleet_offset)s * 60.0) / 86400)::int,
                    b.last_day))
                  - GREATEST(b.first_day,

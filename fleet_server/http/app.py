@@ -21,6 +21,7 @@ from fleet_server.http.errors import install_error_handlers
 from fleet_server.identity import routes as identity_routes
 from fleet_server.ingest import routes as ingest_routes
 from fleet_server.inspection import routes as inspection_routes
+from fleet_server.lifecycle import routes as lifecycle_routes
 from fleet_server.notify import routes as notify_routes
 from fleet_server.ota import routes as ota_routes
 from fleet_server.quarantine import routes as quarantine_routes
@@ -43,6 +44,7 @@ FLEET_ROUTERS: tuple[APIRouter, ...] = (
     quarantine_routes.router,
     ingest_routes.router,
     notify_routes.router,
+    lifecycle_routes.router,
 )
 
 

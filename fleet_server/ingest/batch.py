@@ -16,9 +16,9 @@ from psycopg_pool import AsyncConnectionPool
 from firmware_protocols.fields import TIME_FLOOR_MS
 from firmware_protocols.messages import Event, Health, Hello, Message, Presence
 from fleet_server.db.batch import columns, copy_rows
-from fleet_server.devices import rollups, tracker
+from fleet_server.devices import rollups, spans, tracker
 from fleet_server.devices.parts import Impact, impact_of
-from fleet_server.devices.states import DEPLOYED_STATES, Signal
+from fleet_server.devices.states import Signal
 from fleet_server.devices.tracker import Observation
 from fleet_server.ingest import queries
 from mqtt_link.link import Delivery
@@ -282,6 +282,6 @@ async def write_batch(
         # Power-on: a device seen on a new local day, counted once its state is applied.
         held = await rollups.clock(cur)
         if held is not None:
-            first = {t.device_id for t in made if t.previous is None and t.state in DEPLOYED_STATES}
-            await rollups.count_seen(cur, first_of_day, held, first)
+            started = {t.device_id for t in made if spans.starts_span(t.previous, t.state)}
+            await spans.count_seen(cur, first_of_day, held, started)
         return made

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, LiteralString
 
+from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
@@ -28,6 +29,8 @@ from fleet_server.errors import TaskError
 from fleet_server.inspection import queries
 from fleet_server.inspection.detectors import Finding, FindingKind
 from fleet_server.inspection.rules import FIXED_WHEN, REPAIRS, SIGNAL_OF, SLA_H, CancelReason, TaskStatus
+from fleet_server.lifecycle import queries as lifecycle_queries
+from fleet_server.lifecycle.stages import Action, Stage
 from fleet_server.notify.outbox import queue_task
 
 
@@ -234,20 +237,15 @@ class TaskBook:
         out of the deployed figures from that moment, and every task of it still open closed
         (there is nothing left to verify). One transaction; a retired device stays retired."""
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await rollups.lock_shared(cur)  # before the device row, as every writer of the rollups
-            await cur.execute(queries.DEVICE_STATE, (device_id,))
-            row = await cur.fetchone()
-            if row is None:
-                raise TaskError("DEVICE_NOT_FOUND", f"device {device_id} not found", f"设备 {device_id} 不存在")
-            if row[0] == DeviceState.RETIRED:
-                raise TaskError("DEVICE_RETIRED", f"device {device_id} is retired already", f"设备 {device_id} 已退役")
-            detail = {"reason": reason.value, "note": note, "by": by}
-            observation = Observation(device_id, now, Signal.RETIRE, f"retired_{reason.value}", detail)
-            await tracker.apply(cur, [observation])
-            why = f"closed: device retired ({reason.value}) by {by}" + (f": {note}" if note else "")
-            await cur.execute(queries.CLOSE_FOR_RETIRED, (now, now, why, device_id))
-            closed = sorted(int(r[0]) for r in await cur.fetchall())
-        return Retired(device_id=device_id, reason=reason, at=now, previous_state=row[0], closed_tasks=closed)
+            previous, closed = await retire_in(cur, device_id, reason.value, note, by=by, now=now)
+            stage = Stage.SCRAPPED if reason is RetireReason.SCRAPPED else Stage.LOST
+            await cur.execute(lifecycle_queries.SET_STAGE, (stage.value, now, device_id))
+            action = Action.SCRAP if stage is Stage.SCRAPPED else Action.LOSE
+            detail = json.dumps({"reason": reason.value, "note": note, "closed_tasks": closed})
+            await cur.execute(
+                lifecycle_queries.LOG_STAGE, (device_id, now, stage.value, None, action.value, by, detail)
+            )
+        return Retired(device_id=device_id, reason=reason, at=now, previous_state=previous, closed_tasks=closed)
 
     async def verify(self, now: datetime) -> list[int]:
         """Close every verifying task whose device is fixed for the task's kind; returns their ids."""
@@ -265,3 +263,22 @@ class TaskBook:
                 if fixed:
                     closed.append(task_id)
         return closed
+
+
+async def retire_in(
+    cur: AsyncCursor[Any], device_id: str, reason: str, note: str, *, by: str, now: datetime
+) -> tuple[str | None, list[int]]:
+    """`TaskBook.retire` in the caller's transaction (also the lifecycle's return, swap, scrap and
+    loss): the device's state before, and the tasks closed."""
+    await rollups.lock_shared(cur)  # before the device row, as every writer of the rollups
+    await cur.execute(queries.DEVICE_STATE, (device_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise TaskError("DEVICE_NOT_FOUND", f"device {device_id} not found", f"设备 {device_id} 不存在")
+    if row[0] == DeviceState.RETIRED:
+        raise TaskError("DEVICE_RETIRED", f"device {device_id} is retired already", f"设备 {device_id} 已退役")
+    detail = {"reason": reason, "note": note, "by": by}
+    await tracker.apply(cur, [Observation(device_id, now, Signal.RETIRE, f"retired_{reason}", detail)])
+    why = f"closed: device retired ({reason}) by {by}" + (f": {note}" if note else "")
+    await cur.execute(queries.CLOSE_FOR_RETIRED, (now, now, why, device_id))
+    return row[0], sorted(int(r[0]) for r in await cur.fetchall())

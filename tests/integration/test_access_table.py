@@ -352,6 +352,93 @@ async def _site_foreign(world: World) -> list[Call]:
     return [Call("GET", f"/api/v1/tasks/{await world.task(d, 'S-B')}/site") for d in ("DB1", "DM1")]
 
 
+async def _stocked(world: World, store: str | None = None) -> str:
+    """A new device in stock, allocated to `store` when one is given."""
+    device = world.fresh("LC")
+    csv = f"device_id,serial,model\n{device},SN{device},HD-S1\n".encode()
+    await world.ok("POST", "/api/v1/lifecycle/stock", params={"dry_run": "false"}, content=csv, headers=_CSV)
+    if store is not None:
+        await world.ok("POST", "/api/v1/lifecycle/allocate", json={"device_ids": [device], "store_id": store})
+    return device
+
+
+async def _installed(world: World, store: str) -> str:
+    device = await _stocked(world, store)
+    merchant = {"S-A": "MA", "S-B": "MB"}[store]
+    await world.ok("POST", f"/api/v1/lifecycle/devices/{device}/install", json={"merchant_id": merchant})
+    return device
+
+
+async def _tested(world: World, store: str) -> tuple[str, str]:
+    """An installed device whose test announcement played (as its result would record it)."""
+    device, command = await _installed(world, store), world.fresh("cmd-")
+    await world.sql(
+        "INSERT INTO device_commands (command_id, device_id, name, issued_by, issued_at, status, updated_at)"
+        " VALUES (%s, %s, 'test_announce', 'table', now(), 'succeeded', now())",
+        (command, device),
+    )
+    return device, command
+
+
+def _lifecycle(make: Callable[[World, str], Awaitable[Call]]) -> tuple[Make, Foreign]:
+    """A lifecycle request on a device of S-A (own), and on one of S-B (another's)."""
+
+    async def own(world: World) -> Call:
+        return await make(world, "S-A")
+
+    async def foreign(world: World) -> list[Call]:
+        return [await make(world, "S-B")]
+
+    return own, foreign
+
+
+async def _life_read(world: World, store: str) -> Call:
+    return Call("GET", f"/api/v1/lifecycle/devices/{await _stocked(world, store)}")
+
+
+async def _life_history(world: World, store: str) -> Call:
+    return Call("GET", f"/api/v1/lifecycle/devices/{await _stocked(world, store)}/history")
+
+
+async def _install(world: World, store: str) -> Call:
+    device, merchant = await _stocked(world, store), {"S-A": "MA", "S-B": "MB"}[store]
+    return Call("POST", f"/api/v1/lifecycle/devices/{device}/install", json={"merchant_id": merchant, "lat": 39.9})
+
+
+async def _commission(world: World, store: str) -> Call:
+    device, command = await _tested(world, store)
+    return Call("POST", f"/api/v1/lifecycle/devices/{device}/commission", json={"command_id": command})
+
+
+async def _give_back(world: World, store: str) -> Call:
+    return Call("POST", f"/api/v1/lifecycle/devices/{await _installed(world, store)}/return", json={"note": "关店"})
+
+
+async def _swap(world: World, store: str) -> Call:
+    old, new = await _installed(world, store), await _stocked(world, store)
+    return Call("POST", f"/api/v1/lifecycle/devices/{old}/swap", json={"new_device": f"SN{new}"})
+
+
+async def _scrap(world: World) -> Call:
+    return Call("POST", f"/api/v1/lifecycle/devices/{await _stocked(world)}/scrap", json={"note": "进水"})
+
+
+async def _allocate(world: World) -> Call:
+    return Call("POST", "/api/v1/lifecycle/allocate", json={"device_ids": [await _stocked(world)], "store_id": "S-A"})
+
+
+async def _merchants_hide_s_b(_: World, answer: Any) -> bool:
+    return {m["store_id"] for m in answer} == {"S-A"}
+
+
+_life_own, _life_foreign = _lifecycle(_life_read)
+_history_own, _history_foreign = _lifecycle(_life_history)
+_install_own, _install_foreign = _lifecycle(_install)
+_commission_own, _commission_foreign = _lifecycle(_commission)
+_return_own, _return_foreign = _lifecycle(_give_back)
+_swap_own, _swap_foreign = _lifecycle(_swap)
+_STOCK_CSV = b"device_id,serial,model\nLC-DRY,SN-DRY,HD-S1\n"
+
 CASES: dict[str, Case] = {
     "POST /api/v1/auth/login": Case(200, _login),
     "POST /api/v1/auth/logout": Case(204, call("POST", "/api/v1/auth/logout")),
@@ -424,6 +511,19 @@ CASES: dict[str, Case] = {
     "GET /api/v1/ota/campaigns/{campaign_id}": Case(200, call("GET", "/api/v1/ota/campaigns/{campaign}")),
     "POST /api/v1/ota/campaigns/{campaign_id}/{action}": Case(200, _campaign_action),
     "GET /ota/artifacts/{sha256}": Case(200, _artifact),
+    "GET /api/v1/lifecycle/devices/{key}": Case(200, _life_own, foreign=_life_foreign),
+    "GET /api/v1/lifecycle/devices/{device_id}/history": Case(200, _history_own, foreign=_history_foreign),
+    "GET /api/v1/lifecycle/counts": Case(200, call("GET", "/api/v1/lifecycle/counts")),
+    "GET /api/v1/lifecycle/merchants": Case(200, call("GET", "/api/v1/lifecycle/merchants"), hides=_merchants_hide_s_b),
+    "POST /api/v1/lifecycle/stock": Case(
+        200, call("POST", "/api/v1/lifecycle/stock", content=_STOCK_CSV, headers=_CSV)
+    ),
+    "POST /api/v1/lifecycle/allocate": Case(200, _allocate),
+    "POST /api/v1/lifecycle/devices/{key}/install": Case(200, _install_own, foreign=_install_foreign),
+    "POST /api/v1/lifecycle/devices/{device_id}/commission": Case(200, _commission_own, foreign=_commission_foreign),
+    "POST /api/v1/lifecycle/devices/{device_id}/return": Case(200, _return_own, foreign=_return_foreign),
+    "POST /api/v1/lifecycle/devices/{device_id}/swap": Case(200, _swap_own, foreign=_swap_foreign),
+    "POST /api/v1/lifecycle/devices/{device_id}/{action}": Case(200, _scrap),
     "GET /api/v1/quarantine/summary": Case(200, call("GET", "/api/v1/quarantine/summary")),
     "GET /api/v1/storage": Case(200, call("GET", "/api/v1/storage")),
     "GET /api/v1/notify/channels": Case(200, call("GET", "/api/v1/notify/channels")),

@@ -224,6 +224,11 @@ async def _drive(pool, rng: random.Random, start: datetime, end: datetime) -> di
             kind = "retired"
             await _signal(pool, device, at, Signal.RETIRE)
             retired.add(device)
+        elif roll < 0.775 and retired:
+            kind = "reinstalled"  # back from repair, installed again: a second deployed span
+            device = rng.choice(sorted(retired))
+            await _signal(pool, device, at, Signal.INSTALLED)
+            retired.discard(device)
         elif roll < 0.80:
             kind = "rebound"
             async with pool.connection() as conn:

@@ -17,6 +17,7 @@ from firmware_protocols.signing import encode_public_key
 from fleet_server.auth.roles import Role
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
+from fleet_server.devices.bindings import Bindings
 from fleet_server.devices.importer import import_registry
 from fleet_server.errors import OtaError
 from fleet_server.ota.policy import CampaignPolicy, TargetSelector
@@ -25,7 +26,6 @@ from haodian.cli import build_parser
 from haodian.cli.ota import run
 from haodian.scenarios.ota_campaign import OtaSimOptions, run_ota_simulation
 from haodian.settings import Settings
-from payment_bridge.bindings import Bindings
 from simulators.registry import register
 from tests.integration.conftest import api_client, eventually, in_process_stack
 

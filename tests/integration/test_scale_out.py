@@ -16,9 +16,9 @@ from firmware_protocols.messages import Ack, AckStatus, AnnounceKind, Channel, H
 from firmware_protocols.signing import Signer
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
+from fleet_server.devices.bindings import Bindings
 from fleet_server.ingest.consumer import Ingest
 from mqtt_link.link import probe
-from payment_bridge.bindings import Bindings
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.notifications import PaymentNotice
 from payment_bridge.store import PaymentStore

@@ -2,6 +2,7 @@
 // scan a serial number; the device card with its state, signal, last announcement, faults and
 // timeline; remote diagnostics, a test announcement and a reboot with their results; starting
 // and closing a task (it closes once the system has verified the device healthy).
+// Installing, swapping and taking back devices are install.js's.
 // The address holds the open card (#device=ID, #task=N), so a link can be shared or reloaded.
 "use strict";
 
@@ -69,6 +70,11 @@
     current = { device, task, site: null };
     if (task) current.site = await api(`/api/v1/tasks/${task.task_id}/site`).catch(() => null);
     $("device-actions").classList.remove("hidden");
+    const life = await api(`/api/v1/lifecycle/devices/${encodeURIComponent(deviceId)}`).catch(() => null);
+    const may = new Set(life ? life.allowed : []);
+    $("swap-device").classList.toggle("hidden", !may.has("swap_out"));
+    $("return-device").classList.toggle("hidden", !may.has("return"));
+    $("life-actions").classList.toggle("hidden", !may.has("swap_out") && !may.has("return"));
     fill($("device-title"), device.serial || device.device_id);
     const last = announcements[0];
     const health = device.last_health;
@@ -205,31 +211,9 @@
     return null;
   }
 
-  async function setUpScanner() {
+  function setUpScanner() {
     // Phones with a camera and the Barcode Detection API scan the serial's QR or bar code.
-    if (!("BarcodeDetector" in window) || !navigator.mediaDevices) return;
-    const button = $("scan");
-    button.classList.remove("hidden");
-    button.addEventListener("click", async () => {
-      const video = $("camera");
-      try {
-        const stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
-        video.srcObject = stream;
-        video.classList.remove("hidden");
-        await video.play();
-        const detector = new window.BarcodeDetector();
-        const tick = async () => {
-          const codes = await detector.detect(video).catch(() => []);
-          if (codes.length) {
-            stream.getTracks().forEach((track) => track.stop());
-            video.classList.add("hidden");
-            $("search").value = codes[0].rawValue;
-            search(codes[0].rawValue).catch(fail);
-          } else requestAnimationFrame(tick);
-        };
-        tick();
-      } catch (e) { fail(e); }
-    });
+    HDInstall.scanInto($("scan"), $("camera"), (code) => { $("search").value = code; search(code).catch(fail); });
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
@@ -240,6 +224,10 @@
     window.addEventListener("hashchange", () => route().catch(fail));
     document.addEventListener("hd:lang", () => { renderTasks(); route().catch(fail); });
     setUpScanner();
+    HDInstall.setUp();
+    $("swap-device").addEventListener("click", () => { if (current) HDInstall.mode(current.device.device_id); });
+    $("return-device").addEventListener("click", () => { if (current) HDInstall.giveBack(current.device.device_id).then(() => route()).catch(fail); });
+    document.addEventListener("hd:installed", () => { loadTasks().catch(fail); route().catch(fail); });
     if (navigator.geolocation) {
       navigator.geolocation.getCurrentPosition((p) => { here = { lat: p.coords.latitude, lon: p.coords.longitude }; renderTasks(); }, () => {}, { timeout: 10000, maximumAge: 60000 });
     }

@@ -148,6 +148,11 @@ const HD = (() => {
   let lang = localStorage.getItem("hd_lang") === "en" ? "en" : "zh";
   let me = null;
 
+  function addStrings(zh, en) {
+    // A page's own strings (the install flow's, say), beside the shared ones.
+    Object.assign(STRINGS.zh, zh);
+    Object.assign(STRINGS.en, en);
+  }
   function t(key) {
     const text = STRINGS[lang][key];
     return text === undefined ? key : text;
@@ -276,7 +281,7 @@ const HD = (() => {
   }
 
   return {
-    clockText, t, applyI18n, setLang, api, ApiError, errorText, el, fill, pct, num, yuan, time, figure, header, start, HOME,
+    clockText, t, addStrings, applyI18n, setLang, api, ApiError, errorText, el, fill, pct, num, yuan, time, figure, header, start, HOME,
     get lang() { return lang; }, get me() { return me; }, set me(value) { me = value; },
   };
 })();
