@@ -27,6 +27,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.hardware.audio import PLAYED_LOG
 from firmware_protocols import topics
 from firmware_protocols.ota import ReleaseManifest, sign_manifest
 from fleet_server.auth.roles import Role
@@ -180,6 +181,8 @@ async def world(embedded_pg_admin, server_keys, backend_key, tmp_path_factory) -
             "theirs": theirs,
             "our_task": (await server.inspector.tasks.find(device_id=ours))[0].task_id,
             "merchant_devices": sorted(d for d, m in bindings.items() if m == "M00001"),
+            "fleet_args": {"broker_url": broker.endpoint.url(), "server_keys": [server_keys.server_public_key_b64]},
+            "backend_key": backend_key,
         }
     next(database, None)
 
@@ -202,9 +205,9 @@ class Session:
 
 
 async def sign_in(
-    browser: Browser, base_url: str, login: str, *, viewport: dict[str, int], next_page: str = ""
+    browser: Browser, base_url: str, login: str, *, viewport: dict[str, int], next_page: str = "", **options: Any
 ) -> Session:
-    context = await browser.new_context(viewport=viewport, locale="zh-CN", base_url=base_url)
+    context = await browser.new_context(viewport=viewport, locale="zh-CN", base_url=base_url, **options)
     page = await context.new_page()
     session = Session(context, page)
     await page.goto(f"/login{'?next=' + next_page if next_page else ''}")
@@ -411,6 +414,74 @@ async def test_field_agent_works_a_task_on_the_phone(world):
         entry["action"] for entry in audit
     }
     await s.context.close()
+
+
+def said(fleet: SimulatedFleet, device: str) -> list[str]:
+    """What the device's speaker said, in order, from its own play log."""
+    log = fleet.base_dir / "audio" / device / PLAYED_LOG
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return [line.split(" ", 2)[2] for line in lines]
+
+
+async def test_field_agent_installs_a_device_and_swaps_a_faulty_one_from_the_phone(world, tmp_path):
+    http, server = world["http"], world["server"]
+    # Two new speakers, switched on before anyone registered them (as at the factory), real agents.
+    async with SimulatedFleet(2, base_dir=tmp_path, prefix="NEW", health_interval_s=1.0, **world["fleet_args"]) as new:
+        await new.wait_connected(30)
+        first, spare = new.device_ids
+        csv = "device_id,serial,model\n" + "".join(f"{d},SN-{d},HD-S1\n" for d in (first, spare))
+        stocked = await http.post(
+            "/api/v1/lifecycle/stock", params={"dry_run": "false"}, content=csv, headers={"content-type": "text/csv"}
+        )
+        assert stocked.json()["applied"] == 2, stocked.text
+        allocated = await http.post(
+            "/api/v1/lifecycle/allocate", json={"device_ids": [first, spare], "store_id": "S-WJ"}
+        )
+        assert allocated.is_success, allocated.text
+        where = {
+            "geolocation": {"latitude": 39.9931, "longitude": 116.4742, "accuracy": 12},
+            "permissions": ["geolocation"],
+        }
+        s = await sign_in(world["browser"], server.base_url, "agent-wj", viewport=PHONE, **where)
+        page = s.page
+        # Install: the serial typed, a merchant of the store picked, confirm.
+        await page.fill("#install-serial", f"SN-{first}")
+        await page.dispatch_event("#install-serial", "change")
+        await page.wait_for_selector("#install-merchant option[value^='M']", state="attached")
+        merchant = await page.eval_on_selector("#install-merchant", "s => s.options[0].value")
+        assert "已下发" in (await page.text_content("#install-device") or "")
+        await page.click("#install-confirm")
+        await page.wait_for_selector("#install-steps li.ok", timeout=60_000)
+        await s.shot("agent-install-phone")
+        spoken = said(new, first)
+        assert spoken[:1] == ["设备绑定成功"], spoken
+        assert "测试播报，收款成功" in spoken, spoken
+        life = (await http.get(f"/api/v1/lifecycle/devices/{first}")).json()
+        assert (life["stage"], life["merchant_id"]) == ("in_service", merchant)
+        assert (life["install_lat"], life["install_lon"]) == (pytest.approx(39.9931), pytest.approx(116.4742))
+        assert (await http.get(f"/api/v1/devices/{first}")).json()["state"] == "in_service"
+        # Swap it for the spare, from its card: the spare takes the merchant; the next payment plays there.
+        await page.evaluate(f"location.hash = 'device={first}'")
+        await page.wait_for_selector("#swap-device:not(.hidden)")
+        await page.click("#swap-device")
+        await page.fill("#install-serial", f"SN-{spare}")
+        await page.dispatch_event("#install-serial", "change")
+        await page.wait_for_selector("#install-device >> text=已下发")
+        await page.click("#install-confirm")
+        await page.wait_for_selector("#install-steps li.ok", timeout=60_000)
+        assert said(new, spare)[:1] == ["设备绑定成功"]
+        assert (await http.get(f"/api/v1/lifecycle/devices/{first}")).json()["stage"] == "returned"
+        before = len(said(new, first))
+        backend = PaymentBackend(world["backend_key"], server.base_url, [merchant], seed=29)
+        await backend.run(http, rate_per_s=2, duration_s=1.0)
+
+        async def heard() -> bool:
+            return any("收款" in text and "测试" not in text for text in said(new, spare))
+
+        await eventually(heard, what="the merchant's payment played on the new device")
+        assert len(said(new, first)) == before  # the old one is silent: not the merchant's any more
+        assert s.errors == []
+        await s.context.close()
 
 
 async def test_field_agent_cannot_open_another_stores_device(world):
