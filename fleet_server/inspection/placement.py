@@ -58,12 +58,17 @@ def home_cells(f: DeviceFacts, t: InspectionThresholds) -> list[CellSeen]:
 
 
 def placement(f: DeviceFacts, t: InspectionThresholds) -> Placement | None:
-    """None when there is nothing to judge by (no fingerprint learned, or no cell since)."""
+    """None when there is nothing to judge by (no fingerprint learned and no position fix, or
+    no cell since). While the cells are still being learned (the first days after install), the
+    device's GPS fix against the position registered at install is what tells a move (the
+    fingerprint of those hours may be of where it was carried)."""
     learned = home_cells(f, t)
     home = {c.cell for c in learned}
     foreign = [c for c in f.cells if c.cell not in home]
-    if not learned:
-        return None
+    if not learned or _learning(f, t):
+        by_position = _by_position(f, t)
+        if not learned or (by_position is not None and by_position.away):
+            return by_position
     last_home = max(c.last_seen for c in learned)
     # Foreign cells seen since the device was last in a learned one: where it is now.
     since_move = [c for c in foreign if c.last_seen > last_home]
@@ -89,3 +94,25 @@ def placement(f: DeviceFacts, t: InspectionThresholds) -> Placement | None:
         elif metres < t.relocation_gps_m / 2:
             confidence *= 0.3  # the fix says it is where it was installed: a network change
     return Placement(away=True, confidence=round(confidence, 2), evidence=evidence)
+
+
+def _learning(f: DeviceFacts, t: InspectionThresholds) -> bool:
+    """Whether the device is still in its first hours, whose cells make its fingerprint: cells
+    learned then may be of a place it was carried to right after install."""
+    if f.learning_from is None or not f.cells:
+        return False
+    return max(c.last_seen for c in f.cells) - f.learning_from < timedelta(hours=t.relocation_anchor_h)
+
+
+def _by_position(f: DeviceFacts, t: InspectionThresholds) -> Placement | None:
+    """Away by its own fix from where the phone stood at install (no cells learned yet, or
+    still learning them)."""
+    if f.gps is None or f.install_position is None:
+        return None
+    metres = distance_m(f.gps, f.install_position)
+    evidence = {"gps_distance_m": round(metres), "learned_cells": [], "judged_by": "install_position"}
+    if metres < t.relocation_gps_m / 2:
+        return Placement(away=False, confidence=0.0, evidence=evidence)  # where it was installed
+    if metres < t.relocation_gps_m:
+        return None  # too near to say
+    return Placement(away=True, confidence=0.9, evidence=evidence)

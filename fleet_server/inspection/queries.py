@@ -75,6 +75,8 @@ WHERE d.state IS NOT NULL AND d.state <> {retired}
        OR EXISTS (SELECT 1 FROM device_cells c WHERE c.device_id = d.device_id
                   AND (NOT c.learned OR (c.cell = d.last_cell
                        AND c.first_seen > GREATEST(d.installed_at, d.first_contact) + %(anchor)s)))
+       -- A fix away from where it was installed (some 200 m or more; placement.py decides).
+       OR abs(d.last_gps_lat - d.install_lat) + abs(d.last_gps_lon - d.install_lon) > 0.002
        OR abs(dc.board_offset_ms) > %(clock_board_ms)s OR abs(dc.skew_ms) > %(clock_skew_ms)s
        OR dc.refused_at >= %(since)s)
 """,

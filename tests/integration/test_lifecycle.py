@@ -12,6 +12,8 @@ from fleet_server.devices.importer import import_registry
 from fleet_server.errors import ImportRefused, LifecycleError
 from fleet_server.figures.figures import FleetFigures
 from fleet_server.ingest.consumer import write_batch
+from fleet_server.inspection.detectors import InspectionThresholds
+from fleet_server.inspection.inspector import Inspector
 from fleet_server.inspection.tasks import TaskBook
 from fleet_server.lifecycle.book import Lifecycle, Position
 from fleet_server.lifecycle.stages import Action, Stage
@@ -124,6 +126,11 @@ async def test_a_device_is_deployed_from_its_install_not_from_its_first_switch_o
     )
     done = await life.commission("N1", "cmd-1", by="agent", now=at + timedelta(minutes=2))
     assert done.stage is Stage.IN_SERVICE
+    # Carried 7 km away on its first day, before any cell is learned: the install position tells.
+    await write_batch(pool, [health("N1", at + timedelta(hours=1), gps=(40.05, 116.48))])
+    report = await Inspector(pool, InspectionThresholds()).run_once(at + timedelta(hours=1, minutes=1))
+    [moved] = [f for f in report.findings if f.device_id == "N1"]
+    assert (moved.kind.value, moved.evidence["judged_by"]) == ("relocated", "install_position")
     history = await life.history("N1")
     assert [(e.action, e.stage) for e in history] == [
         (Action.COMMISSION, Stage.IN_SERVICE),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -200,6 +201,26 @@ def test_relocation_true_and_false_cases():
     assert far.evidence["gps_distance_m"] > 6000
     # Nothing learned: nothing to judge by.
     assert detect_relocated(facts(cells=(away,)), T, NOW) is None
+    # Nothing learned yet (the first days after install), but a GPS fix far from where the phone
+    # stood at install: moved, judged by the install position alone; near it: in place.
+    learning = detect_relocated(facts(cells=(away,), install_position=installed, gps=(40.05, 116.47)), T, NOW)
+    assert learning is not None
+    assert (learning.confidence, learning.evidence["judged_by"]) == (0.9, "install_position")
+    assert detect_relocated(facts(cells=(away,), install_position=installed, gps=(39.9901, 116.4701)), T, NOW) is None
+    in_place = placement(facts(state=S.RELOCATED, cells=(away,), install_position=installed, gps=(39.9901, 116.47)), T)
+    assert in_place is not None
+    assert not in_place.away
+    assert detect_relocated(facts(cells=(away,), install_position=installed), T, NOW) is None  # no fix
+    # Carried away right after install: the cells of its first hours are of the new place; the
+    # fix against the install position tells, while those hours last.
+    first_hours = cell("460-0-9F00-77", "460-0-9F00", learned=True, first_h=2, last_h=0, reports=20)
+    carried = facts(cells=(first_hours,), learning_from=NOW - timedelta(hours=2), install_position=installed)
+    moved_early = detect_relocated(dataclasses.replace(carried, gps=(40.05, 116.47)), T, NOW)
+    assert moved_early is not None
+    assert moved_early.evidence["judged_by"] == "install_position"
+    assert detect_relocated(dataclasses.replace(carried, gps=(39.9901, 116.47)), T, NOW) is None
+    settled = dataclasses.replace(carried, gps=(40.05, 116.47), learning_from=NOW - timedelta(days=5))
+    assert detect_relocated(settled, T, NOW) is None  # learned since: its cells are home now
 
 
 def test_the_fingerprint_is_where_the_device_began_not_where_it_was_carried_while_learning():
