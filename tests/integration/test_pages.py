@@ -276,6 +276,33 @@ async def test_ops_admin_walks_the_dashboard(world):
     await s.context.close()
 
 
+async def test_ops_admin_stocks_devices_and_allocates_them_to_a_store(world):
+    s = await sign_in(world["browser"], world["server"].base_url, "ops", viewport=DESKTOP)
+    page = s.page
+    await page.wait_for_selector("#stock-counts td")
+    # Excel's CSV: a byte order mark; one row with a serial twice, which the dry run names.
+    packing = "\ufeffdevice_id,serial,model\nPG-STK1,SN-STK1,HD-S1\nPG-STK2,SN-STK1,HD-S1\n"
+    upload = [{"name": "stock.csv", "mimeType": "text/csv", "buffer": packing.encode()}]
+    await page.set_input_files("#stock-file", files=upload)
+    await page.click("#stock-dry")
+    await page.wait_for_selector("#stock-problems li >> text=PG-STK2")
+    assert "可入库 1，有误 1" in (await page.text_content("#stock-report") or "")
+    assert (await world["http"].get("/api/v1/lifecycle/devices/PG-STK1")).status_code == 404  # nothing written
+    await page.click("#stock-apply")
+    await page.wait_for_selector("#stock-report >> text=已入库 1")
+    await page.fill("#allocate-devices", "PG-STK1")
+    await page.fill("#allocate-store", "S-HLG")
+    await page.click("#allocate-submit")
+    await page.wait_for_selector("#allocate-report >> text=已下发 1 台到 S-HLG")
+    allocated = page.locator("#stock-counts tr[data-store='S-HLG'] td[data-stage='allocated']")
+    assert [await cell.text_content() for cell in await allocated.all()] == ["1"]
+    life = (await world["http"].get("/api/v1/lifecycle/devices/SN-STK1")).json()
+    assert (life["stage"], life["store_id"]) == ("allocated", "S-HLG")
+    await s.shot("ops-stock")
+    assert s.errors == []
+    await s.context.close()
+
+
 async def test_ops_admin_imports_the_registry_and_manages_accounts(world):
     s = await sign_in(world["browser"], world["server"].base_url, "ops", viewport=DESKTOP)
     page = s.page
