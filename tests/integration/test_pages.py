@@ -487,6 +487,9 @@ async def test_field_agent_installs_a_device_and_swaps_a_faulty_one_from_the_pho
         assert (life["stage"], life["merchant_id"]) == ("in_service", merchant)
         assert (life["install_lat"], life["install_lon"]) == (pytest.approx(39.9931), pytest.approx(116.4742))
         assert (await http.get(f"/api/v1/devices/{first}")).json()["state"] == "in_service"
+        # The merchant's settings on it, which the spare must take over.
+        changed = await http.put(f"/api/v1/devices/{first}/settings", json={"volume": 3, "repeat": 2})
+        assert changed.is_success, changed.text
         # Swap it for the spare, from its card: the spare takes the merchant; the next payment plays there.
         await page.evaluate(f"location.hash = 'device={first}'")
         await page.wait_for_selector("#swap-device:not(.hidden)")
@@ -498,6 +501,12 @@ async def test_field_agent_installs_a_device_and_swaps_a_faulty_one_from_the_pho
         await page.wait_for_selector("#install-steps li.ok", timeout=60_000)
         assert said(new, spare)[:1] == ["设备绑定成功"]
         assert (await http.get(f"/api/v1/lifecycle/devices/{first}")).json()["stage"] == "returned"
+
+        async def settings_taken() -> bool:
+            view = (await http.get(f"/api/v1/devices/{spare}/settings")).json()
+            return (view["volume"], view["repeat"], view["applied"]) == (3, 2, True)
+
+        await eventually(settings_taken, what="the merchant's settings on the new device")
         before = len(said(new, first))
         backend = PaymentBackend(world["backend_key"], server.base_url, [merchant], seed=29)
         await backend.run(http, rate_per_s=2, duration_s=1.0)
