@@ -209,9 +209,19 @@ class Rollout:
 
     async def announces(self, device: Device) -> None:
         payment = await self.fleet.pay(f"M{device.device_id}")
-        await eventually(
-            lambda: _played_once(self.fleet, device, payment), timeout_s=30, what=f"{device.device_id} announces"
-        )
+        try:
+            await eventually(
+                lambda: _played_once(self.fleet, device, payment), timeout_s=30, what=f"{device.device_id} announces"
+            )
+        except pytest.fail.Exception:  # say where it stopped: the server's view, the device's job and boot
+            seen = {
+                "payment": await self.fleet.payment(payment),
+                "online": await self.fleet.online(device.device_id),
+                "job": self.job(device),
+                "boot": self.boot_env(device),
+                "played": self.fleet.played(device),
+            }
+            pytest.fail(f"{device.device_id} did not announce {payment} once: {seen}")
 
 
 async def _played_once(fleet: Fleet, device: Device, payment: str) -> bool:

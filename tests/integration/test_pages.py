@@ -536,8 +536,11 @@ async def test_field_agent_cannot_open_another_stores_device(world):
         f"/api/v1/devices/{theirs}/commands", data={"name": "reboot"}, headers={"X-CSRF-Token": csrf}
     )
     assert command.status == 403
-    listed = await (await page.request.get("/api/v1/devices")).json()
-    assert [d["device_id"] for d in listed] == [world["ours"]]
+    listed = sorted(d["device_id"] for d in await (await page.request.get("/api/v1/devices")).json())
+    everything = (await world["http"].get("/api/v1/devices")).json()
+    assert listed == sorted(d["device_id"] for d in everything if d["store_id"] == "S-WJ")  # their store's, whatever
+    assert world["ours"] in listed  # with the devices other tests installed there
+    assert theirs not in listed
     await page.fill("#search", theirs)
     await page.click("#search-form button[type=submit]")
     await page.wait_for_selector("#error >> text=没有找到设备")
