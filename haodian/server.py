@@ -61,6 +61,7 @@ from haodian.settings import Settings
 from mqtt_link.tasks import Component
 from payment_bridge import routes as bridge_routes
 from payment_bridge.bridge import PaymentBridge
+from payment_bridge.doorway import NotificationDoors
 from payment_bridge.keyring import PlatformKeys
 from payment_bridge.store import PaymentStore
 from payment_bridge.webhook import WebhookSender
@@ -300,7 +301,7 @@ class ServerStack(Component):
         stack.callback(self._socket.close)
         tls = self.settings
         config = uvicorn.Config(
-            self.app,
+            NotificationDoors(self.app, self.services),  # payments straight in; the rest to the app
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -27,8 +27,9 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from firmware_protocols import topics
+from firmware_protocols.announce_wire import signed_announce
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.messages import Ack, AlertCode, Announce, AnnounceKind, Channel
+from firmware_protocols.messages import Ack, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
 from fleet_server.db.isolate import write_apart
@@ -275,22 +276,20 @@ class PaymentBridge(Component):
 
     # -- announces out ---------------------------------------------------------------------
 
-    def _announce_for(self, delivery: PendingDelivery, now: datetime) -> Announce:
-        ttl_left = max(1, int((delivery.expires_at - now).total_seconds()))
-        return self._signer.sign(
-            Announce(
-                device_id=delivery.device_id,
-                ts=_ms(now),
-                payment_id=delivery.payment_id,
-                amount_fen=delivery.amount_fen,
-                channel=Channel(delivery.channel),
-                kind=AnnounceKind(delivery.kind),
-                paid_at=_ms(delivery.paid_at),
-                alert=AlertCode(delivery.alert) if delivery.alert is not None else None,
-                issued_at=_ms(now),
-                ttl_s=ttl_left,
-                key_id=self._signer.key_id,
-            )
+    def _announce_for(self, delivery: PendingDelivery, now: datetime) -> bytes:
+        now_ms = _ms(now)
+        return signed_announce(
+            self._signer,
+            device_id=delivery.device_id,
+            ts=now_ms,
+            payment_id=delivery.payment_id,
+            amount_fen=delivery.amount_fen,
+            channel=delivery.channel,
+            kind=delivery.kind,
+            paid_at=_ms(delivery.paid_at),
+            alert=delivery.alert,
+            issued_at=now_ms,
+            ttl_s=max(1, int((delivery.expires_at - now).total_seconds())),
         )
 
     def _publish(self, delivery: PendingDelivery, now: datetime) -> bool:
@@ -298,7 +297,7 @@ class PaymentBridge(Component):
         pending in the database and the retry loop publishes it when the broker is back)."""
         announce = self._announce_for(delivery, now)
         try:
-            self._link.publish_nowait(topics.down(delivery.device_id, topics.Down.ANNOUNCE), announce.to_json())
+            self._link.publish_nowait(topics.down(delivery.device_id, topics.Down.ANNOUNCE), announce)
         except LinkDown as exc:
             self.stats.publish_failures += 1
             log.warning(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
@@ -15,27 +14,11 @@ from fleet_server.auth.deps import AuditDep, BindingWriter, PaymentReader, Reach
 from fleet_server.devices.bindings import Binding
 from fleet_server.errors import ApiError, BindingError
 from fleet_server.http.errors import NOT_FOUND, ErrorResponse
-from fleet_server.http.ratelimit import too_many
 from fleet_server.http.services import HttpPolicy, provide, services_of
-from payment_bridge.alipay import ANSWER_FAILURE, ANSWER_SUCCESS
 from payment_bridge.bridge import PaymentBridge
 from payment_bridge.doors import Door
-from payment_bridge.errors import NotificationRejected
+from payment_bridge.doorway import NotificationAccepted, WechatPayError, answer
 from payment_bridge.store import DeliverySummary, NotAnnounced, PaymentStore, PaymentView
-
-_MESSAGES_ZH = {
-    "BODY_TOO_LARGE": "通知内容过大",
-    "SIGN_TYPE_UNSUPPORTED": "不支持的签名类型",
-    "SIGNATURE_MISSING": "缺少签名",
-    "SIGNATURE_INVALID": "签名验证失败",
-    "NOTIFICATION_INVALID": "通知格式错误",
-    "CHARSET_UNSUPPORTED": "不支持的字符集",
-    "SERIAL_UNKNOWN": "未知的平台证书序列号",
-    "TIMESTAMP_OUT_OF_WINDOW": "通知时间戳超出允许范围",
-    "DECRYPT_FAILED": "通知内容解密失败",
-    "KEY_NOT_CONFIGURED": "未配置平台密钥",
-}
-
 
 StoreDep = Annotated[PaymentStore, Depends(provide(PaymentStore))]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN.pattern)]
@@ -44,17 +27,13 @@ MerchantId = Annotated[str, StringConstraints(min_length=1, max_length=64, patte
 router = APIRouter(prefix="/api/v1", tags=["payments"])
 
 
-class NotificationAccepted(BaseModel):
-    code: str = "SUCCESS"
-    payment_id: str
-    duplicate: bool
-    devices: int
-
-
-def _limited(request: Request) -> Response | None:
-    """A 429 for a client sending notifications faster than the configured limit."""
-    limiter = services_of(request.app).get(HttpPolicy).notify_limiter
-    return too_many(limiter, request.client.host if request.client else "-", "notifications", "通知")
+async def _door(request: Request, door: Door) -> Response:
+    """A notification through `door`, answered by `doorway.answer` (as `haodian server` answers
+    it, there without this framework on the way: `doorway.NotificationDoors`)."""
+    services = services_of(request.app)
+    host = request.client.host if request.client else "-"
+    bridge = services.get(PaymentBridge)
+    return await answer(bridge, services.find(HttpPolicy), door, await request.body(), request.headers, host)
 
 
 @router.post(
@@ -64,34 +43,7 @@ def _limited(request: Request) -> Response | None:
     responses={code: {"model": ErrorResponse} for code in (400, 401, 413, 429)},
 )
 async def backend_notification(request: Request) -> Response:
-    if (refused := _limited(request)) is not None:
-        return refused
-    # The hot path (every payment): no dependencies to solve and the answer serialized once,
-    # here; measured in BENCHMARKS.md (issue 9).
-    bridge = services_of(request.app).get(PaymentBridge)
-    try:
-        recorded = await bridge.accept_backend(await request.body(), request.headers)
-    except NotificationRejected as exc:
-        raise ApiError(exc.status, exc.code, exc.reason, _MESSAGES_ZH.get(exc.code, "通知被拒绝")) from exc
-    answer = NotificationAccepted(
-        payment_id=recorded.payment_id, duplicate=not recorded.is_new, devices=len(recorded.device_ids)
-    )
-    return Response(answer.model_dump_json(), media_type="application/json")
-
-
-async def _platform_door(
-    request: Request, door: Door, answered: Response, refused: Callable[[NotificationRejected], Response]
-) -> Response:
-    """A payment platform's notification through `door`: `answered` once it is recorded, else
-    what `refused` makes of the refusal, in the platform's own terms."""
-    if (limited := _limited(request)) is not None:
-        return limited
-    bridge = services_of(request.app).get(PaymentBridge)
-    try:
-        await bridge.accept(door, await request.body(), request.headers)
-    except NotificationRejected as exc:
-        return refused(exc)
-    return answered
+    return await _door(request, "backend")
 
 
 _TEXT_ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -106,9 +58,7 @@ _TEXT_ANSWERS: dict[int | str, dict[str, Any]] = {
     responses=_TEXT_ANSWERS,
 )
 async def alipay_notification(request: Request) -> Response:
-    # Alipay reads only the body: anything but "success" makes it try again later.
-    fail = lambda exc: PlainTextResponse(ANSWER_FAILURE, status_code=exc.status)  # noqa: E731
-    return await _platform_door(request, "alipay", PlainTextResponse(ANSWER_SUCCESS), fail)
+    return await _door(request, "alipay")
 
 
 @router.post(
@@ -118,14 +68,7 @@ async def alipay_notification(request: Request) -> Response:
     responses=_TEXT_ANSWERS,
 )
 async def unionpay_notification(request: Request) -> Response:
-    # UnionPay retries anything but 200; the body says why, for whoever reads its console.
-    fail = lambda exc: PlainTextResponse(f"{exc.code}: {exc.reason}", status_code=exc.status)  # noqa: E731
-    return await _platform_door(request, "unionpay", PlainTextResponse("ok"), fail)
-
-
-class WechatPayError(BaseModel):
-    code: str
-    message: str
+    return await _door(request, "unionpay")
 
 
 @router.post(
@@ -135,11 +78,7 @@ class WechatPayError(BaseModel):
     responses={code: {"model": WechatPayError} for code in (400, 401, 413, 429, 503)},
 )
 async def wechatpay_notification(request: Request) -> Response:
-    def fail(exc: NotificationRejected) -> Response:
-        # WeChat Pay's own error shape, so its console shows why.
-        return JSONResponse(WechatPayError(code="FAIL", message=f"{exc.code}: {exc.reason}").model_dump(), exc.status)
-
-    return await _platform_door(request, "wechatpay", Response(status_code=204), fail)
+    return await _door(request, "wechatpay")
 
 
 @router.get(

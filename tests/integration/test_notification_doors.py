@@ -1,0 +1,80 @@
+"""The notification doors answer the same through the server's lean way in (`doorway.NotificationDoors`,
+what a platform reaches over HTTP) as through the framework's routes (what the OpenAPI spec
+documents and the ASGI tests call): the same status, type and body, for each door's acceptance,
+repeat and refusals; the rest of the API is untouched by the lean way."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from haodian.settings import Settings
+from payment_bridge.notifications import MAX_BODY_BYTES
+from simulators.backend import PaymentBackend
+from simulators.registry import register
+from tests.integration.conftest import in_process_stack
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+
+@pytest.fixture
+async def both(tmp_path, embedded_database, server_keys, unique) -> AsyncIterator[tuple]:
+    """(the server, a client over HTTP, a client of the app itself)."""
+    settings = Settings(data_dir=tmp_path, http_port=0, mqtt_client_prefix=f"door{unique}")
+    async with (
+        in_process_stack(settings, embedded_database, server_keys) as (_, server),
+        httpx.AsyncClient(base_url=server.base_url) as wire,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app), base_url="http://app") as app,
+    ):
+        yield server, wire, app
+
+
+def _seen(answer: httpx.Response) -> tuple[int, str | None, bytes]:
+    return answer.status_code, answer.headers.get("content-type"), answer.content
+
+
+async def test_every_door_answers_alike_on_the_lean_way_and_through_the_framework(both, backend_key, unique):
+    server, wire, app = both
+    merchant = f"M{unique}"
+    await register(server.pool, devices=[f"D{unique}"], merchants=[merchant])
+    backend = PaymentBackend(backend_key, server.base_url, [merchant], seed=3)
+    body, headers = backend.notification(merchant_id=merchant)
+    path = "/api/v1/notifications/backend"
+
+    first = await wire.post(path, content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["duplicate"] is False
+    repeated = [_seen(await client.post(path, content=body, headers=headers)) for client in (app, wire)]
+    assert repeated[0] == repeated[1]
+    assert repeated[0][0] == 200
+    assert b'"duplicate":true' in repeated[0][2]
+
+    forged = body.replace(b'"amount": "', b'"amount": "9')
+    assert forged != body
+    too_large = body[:-1] + b', "pad": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
+    requests = [
+        (path, forged, headers),  # 401 SIGNATURE_INVALID
+        (path, body, {k: v for k, v in headers.items() if "signature" not in k.lower()}),  # 401 SIGNATURE_MISSING
+        (path, too_large, headers),  # 413
+        (path, b"{", {**headers, "X-Haodian-Sign-Type": "MD5"}),  # 400
+        # No platform keys on this server: each platform's door refuses in its own terms (503;
+        # UnionPay's carries its certificate, and this one carries no signature: 401).
+        ("/api/v1/notifications/alipay", b"notify_id=1&sign=x", {"content-type": "application/x-www-form-urlencoded"}),
+        ("/api/v1/notifications/unionpay", b"version=5.1.0", {"content-type": "application/x-www-form-urlencoded"}),
+        ("/api/v1/notifications/wechatpay", b'{"id":"1"}', {"content-type": "application/json"}),
+    ]
+    for where, content, given in requests:
+        lean, framework = [_seen(await client.post(where, content=content, headers=given)) for client in (wire, app)]
+        assert lean == framework, where
+        assert lean[0] >= 400, (where, lean)
+    statuses = [_seen(await wire.post(w, content=c, headers=g))[0] for w, c, g in requests]
+    assert statuses == [401, 401, 413, 400, 503, 401, 503]
+    # Not a notification: the app answers as ever, through whichever way.
+    for client in (wire, app):
+        assert (await client.get(path)).status_code == 405
+        assert (await client.get("/healthz")).json()["status"] == "ok"
+    async with server.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM payments WHERE payment_id = %s", (first.json()["payment_id"],))
+        assert await cur.fetchone() == (1,)
