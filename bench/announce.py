@@ -36,12 +36,14 @@ from pathlib import Path
 
 import aiomqtt
 import httpx
-import psycopg
 import uvloop
-from psycopg_pool import AsyncConnectionPool
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from bench.announce_db import SETTLE_S, alerts_settled, commit_ceiling, results
 from bench.env import BenchError, Broker, BrokerKind, Database, DatabaseKind, broker, broker_hop, database, nodelay
+from bench.floor import Floor, measure_floor
 from bench.http import offer, wait_http
+from bench.shares import CpuShares
 from bench.stats import fmt, percentiles, process_tree_cpu_s
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce
@@ -50,13 +52,12 @@ from fleet_server.auth.roles import Role
 from fleet_server.auth.store import AuthStore
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
-from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_signing_key
+from haodian.keys import dev_key_paths, ensure_dev_keys, read_rsa_private_key, read_rsa_public_key, read_signing_key
 from simulators.backend import PaymentBackend
 from simulators.netproxy import free_port
 from simulators.registry import register
 
 START_TIMEOUT_S = 90.0
-SETTLE_S = 30.0
 # Keep-alive connections per bridge process, as a backend's HTTP client pool would hold.
 CONNECTIONS = 64
 # The ceilings are measured for this long (at most the run's duration).
@@ -160,6 +161,9 @@ class AnnounceFigures:
     bridge_cpu_us_per_notification: float
     ceiling_broker_hop_ms: dict[str, float | None]
     ceiling_commit_ms: dict[str, float | None]
+    payments_per_write: float
+    floor: Floor
+    cpu_shares: str
 
     @property
     def held(self) -> bool:
@@ -184,7 +188,12 @@ class AnnounceFigures:
             f"  and announce signed -> at the device (broker hop, ms resolution): {fmt(self.hop_ms)}",
             f"deliveries played {self.delivered:,}, missed {self.missed:,}, still pending {self.pending:,}"
             f" -> {'held without loss' if self.held else 'NOT held'}",
-            f"bridge CPU: {self.bridge_cpu_us_per_notification:,.0f} us per notification (all bridge processes)",
+            f"bridge CPU: {self.bridge_cpu_us_per_notification:,.0f} us per notification (all bridge processes),"
+            f" {1e6 / max(self.bridge_cpu_us_per_notification, 1e-9):,.0f} notifications/s per core,"
+            f" {self.bridge_cpu_us_per_notification / max(self.floor.total_us, 1e-9):.1f}x the floor",
+            self.floor.line(),
+            f"payments per batched write (rows one transaction wrote): {self.payments_per_write:.1f}",
+            self.cpu_shares,
             f"ceiling, raw broker hop at the same rate (ms): {fmt(self.ceiling_broker_hop_ms)}",
             f"ceiling, raw durable commit of one row (ms): {fmt(self.ceiling_commit_ms)}",
         ]
@@ -216,7 +225,7 @@ async def measure_announce(
                 token = await AuthStore(pool).service_token("bench-backend", Role.BACKEND)
                 # Bindings refer to the registry: the simulated devices and merchants are in it.
                 await register(pool, devices=[f"BD{i:05d}" for i in range(devices)], merchants=merchants)
-                commit_ms = await _commit_ceiling(pool)
+                commit_ms = await commit_ceiling(pool)
             print(f"ceiling: raw broker hop at {rate:,.0f}/s for {min(CEILING_S, duration_s):.0f} s", flush=True)
             hop_ceiling = await broker_hop(mqtt.port, rate, min(CEILING_S, duration_s))
             port = free_port()
@@ -239,7 +248,23 @@ async def measure_announce(
             farm = ctx.Process(target=_farm_process, args=(mqtt.port, server_key_b64, ready, stop, hops), name="farm")
             farm.start()
             try:
-                setup = _Setup(port, bridges, server.pid, mqtt, db, token, ready, stop, hops, hop_ceiling, commit_ms)
+                shares = CpuShares({"bridge": server.pid, "farm": farm.pid, "broker": mqtt.pid}, postgres=True)
+                backend_key = read_rsa_public_key(backend_public_path)
+                setup = _Setup(
+                    port,
+                    bridges,
+                    server.pid,
+                    mqtt,
+                    db,
+                    token,
+                    ready,
+                    stop,
+                    hops,
+                    hop_ceiling,
+                    commit_ms,
+                    shares,
+                    backend_key,
+                )
                 return await _run(setup, notes, rate, duration_s, devices)
             finally:
                 stop.set()
@@ -250,65 +275,11 @@ async def measure_announce(
                 await server.wait()
 
 
-async def _commit_ceiling(pool: AsyncConnectionPool) -> dict[str, float | None]:
-    """One-row INSERTs, each its own durable commit: the floor under 'recorded durably'."""
-    times: list[float] = []
-    async with pool.connection() as conn:
-        await conn.execute("CREATE TABLE bench_commit (id bigint, at timestamptz, body text)")
-        for n in range(500):
-            started = time.perf_counter()
-            await conn.execute("INSERT INTO bench_commit VALUES (%s, now(), %s)", (n, "x" * 300))
-            times.append((time.perf_counter() - started) * 1000)
-        await conn.execute("DROP TABLE bench_commit")
-    return percentiles(times)
-
-
 async def _wait_up(port: int, bridges: int, ready: Event) -> None:
     """Every bridge process answering, and the farm connected."""
     await wait_http(port, instances=bridges, timeout_s=START_TIMEOUT_S)
     if not await asyncio.to_thread(ready.wait, START_TIMEOUT_S):
         raise BenchError("the device farm did not connect")
-
-
-async def _alerts_settled(database_url: str) -> int:
-    """Wait (up to SETTLE_S) until no bind alert is pending; how many still are."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        deadline = time.monotonic() + SETTLE_S
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FROM deliveries d JOIN payments p USING (payment_id)"
-                " WHERE p.kind = 'alert' AND d.status = 'pending'"
-            )
-            row = await cur.fetchone()
-            left = int(row[0]) if row else 0
-            if left == 0 or time.monotonic() > deadline:
-                return left
-            await asyncio.sleep(0.5)
-
-
-async def _results(database_url: str) -> tuple[int, int, int, float, dict[str, float]]:
-    """After the acks settle: (played, missed, pending, seconds between first and last payment,
-    latency in ms by payment)."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        settle_deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < settle_deadline:
-            cur = await conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'")
-            if (await cur.fetchone()) == (0,):
-                break
-            await asyncio.sleep(0.5)
-        cur = await conn.execute(
-            "SELECT count(*) FILTER (WHERE d.status = 'played'), count(*) FILTER (WHERE d.status = 'missed'),"
-            " count(*) FILTER (WHERE d.status = 'pending'),"
-            " date_part('epoch', max(p.received_at) - min(p.received_at))"
-            " FROM deliveries d JOIN payments p USING (payment_id) WHERE p.kind = 'payment'"  # not the bind alerts
-        )
-        delivered, missed, pending, span = (await cur.fetchone()) or (0, 0, 0, 0.0)
-        cur = await conn.execute(
-            "SELECT d.payment_id, date_part('epoch', d.play_started_at - p.received_at) * 1000"
-            " FROM deliveries d JOIN payments p USING (payment_id) WHERE d.status = 'played' AND p.kind = 'payment'"
-        )
-        latencies = {row[0]: float(row[1]) for row in await cur.fetchall()}
-    return delivered, missed, pending, float(span or 0.0), latencies
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +295,8 @@ class _Setup:
     hops: Queue[dict[str, int]]
     hop_ceiling: dict[str, float | None]
     commit_ms: dict[str, float | None]
+    shares: CpuShares
+    backend_key: RSAPublicKey
 
 
 async def _run(
@@ -342,12 +315,13 @@ async def _run(
             bound.raise_for_status()
     # Each device says 设备绑定成功; a merchant is bound long before the first payment, so the
     # timed run starts once those alerts are acked (or their TTL has passed).
-    left = await _alerts_settled(setup.db.url)
+    left = await alerts_settled(setup.db.url)
     print(
         f"{bridges} bridge process(es) up, {devices:,} devices bound ({left} bind alerts unacked);"
         f" sending {len(notes):,} at {rate:,.0f}/s",
         flush=True,
     )
+    setup.shares.start()
     cpu_before = process_tree_cpu_s(setup.server_pid)
     offered = await offer(
         port,
@@ -358,8 +332,11 @@ async def _run(
     answers, sending_s = offered.answers_ms.get("notify", []), offered.seconds
     errors = offered.errors + sum(n for status, n in offered.statuses.items() if status >= 300)
     print(f"sent in {sending_s:.1f} s; waiting up to {SETTLE_S:.0f} s for the acks", flush=True)
-    delivered, missed, pending, span, latencies = await _results(setup.db.url)
+    delivered, missed, pending, span, latencies, batch = await results(setup.db.url)
     cpu_s = process_tree_cpu_s(setup.server_pid) - cpu_before
+    shares = setup.shares.line()
+    print("measuring the floor (verify, sign, batched write) in this process", flush=True)
+    floor = await asyncio.to_thread(measure_floor, notes, setup.backend_key, setup.db.url, round(batch))
     setup.stop.set()
     hops = await asyncio.to_thread(setup.hops.get, True, 30)
     bridge_part = [latency - hops[pid] for pid, latency in latencies.items() if pid in hops]
@@ -384,4 +361,7 @@ async def _run(
         bridge_cpu_us_per_notification=cpu_s / max(len(answers), 1) * 1e6,
         ceiling_broker_hop_ms=setup.hop_ceiling,
         ceiling_commit_ms=setup.commit_ms,
+        payments_per_write=batch,
+        floor=floor,
+        cpu_shares=shares,
     )
