@@ -25,7 +25,8 @@ from firmware_protocols.messages import AnnounceKind, Channel
 from fleet_server.db.migrate import migrate
 from fleet_server.db.pool import open_pool
 from payment_bridge.notifications import PaymentNotice
-from payment_bridge.store import NewPayment, record_statement
+from payment_bridge.rows import record_statement
+from payment_bridge.store import NewPayment
 from simulators.registry import register
 
 MERCHANTS = 200

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, LiteralString
+from typing import Any, Final
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +23,7 @@ from fleet_server.db.hierarchy import WHOLE_FLEET, Reach, reach_params
 from fleet_server.figures.recent import Recent
 from payment_bridge import queries
 from payment_bridge.notifications import PaymentNotice
+from payment_bridge.rows import ack_rows, record_statement
 
 SUMMARY_REUSE_S: Final = 10.0
 
@@ -247,23 +248,10 @@ class PaymentStore:
         (flushed from a device's outbox) beats the "missed" concluded meanwhile. An ack that
         may conclude "not announced" queues that event in the same transaction."""
 
-        def started(ack: Ack, at: datetime) -> datetime | None:
-            return datetime.fromtimestamp(ack.play_started_at / 1000, tz=at.tzinfo) if ack.play_started_at else None
-
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 queries.RECORD_ACKS,
-                {
-                    "payment_id": [a.ack.payment_id for a in acks],
-                    "device_id": [a.ack.device_id for a in acks],
-                    "status": [a.ack.status.value for a in acks],
-                    "acked_at": [a.acked_at for a in acks],
-                    "play_started": [started(a.ack, a.acked_at) for a in acks],
-                    "text": [a.ack.text for a in acks],
-                    "reason": [a.ack.reason for a in acks],
-                    "signed": [a.signed for a in acks],
-                    "sent": [datetime.fromtimestamp(a.ack.ts / 1000, tz=a.acked_at.tzinfo) for a in acks],
-                },
+                {"rows": ack_rows(acks)},
             )
             known = {(row[0], row[1]) for row in await cur.fetchall()}
             unheard: dict[str, list[str]] = {}
@@ -353,29 +341,6 @@ class PaymentStore:
         newest first; `merchant_id` narrows to one merchant."""
         params = {"m": merchant_id, "since": since, "limit": limit, **reach_params(reach)}
         return await fetch_models(self._pool, NotAnnounced, queries.NOT_ANNOUNCED_PAYMENTS, params)
-
-
-def record_statement(payments: Sequence[NewPayment]) -> tuple[LiteralString, dict[str, list[Any]]]:
-    """The one statement that records `payments`, with its parameters (also what `bench record`
-    times). Our backend names our merchant; a platform's notification is routed (queries._ROUTE)."""
-    trusted = all(p.source == "backend" for p in payments)
-    return queries.RECORD_PAYMENTS if trusted else queries.RECORD_ROUTED_PAYMENTS, {
-        "payment_id": [p.notice.payment_id for p in payments],
-        "source": [p.source for p in payments],
-        "notify_id": [p.notice.notify_id for p in payments],
-        "merchant_id": [p.notice.merchant_id for p in payments],
-        "platform_merchant_id": [p.notice.platform_merchant_id for p in payments],
-        "amount_fen": [p.notice.amount_fen for p in payments],
-        "channel": [p.notice.channel.value for p in payments],
-        "kind": [p.notice.kind.value if p.notice.kind and not p.held else queries.UNANNOUNCED for p in payments],
-        "status": [p.notice.status for p in payments],
-        "paid_at": [p.notice.paid_at for p in payments],
-        "received_at": [p.received_at for p in payments],
-        "raw": [p.notice.raw for p in payments],
-        "expires_at": [p.expires_at for p in payments],
-        "refund_of": [p.notice.refund_of for p in payments],
-        "held": [p.held for p in payments],
-    }
 
 
 async def _record(conn: AsyncConnection[Any], payments: Sequence[NewPayment]) -> list[Recorded]:
