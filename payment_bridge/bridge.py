@@ -18,6 +18,7 @@ another try.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from firmware_protocols import topics
 from firmware_protocols.announce_wire import signed_announce
 from firmware_protocols.endpoint import BrokerEndpoint
+from firmware_protocols.fields import unstorable
 from firmware_protocols.messages import Ack, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
@@ -185,6 +187,10 @@ class PaymentBridge(Component):
         received_at = received_at or datetime.now(tz=UTC)
         try:
             notification = verify()
+            # Signed and well formed, and still holding what no store can (a NUL, a lone
+            # surrogate, NaN): refused here, alone, not by the database in a shared batch.
+            if (problem := unstorable(json.loads(notification.raw))) is not None:
+                raise NotificationRejected(400, "NOTIFICATION_INVALID", f"cannot be stored: {problem}")
         except NotificationRejected as exc:
             self.stats.rejected += 1
             log.warning("notification rejected", source=source, code=exc.code, reason=exc.reason)

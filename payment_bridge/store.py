@@ -175,8 +175,8 @@ class PaymentStore:
                 received_at,
                 source,
                 code,
-                reason[:1000],
-                body[:65536].decode("utf-8", "replace"),
+                reason[:1000].replace("\x00", "\ufffd"),  # kept as text can hold it: what was refused, not lost
+                body[:65536].decode("utf-8", "replace").replace("\x00", "\ufffd"),
                 json.dumps(dict(headers)),
             ),
         )

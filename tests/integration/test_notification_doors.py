@@ -5,18 +5,22 @@ repeat and refusals; the rest of the API is untouched by the lean way."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from haodian.settings import Settings
-from payment_bridge.notifications import MAX_BODY_BYTES
+from payment_bridge import rsa2
+from payment_bridge.notifications import MAX_BODY_BYTES, SIGNATURE_HEADER
 from simulators.backend import PaymentBackend
 from simulators.registry import register
 from tests.integration.conftest import in_process_stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+PATH = "/api/v1/notifications/backend"
 
 
 @pytest.fixture
@@ -78,3 +82,24 @@ async def test_every_door_answers_alike_on_the_lean_way_and_through_the_framewor
     async with server.pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM payments WHERE payment_id = %s", (first.json()["payment_id"],))
         assert await cur.fetchone() == (1,)
+
+
+async def test_a_notification_no_store_can_hold_is_refused_alone(both, backend_key, unique):
+    """Valid JSON, signed by the backend, with a NUL inside: refused as invalid, recorded as
+    refused; the notifications beside it are recorded as ever (they may share its batch)."""
+    server, wire, _ = both
+    merchant = f"M{unique}"
+    await register(server.pool, devices=[f"D{unique}"], merchants=[merchant])
+    backend = PaymentBackend(backend_key, server.base_url, [merchant], seed=5)
+    good = [backend.notification(merchant_id=merchant) for _ in range(5)]  # the first three spoiled below
+    poisons = []
+    for n, tail in enumerate((b', "note": "a\\u0000b"}', b', "note": "\\ud800"}', b', "note": "a\x00b"}')):
+        body = good[n][0][:-1] + tail  # an escaped NUL, a lone surrogate, a raw NUL byte
+        poisons.append((body, {**good[n][1], SIGNATURE_HEADER: rsa2.sign(backend_key, body)}))
+    sent = [*poisons, *good[3:]]
+    answers = await asyncio.gather(*[wire.post(PATH, content=b, headers=h) for b, h in sent])
+    assert [a.status_code for a in answers] == [400, 400, 400, 200, 200], [a.text for a in answers]
+    assert {a.json()["error"]["code"] for a in answers[:3]} == {"NOTIFICATION_INVALID"}
+    async with server.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM rejected_notifications WHERE code = 'NOTIFICATION_INVALID'")
+        assert await cur.fetchone() == (3,)
