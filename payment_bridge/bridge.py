@@ -188,8 +188,10 @@ class PaymentBridge(Component):
         try:
             notification = verify()
             # Signed and well formed, and still holding what no store can (a NUL, a lone
-            # surrogate, NaN): refused here, alone, not by the database in a shared batch.
-            if (problem := unstorable(json.loads(notification.raw))) is not None:
+            # surrogate): refused here, alone, not by the database in a shared batch. The JSON
+            # the model wrote can hold those only as \u escapes, so only then is it read again.
+            raw = notification.raw
+            if "\\u" in raw and (problem := unstorable(json.loads(raw))) is not None:
                 raise NotificationRejected(400, "NOTIFICATION_INVALID", f"cannot be stored: {problem}")
         except NotificationRejected as exc:
             self.stats.rejected += 1
