@@ -1,18 +1,20 @@
-"""`agent`: one `haodian agent run` process at rest (memory, CPU), then its announce path.
+"""`agent`: one `haodian agent run` at rest (memory, CPU), then its announce path.
 
-The agent runs as its own process, as on a device: from a virtual environment holding only the
-agent's own dependencies (`pip install .`, no server or development extras, made once under
+The agent runs as on a device: from a virtual environment holding only the agent's own
+dependencies (`pip install .`, no server or development extras, made once under
 `.haodian/bench/agent-venv`), with voice clips to WAV files, a simulated modem and the default
-60 s health interval, connected to a broker: the machine's Mosquitto when it
-answers on 127.0.0.1:1883, else an embedded amqtt broker started in a second process. After a
-warm-up, CPU is the process's own user+system ticks over the window (from /proc/<pid>/stat) and
-memory is VmRSS and the proportional set size (from /proc/<pid>/smaps_rollup) at the end; also
-the peak (VmHWM).
+60 s health interval, connected to a broker: the machine's Mosquitto when it answers on
+127.0.0.1:1883, else an embedded amqtt broker started in a second process. `haodian agent run`
+is two processes (the launcher, which boots the agent from its active slot and watches it, and
+the agent), and every figure counts both: a device holds both. After a warm-up, CPU is the
+scheduler's nanosecond account of all their threads over the window (/proc/<pid>/task/*/schedstat),
+and memory is VmRSS and the proportional set size (/proc/<pid>/smaps_rollup) at the end, summed,
+with each process's RSS apart; also the peak (VmHWM, summed).
 
 Then the announce path: ANNOUNCES announces signed with the key the agent trusts are published
 to it one by one, PACE_S apart (so none waits behind another's audio), and each one's ack read
 back: publish -> playback start (the agent's own `play_started_at`: verify, dedup on disk,
-render the words, start the sink) and the agent's CPU per announce (its ticks over the burst,
+render the words, start the sink) and the CPU per announce (the same account over the burst,
 less the idle rate). The ceiling: the same broker's hop with a minimal client (publish ->
 receipt of a message of the same size).
 """
@@ -37,14 +39,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.env import broker_hop
-from bench.stats import fmt, percentiles
+from bench.stats import fmt, percentiles, process_tree
 from firmware_protocols import topics
 from firmware_protocols.messages import Ack, AckStatus, Announce, Channel
 from firmware_protocols.signing import Signer, encode_public_key
 from simulators.netproxy import free_port
-
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
 
 ANNOUNCES = 40
 PACE_S = 0.5
@@ -55,9 +54,10 @@ class Footprint:
     broker: str
     warmup_s: float
     window_s: float
-    rss_kb: int
+    rss_kb: int  # of the launcher and the agent it runs together, as the device holds them
     pss_kb: int | None
     peak_rss_kb: int
+    rss_kb_by_process: dict[str, int]
     cpu_pct: float
     python: str
     announces: int
@@ -69,11 +69,14 @@ class Footprint:
     def lines(self) -> list[str]:
         return [
             f"broker: {self.broker}; the agent runs on Python {self.python} with only its own dependencies",
-            f"idle: RSS {self.rss_kb / 1024:.1f} MB, PSS {(self.pss_kb or 0) / 1024:.1f} MB,"
-            f" peak RSS {self.peak_rss_kb / 1024:.1f} MB, CPU {self.cpu_pct:.2f} % of one core over {self.window_s} s",
+            f"idle, the launcher and the agent together: RSS {self.rss_kb / 1024:.1f} MB,"
+            f" PSS {(self.pss_kb or 0) / 1024:.1f} MB, peak RSS {self.peak_rss_kb / 1024:.1f} MB,"
+            f" CPU {self.cpu_pct:.2f} % of one core over {self.window_s} s",
+            "  RSS by process: "
+            + ", ".join(f"{name} {kb / 1024:.1f} MB" for name, kb in self.rss_kb_by_process.items()),
             f"announce path: {self.played}/{self.announces} played; publish -> playback start (ms):"
             f" {fmt(self.announce_to_play_ms)}",
-            f"announce path CPU: {self.cpu_ms_per_announce:.2f} ms per announce (agent process, idle rate taken off)",
+            f"announce path CPU: {self.cpu_ms_per_announce:.2f} ms per announce (both processes, idle rate taken off)",
             f"ceiling, the same broker's hop with a minimal client (ms): {fmt(self.ceiling_broker_hop_ms)}",
         ]
 
@@ -102,9 +105,20 @@ def _pss_kb(pid: int) -> int | None:
     return None
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid` and its descendants (the launcher and the agent it runs)
+    in nanoseconds, the scheduler's own account: a burst of announces uses less than the 10 ms a
+    clock tick counts, so ticks would say nothing."""
+    total = 0
+    for process in process_tree(pid):
+        for task in Path(f"/proc/{process}/task").iterdir():
+            with contextlib.suppress(OSError):
+                total += int(task.joinpath("schedstat").read_text().split()[0])
+    return total
+
+
+def _tree_kb(pid: int, key: str) -> int:
+    return sum(_status_kb(process, key) for process in process_tree(pid))
 
 
 AGENT_VENV = Path(".haodian/bench/agent-venv")
@@ -221,15 +235,21 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
             time.sleep(warmup_s)
             if agent.poll() is not None:
                 raise RuntimeError(f"the agent exited with {agent.returncode} during warm-up")
-            start_ticks, start = _cpu_ticks(agent.pid), time.monotonic()
+            start_ns, start = _cpu_ns(agent.pid), time.monotonic()
             time.sleep(window_s)
-            ticks, elapsed = _cpu_ticks(agent.pid) - start_ticks, time.monotonic() - start
-            rss_kb, pss_kb, peak_kb = _status_kb(agent.pid, "VmRSS"), _pss_kb(agent.pid), _status_kb(agent.pid, "VmHWM")
-            idle_ticks_per_s = ticks / elapsed
-            burst_ticks, burst_s = _cpu_ticks(agent.pid), time.monotonic()
+            idle_ns, elapsed = _cpu_ns(agent.pid) - start_ns, time.monotonic() - start
+            idle_ns_per_s = idle_ns / elapsed
+            tree = process_tree(agent.pid)
+            rss_kb, peak_kb = _tree_kb(agent.pid, "VmRSS"), _tree_kb(agent.pid, "VmHWM")
+            pss = [_pss_kb(process) for process in tree]
+            pss_kb = None if None in pss else sum(kb or 0 for kb in pss)
+            by_process = {"launcher": _status_kb(tree[0], "VmRSS")} | {
+                f"agent {process}" if len(tree) > 2 else "agent": _status_kb(process, "VmRSS") for process in tree[1:]
+            }
+            burst_ns, burst_s = _cpu_ns(agent.pid), time.monotonic()
             played = _announce_burst(port, device, Signer(server_key))
-            burst_ticks, burst_s = _cpu_ticks(agent.pid) - burst_ticks, time.monotonic() - burst_s
-            busy_s = max(0.0, burst_ticks - idle_ticks_per_s * burst_s) / TICKS_PER_S
+            burst_ns, burst_s = _cpu_ns(agent.pid) - burst_ns, time.monotonic() - burst_s
+            busy_s = max(0.0, burst_ns - idle_ns_per_s * burst_s) / 1e9
             result = Footprint(
                 broker=broker,
                 warmup_s=warmup_s,
@@ -237,7 +257,8 @@ def measure(*, warmup_s: float = 15.0, window_s: float = 60.0) -> Footprint:
                 rss_kb=rss_kb,
                 pss_kb=pss_kb,
                 peak_rss_kb=peak_kb,
-                cpu_pct=round(100.0 * ticks / TICKS_PER_S / elapsed, 2),
+                rss_kb_by_process=by_process,
+                cpu_pct=round(100.0 * idle_ns / 1e9 / elapsed, 3),
                 python=sys.version.split()[0],
                 announces=ANNOUNCES,
                 played=len(played),

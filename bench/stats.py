@@ -46,12 +46,17 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and all its descendants alive now."""
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants alive now, the process first."""
     tree = _children()
-    total, todo = 0.0, [pid]
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
-        total += process_cpu_s(current)
+        found.append(current)
         todo.extend(tree.get(current, []))
-    return total
+    return found
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants alive now."""
+    return sum(process_cpu_s(current) for current in process_tree(pid))
