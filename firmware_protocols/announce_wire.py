@@ -13,39 +13,37 @@ announce a device would reject as malformed.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from firmware_protocols.messages import MAX_AMOUNT_FEN, SCHEMA_VERSION, AlertCode, AnnounceKind, Channel
+from firmware_protocols.fields import EPOCH_MS_END, ID_MAX, PRINTABLE
+from firmware_protocols.messages import MAX_AMOUNT_FEN, SCHEMA_VERSION, TTL_MAX_S, AlertCode, AnnounceKind, Channel
 from firmware_protocols.signing import Signer, canonical_bytes
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 
-_PAYMENT_ID = re.compile(r"[\x21-\x7e]{1,64}")
 _CHANNELS = frozenset(c.value for c in Channel)
 _KINDS = frozenset(k.value for k in AnnounceKind)
 _ALERTS = frozenset(a.value for a in AlertCode)
-_EPOCH_MS_END = 10**14
-_TTL_MAX_S = 24 * 3600
 _WIRE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def _problem(  # noqa: PLR0911 - one check per field, in the model's order
-    device_id: str, ts: int, payment_id: str, amount_fen: int, channel: str, kind: str, alert: str | None, ttl_s: int
-) -> str | None:
+def _problem(fields: dict[str, Any]) -> str | None:  # noqa: PLR0911 - one check per field, in the model's order
+    """What the model would refuse in `fields`, or None: the same bounds (`fields`, `messages`)."""
+    device_id, payment_id, alert, kind = fields["device_id"], fields["payment_id"], fields["alert"], fields["kind"]
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
         return f"device_id {device_id!r} is not a device id"
-    if not 0 <= ts < _EPOCH_MS_END:
-        return f"ts {ts} is out of range"
-    if not _PAYMENT_ID.fullmatch(payment_id):
+    for name in ("ts", "issued_at", "paid_at"):
+        if not 0 <= fields[name] < EPOCH_MS_END:
+            return f"{name} {fields[name]} is out of range"
+    if not (len(payment_id) <= ID_MAX and PRINTABLE.fullmatch(payment_id)):
         return f"payment_id {payment_id!r} is not a payment id"
-    if not 0 <= amount_fen <= MAX_AMOUNT_FEN:
-        return f"amount_fen {amount_fen} is out of range"
-    if channel not in _CHANNELS or kind not in _KINDS:
-        return f"channel {channel!r} or kind {kind!r} is unknown"
+    if not 0 <= fields["amount_fen"] <= MAX_AMOUNT_FEN:
+        return f"amount_fen {fields['amount_fen']} is out of range"
+    if fields["channel"] not in _CHANNELS or kind not in _KINDS:
+        return f"channel {fields['channel']!r} or kind {kind!r} is unknown"
     if (kind == AnnounceKind.ALERT) != (alert is not None) or (alert is not None and alert not in _ALERTS):
         return f"alert {alert!r} does not fit kind {kind!r}"
-    if not 1 <= ttl_s <= _TTL_MAX_S:
-        return f"ttl_s {ttl_s} is out of range"
+    if not 1 <= fields["ttl_s"] <= TTL_MAX_S:
+        return f"ttl_s {fields['ttl_s']} is out of range"
     return None
 
 
@@ -64,11 +62,6 @@ def signed_announce(
     alert: str | None = None,
 ) -> bytes:
     """The wire bytes of the announce these fields make, signed by `signer`."""
-    problem = _problem(device_id, ts, payment_id, amount_fen, channel, kind, alert, ttl_s)
-    if problem is None and not (0 <= paid_at < _EPOCH_MS_END and 0 <= issued_at < _EPOCH_MS_END):
-        problem = f"paid_at {paid_at} or issued_at {issued_at} is out of range"
-    if problem is not None:
-        raise ValueError(f"announce {payment_id!r} for {device_id!r}: {problem}")
     # The model's field order (Message, Signed, Expiring, Announce), as its JSON has them.
     fields: dict[str, Any] = {
         "v": SCHEMA_VERSION,
@@ -86,6 +79,8 @@ def signed_announce(
         "paid_at": paid_at,
         "alert": alert,
     }
+    if (problem := _problem(fields)) is not None:
+        raise ValueError(f"announce {payment_id!r} for {device_id!r}: {problem}")
     covered = canonical_bytes({k: v for k, v in fields.items() if v is not None})
     fields["sig"] = signer.signature_of(covered)
     return _WIRE.encode(fields).encode()

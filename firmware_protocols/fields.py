@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
 from firmware_protocols.topics import DEVICE_ID_PATTERN
 
+# Payment ids and server-chosen ids: printable ASCII, 1 to ID_MAX characters.
+PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+ID_MAX = 64
+EPOCH_MS_END = 10**14  # epoch milliseconds are below this (the year 5138)
+
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN.pattern)]
-PaymentId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-EpochMs = Annotated[int, Field(ge=0, lt=10**14)]
+PaymentId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=PRINTABLE.pattern)]
+EpochMs = Annotated[int, Field(ge=0, lt=EPOCH_MS_END)]
 # A device time before this is a board or module that lost its time (2023-01-01, before any of
 # our firmware was built; a modem's power-on default is 1980 or 2000): never a real time.
 TIME_FLOOR_MS = 1_672_531_200_000
 ShortText = Annotated[str, StringConstraints(max_length=128)]
 # Printable ASCII ids chosen by a server (commands, campaigns): safe in topics, logs and URLs.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=PRINTABLE.pattern)]
 HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 
 # PostgreSQL's bigint, the widest integer any store of ours holds.

@@ -43,6 +43,7 @@ INT32_MAX: Final = 2**31 - 1
 
 # 10 billion yuan: far above any single retail payment, and still read correctly.
 MAX_AMOUNT_FEN = 10**12
+TTL_MAX_S: Final = 24 * 3600  # the longest a signed message may be good for
 
 
 class Channel(StrEnum):
@@ -245,7 +246,7 @@ class Expiring(Signed):
     """A signed message only good for `ttl_s` after `issued_at`: late is as bad as never."""
 
     issued_at: EpochMs
-    ttl_s: Annotated[int, Field(ge=1, le=24 * 3600)]
+    ttl_s: Annotated[int, Field(ge=1, le=TTL_MAX_S)]
 
     def expires_at(self) -> int:
         return self.issued_at + self.ttl_s * 1000

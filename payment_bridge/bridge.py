@@ -18,7 +18,6 @@ another try.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from firmware_protocols import topics
 from firmware_protocols.announce_wire import signed_announce
 from firmware_protocols.endpoint import BrokerEndpoint
-from firmware_protocols.fields import unstorable
 from firmware_protocols.messages import Ack, AnnounceKind, Channel
 from firmware_protocols.signing import Signer
 from fleet_server.db import failures
@@ -187,12 +185,6 @@ class PaymentBridge(Component):
         received_at = received_at or datetime.now(tz=UTC)
         try:
             notification = verify()
-            # Signed and well formed, and still holding what no store can (a NUL, a lone
-            # surrogate): refused here, alone, not by the database in a shared batch. The JSON
-            # the model wrote can hold those only as \u escapes, so only then is it read again.
-            raw = notification.raw
-            if "\\u" in raw and (problem := unstorable(json.loads(raw))) is not None:
-                raise NotificationRejected(400, "NOTIFICATION_INVALID", f"cannot be stored: {problem}")
         except NotificationRejected as exc:
             self.stats.rejected += 1
             log.warning("notification rejected", source=source, code=exc.code, reason=exc.reason)
