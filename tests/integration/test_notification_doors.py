@@ -103,3 +103,39 @@ async def test_a_notification_no_store_can_hold_is_refused_alone(both, backend_k
     async with server.pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM rejected_notifications WHERE code = 'NOTIFICATION_INVALID'")
         assert await cur.fetchone() == (3,)
+
+
+async def test_a_body_sent_in_chunks_or_after_100_continue_is_read_whole(both, backend_key, unique):
+    """What real senders' HTTP clients do and our simulator does not: a chunked body with no
+    Content-Length (streaming clients), and `Expect: 100-continue` before the body (curl and
+    Java's HTTP clients do it for larger bodies)."""
+    server, wire, _ = both
+    merchant = f"M{unique}"
+    await register(server.pool, devices=[f"D{unique}"], merchants=[merchant])
+    backend = PaymentBackend(backend_key, server.base_url, [merchant], seed=9)
+    body, headers = backend.notification(merchant_id=merchant)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    chunked = await wire.post(PATH, content=chunks(), headers=headers)
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.json()["duplicate"] is False
+
+    body, headers = backend.notification(merchant_id=merchant)
+    host, port = server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(
+        f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 100")
+    await asyncio.wait_for(reader.readline(), 10)  # the blank line after the interim answer
+    writer.write(body)
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200"), status
